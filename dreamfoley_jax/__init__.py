@@ -1,0 +1,1 @@
+"""DreamFoley in JAX/Flax."""

@@ -1,0 +1,384 @@
+"""Qwen2 / Qwen2.5 decoder in Flax linen, matching transformers' Qwen2ForCausalLM.
+
+Legend: B batch, T query time, S key/cache time, D width, H query heads, G query heads per kv head,
+K kv heads, E head dim, F MLP width, V vocab, L layers.
+
+Parameter names follow the Hugging Face module names (``q_proj``, ``input_layernorm``...) so that the
+converter in ``dreamfoley_jax.convert.qwen2`` is a one-to-one table. Kernels are 2-D (in, out): XLA:CPU
+handles the backward of 2-D dots much better than dots with extra batch dims (see JAX_NOTES).
+
+KV cache: an explicit pytree ``{"k": [L](B,S,K,E), "v": ..., "mask": (B,S) bool, "index": int32}``.
+A call with a cache writes its T new keys at slots [index, index+T) and each query attends to valid
+slots at or before its own slot, so prefill (T = prompt) and decode (T = 1) share one code path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dreamfoley_jax import sharding
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  vocab_size: int = 151936
+  hidden_size: int = 896
+  intermediate_size: int = 4864
+  num_hidden_layers: int = 24
+  num_attention_heads: int = 14
+  num_key_value_heads: int = 2
+  head_dim: Optional[int] = None
+  rope_theta: float = 1_000_000.0
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = True
+  max_position_embeddings: int = 32768
+  initializer_range: float = 0.02
+  # Implementation choices (not in HF config).
+  param_dtype: str = "float32"
+  dtype: str = "float32"            # compute dtype; norms, softmax and rope run in fp32 regardless
+  scan_layers: bool = False
+  remat_policy: str = "none"        # none | full | dots | dots_no_batch | save_qkv_out
+  attention_impl: str = "xla"       # xla (einsum + softmax) | dot_product_attention (jax.nn; cudnn on GPU)
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_attention_heads
+
+  def replace(self, **kw) -> "Qwen2Config":
+    return dataclasses.replace(self, **kw)
+
+
+PRESETS: dict[str, Qwen2Config] = {
+    "tiny": Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                        max_position_embeddings=4096),
+    "qwen2.5-0.5b": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                max_position_embeddings=32768),
+    "qwen2.5-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                              rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                              max_position_embeddings=32768),
+}
+
+_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+              "max_position_embeddings", "initializer_range")
+
+
+def from_preset(name: str, **overrides) -> Qwen2Config:
+  if name not in PRESETS:
+    raise KeyError(f"unknown Qwen2 preset {name!r}; choose from {sorted(PRESETS)}")
+  return PRESETS[name].replace(**overrides)
+
+
+def from_hf_config(path_or_dict, **overrides) -> Qwen2Config:
+  """Builds a config from an HF ``config.json`` (path, directory or dict)."""
+  if isinstance(path_or_dict, dict):
+    d, where = path_or_dict, "<dict>"
+  else:
+    p = pathlib.Path(path_or_dict)
+    p = p / "config.json" if p.is_dir() else p
+    if not p.exists():
+      raise FileNotFoundError(f"{p}: no config.json")
+    d, where = json.loads(p.read_text()), str(p)
+  mt = d.get("model_type", "qwen2")
+  if mt != "qwen2":
+    raise ValueError(f"{where}: model_type is {mt!r}, expected 'qwen2'")
+  if d.get("rope_scaling"):
+    raise ValueError(f"{where}: rope_scaling={d['rope_scaling']} is not supported")
+  theta = d.get("rope_theta", (d.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+  kw = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+  kw["rope_theta"] = float(theta)
+  kw.setdefault("num_key_value_heads", kw.get("num_attention_heads"))
+  kw.update(overrides)
+  return Qwen2Config(**kw)
+
+
+def to_hf_config(cfg: Qwen2Config) -> dict:
+  """An HF Qwen2 ``config.json`` dict for `cfg`."""
+  d = {k: getattr(cfg, k) for k in _HF_FIELDS if k != "head_dim"}
+  d.update({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu",
+            "attention_dropout": 0.0, "use_sliding_window": False, "sliding_window": None,
+            "max_window_layers": cfg.num_hidden_layers, "rope_scaling": None, "torch_dtype": "float32",
+            "use_cache": True, "bos_token_id": 151643, "eos_token_id": 151643})
+  if cfg.head_dim is not None and cfg.head_dim != cfg.hidden_size // cfg.num_attention_heads:
+    d["head_dim"] = cfg.head_dim
+  return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+def _dt(name: str):
+  return jnp.dtype(name)
+
+
+class Linear(nn.Module):
+  """y = x @ W (+ b) on 2-D-flattened activations; kernel (in, out) with logical axes."""
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes),
+                   (x.shape[-1], self.features), _dt(self.param_dtype))
+    lead = x.shape[:-1]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), k.astype(self.dtype))
+    if self.use_bias:
+      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
+                     (self.features,), _dt(self.param_dtype))
+      y = y + b.astype(self.dtype)
+    return y.reshape(*lead, self.features)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                   (x.shape[-1],), _dt(self.param_dtype))
+    in_dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return w.astype(in_dtype) * xf.astype(in_dtype)
+
+
+def rope_cos_sin(positions_BxT: Array, head_dim: int, theta: float):
+  """cos/sin tables (B,T,E) in fp32, HF layout (frequencies repeated, not interleaved)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_BxTxNxE: Array, cos_BxTxE: Array, sin_BxTxE: Array) -> Array:
+  dtype = x_BxTxNxE.dtype
+  x = x_BxTxNxE.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x * cos_BxTxE[:, :, None, :] + rot * sin_BxTxE[:, :, None, :]
+  return out.astype(dtype)
+
+
+def attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, impl: str = "xla"):
+  """Grouped-query attention; mask True = may attend. Softmax in fp32."""
+  B, T, H, E = q_BxTxHxE.shape
+  K = k_BxSxKxE.shape[2]
+  G = H // K
+  if impl == "dot_product_attention":
+    out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_BxTxS[:, None])
+    return out
+  q = q_BxTxHxE.reshape(B, T, K, G, E)
+  scores = jnp.einsum("btkge,bske->bkgts", q, k_BxSxKxE, preferred_element_type=jnp.float32)
+  scores = scores * (E ** -0.5)
+  scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxE.dtype)
+  out = jnp.einsum("bkgts,bske->btkge", probs, v_BxSxKxE)
+  return out.reshape(B, T, H, E)
+
+
+class Qwen2Attention(nn.Module):
+  config: Qwen2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, layer_cache=None, cache_index=None):
+    c = self.config
+    E, H, K = c.head_size, c.num_attention_heads, c.num_key_value_heads
+    kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, init_std=c.initializer_range)
+    B, T, _ = x_BxTxD.shape
+    q = Linear(H * E, ("embed", "heads"), use_bias=True, name="q_proj", **kw)(x_BxTxD).reshape(B, T, H, E)
+    k = Linear(K * E, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(x_BxTxD).reshape(B, T, K, E)
+    v = Linear(K * E, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(x_BxTxD).reshape(B, T, K, E)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    new_cache = None
+    if layer_cache is not None:
+      ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                        (0, cache_index, 0, 0))
+      cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                        (0, cache_index, 0, 0))
+      new_cache = {"k": ck, "v": cv}
+      k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+    out = attention(q, k, v, mask_BxTxS, c.attention_impl)
+    out = sharding.constrain(out.reshape(B, T, H * E), ("batch", "length", "act_heads"))
+    out = Linear(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out)
+    return out, new_cache
+
+
+class Qwen2MLP(nn.Module):
+  config: Qwen2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    c = self.config
+    kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, init_std=c.initializer_range)
+    gate = Linear(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x_BxTxD)
+    up = Linear(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x_BxTxD)
+    h = sharding.constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return Linear(c.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
+
+
+class Qwen2DecoderLayer(nn.Module):
+  config: Qwen2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, layer_cache=None, cache_index=None):
+    c = self.config
+    x_BxTxD = sharding.constrain(x_BxTxD, ("batch", "length", "act_embed"))
+    h = RMSNorm(c.rms_norm_eps, c.param_dtype, name="input_layernorm")(x_BxTxD)
+    h, new_cache = Qwen2Attention(c, name="self_attn")(h, cos, sin, mask_BxTxS, layer_cache, cache_index)
+    x_BxTxD = x_BxTxD + h
+    h = RMSNorm(c.rms_norm_eps, c.param_dtype, name="post_attention_layernorm")(x_BxTxD)
+    x_BxTxD = x_BxTxD + Qwen2MLP(c, name="mlp")(h)
+    return x_BxTxD, new_cache
+
+
+class _ScanLayer(nn.Module):
+  """(carry, xs) adapter so the layer can run under nn.scan."""
+  config: Qwen2Config
+
+  @nn.compact
+  def __call__(self, x, layer_cache, cos, sin, mask, cache_index):
+    x, new_cache = Qwen2DecoderLayer(self.config, name="layer")(x, cos, sin, mask, layer_cache, cache_index)
+    return x, new_cache
+
+
+_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _remat(cls, policy: str, static_argnums=()):
+  if policy == "none":
+    return cls
+  if policy not in _POLICIES:
+    raise ValueError(f"unknown remat_policy {policy!r}; choose from {sorted(_POLICIES)}")
+  return nn.remat(cls, policy=_POLICIES[policy], prevent_cse=True, static_argnums=static_argnums)
+
+
+def make_mask(q_slot_BxT: Array, key_valid_BxS: Array) -> Array:
+  """Causal (by slot) + key padding mask, (B,T,S)."""
+  S = key_valid_BxS.shape[1]
+  causal = jnp.arange(S)[None, None, :] <= q_slot_BxT[:, :, None]
+  return causal & key_valid_BxS[:, None, :]
+
+
+class Qwen2Model(nn.Module):
+  """The decoder stack: token embedding, L layers, final norm. Returns hidden states."""
+  config: Qwen2Config
+
+  def setup(self):
+    c = self.config
+    self.embed_tokens = nn.Embed(
+        c.vocab_size, c.hidden_size, dtype=_dt(c.dtype), param_dtype=_dt(c.param_dtype),
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range),
+                                                    ("vocab", "embed")))
+    if c.scan_layers:
+      layer = _remat(_ScanLayer, c.remat_policy)
+      self.layers = nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0,
+          length=c.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})(c, name="layers")
+    else:
+      layer = _remat(Qwen2DecoderLayer, c.remat_policy)
+      self.layers = [layer(c, name=f"layers_{i}") for i in range(c.num_hidden_layers)]
+    self.norm = RMSNorm(c.rms_norm_eps, c.param_dtype)
+
+  def embed(self, input_ids_BxT: Array) -> Array:
+    return self.embed_tokens(input_ids_BxT)
+
+  def attend(self, h_BxTxD: Array) -> Array:
+    """Tied output projection (h @ E^T), in fp32 accumulation."""
+    return self.embed_tokens.attend(h_BxTxD)
+
+  def __call__(self, input_ids_BxT: Optional[Array] = None, *, inputs_embeds_BxTxD: Optional[Array] = None,
+               attention_mask_BxT: Optional[Array] = None, positions_BxT: Optional[Array] = None,
+               cache: Optional[dict] = None):
+    """Returns (hidden_BxTxD, aux); aux["cache"] is the updated cache when one is given.
+
+    attention_mask_BxT: True for real tokens (padding masked out as keys). positions default to
+    arange(T) (+ cache index), as transformers does.
+    """
+    c = self.config
+    if inputs_embeds_BxTxD is None:
+      if input_ids_BxT is None:
+        raise ValueError("Qwen2Model needs input_ids or inputs_embeds")
+      inputs_embeds_BxTxD = self.embed(input_ids_BxT)
+    x = inputs_embeds_BxTxD.astype(_dt(c.dtype))
+    B, T, _ = x.shape
+    valid = jnp.ones((B, T), bool) if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
+    index = jnp.asarray(0, jnp.int32) if cache is None else cache["index"]
+    if positions_BxT is None:
+      positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + index, (B, T))
+    q_slot = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + index, (B, T))
+    if cache is None:
+      mask = make_mask(q_slot, valid)
+    else:
+      key_valid = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, index))
+      mask = make_mask(q_slot, key_valid)
+    cos, sin = rope_cos_sin(positions_BxT, c.head_size, c.rope_theta)
+    new_layers = None
+    if c.scan_layers:
+      layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+      x, new_layers = self.layers(x, layer_caches, cos, sin, mask, index)
+    else:
+      outs = []
+      for i, layer in enumerate(self.layers):
+        lc = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
+        x, nc = layer(x, cos, sin, mask, lc, index)
+        outs.append(nc)
+      if cache is not None:
+        new_layers = {"k": jnp.stack([o["k"] for o in outs]), "v": jnp.stack([o["v"] for o in outs])}
+    x = self.norm(x)
+    aux = {}
+    if cache is not None:
+      aux["cache"] = {"k": new_layers["k"], "v": new_layers["v"], "mask": key_valid, "index": index + T}
+    return x, aux
+
+
+def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dict:
+  """An empty KV cache for `max_len` slots; k/v stacked over layers: (L,B,S,K,E)."""
+  dtype = _dt(dtype or config.dtype)
+  shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_size)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
+
+
+class Qwen2ForCausalLM(nn.Module):
+  """Qwen2Model + LM head (tied to the embedding or separate), as transformers' Qwen2ForCausalLM."""
+  config: Qwen2Config
+
+  def setup(self):
+    c = self.config
+    self.model = Qwen2Model(c)
+    if not c.tie_word_embeddings:
+      self.lm_head = Linear(c.vocab_size, ("embed", "vocab"), dtype=c.dtype, param_dtype=c.param_dtype,
+                            init_std=c.initializer_range)
+
+  def __call__(self, input_ids_BxT=None, **kw):
+    h, aux = self.model(input_ids_BxT, **kw)
+    if self.config.tie_word_embeddings:
+      logits = self.model.attend(h)
+    else:
+      logits = self.lm_head(h)
+    aux["hidden_states"] = h
+    return logits, aux

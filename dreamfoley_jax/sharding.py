@@ -1,0 +1,128 @@
+"""Device mesh over (data, fsdp, tensor), logical axis rules, and helpers to shard params/activations.
+
+Params carry logical axis names (``nn.with_logical_partitioning``); one short table maps them to mesh
+axes. Activations are constrained at block boundaries with ``constrain`` (a no-op without a mesh).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axis (or tuple of axes, or None = replicated).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_length", None),
+    # params
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("codebooks", None),
+    ("layers", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("kernel", None),
+    ("null", None),
+)
+
+
+def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+  """Resolves a {data, fsdp, tensor} spec where at most one entry is -1 (= fill the rest)."""
+  sizes = [int(spec.get(a, 1)) for a in MESH_AXES]
+  fills = [i for i, s in enumerate(sizes) if s == -1]
+  if len(fills) > 1:
+    raise ValueError(f"mesh spec {dict(spec)}: at most one axis may be -1")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh spec {dict(spec)}: sizes must be positive or -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if fills:
+    if num_devices % known:
+      raise ValueError(f"mesh spec {dict(spec)}: {num_devices} devices not divisible by {known}")
+    sizes[fills[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh spec {dict(spec)} -> {tuple(sizes)} needs {math.prod(sizes)} devices, "
+                     f"have {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(spec: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types (linen constraints need Auto, not Explicit)."""
+  devices = list(devices) if devices is not None else jax.devices()
+  spec = dict(spec or {"data": -1})
+  shape = mesh_shape(spec, len(devices))
+  try:
+    from jax.experimental import mesh_utils
+
+    arr = mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception:  # simulated / odd device sets
+    arr = np.asarray(devices).reshape(shape)
+  return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None, rules=LOGICAL_RULES):
+  """Activates `mesh` and the logical rules so `constrain` and logical partitioning take effect."""
+  if mesh is None:
+    with nn.logical_axis_rules(rules):
+      yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def constrain(x, logical_axes: Sequence[str | None]):
+  """Activation sharding constraint by logical names; a no-op when no mesh is active."""
+  return nn.with_logical_constraint(x, tuple(logical_axes))
+
+
+def logical_specs(abstract_boxed):
+  """PartitionSpecs (logical names) of a tree of nn.Partitioned / LogicallyPartitioned leaves."""
+  return nn.get_partition_spec(abstract_boxed)
+
+
+def shardings_for(abstract_boxed, mesh: Mesh, rules=LOGICAL_RULES):
+  """NamedShardings for a boxed (logically partitioned) abstract tree, e.g. from jax.eval_shape(init)."""
+  return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed), mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Batch-leading arrays: batch over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def init_sharded(module: nn.Module, mesh: Mesh, rng, *args, rules=LOGICAL_RULES, **kwargs):
+  """Initialises `module` directly into its sharded layout; returns (unboxed params, shardings)."""
+  def init_fn(r):
+    return module.init(r, *args, **kwargs)
+
+  with use_mesh(mesh, rules):
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = shardings_for(abstract, mesh, rules)
+    variables = jax.jit(init_fn, out_shardings=shardings)(rng)
+  return nn.unbox(variables), shardings
+
+
+def shard_tree(tree, shardings):
+  """Places an (unboxed) tree according to a matching tree of shardings."""
+  return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)

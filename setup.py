@@ -1,0 +1,38 @@
+"""dreamfoley_jax: DreamFoley (video-to-audio, autoregressive) in JAX/Flax for TPU pods."""
+import setuptools
+
+RUNTIME = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "array-record>=0.8.1",
+    "tensorflow-datasets>=4.9.9",
+    "numpy>=1.26",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "safetensors>=0.4",
+    "tokenizers>=0.20",
+    "soundfile>=0.12",
+    "av>=12",
+    "tqdm>=4.66",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6",
+]
+
+setuptools.setup(
+    name="dreamfoley_jax",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["dreamfoley_jax", "dreamfoley_jax.*"]),
+    install_requires=RUNTIME,
+    extras_require={
+        # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50"],
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda12]"],
+    },
+)
