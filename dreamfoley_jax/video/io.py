@@ -176,9 +176,16 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
       cache[idx] = apply_display_transform(frame.to_ndarray(format="rgb24"), disp[0])
     return cache[idx]
 
+  done: dict = {}   # (frame index, transform id) -> output, so shared transforms run once per frame
+
   def emit(s: _Stream, idx, frame):
-    img = rgb(idx, frame)
-    s.out.append(img if s.transform is None else s.transform(img))
+    key = (idx, id(s.transform))
+    if key not in done:
+      for k in [k for k in done if k[0] < idx - 1]:
+        del done[k]
+      img = rgb(idx, frame)
+      done[key] = img if s.transform is None else s.transform(img)
+    s.out.append(done[key])
 
   try:
     container = av.open(path)

@@ -129,7 +129,7 @@ def load_video_frames(path: str | os.PathLike, *, max_duration_sec: float | None
   Raises VideoError naming the file if it cannot be decoded, has no video stream, or gives fewer than
   16 frames at 25 fps (one Synchformer window, 0.64 s).
   """
-  tf = lambda img: resize_crop(img, size)  # noqa: E731
+  tf = lambda img: resize_crop(img, size)  # noqa: E731  (one object: a frame used by both is resized once)
   (clip_u8, sync_u8), meta = vio.sample_frames(path, [clip_fps, sync_fps], rule=rule,
                                                max_duration_sec=max_duration_sec,
                                                transforms=[tf, tf])
