@@ -161,3 +161,45 @@ def test_errors_name_the_file(tmp_path):
 def test_bad_rule():
   with pytest.raises(ValueError, match="rule"):
     vio.sample_frames("x.mp4", [25], rule="closest")
+
+
+def _ffmpeg_fps_filter(path, fps):
+  """Frame indices that ffmpeg's own `fps` filter (what torio's frame_rate= uses) outputs."""
+  import av.filter
+  out = []
+  with av.open(str(path)) as c:
+    vs = c.streams.video[0]
+    g = av.filter.Graph()
+    src, f, sink = g.add_buffer(template=vs), g.add("fps", str(fps)), g.add("buffersink")
+    src.link_to(f)
+    f.link_to(sink)
+    g.configure()
+
+    def pull():
+      while True:
+        try:
+          out.append(decode_index(sink.pull().to_ndarray(format="rgb24")))
+        except (av.BlockingIOError, av.EOFError):
+          return
+    for fr in c.decode(vs):
+      src.push(fr)
+      pull()
+    src.push(None)
+    pull()
+  return out
+
+
+@pytest.mark.parametrize("seed,start", [(0, 0.0), (1, 0.0), (2, 0.51), (3, 0.013)])
+def test_nearest_rule_equals_ffmpeg_fps_filter(tmp_path, seed, start):
+  rng = np.random.default_rng(seed)
+  gaps = rng.choice([0.010, 0.023, 0.040, 0.071, 0.120], size=60)
+  times = np.round(start + np.concatenate([[0.0], np.cumsum(gaps)[:-1]]), 3).tolist()
+  p = write_video(tmp_path / "vfr.mkv", times)
+  for fps in (25, 4):
+    ref = _ffmpeg_fps_filter(p, fps)
+    (ours,), meta = vio.sample_frames(p, [fps])
+    ours = [decode_index(x) for x in ours]
+    assert ours == ref[:len(ours)]
+    end = meta.start_sec + meta.duration_sec                          # ffmpeg rounds both grid ends
+    assert len(ref) == math.floor(end * fps + 0.5) - math.floor(meta.start_sec * fps + 0.5)
+    assert len(ours) == math.floor(meta.duration_sec * fps + 1e-9)    # we keep whole samples only

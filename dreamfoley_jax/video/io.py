@@ -4,11 +4,14 @@ Frame times come from each frame's pts (exact rationals), so constant and variab
 are treated alike. Display-matrix rotation/flip metadata is applied to every returned frame.
 
 Sampling rules (`rule=`), for target i of a stream at `fps` (target time t_i = i / fps):
-  "nearest"  (default) the last frame whose time < t_i + 0.5/fps, times measured from the first
-             frame. This is ffmpeg's `fps` filter with its default round=near, which is what MMAudio's
-             training extraction gets from torio's StreamingMediaDecoder(frame_rate=fps)
-             (mmaudio/data/extraction/vgg_sound.py), so features match the reference training data.
-  "before"   the last frame whose time <= t_i (sample-and-hold), times from the first frame.
+  "nearest"  (default) the last frame whose time < t_i + 0.5/fps. This is ffmpeg's `fps` filter with
+             its default round=near, which is what MMAudio's training extraction gets from torio's
+             StreamingMediaDecoder(frame_rate=fps) (mmaudio/data/extraction/vgg_sound.py), so features
+             match the reference training data; tests check it frame for frame against PyAV's ffmpeg
+             `fps` filter on variable-frame-rate input.
+  "before"   the last frame whose time <= t_i (sample-and-hold).
+For both, the target grid is ffmpeg's: t_i = (n0 + i) / fps with n0 = round(first frame time * fps),
+so sample 0 is the first frame (times are 0-based at the first frame for a stream that starts at 0).
   "mmaudio_eval" MMAudio's inference loader (mmaudio/data/av_utils.py read_frames): the first frame
              whose float `frame.time` >= the target, where the target starts at absolute time 0 and
              grows by repeated float addition of 1/fps; this accumulated rounding occasionally picks the
@@ -16,8 +19,9 @@ Sampling rules (`rule=`), for target i of a stream at `fps` (target time t_i = i
              gets frame 7 for target 6) and is reproduced on purpose.
 Targets before the first frame take the first frame. The number of samples of a stream is
 floor(duration * fps), with duration = (last frame time + its duration) - first frame time, capped by
-`max_duration_sec` (MMAudio's int(fps * duration_sec)); "mmaudio_eval" yields what its loop yields,
-capped the same way.
+`max_duration_sec` (MMAudio's int(fps * duration_sec)), so every sample lies inside the clip and the
+count matches the 25 Hz audio frame count; ffmpeg's fps filter emits round(end * fps) -
+round(start * fps), i.e. at most one more trailing frame. "mmaudio_eval" yields what its loop yields, capped the same way.
 """
 from __future__ import annotations
 
@@ -124,12 +128,15 @@ class _Stream:
   transform: Callable[[np.ndarray], np.ndarray] | None
   out: list = dataclasses.field(default_factory=list)
   acc: float = 0.0          # mmaudio_eval: float-accumulated next target time
+  n0: int = 0               # grid offset: round(first frame time * fps), as ffmpeg's fps filter
+  t0: Fraction = Fraction(0)
 
   def next_key(self) -> Fraction:
-    i = len(self.out)
+    """Time (relative to the first frame) at which the next target switches to a later frame."""
+    i = len(self.out) + self.n0
     if self.rule == "nearest":
-      return (2 * i + 1) / (2 * self.fps)
-    return i / self.fps
+      return (2 * i + 1) / (2 * self.fps) - self.t0
+    return i / self.fps - self.t0
 
   def full(self) -> bool:
     return self.cap is not None and len(self.out) >= self.cap
@@ -214,6 +221,9 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
         if disp is None:
           disp = _frame_display_transform(frame)
           t0 = pts_t
+          for s in streams:
+            s.n0 = math.floor(t0 * s.fps + Fraction(1, 2))
+            s.t0 = t0
         rel = pts_t - t0
         dur = (Fraction(frame.duration) * Fraction(frame.time_base or tb)
                if frame.duration else 1 / Fraction(rate))
