@@ -7,13 +7,17 @@ Both streams are put on the audio-aligned grid: output frame j stands for time j
 (cropped or padded to Ta). CLIP frame i was sampled at time i / r_t; output frame j reads it at the
 fractional position x = j * r_t / r_a (computed in exact integer arithmetic for rational rates):
   "nearest"       i = floor(x): each CLIP frame is repeated until the next one is sampled
-                  (torch F.interpolate 'nearest' with the exact rate ratio, MMAudio-style repetition).
+                  (torch F.interpolate 'nearest' with the exact rate ratio).
   "nearest_exact" i = floor(x + 1/2): the CLIP frame closest in time.
   "linear"        (1 - w) f[floor(x)] + w f[floor(x) + 1], w = x - floor(x), clamped at the last frame.
 The default is "nearest". The paper only says the text-aligned features are "upsampled" by r_a / r_t;
-repeating each 4 fps feature over the 6.25 audio frames that follow its timestamp is the causal reading
-of that (a feature never appears before the frame it came from was shown), keeps the semantic features
-unblended, and is what MMAudio does when it brings its streams to one rate.
+plain repetition keeps the semantic features unblended. Of the two repetitions, "nearest" is the one
+aligned with how the frames were sampled: with the decoder's default rule (ffmpeg's fps filter,
+dreamfoley_jax.video.io) 4 fps sample i shows the last frame before (i + 1/2) / 4 s, i.e. content from
+about i/4 + 0.1 s, and floor repetition uses it for the 25 Hz frames in [i/4, (i + 1)/4), centred at
+i/4 + 0.125 s; "nearest_exact" would use it from (i - 1/2)/4, showing content up to ~0.25 s early.
+MMAudio brings its sync stream to its latent length with F.interpolate(mode='nearest-exact'), which is
+"nearest_exact" here when the lengths are in the exact rate ratio.
 
 Real clips are off by a few frames (an 8.04 s clip has 201 frames at 25 Hz but only
 ((201 - 16) // 8 + 1) * 8 = 192 sync tokens). `target_len` fixes Ta; positions without data are filled
