@@ -31,8 +31,9 @@ setuptools.setup(
     install_requires=RUNTIME,
     extras_require={
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
+        # librosa: reference for the eval front-end tests only.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50",
-                 "librosa>=0.10"],  # librosa: reference for the eval front-end tests only,
+                 "librosa>=0.10"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },
