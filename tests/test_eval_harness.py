@@ -66,7 +66,7 @@ class _Proj(base.Embedder):
 
 class FakePasst(_Proj):
   def __init__(self):
-    super().__init__("passt", {"passt_logits": 527, "passt_embed": 768}, 1)
+    super().__init__("passt", {"passt_logits": 527, "passt_embed": 32}, 1)  # 768 in the real model
 
   def audio_features(self, wav, sr, dur, name):
     x = frontends.passt_input(frontends.prepare_audio(wav, sr, 32000, dur))
@@ -262,3 +262,31 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
   # Even without a clip length, fewer than 4.8 s cannot be scored.
   with pytest.raises(torch_ref.AudioTooShortError, match="at least 4.8 s"):
     torch_ref.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")
+
+
+def test_cli_reports_missing_weights_clearly(dataset, tmp_path):
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cmd = [sys.executable, str(root / "tools" / "evaluate.py"), f"--config={root / 'experiments' / 'eval_vggsound.py'}",
+         f"--config.gen_dir={dataset / 'gen'}", f"--config.weights_dir={tmp_path}", "--config.metrics=panns,vggish"]
+  p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120,
+                     env={**__import__("os").environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert p.returncode != 0
+  assert "MissingWeightsError" in p.stderr and "Cnn14_16k_mAP=0.438.pth" in p.stderr
+
+
+def test_experiment_configs_load():
+  import importlib.util
+
+  root = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+  got = {}
+  for name, arg in [("eval_vggsound", None), ("eval_kling", None), ("eval_ablation", "table4_k4")]:
+    spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    got[name] = mod.get_config(arg) if arg else mod.get_config()
+  assert got["eval_vggsound"].duration_s == 8.0 and got["eval_kling"].duration_s == 10.0
+  assert got["eval_ablation"].row_name == "table4_k4" and got["eval_ablation"].duration_s == 8.0
+  assert set(got["eval_vggsound"].metrics.split(",")) == set(harness.ALL_EMBEDDERS)
