@@ -7,7 +7,7 @@
 | passt       | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt)        | passt-s-f128-p16-s10-ap.476-swa.pt           |
 | clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
 | imagebind   | IB-score                   | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
-| synchformer | DeSync                     | PyTorch reference (av-benchmark)       | synchformer_state_dict.pth                   |
+| synchformer | DeSync                     | PyTorch feature extractors; Flax head  | synchformer_state_dict.pth                   |
 """
 from __future__ import annotations
 

@@ -138,10 +138,10 @@ class ImageBindEmbedder(Embedder):
 
 
 class SynchformerEmbedder(Embedder):
-  """DeSync: av-benchmark's Synchformer (video + audio feature extractors and the 21-class sync head)."""
+  """DeSync: av-benchmark's Synchformer feature extractors (PyTorch) + the 21-class offset head (Flax port)."""
   FILES = ("synchformer_state_dict.pth",)
 
-  def __init__(self, path=None, device: str = "cpu"):
+  def __init__(self, path=None, device: str = "cpu", head: str = "flax"):
     super().__init__(name="synchformer", native=False, needs_video=True)
     ckpt = find_checkpoint("synchformer", path, self.FILES)
     sf = require("av_bench.synchformer.synchformer", "git+https://github.com/hkchengrex/av-benchmark",
@@ -150,6 +150,16 @@ class SynchformerEmbedder(Embedder):
 
     self.model = _load_strict(sf.Synchformer(), ckpt, "synchformer").to(device)
     self.device, self._torch, self._fp = device, torch, _fp("synchformer", ckpt)
+    # The offset classifier runs as the Flax port (sync_head.py); head="torch" uses compare_v_a instead.
+    self.head = head
+    if head == "flax":
+      import jax
+      from dreamfoley_jax.convert.common import TensorSource
+      from dreamfoley_jax.eval.embedders import sync_head
+
+      self._head_vars = sync_head.convert_sync_head(TensorSource(ckpt))
+      model = sync_head.SyncHead(sync_head.SyncHeadConfig())
+      self._head = jax.jit(lambda p, v, a: model.apply(p, v, a)[0])
 
   def fingerprint(self):
     return self._fp
@@ -174,6 +184,9 @@ class SynchformerEmbedder(Embedder):
     """(2, 21) logits for the first and the last 14 segments (4.8 s) of each stream, as av-benchmark."""
     out = []
     for v, a in sync_windows(video_SxTxD, audio_SxTxD):
+      if self.head == "flax":
+        out.append(np.asarray(self._head(self._head_vars, v[None].astype(np.float32), a[None].astype(np.float32)))[0])
+        continue
       with self._torch.no_grad():
         lg = self.model.compare_v_a(self._torch.tensor(v[None], device=self.device),
                                     self._torch.tensor(a[None], device=self.device))
