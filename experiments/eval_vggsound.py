@@ -22,6 +22,7 @@ def get_config():
   c.metrics = "panns,vggish,passt,clap,imagebind,synchformer"
   c.weights_dir = ""          # directory holding every checkpoint under its published file name
   c.weights = ml_collections.ConfigDict(dict(panns="", vggish="", passt="", clap="", imagebind="", synchformer=""))
+  c.fd_method = "sqrtm"       # av-benchmark's scipy sqrtm; "eig" is exact for rank-deficient covariances
   c.device = "cpu"            # torch device for the delegated (PyTorch) embedders, e.g. cuda
   c.clap_seed = 0             # seeds laion_clap's random 10 s crop of longer audio (unseeded upstream)
   c.cache_dir = ""            # default <gen_dir>/eval_cache

@@ -145,6 +145,7 @@ class EvalInputs:
   duration_s: float = 8.0
   cache_dir: str | None = None  # generated-clip features; default <gen_dir>/eval_cache
   ref_cache_dir: str | None = None  # ground-truth audio / video / caption features; default cache_dir
+  fd_method: str = "sqrtm"  # "sqrtm" = av-benchmark; "eig" = exact symmetric form (see metrics.py)
 
 
 def _progress(it, desc):
@@ -180,6 +181,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   cache_root = inputs.cache_dir or str(pathlib.Path(inputs.gen_dir).expanduser() / "eval_cache")
   gen_cache, ref_cache = FeatureCache(cache_root), FeatureCache(inputs.ref_cache_dir or cache_root)
   dur = inputs.duration_s
+  fdm = inputs.fd_method
   tag = f"dur={dur}"
 
   def gen_audio_feats(emb):
@@ -211,7 +213,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     fg, fr = gen_audio_feats(e), ref_audio_feats(e)
     if fr:
       m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
-                                              np.stack([v["panns_2048"] for v in fr.values()]))
+                                              np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
     pp = [(g, r) for g, r in paired if r in fr]
     if pp:
       m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
@@ -226,7 +228,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     fg, fr = gen_audio_feats(e), ref_audio_feats(e)
     if fr:
       m["FD-VGG"] = metrics.frechet_distance(np.concatenate([v["vggish"] for v in fg.values()]),
-                                             np.concatenate([v["vggish"] for v in fr.values()]))
+                                             np.concatenate([v["vggish"] for v in fr.values()]), method=fdm)
       counts["FD-VGG-patches-generated"] = sum(len(v["vggish"]) for v in fg.values())
 
   if "passt" in embedders:
@@ -235,7 +237,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     pp = [(g, r) for g, r in paired if r in fr]
     if pp:
       m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
-                                               np.stack([fr[r]["passt_embed"] for _, r in pp]))
+                                               np.stack([fr[r]["passt_embed"] for _, r in pp]), method=fdm)
       m["KL-PASST-softmax"] = metrics.kl_softmax(np.stack([fr[r]["passt_logits"] for _, r in pp]),
                                                  np.stack([fg[g]["passt_logits"] for g, _ in pp]))
     counts["FD-PASST"] = len(pp)
