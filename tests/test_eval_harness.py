@@ -290,3 +290,53 @@ def test_experiment_configs_load():
   assert got["eval_vggsound"].duration_s == 8.0 and got["eval_kling"].duration_s == 10.0
   assert got["eval_ablation"].row_name == "table4_k4" and got["eval_ablation"].duration_s == 8.0
   assert set(got["eval_vggsound"].metrics.split(",")) == set(harness.ALL_EMBEDDERS)
+
+
+def _ffmpeg_fps_filter(path, fps):
+  """Reference: frames out of ffmpeg's own `fps` filter (what torio's StreamingMediaDecoder applies)."""
+  import av
+
+  out = []
+  with av.open(str(path)) as c:
+    s = c.streams.video[0]
+    g = av.filter.Graph()
+    src, f, sink = g.add_buffer(template=s), g.add("fps", f"fps={fps}"), g.add("buffersink")
+    src.link_to(f)
+    f.link_to(sink)
+    g.configure()
+
+    def drain():
+      while True:
+        try:
+          out.append(g.pull().to_ndarray(format="rgb24"))
+        except (BlockingIOError, EOFError, av.error.FFmpegError):
+          return
+
+    for fr in c.decode(s):
+      g.push(fr)
+      drain()
+    g.push(None)
+    drain()
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("src_fps", [30, 24, "30000/1001"])
+def test_frame_selection_matches_ffmpeg_fps_filter(tmp_path, src_fps):
+  import av
+  from fractions import Fraction
+
+  path = tmp_path / "v.mp4"
+  with av.open(str(path), "w") as c:
+    v = c.add_stream("mpeg4", rate=Fraction(src_fps))
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    for i in range(60):
+      img = np.zeros((48, 64, 3), np.uint8)
+      img[:, :i] = 255  # frame i has a white bar i pixels wide
+      for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+        c.mux(p)
+    for p in v.encode():
+      c.mux(p)
+  bar = lambda frames: [int((f[24, :, 0] > 128).sum()) for f in frames]  # noqa: E731
+  for fps in (25.0, 0.5):
+    ref = _ffmpeg_fps_filter(path, fps)
+    assert bar(media.sample_frames(path, fps, len(ref))) == bar(ref)
