@@ -234,6 +234,13 @@ def test_end_to_end_with_cache(dataset, tmp_path):
   r2 = harness.evaluate(inp, _embedders())
   assert r2["cache"]["misses"] == 0 and r2["cache"]["hits"] > 0
   assert r2["metrics"] == m
+  # A re-generated file invalidates only its own entries.
+  import os
+  st = os.stat(dataset / "gen" / "extra3.wav")
+  os.utime(dataset / "gen" / "extra3.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  r3 = harness.evaluate(inp, _embedders())
+  assert r3["cache"]["misses"] == 3  # panns, vggish, passt (extra3 has no video/caption)
+  assert r3["metrics"] == m
 
   table = harness.write_outputs(r, tmp_path / "out" / "m.json", row_name="tiny", ib_scale=100)
   saved = json.loads((tmp_path / "out" / "m.json").read_text())

@@ -182,24 +182,32 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   gen_cache, ref_cache = FeatureCache(cache_root), FeatureCache(inputs.ref_cache_dir or cache_root)
   dur = inputs.duration_s
   fdm = inputs.fd_method
-  tag = f"dur={dur}"
+
+  def tag(path):  # a clip's features are stale once its file (or the clip length) changes
+    st = pathlib.Path(path).stat()
+    return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+  def gen_audio(e, g):
+    return gen_cache.get_or_compute("gen", e, g, tag(gen[g]),
+                                    lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
 
   def gen_audio_feats(emb):
     out = {}
     for g in _progress(sorted(gen), f"{emb.name}: generated audio"):
-      out[g] = gen_cache.get_or_compute("gen", emb, g, tag, lambda g=g: emb.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+      out[g] = gen_audio(emb, g)
     return out
 
   def ref_audio_feats(emb):
     out = {}
     for r in _progress(sorted(gt), f"{emb.name}: reference audio"):
-      out[r] = ref_cache.get_or_compute("gt", emb, r, tag, lambda r=r: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))
+      out[r] = ref_cache.get_or_compute("gt", emb, r, tag(gt[r]),
+                                        lambda r=r: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))
     return out
 
   def video_feats(emb, key, loader):
     out = {}
     for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video"):
-      out[r] = ref_cache.get_or_compute("video", emb, r, tag,
+      out[r] = ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
                                         lambda r=r: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
     return out
 
@@ -247,7 +255,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     e = embedders["imagebind"]
     fv = video_feats(e, "ib_crops", media.imagebind_video_input)
     pp = [(g, r) for g, r in paired if r in fv]
-    fa = {g: gen_cache.get_or_compute("gen", e, g, tag, lambda g=g: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+    fa = {g: gen_audio(e, g)
           for g, _ in pp}
     if pp:
       m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
@@ -260,7 +268,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     pp = [(g, r) for g, r in paired if r in fv]
     logits = []
     for g, r in _progress(pp, "synchformer: DeSync"):
-      a = gen_cache.get_or_compute("gen", e, g, tag, lambda g=g: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+      a = gen_audio(e, g)
       logits.append(e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
     if logits:
       m["DeSync"] = metrics.desync_from_logits(np.stack(logits))
@@ -271,7 +279,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     pp = [(g, r) for g, r in paired if r in captions]
     ft = {r: ref_cache.get_or_compute("text", e, r, "caption=" + captions[r], lambda r=r: e.text_features(captions[r]))
           for _, r in pp}
-    fa = {g: gen_cache.get_or_compute("gen", e, g, tag, lambda g=g: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+    fa = {g: gen_audio(e, g)
           for g, _ in pp}
     if pp:
       m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
