@@ -57,7 +57,8 @@ def test_forward_shapes_and_composition(model_and_params):
     x, pm = m.embed_prompt(b)
     xa = m.embed_audio(b["audio_ids"], b["audio_vacant"])
     mask = jnp.concatenate([pm, b["audio_mask"]], 1)
-    h, _ = m.decode(jnp.concatenate([x, xa], 1), mask, foley.positions_from_mask(mask))
+    pos = foley.sequence_positions(m.config, pm, b["text_ids"].shape[1], xa.shape[1])
+    h, _ = m.decode(jnp.concatenate([x, xa], 1), mask, pos)
     return m.predict(h[:, x.shape[1]:])
   np.testing.assert_allclose(model.apply({"params": params}, method=manual), logits, atol=1e-6)
 
@@ -73,7 +74,7 @@ def test_gradient_causality_over_all_modalities(model_and_params):
     return jnp.concatenate([x, xa], 1), jnp.concatenate([pm, b["audio_mask"]], 1), x.shape[1]
 
   x, mask, P = model.apply({"params": params}, method=embeds)
-  pos = foley.positions_from_mask(mask)
+  pos = foley.sequence_positions(CFG, mask[:, :P], b["text_ids"].shape[1], x.shape[1] - P)
 
   def out_at(xx, p):
     h, _ = model.apply({"params": params}, xx, mask, pos, method=lambda m, *a: m.decode(*a))
@@ -181,6 +182,40 @@ def test_learnable_pad_replaces_vacant_cells(model_and_params):
   vac_any = np.asarray(b["audio_vacant"]).any(-1)
   assert np.abs(np.asarray(e_pad - e_raw))[~vac_any].max() == 0
   assert np.abs(np.asarray(e_pad - e_raw))[vac_any].min() > 0
+
+
+@pytest.mark.parametrize("scheme", ["sequential", "time_aligned"])
+def test_positions(scheme):
+  cfg = CFG.replace(position_scheme=scheme)
+  b = make_batch()
+  pm = jnp.concatenate([b["text_mask"], b["video_mask"]], 1)
+  pos = np.asarray(foley.sequence_positions(cfg, pm, 5, 4))
+  n_t = np.asarray(b["text_mask"]).sum(1)
+  n_v = np.asarray(b["video_mask"]).sum(1)
+  for i in range(2):
+    np.testing.assert_array_equal(pos[i, :n_t[i]], np.arange(n_t[i]))
+    np.testing.assert_array_equal(pos[i, 5:5 + n_v[i]], n_t[i] + np.arange(n_v[i]))
+    a0 = n_t[i] + (n_v[i] if scheme == "sequential" else 0)
+    np.testing.assert_array_equal(pos[i, -4:], a0 + np.arange(4))
+    assert int(foley.audio_position_offset(cfg, pm, 5)[i]) == a0
+  if scheme == "sequential":   # == plain cumsum over real tokens
+    full = jnp.concatenate([pm, jnp.ones((2, 4), bool)], 1)
+    valid = np.asarray(full)
+    np.testing.assert_array_equal(pos[valid], np.asarray(foley.positions_from_mask(full))[valid])
+
+
+def test_time_aligned_model_is_causal_and_differs():
+  cfg = CFG.replace(position_scheme="time_aligned")
+  model = foley.DreamFoley(cfg)
+  b = make_batch()
+  params = model.init(jax.random.key(0), b)["params"]
+  l1, _ = model.apply({"params": params}, b)
+  l0, _ = foley.DreamFoley(CFG).apply({"params": params}, b)
+  assert np.abs(np.asarray(l1 - l0)).max() > 1e-6   # positions differ -> outputs differ
+  ids = np.asarray(b["audio_ids"]).copy()
+  ids[:, 6] = (ids[:, 6] + 1) % 16
+  l2, _ = model.apply({"params": params}, dict(b, audio_ids=jnp.asarray(ids)))
+  np.testing.assert_array_equal(np.asarray(l1[:, :6]), np.asarray(l2[:, :6]))
 
 
 def test_fusion_nearest_upsampling_timing():

@@ -59,6 +59,7 @@ class FoleyConfig:
   learnable_pad: bool = True          # eq. 2
   cfg_drop_text: float = 0.1          # section 3.4 / 5.1
   cfg_drop_video: float = 0.1
+  position_scheme: str = "sequential"  # sequential | time_aligned (see `sequence_positions`)
 
   @property
   def vocab_per_codebook(self) -> int:
@@ -83,6 +84,8 @@ class FoleyConfig:
     if len(self.loss_weights) < self.num_codebooks:
       raise ValueError(f"loss_weights has {len(self.loss_weights)} entries, need num_codebooks="
                        f"{self.num_codebooks}")
+    if self.position_scheme not in ("sequential", "time_aligned"):
+      raise ValueError(f"position_scheme must be 'sequential' or 'time_aligned', got {self.position_scheme!r}")
     if not (self.use_sync or self.use_clip):
       raise ValueError("at least one of use_sync / use_clip must be True")
 
@@ -205,6 +208,37 @@ def positions_from_mask(mask_BxT: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def audio_position_offset(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int) -> Array:
+  """(B,) position of audio column 0; column j sits at offset + j."""
+  n_text = prompt_mask_BxP[:, :text_len].sum(axis=1).astype(jnp.int32)
+  if cfg.position_scheme == "time_aligned":
+    return n_text
+  return prompt_mask_BxP.sum(axis=1).astype(jnp.int32)
+
+
+def sequence_positions(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int, num_audio: int) -> Array:
+  """Rotary positions of [text | video | audio] (B, P + La).
+
+  sequential: real tokens count up through the whole sequence (padding skipped).
+  time_aligned (our option, in the spirit of Qwen2.5-Omni's TMRoPE): video frame f and audio column f
+  share position n_text + f, so "the sound at time t" and "the frame at time t" sit at relative distance
+  0 whatever the clip length; the mask still orders the sequence causally as [text | video | audio].
+  """
+  if cfg.position_scheme == "sequential":
+    B = prompt_mask_BxP.shape[0]
+    mask = jnp.concatenate([prompt_mask_BxP, jnp.ones((B, num_audio), bool)], axis=1)
+    pos = positions_from_mask(mask)
+    # Audio columns count on from the prompt's real tokens (right-padded audio never precedes real audio).
+    off = audio_position_offset(cfg, prompt_mask_BxP, text_len)
+    return pos.at[:, prompt_mask_BxP.shape[1]:].set(off[:, None] + jnp.arange(num_audio)[None])
+  tmask = prompt_mask_BxP[:, :text_len]
+  n_text = tmask.sum(axis=1, keepdims=True).astype(jnp.int32)
+  pt = positions_from_mask(tmask)
+  pv = n_text + positions_from_mask(prompt_mask_BxP[:, text_len:])
+  pa = n_text + jnp.arange(num_audio, dtype=jnp.int32)[None]
+  return jnp.concatenate([pt, pv, pa], axis=1)
+
+
 class DreamFoley(nn.Module):
   config: FoleyConfig
 
@@ -295,7 +329,8 @@ class DreamFoley(nn.Module):
     xa = self.embed_audio(ids, batch.get("audio_vacant"))
     x = jnp.concatenate([prompt, xa], axis=1)
     mask = jnp.concatenate([pmask, amask], axis=1)
-    h, _ = self.decode(x, mask, positions_from_mask(mask))
+    pos = sequence_positions(self.config, pmask, batch["text_ids"].shape[1], ids.shape[1])
+    h, _ = self.decode(x, mask, pos)
     P = prompt.shape[1]
     logits = self.predict(h[:, P:])
     return logits, {"prompt_len": P}
