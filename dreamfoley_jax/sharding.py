@@ -42,6 +42,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_out", "tensor"),
     ("kernel", None),
     ("null", None),
+    ("audio_channels", None),  # audio tokenizer weights: small, replicated
 )
 
 
