@@ -44,10 +44,16 @@ def get_config():
   c.model.learnable_pad = True                   # Eq. 2: learnable padding in vacant delay positions
   c.model.cfg_drop_text = 0.1                    # Sec. 5.1: text condition dropped with p = 0.1
   c.model.cfg_drop_video = 0.1                   # Sec. 5.1: video condition dropped with p = 0.1
+  c.model.position_scheme = "sequential"         # OUR CHOICE: plain causal positions, as a Qwen2 LM
+  # features: encoders run offline (tools/extract_features.py) and are frozen (our reading of sec. 3.2);
+  # frames: the encoders run inside the model on uint8 frames (params eva_clip/..., synchformer/...).
+  c.model.vision_mode = "features"
+  c.model.synchformer = ml_collections.ConfigDict(dict(preset="synchformer"))   # Sec. 3.2: Synchformer
+  c.model.eva = ml_collections.ConfigDict(dict(preset="eva01-g-14"))           # Sec. 3.2: EVA-CLIP-g/14
 
   c.vision = ml_collections.ConfigDict(dict(
       eva_clip="eva01-g-14",          # Sec. 3.2: EVA-CLIP-g/14
-      synchformer="real",             # Sec. 3.2: Synchformer (MMAudio's visual branch)
+      synchformer="synchformer",      # Sec. 3.2: Synchformer (MMAudio's visual branch)
       window=16, stride=8,            # Sec. 3.2: 16-frame windows, stride 8 (as in MMAudio)
       frozen=True,                    # OUR READING: the encoders are pretrained and frozen
   ))

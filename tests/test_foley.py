@@ -273,3 +273,37 @@ def test_config_errors():
     foley.FoleyConfig(num_codebooks=8, loss_weights=(1.0,))
   with pytest.raises(ValueError, match="ablation_rvq"):
     configs.load_config("experiments/ablation_rvq.py:3")
+
+
+def test_frames_mode_runs_encoders_and_masks_partial_windows():
+  from dreamfoley_jax.models import eva_clip, synchformer
+  sc = synchformer.from_preset("tiny", image_size=32, patch_size=8, width=16, num_heads=2, depth=1)
+  ec = eva_clip.from_preset("tiny", image_size=32, patch_size=8, width=16, num_heads=2, depth=1, mlp_dim=32,
+                            embed_dim=8)
+  cfg = CFG.replace(vision_mode="frames", synchformer=sc, eva=ec, sync_dim=16, clip_dim=8)
+  rng = np.random.default_rng(0)
+  B, Tf, Tc = 2, 40, 7
+  fmask = np.ones((B, Tf), bool)
+  fmask[1, 30:] = False
+  b = make_batch()
+  for k in ("sync_feats", "clip_feats", "video_mask"):
+    del b[k]
+  b.update(frames_sync=jnp.asarray(rng.integers(0, 256, (B, Tf, 32, 32, 3)), jnp.uint8),
+           frames_sync_mask=jnp.asarray(fmask),
+           frames_clip=jnp.asarray(rng.integers(0, 256, (B, Tc, 32, 32, 3)), jnp.uint8))
+  model = foley.DreamFoley(cfg)
+  params = model.init(jax.random.key(0), b)["params"]
+  assert "synchformer" in params and "eva_clip" in params
+  logits, aux = model.apply({"params": params}, b)
+  # 40 frames -> S = 4 windows x 8 tokens; item 1 has 30 real frames -> windows 0,1 (last frames 15, 23) real.
+  assert aux["prompt_len"] == b["text_ids"].shape[1] + 32
+  _, pm = model.apply({"params": params}, b, method=lambda m, bb: m.embed_prompt(bb))
+  np.testing.assert_array_equal(np.asarray(pm[1, 5:]), np.r_[np.ones(16, bool), np.zeros(16, bool)])
+  # The video changes the output; frames beyond the mask of item 1 do not.
+  fr = np.asarray(b["frames_sync"]).copy()
+  fr[1, 35:] = 0
+  l2, _ = model.apply({"params": params}, dict(b, frames_sync=jnp.asarray(fr)))
+  np.testing.assert_allclose(np.asarray(l2[1]), np.asarray(logits[1]), atol=1e-6)
+  fr[0, :8] = 255 - fr[0, :8]
+  l3, _ = model.apply({"params": params}, dict(b, frames_sync=jnp.asarray(fr)))
+  assert np.abs(np.asarray(l3[0] - logits[0])).max() > 1e-6

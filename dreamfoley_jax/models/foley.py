@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax import sharding
-from dreamfoley_jax.models import qwen2
+from dreamfoley_jax.models import eva_clip, qwen2, synchformer
 
 Array = jax.Array
 
@@ -60,6 +60,12 @@ class FoleyConfig:
   cfg_drop_text: float = 0.1          # section 3.4 / 5.1
   cfg_drop_video: float = 0.1
   position_scheme: str = "sequential"  # sequential | time_aligned (see `sequence_positions`)
+  # features: the batch carries encoder outputs (sync_feats, clip_feats); frames: the batch carries
+  # uint8 frames (frames_sync @ 25 fps, frames_clip @ 4 fps) and the encoders run inside the model
+  # (params "synchformer/..." and "eva_clip/...", frozen or trained by the train config).
+  vision_mode: str = "features"
+  synchformer: Optional[synchformer.SynchformerConfig] = None
+  eva: Optional[eva_clip.EvaClipConfig] = None
 
   @property
   def vocab_per_codebook(self) -> int:
@@ -86,6 +92,13 @@ class FoleyConfig:
                        f"{self.num_codebooks}")
     if self.position_scheme not in ("sequential", "time_aligned"):
       raise ValueError(f"position_scheme must be 'sequential' or 'time_aligned', got {self.position_scheme!r}")
+    if self.vision_mode not in ("features", "frames"):
+      raise ValueError(f"vision_mode must be 'features' or 'frames', got {self.vision_mode!r}")
+    if self.vision_mode == "frames":
+      if self.use_sync and (self.synchformer is None or self.synchformer.width != self.sync_dim):
+        raise ValueError("vision_mode='frames' with use_sync needs a synchformer config whose width == sync_dim")
+      if self.use_clip and (self.eva is None or self.eva.embed_dim != self.clip_dim):
+        raise ValueError("vision_mode='frames' with use_clip needs an eva config whose embed_dim == clip_dim")
     if not (self.use_sync or self.use_clip):
       raise ValueError("at least one of use_sync / use_clip must be True")
 
@@ -106,6 +119,16 @@ def config_from_dict(d) -> FoleyConfig:
     raise ValueError(f"model config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
   if "loss_weights" in d:
     d["loss_weights"] = tuple(float(w) for w in d["loss_weights"])
+  for key, mod in (("synchformer", synchformer), ("eva", eva_clip)):
+    sub = d.get(key)
+    if isinstance(sub, dict):
+      sub = dict(sub)
+      d[key] = mod.from_preset(sub.pop("preset"), **sub) if sub.get("preset") else None
+  if d.get("vision_mode") == "frames":
+    if d.get("synchformer") is not None:
+      d["sync_dim"] = d["synchformer"].width
+    if d.get("eva") is not None:
+      d["clip_dim"] = d["eva"].embed_dim
   return FoleyConfig(decoder=dcfg, **d)
 
 
@@ -263,6 +286,42 @@ class DreamFoley(nn.Module):
                                  (c.null_video_len, D), pd)
     self.heads = CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
                                dtype=d.dtype, param_dtype=d.param_dtype)
+    if c.vision_mode == "frames":
+      if c.use_sync:
+        self.synchformer = synchformer.Synchformer(c.synchformer)
+      if c.use_clip:
+        self.eva_clip = eva_clip.EvaVisionTower(c.eva)
+
+  def encode_frames(self, batch: dict):
+    """frames mode: uint8 frames -> (sync tokens (B,S*8,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
+    c = self.config
+    sync = clip = None
+    mask = None
+    if c.use_sync:
+      fr = batch["frames_sync"]
+      B, Tf = fr.shape[:2]
+      sc = c.synchformer
+      idx = synchformer.window_index(Tf, sc.window, sc.stride)             # (S, 16)
+      x = fr.astype(jnp.float32) / 127.5 - 1.0                             # Normalize(0.5, 0.5) on [0,1]
+      feats, _ = self.synchformer(x[:, idx])                                # (B,S,8,D)
+      S, Tt = feats.shape[1], feats.shape[2]
+      sync = feats.reshape(B, S * Tt, feats.shape[-1])
+      fmask = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(bool)
+      # A window's tokens are real when its last frame is (MMAudio drops partial windows).
+      mask = jnp.repeat(fmask[:, idx[:, -1]], Tt, axis=1)
+    if c.use_clip:
+      fc = batch["frames_clip"]
+      B, Tc = fc.shape[:2]
+      mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
+      std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
+      x = (fc.astype(jnp.float32) / 255.0 - mean) / std
+      emb, _ = self.eva_clip(x.reshape((B * Tc,) + fc.shape[2:]))
+      clip = emb.reshape(B, Tc, -1)
+      if mask is None:
+        Tv = int(round(Tc * c.sync_rate / c.clip_rate))
+        cm = batch.get("frames_clip_mask", jnp.ones((B, Tc), bool)).astype(bool)
+        mask = cm[:, upsample_index(Tv, c.sync_rate, c.clip_rate, Tc)]
+    return sync, clip, mask
 
   # -- pieces (also used by the sampler) -----------------------------------------------------------
 
@@ -283,7 +342,11 @@ class DreamFoley(nn.Module):
     B = text_ids.shape[0]
     text_mask = batch.get("text_mask", jnp.ones(text_ids.shape, bool)).astype(bool)
     xt = self.decoder.embed(text_ids).astype(dt)
-    if "video_feats" in batch:
+    if c.vision_mode == "frames":
+      sync, clip, vmask = self.encode_frames(batch)
+      fused = fuse_video(c, sync, clip, vmask.shape[1])
+      batch = dict(batch, video_mask=vmask)
+    elif "video_feats" in batch:
       fused = batch["video_feats"]
     else:
       ref = batch["sync_feats"] if c.use_sync else batch["clip_feats"]
@@ -389,6 +452,16 @@ def dummy_batch(cfg: FoleyConfig, batch: int = 1, text_len: int = 16, video_fram
        "audio_vacant": jnp.zeros((batch, audio_cols, cfg.num_codebooks), bool)}
   b["text_mask"] = jnp.ones(b["text_ids"].shape, bool)
   Tv = b["video_mask"].shape[1]
+  if cfg.vision_mode == "frames":
+    del b["video_mask"]
+    if cfg.use_sync:
+      sc = cfg.synchformer
+      Tf = max(Tv, sc.window + sc.stride * ((cfg.null_video_len + sc.token_frames - 1) // sc.token_frames))
+      b["frames_sync"] = jnp.zeros((batch, Tf, sc.image_size, sc.image_size, 3), jnp.uint8)
+    if cfg.use_clip:
+      ec = cfg.eva
+      b["frames_clip"] = jnp.zeros((batch, max(Tc, cfg.null_video_len), ec.image_size, ec.image_size, 3), jnp.uint8)
+    return b
   if cfg.use_sync:
     b["sync_feats"] = jnp.zeros((batch, Tv, cfg.sync_dim), jnp.float32)
   if cfg.use_clip:
