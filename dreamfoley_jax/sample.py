@@ -299,8 +299,9 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
   seeds = np.arange(B) if item_seeds is None else np.asarray(item_seeds)
   base = jax.random.key(seed)
   keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds, jnp.uint32))
-  dt = None if drop_text is None else jnp.asarray(drop_text, bool)
-  dv = None if drop_video is None else jnp.asarray(drop_video, bool)
+  # Always arrays (all-False = keep): one compiled program for every mode.
+  dt = jnp.zeros((B,), bool) if drop_text is None else jnp.asarray(drop_text, bool).reshape(B)
+  dv = jnp.zeros((B,), bool) if drop_video is None else jnp.asarray(drop_video, bool).reshape(B)
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   out = _sample_jit(params, batch, jnp.asarray(lengths), keys, dt, dv, neg_ids, neg_mask, neg, prefix_codes,
                     cfg=cfg, sc=sample_cfg, max_frames=max_frames, return_logits=return_logits)

@@ -35,20 +35,26 @@ def prompt_batch(B=2, Lt=5, Tv=25, seed=0):
 @pytest.fixture(scope="module")
 def params():
   b = dict(prompt_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
-  p = nn.unbox(foley.DreamFoley(CFG).init(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
+  p = nn.unbox(jax.jit(foley.DreamFoley(CFG).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
   # Random init gives near-uniform heads; sharpen them so greedy / CFG differences are far from ties.
   p["heads"]["fc2_kernel"] = p["heads"]["fc2_kernel"] * 30.0
   return p
 
 
+@jax.jit
+def _forward(params, b, dt, dv):
+  return foley.DreamFoley(CFG).apply({"params": params}, b, dt, dv)[0]
+
+
 def teacher_forced(params, pb, res, drop_text=None, drop_video=None):
   """Full forward (no cache) over the generated delayed sequence: logits (B, La, K, V)."""
+  B = res["delayed"].shape[0]
   b = dict(pb, audio_ids=res["delayed"], audio_vacant=res["vacant"])
+  b.setdefault("text_mask", np.ones(np.shape(pb["text_ids"]), bool))
   b = jax.tree.map(jnp.asarray, b)
-  dt = None if drop_text is None else jnp.asarray(drop_text)
-  dv = None if drop_video is None else jnp.asarray(drop_video)
-  logits, _ = foley.DreamFoley(CFG).apply({"params": params}, b, dt, dv)
-  return np.asarray(logits)
+  dt = np.zeros(B, bool) if drop_text is None else np.asarray(drop_text)
+  dv = np.zeros(B, bool) if drop_video is None else np.asarray(drop_video)
+  return np.asarray(_forward(params, b, jnp.asarray(dt), jnp.asarray(dv)))
 
 
 def code_cells(res):
@@ -170,15 +176,16 @@ def test_negative_prompt_replaces_unconditional_text(params):
 
 def test_seeds_reproducible_and_batch_independent(params):
   pb = prompt_batch()
-  sc = S.SampleConfig(temperature=1.0, top_k=8, top_p=0.95)
-  a = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=11)
-  b = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=11)
-  c = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=12)
+  sc = S.SampleConfig(temperature=1.0, top_k=5, top_p=0.95, cfg_scale=3.0)   # shares a compile with the CFG test
+  a = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=11, return_logits=True)
+  b = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=11, return_logits=True)
+  c = S.sample(CFG, params, pb, LENGTHS, sample_cfg=sc, seed=12, return_logits=True)
   np.testing.assert_array_equal(a["codes"], b["codes"])
   assert not np.array_equal(a["codes"], c["codes"])
   # Item 1 alone, with its item seed, gets the same tokens as inside the batch.
   one = {k: v[1:] for k, v in pb.items()}
-  s1 = S.sample(CFG, params, one, LENGTHS[1:], sample_cfg=sc, seed=11, item_seeds=[1], max_frames=max(LENGTHS))
+  s1 = S.sample(CFG, params, one, LENGTHS[1:], sample_cfg=sc, seed=11, item_seeds=[1], max_frames=max(LENGTHS),
+                return_logits=True)
   np.testing.assert_array_equal(s1["codes"][0], a["codes"][1])
 
 
@@ -217,11 +224,12 @@ def test_temperature_applies_after_top_k_and_top_p():
   sc = S.SampleConfig(temperature=100.0, top_k=25, top_p=0.9)
   keys = jax.random.split(jax.random.key(0), 2000)
   xs = jnp.broadcast_to(jnp.asarray(x), (2000, 1, V))
-  drawn = np.asarray(S.choose_tokens(xs, keys, sc, CFG.codebook_size))
+  choose = jax.jit(S.choose_tokens, static_argnums=(2, 3))
+  drawn = np.asarray(choose(xs, keys, sc, CFG.codebook_size))
   assert set(np.unique(drawn)) == allowed                     # hot: all three drawn, nothing else
   counts = np.bincount(drawn.ravel(), minlength=3)[:3] / 2000
   np.testing.assert_allclose(counts, 1 / 3, atol=0.05)        # temperature 100 flattens the kept set
-  g = np.asarray(S.choose_tokens(xs[:1], keys[:1], sc.replace(temperature=0.0), CFG.codebook_size))
+  g = np.asarray(choose(xs[:1], keys[:1], sc.replace(temperature=0.0), CFG.codebook_size))
   assert g[0, 0] == 0
 
 
