@@ -303,3 +303,80 @@ def bpe_tokenizer(path: str | os.PathLike) -> Callable[[str], list[int]]:
     raise FileNotFoundError(f"{p}: tokenizer.json not found")
   tok = Tokenizer.from_file(str(p))
   return lambda s: tok.encode(s, add_special_tokens=False).ids
+
+
+class ToneCodec:
+  """Placeholder codec for --smoke_random: a tone per frame chosen by codebook 0 (960 samples / frame)."""
+  sample_rate = 24000
+
+  def decode(self, codes_KxT):
+    t = np.arange(self.sample_rate // 25) / self.sample_rate
+    return np.concatenate([0.3 * np.sin(2 * np.pi * (100 + 4 * int(c)) * t) for c in np.asarray(codes_KxT)[0]])
+
+
+def random_feature_fn(cfg: foley.FoleyConfig) -> Callable[[str], dict]:
+  """Placeholder video features for --smoke_random: the right shapes for the video's duration."""
+  def fn(path):
+    n = max(1, int(round(probe_duration(path) * AUDIO_FRAME_RATE)))
+    rng = np.random.default_rng(n)
+    return {"sync_feats": rng.normal(size=(n, cfg.sync_dim)).astype(np.float32),
+            "clip_feats": rng.normal(size=(math.ceil(n * cfg.clip_rate / cfg.sync_rate), cfg.clip_dim)
+                                     ).astype(np.float32),
+            "video_mask": np.ones(n, bool)}
+  return fn
+
+
+def load_codec(path):
+  """The higgs-audio-v2 decoder from a converted checkpoint (dreamfoley_jax.audio.tokenizer, branch `higgs`)."""
+  try:
+    from dreamfoley_jax.audio import tokenizer as higgs_tok  # noqa: F401  (merged from branch `higgs`)
+  except ImportError as e:
+    raise GenerateError(f"--codec_checkpoint {path}: dreamfoley_jax.audio.tokenizer is not in this build "
+                        "(branch `higgs` not merged yet); use --smoke_random to check the pipeline") from e
+  raise GenerateError(f"--codec_checkpoint {path}: wire dreamfoley_jax.audio.tokenizer's decoder into "
+                      "generate.load_codec (returns an object with .sample_rate and .decode(codes_KxT))")
+
+
+def load_feature_fn(cfg: foley.FoleyConfig, exp):
+  """Video front end + EVA-CLIP / Synchformer (dreamfoley_jax.data.extract, branch `video`)."""
+  try:
+    from dreamfoley_jax.data import extract  # noqa: F401  (merged from branch `video`)
+  except ImportError as e:
+    raise GenerateError("video features: dreamfoley_jax.data.extract is not in this build (branch `video` "
+                        "not merged yet); use --smoke_random to check the pipeline") from e
+  raise GenerateError("video features: wire dreamfoley_jax.data.extract's encoders into "
+                      "generate.load_feature_fn (path -> sync_feats/clip_feats/video_mask)")
+
+
+def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
+                    sample_overrides=None, window_s=10.0, context_s=3.0, batch_size=8, bucket_s=2.0, seed=0,
+                    sample_rate=None, write_mp4=True, write_png=True) -> Generator:
+  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls)."""
+  import flax.linen as nn
+  import jax
+
+  from dreamfoley_jax import configs
+  from dreamfoley_jax.convert import common
+
+  exp = configs.load_config(config)
+  cfg = foley.config_from_dict(exp.model)
+  sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**(sample_overrides or {}))
+  if smoke_random:
+    model = foley.DreamFoley(cfg)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), foley.dummy_batch(
+        cfg, text_len=cfg.null_text_len, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
+    tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
+  else:
+    missing = [n for n, v in (("--checkpoint", checkpoint), ("--codec_checkpoint", codec_checkpoint),
+                              ("--tokenizer", tokenizer)) if not v]
+    if missing:
+      raise GenerateError(f"missing {', '.join(missing)} (or pass --smoke_random for a pipeline check)")
+    params = common.load_params(checkpoint)
+    codec, feature_fn, tokenize = load_codec(codec_checkpoint), load_feature_fn(cfg, exp), bpe_tokenizer(tokenizer)
+  fr = AUDIO_FRAME_RATE
+  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, window_frames=int(round(window_s * fr)),
+                   context_frames=int(round(context_s * fr)), batch_size=batch_size,
+                   bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed, sample_rate=sample_rate,
+                   write_mp4=write_mp4, write_png=write_png,
+                   max_text_len=int(exp.get("data", {}).get("max_text_len", 64)))

@@ -111,3 +111,11 @@ def test_generate_errors(tmp_path, params):
   (tmp_path / "bad.mp4").write_bytes(b"not a video")
   with pytest.raises(G.GenerateError, match="bad.mp4"):
     gen.run([G.Item(video=str(tmp_path / "bad.mp4"))], tmp_path)
+
+
+def test_build_generator_names_missing_paths():
+  with pytest.raises(G.GenerateError, match="--checkpoint, --codec_checkpoint, --tokenizer"):
+    G.build_generator("experiments/tiny.py")
+  g = G.build_generator("experiments/tiny.py", smoke_random=True, sample_overrides={"cfg_scale": 2.0})
+  assert g.sample_cfg == S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=2.0)
+  assert (g.window_frames, g.context_frames, g.bucket_frames) == (250, 75, 50)
