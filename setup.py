@@ -16,6 +16,7 @@ RUNTIME = [
     "tokenizers>=0.20",
     "soundfile>=0.12",
     "av>=12",
+    "pillow>=10",
     "tqdm>=4.66",
     "scipy>=1.11",
     "matplotlib>=3.8",
@@ -31,7 +32,9 @@ setuptools.setup(
     install_requires=RUNTIME,
     extras_require={
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50"],
+        # librosa: reference for the eval front-end tests only.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50",
+                 "librosa>=0.10"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -34,12 +34,15 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("codebooks", None),
+    ("codebook_vocab", None),   # 1026 = 1024 codes + BOS + EOS: not divisible by most mesh sizes
+    ("embed_in", None),         # input features of projectors (e.g. fused video, 1792)
     ("layers", None),
     ("norm", None),
     ("conv_in", None),
     ("conv_out", "tensor"),
     ("kernel", None),
     ("null", None),
+    ("audio_channels", None),  # audio tokenizer weights: small, replicated
 )
 
 

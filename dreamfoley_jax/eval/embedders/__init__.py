@@ -1,0 +1,50 @@
+"""Registry of metric embedders: which are Flax ports, which delegate to PyTorch, and what each feeds.
+
+| name        | metric(s)                  | implementation                         | checkpoint file                              |
+|-------------|----------------------------|----------------------------------------|----------------------------------------------|
+| panns       | FD_PANNs, KL_PANNs, IS     | Flax port (panns.py) + converter       | Cnn14_16k_mAP=0.438.pth                      |
+| vggish      | FD_VGG                     | Flax port (vggish.py) + converter      | vggish-10086976.pth                          |
+| passt       | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt)        | passt-s-f128-p16-s10-ap.476-swa.pt           |
+| clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
+| imagebind   | IB-score                   | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
+| synchformer | DeSync                     | PyTorch feature extractors; Flax head  | synchformer_state_dict.pth                   |
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from dreamfoley_jax.eval.embedders.base import (Embedder, MissingPackageError, MissingWeightsError,
+                                                find_checkpoint)
+from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import (AudioTooShortError, ClapEmbedder, ImageBindEmbedder,
+                                                     PasstEmbedder, SynchformerEmbedder)
+from dreamfoley_jax.eval.embedders.vggish import VGGishEmbedder
+
+REGISTRY: dict[str, Callable[..., Embedder]] = {
+    "panns": PannsEmbedder,
+    "vggish": VGGishEmbedder,
+    "passt": PasstEmbedder,
+    "clap": ClapEmbedder,
+    "imagebind": ImageBindEmbedder,
+    "synchformer": SynchformerEmbedder,
+}
+NATIVE_FLAX = ("panns", "vggish")
+EXPECTED_FILES = {
+    "panns": __import__("dreamfoley_jax.eval.embedders.panns", fromlist=["x"]).CHECKPOINT_FILES,
+    "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
+    "passt": PasstEmbedder.FILES,
+    "clap": ClapEmbedder.FILES,
+    "imagebind": ImageBindEmbedder.FILES,
+    "synchformer": SynchformerEmbedder.FILES,
+}
+
+
+def build(name: str, path=None, **kwargs) -> Embedder:
+  """The embedder `name` loading its checkpoint from `path` (a file, or a directory holding it)."""
+  if name not in REGISTRY:
+    raise KeyError(f"unknown embedder {name!r}; known: {sorted(REGISTRY)}")
+  return REGISTRY[name](path, **kwargs)
+
+
+__all__ = ["Embedder", "MissingPackageError", "MissingWeightsError", "AudioTooShortError", "REGISTRY",
+           "NATIVE_FLAX", "EXPECTED_FILES", "build", "find_checkpoint"]

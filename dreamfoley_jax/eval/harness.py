@@ -1,0 +1,306 @@
+"""Evaluation harness: pair generated audio with videos/ground truth/captions, cache per-clip embeddings,
+compute av-benchmark's metrics plus the paper's combined KL, and render the paper's table.
+
+Sets of clips (av-benchmark's choices, kept):
+- FD-PANN, FD-VGG: all ground-truth clips vs all generated clips (VGGish: all 0.96 s patches pooled).
+- FD-PASST, KL-*: paired clips only. IS: all generated clips.
+- IB-Score, DeSync: paired (video, generated audio). CLAP: paired (caption, generated audio).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import pathlib
+import re
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from dreamfoley_jax.eval import media, metrics
+from dreamfoley_jax.eval.embedders.base import Embedder
+
+log = logging.getLogger(__name__)
+
+ALL_EMBEDDERS = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairing
+# --------------------------------------------------------------------------------------------------
+
+
+def list_media(folder, exts: Sequence[str]) -> dict[str, pathlib.Path]:
+  """{stem: path} of the files in `folder` with one of `exts`; a stem present twice is an error."""
+  out: dict[str, pathlib.Path] = {}
+  folder = pathlib.Path(folder).expanduser()
+  if not folder.is_dir():
+    raise FileNotFoundError(f"{folder}: not a directory")
+  for p in sorted(folder.iterdir()):
+    if p.is_file() and p.suffix.lower() in exts:
+      if p.stem in out:
+        raise ValueError(f"{folder}: two files share the name {p.stem!r}: {out[p.stem].name} and {p.name}")
+      out[p.stem] = p
+  return out
+
+
+def read_captions(path) -> dict[str, str]:
+  """`name,caption` CSV (header row required, extra columns ignored) -> {name: caption}."""
+  with open(pathlib.Path(path).expanduser(), newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if reader.fieldnames is None or "name" not in reader.fieldnames or "caption" not in reader.fieldnames:
+      raise ValueError(f"{path}: needs a header with 'name' and 'caption' columns, got {reader.fieldnames}")
+    return {str(r["name"]).strip(): r["caption"] for r in reader}
+
+
+_SAMPLE_SUFFIX = re.compile(r"^(.*)-\d+$")
+
+
+def match_name(gen_name: str, known: Mapping[str, object]) -> str | None:
+  """The reference name a generated clip belongs to: exact stem, else the stem without a '-<k>' suffix."""
+  if gen_name in known:
+    return gen_name
+  m = _SAMPLE_SUFFIX.match(gen_name)
+  if m and m.group(1) in known:
+    return m.group(1)
+  return None
+
+
+@dataclasses.dataclass
+class Pairing:
+  gen_to_ref: dict[str, str]  # generated stem -> reference name
+  gen_unpaired: list[str]  # generated clips with no video / ground truth
+  ref_unpaired: list[str]  # videos / ground truth with no generated clip
+  no_caption: list[str]  # paired clips without a caption (excluded from CLAP only)
+
+  def report(self) -> dict:
+    return {"paired": len(self.gen_to_ref), "generated_without_reference": self.gen_unpaired,
+            "reference_without_generated": self.ref_unpaired, "paired_without_caption": self.no_caption}
+
+
+def pair(gen: Mapping[str, object], refs: Mapping[str, object], captions: Mapping[str, str] | None) -> Pairing:
+  g2r, unp = {}, []
+  for g in sorted(gen):
+    r = match_name(g, refs)
+    if r is None:
+      unp.append(g)
+    else:
+      g2r[g] = r
+  used = set(g2r.values())
+  ref_unp = sorted(r for r in refs if r not in used)
+  no_cap = sorted({r for r in used if captions is not None and r not in captions})
+  return Pairing(g2r, unp, ref_unp, no_cap)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-clip feature cache
+# --------------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+  """One npz per (role, embedder, clip), tagged with the embedder's fingerprint and the clip length."""
+
+  def __init__(self, root):
+    self.root = pathlib.Path(root).expanduser() if root else None
+    self.hits = self.misses = 0
+
+  def _path(self, role, emb, name):
+    return self.root / role / emb / f"{name}.npz"
+
+  def get_or_compute(self, role: str, emb: Embedder, name: str, tag: str,
+                     fn: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    key = f"{emb.fingerprint()}|{tag}"
+    if self.root is not None:
+      p = self._path(role, emb.name, name)
+      if p.exists():
+        try:
+          with np.load(p, allow_pickle=False) as z:
+            if str(z["__key__"]) == key:
+              self.hits += 1
+              return {k: z[k] for k in z.files if k != "__key__"}
+        except (OSError, KeyError, ValueError):
+          pass  # unreadable or stale: recompute
+    self.misses += 1
+    out = {k: np.asarray(v) for k, v in fn().items()}
+    if self.root is not None:
+      p.parent.mkdir(parents=True, exist_ok=True)
+      tmp = p.with_name(p.name + ".tmp.npz")
+      np.savez(tmp, __key__=np.array(key), **out)
+      tmp.replace(p)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EvalInputs:
+  gen_dir: str
+  video_dir: str | None = None
+  captions_csv: str | None = None
+  gt_audio_dir: str | None = None  # default: the audio tracks of the videos
+  duration_s: float = 8.0
+  cache_dir: str | None = None  # generated-clip features; default <gen_dir>/eval_cache
+  ref_cache_dir: str | None = None  # ground-truth audio / video / caption features; default cache_dir
+  fd_method: str = "sqrtm"  # "sqrtm" = av-benchmark; "eig" = exact symmetric form (see metrics.py)
+
+
+def _progress(it, desc):
+  try:
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+  except ImportError:  # pragma: no cover
+    return it
+
+
+def _inception(m, key, logits, notes, splits: int = 10):
+  if len(logits) < splits:
+    notes.append(f"{key}: skipped, {len(logits)} generated clips < {splits} splits")
+    log.warning(notes[-1])
+    return
+  m[f"{key}-mean"], m[f"{key}-std"] = metrics.inception_score(logits, splits=splits)
+
+
+def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
+  """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts'}."""
+  gen = list_media(inputs.gen_dir, media.AUDIO_EXTS)
+  if not gen:
+    raise FileNotFoundError(f"{inputs.gen_dir}: no .wav/.flac files")
+  videos = list_media(inputs.video_dir, media.VIDEO_EXTS) if inputs.video_dir else {}
+  gt = list_media(inputs.gt_audio_dir, media.AUDIO_EXTS) if inputs.gt_audio_dir else dict(videos)
+  captions = read_captions(inputs.captions_csv) if inputs.captions_csv else None
+  refs = {**{k: None for k in gt}, **{k: None for k in videos}}
+  pairing = pair(gen, refs, captions)
+  if pairing.gen_unpaired:
+    log.warning("%d generated clips have no reference and count only in IS/FD: %s",
+                len(pairing.gen_unpaired), pairing.gen_unpaired[:10])
+  cache_root = inputs.cache_dir or str(pathlib.Path(inputs.gen_dir).expanduser() / "eval_cache")
+  gen_cache, ref_cache = FeatureCache(cache_root), FeatureCache(inputs.ref_cache_dir or cache_root)
+  dur = inputs.duration_s
+  fdm = inputs.fd_method
+
+  def tag(path):  # a clip's features are stale once its file (or the clip length) changes
+    st = pathlib.Path(path).stat()
+    return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+  def gen_audio(e, g):
+    return gen_cache.get_or_compute("gen", e, g, tag(gen[g]),
+                                    lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+
+  def gen_audio_feats(emb):
+    out = {}
+    for g in _progress(sorted(gen), f"{emb.name}: generated audio"):
+      out[g] = gen_audio(emb, g)
+    return out
+
+  def ref_audio_feats(emb):
+    out = {}
+    for r in _progress(sorted(gt), f"{emb.name}: reference audio"):
+      out[r] = ref_cache.get_or_compute("gt", emb, r, tag(gt[r]),
+                                        lambda r=r: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))
+    return out
+
+  def video_feats(emb, key, loader):
+    out = {}
+    for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video"):
+      out[r] = ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
+                                        lambda r=r: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
+    return out
+
+  paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
+  m: dict[str, float] = {}
+  counts: dict[str, int] = {}
+  notes: list[str] = []
+
+  if "panns" in embedders:
+    e = embedders["panns"]
+    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
+    if fr:
+      m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
+                                              np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
+    pp = [(g, r) for g, r in paired if r in fr]
+    if pp:
+      m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
+                                                 np.stack([fg[g]["panns_logits"] for g, _ in pp]))
+    counts["KL-PANNS-softmax"] = len(pp)
+    logits = np.stack([fg[g]["panns_logits"] for g in sorted(fg)])
+    _inception(m, "ISC-PANNS", logits, notes)
+    counts["ISC-PANNS"] = len(logits)
+
+  if "vggish" in embedders:
+    e = embedders["vggish"]
+    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
+    if fr:
+      m["FD-VGG"] = metrics.frechet_distance(np.concatenate([v["vggish"] for v in fg.values()]),
+                                             np.concatenate([v["vggish"] for v in fr.values()]), method=fdm)
+      counts["FD-VGG-patches-generated"] = sum(len(v["vggish"]) for v in fg.values())
+
+  if "passt" in embedders:
+    e = embedders["passt"]
+    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
+    pp = [(g, r) for g, r in paired if r in fr]
+    if pp:
+      m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
+                                               np.stack([fr[r]["passt_embed"] for _, r in pp]), method=fdm)
+      m["KL-PASST-softmax"] = metrics.kl_softmax(np.stack([fr[r]["passt_logits"] for _, r in pp]),
+                                                 np.stack([fg[g]["passt_logits"] for g, _ in pp]))
+    counts["FD-PASST"] = len(pp)
+    _inception(m, "ISC-PASST", np.stack([fg[g]["passt_logits"] for g in sorted(fg)]), notes)
+
+  if "imagebind" in embedders and videos:
+    e = embedders["imagebind"]
+    fv = video_feats(e, "ib_crops", media.imagebind_video_input)
+    pp = [(g, r) for g, r in paired if r in fv]
+    fa = {g: gen_audio(e, g)
+          for g, _ in pp}
+    if pp:
+      m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
+                                          np.stack([fa[g]["ib_audio"] for g, _ in pp]))
+    counts["IB-Score"] = len(pp)
+
+  if "synchformer" in embedders and videos:
+    e = embedders["synchformer"]
+    fv = video_feats(e, "sync_frames", media.sync_video_input)
+    pp = [(g, r) for g, r in paired if r in fv]
+    logits = []
+    for g, r in _progress(pp, "synchformer: DeSync"):
+      a = gen_audio(e, g)
+      logits.append(e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
+    if logits:
+      m["DeSync"] = metrics.desync_from_logits(np.stack(logits))
+    counts["DeSync"] = len(pp)
+
+  if "clap" in embedders and captions is not None:
+    e = embedders["clap"]
+    pp = [(g, r) for g, r in paired if r in captions]
+    ft = {r: ref_cache.get_or_compute("text", e, r, "caption=" + captions[r], lambda r=r: e.text_features(captions[r]))
+          for _, r in pp}
+    fa = {g: gen_audio(e, g)
+          for g, _ in pp}
+    if pp:
+      m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
+                                                  np.stack([fa[g]["clap_audio"] for g, _ in pp]))
+    counts["LAION-CLAP-Score"] = len(pp)
+
+  kl = metrics.combined_kl(m)
+  if kl is not None:
+    m["KL"] = kl
+  counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos))
+  return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
+          "cache": {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses},
+          "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
+
+
+def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_scale: float = 1.0) -> str:
+  """Writes the JSON (metrics + pairing report) and returns the markdown table (also saved as .md)."""
+  table = metrics.markdown_table({row_name: result["metrics"]}, ib_scale=ib_scale)
+  result = dict(result, table=table, ib_scale=ib_scale)
+  p = pathlib.Path(out_json).expanduser()
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_text(json.dumps(result, indent=1, sort_keys=True))
+  p.with_suffix(".md").write_text(table + "\n")
+  return table

@@ -1,0 +1,523 @@
+"""The DreamFoley model (paper section 3): [text | video | audio] through a Qwen2 decoder, K codebook heads.
+
+Legend: B batch, Lt text tokens, Tv video frames (25 Hz), Tc CLIP frames (4 fps), La delayed audio
+columns, P prompt (= Lt + Tv), K codebooks, V per-codebook vocab (codebook_size + BOS + EOS), D width.
+
+Sequence order and special tokens (our choices, documented here because the paper does not spell them out):
+  * [text | video | audio]: the condition precedes what is generated, so one causal pass trains all
+    audio positions and sampling can prefill the whole condition into the KV cache once.
+  * No separator tokens. Modalities differ in their embedding source (word table, video projector, K
+    summed audio tables), and the first audio column is all-BOS (delay pattern, `audio/delay.py`), which
+    already acts as the "start of audio" token.
+  * Padding inside the batch (shorter captions, shorter videos) is masked out as keys; positions
+    are `cumsum(mask) - 1`, so every real token gets the position it would have without padding and the
+    same example packed differently gives the same output.
+  * CFG nulls (section 3.4): `null_text` (n_t, D) and `null_video` (n_v, D) are trained parameters. When
+    an example's text (video) is dropped, its text (video) region holds the null sequence in its first
+    n slots and the rest of the region is masked out.
+  * Vacant delay-pattern cells (staircase) take a learnable per-codebook padding embedding (eq. 2)
+    instead of the BOS/EOS embedding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamfoley_jax import sharding
+from dreamfoley_jax.models import eva_clip, qwen2, synchformer
+
+Array = jax.Array
+
+PAPER_LOSS_WEIGHTS = (0.240, 0.192, 0.154, 0.123, 0.099, 0.079, 0.063, 0.050)  # section 5.1
+
+
+@dataclasses.dataclass(frozen=True)
+class FoleyConfig:
+  decoder: qwen2.Qwen2Config = qwen2.PRESETS["tiny"]
+  num_codebooks: int = 8
+  codebook_size: int = 1024
+  loss_weights: tuple[float, ...] = PAPER_LOSS_WEIGHTS
+  # Video: fused features F_v = concat(sync @ 25 Hz, up(clip @ 4 fps)) (eq. 1), projected by an MLP.
+  use_sync: bool = True
+  use_clip: bool = True
+  sync_dim: int = 768
+  clip_dim: int = 1024
+  sync_rate: float = 25.0
+  clip_rate: float = 4.0
+  upsample: str = "nearest"           # nearest | linear
+  projector_depth: int = 2            # our choice: Linear -> GELU -> Linear
+  head_hidden: int = 0                # 0 = decoder width; our choice
+  head_depth: int = 2                 # our choice: Linear -> GELU -> Linear per codebook
+  null_text_len: int = 8              # our choice
+  null_video_len: int = 8             # our choice
+  learnable_pad: bool = True          # eq. 2
+  cfg_drop_text: float = 0.1          # section 3.4 / 5.1
+  cfg_drop_video: float = 0.1
+  position_scheme: str = "sequential"  # sequential | time_aligned (see `sequence_positions`)
+  # features: the batch carries encoder outputs (sync_feats, clip_feats); frames: the batch carries
+  # uint8 frames (frames_sync @ 25 fps, frames_clip @ 4 fps) and the encoders run inside the model
+  # (params "synchformer/..." and "eva_clip/...", frozen or trained by the train config).
+  vision_mode: str = "features"
+  synchformer: Optional[synchformer.SynchformerConfig] = None
+  eva: Optional[eva_clip.EvaClipConfig] = None
+
+  @property
+  def vocab_per_codebook(self) -> int:
+    return self.codebook_size + 2
+
+  @property
+  def bos_id(self) -> int:
+    return self.codebook_size
+
+  @property
+  def eos_id(self) -> int:
+    return self.codebook_size + 1
+
+  @property
+  def video_dim(self) -> int:
+    return (self.sync_dim if self.use_sync else 0) + (self.clip_dim if self.use_clip else 0)
+
+  def replace(self, **kw) -> "FoleyConfig":
+    return dataclasses.replace(self, **kw)
+
+  def __post_init__(self):
+    if len(self.loss_weights) < self.num_codebooks:
+      raise ValueError(f"loss_weights has {len(self.loss_weights)} entries, need num_codebooks="
+                       f"{self.num_codebooks}")
+    if self.position_scheme not in ("sequential", "time_aligned"):
+      raise ValueError(f"position_scheme must be 'sequential' or 'time_aligned', got {self.position_scheme!r}")
+    if self.vision_mode not in ("features", "frames"):
+      raise ValueError(f"vision_mode must be 'features' or 'frames', got {self.vision_mode!r}")
+    if self.vision_mode == "frames":
+      if self.use_sync and (self.synchformer is None or self.synchformer.width != self.sync_dim):
+        raise ValueError("vision_mode='frames' with use_sync needs a synchformer config whose width == sync_dim")
+      if self.use_clip and (self.eva is None or self.eva.embed_dim != self.clip_dim):
+        raise ValueError("vision_mode='frames' with use_clip needs an eva config whose embed_dim == clip_dim")
+    if not (self.use_sync or self.use_clip):
+      raise ValueError("at least one of use_sync / use_clip must be True")
+
+
+def config_from_dict(d) -> FoleyConfig:
+  """FoleyConfig from an ml_collections ConfigDict / dict (the `model` section of an experiment)."""
+  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+  dec = dict(d.pop("decoder", {}))
+  preset = dec.pop("preset", None)
+  if "hf_config" in dec and dec["hf_config"]:
+    dcfg = qwen2.from_hf_config(dec.pop("hf_config"), **dec)
+  else:
+    dec.pop("hf_config", None)
+    dcfg = qwen2.from_preset(preset, **dec) if preset else qwen2.Qwen2Config(**dec)
+  known = {f.name for f in dataclasses.fields(FoleyConfig)}
+  unknown = set(d) - known
+  if unknown:
+    raise ValueError(f"model config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+  if "loss_weights" in d:
+    d["loss_weights"] = tuple(float(w) for w in d["loss_weights"])
+  for key, mod in (("synchformer", synchformer), ("eva", eva_clip)):
+    sub = d.get(key)
+    if isinstance(sub, dict):
+      sub = dict(sub)
+      d[key] = mod.from_preset(sub.pop("preset"), **sub) if sub.get("preset") else None
+  if d.get("vision_mode") == "frames":
+    if d.get("synchformer") is not None:
+      d["sync_dim"] = d["synchformer"].width
+    if d.get("eva") is not None:
+      d["clip_dim"] = d["eva"].embed_dim
+  return FoleyConfig(decoder=dcfg, **d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Video fusion (eq. 1): parameter-free time alignment + concatenation.
+# --------------------------------------------------------------------------------------------------
+
+def upsample_index(num_out: int, out_rate: float, in_rate: float, num_in: int) -> np.ndarray:
+  """Nearest-previous source index for each output frame: frame i at time i/out_rate -> floor(t*in_rate)."""
+  idx = np.floor(np.arange(num_out) * (in_rate / out_rate) + 1e-6).astype(np.int32)
+  return np.clip(idx, 0, max(num_in - 1, 0))
+
+
+def fuse_video(cfg: FoleyConfig, sync_BxTvxDs: Optional[Array], clip_BxTcxDc: Optional[Array],
+               num_frames: int) -> Array:
+  """F_v = concat(sync, up(clip)) at the sync rate; `num_frames` = Tv."""
+  parts = []
+  if cfg.use_sync:
+    parts.append(sync_BxTvxDs[:, :num_frames].astype(jnp.float32))
+  if cfg.use_clip:
+    Tc = clip_BxTcxDc.shape[1]
+    if cfg.upsample == "nearest":
+      idx = upsample_index(num_frames, cfg.sync_rate, cfg.clip_rate, Tc)
+      parts.append(clip_BxTcxDc[:, idx].astype(jnp.float32))
+    elif cfg.upsample == "linear":
+      pos = np.arange(num_frames) * (cfg.clip_rate / cfg.sync_rate)
+      lo = np.clip(np.floor(pos).astype(np.int32), 0, Tc - 1)
+      hi = np.clip(lo + 1, 0, Tc - 1)
+      w = jnp.asarray((pos - np.floor(pos))[None, :, None], jnp.float32)
+      c = clip_BxTcxDc.astype(jnp.float32)
+      parts.append(c[:, lo] * (1 - w) + c[:, hi] * w)
+    else:
+      raise ValueError(f"upsample must be 'nearest' or 'linear', got {cfg.upsample!r}")
+  return jnp.concatenate(parts, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+class MLP(nn.Module):
+  """Linear -> GELU -> ... -> Linear (depth Linear layers), 2-D flattened matmuls."""
+  hidden: int
+  out: int
+  depth: int = 2
+  in_axis: str = "embed"
+  out_axis: str = "embed"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    for i in range(self.depth - 1):
+      x = qwen2.Linear(self.hidden, (self.in_axis if i == 0 else "embed", "mlp"), use_bias=True,
+                       name=f"fc{i + 1}", **kw)(x)
+      x = nn.gelu(x, approximate=False)
+      x = sharding.constrain(x, ("batch", "length", "act_mlp"))
+    return qwen2.Linear(self.out, ("mlp" if self.depth > 1 else self.in_axis, self.out_axis), use_bias=True,
+                        name=f"fc{self.depth}", **kw)(x)
+
+
+class CodebookHeads(nn.Module):
+  """K independent MLP heads (stacked params, one einsum): (B,L,D) -> (B,L,K,V)."""
+  num_codebooks: int
+  vocab: int
+  hidden: int
+  depth: int = 2
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, h_BxLxD):
+    K, D = self.num_codebooks, h_BxLxD.shape[-1]
+    pd, cd = jnp.dtype(self.param_dtype), jnp.dtype(self.dtype)
+    init = nn.initializers.normal(0.02)
+    B, L = h_BxLxD.shape[:2]
+    x = h_BxLxD.reshape(B * L, D).astype(cd)
+    if self.depth == 1:
+      w = self.param("kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "codebook_vocab")),
+                     (K, D, self.vocab), pd)
+      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
+                     (K, self.vocab), pd)
+      y = jnp.einsum("nd,kdv->nkv", x, w.astype(cd)) + b.astype(cd)
+      return y.reshape(B, L, K, self.vocab)
+    w1 = self.param("fc1_kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "mlp")),
+                    (K, D, self.hidden), pd)
+    b1 = self.param("fc1_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "mlp")),
+                    (K, self.hidden), pd)
+    w2 = self.param("fc2_kernel", nn.with_logical_partitioning(init, ("codebooks", "mlp", "codebook_vocab")),
+                    (K, self.hidden, self.vocab), pd)
+    b2 = self.param("fc2_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
+                    (K, self.vocab), pd)
+    z = nn.gelu(jnp.einsum("nd,kdh->nkh", x, w1.astype(cd)) + b1.astype(cd), approximate=False)
+    y = jnp.einsum("nkh,khv->nkv", z, w2.astype(cd)) + b2.astype(cd)
+    return y.reshape(B, L, K, self.vocab)
+
+
+def positions_from_mask(mask_BxT: Array) -> Array:
+  return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def audio_position_offset(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int) -> Array:
+  """(B,) position of audio column 0; column j sits at offset + j."""
+  n_text = prompt_mask_BxP[:, :text_len].sum(axis=1).astype(jnp.int32)
+  if cfg.position_scheme == "time_aligned":
+    return n_text
+  return prompt_mask_BxP.sum(axis=1).astype(jnp.int32)
+
+
+def sequence_positions(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int, num_audio: int) -> Array:
+  """Rotary positions of [text | video | audio] (B, P + La).
+
+  sequential: real tokens count up through the whole sequence (padding skipped).
+  time_aligned (our option, in the spirit of Qwen2.5-Omni's TMRoPE): video frame f and audio column f
+  share position n_text + f, so "the sound at time t" and "the frame at time t" sit at relative distance
+  0 whatever the clip length; the mask still orders the sequence causally as [text | video | audio].
+  """
+  if cfg.position_scheme == "sequential":
+    B = prompt_mask_BxP.shape[0]
+    mask = jnp.concatenate([prompt_mask_BxP, jnp.ones((B, num_audio), bool)], axis=1)
+    pos = positions_from_mask(mask)
+    # Audio columns count on from the prompt's real tokens (right-padded audio never precedes real audio).
+    off = audio_position_offset(cfg, prompt_mask_BxP, text_len)
+    return pos.at[:, prompt_mask_BxP.shape[1]:].set(off[:, None] + jnp.arange(num_audio)[None])
+  tmask = prompt_mask_BxP[:, :text_len]
+  n_text = tmask.sum(axis=1, keepdims=True).astype(jnp.int32)
+  pt = positions_from_mask(tmask)
+  pv = n_text + positions_from_mask(prompt_mask_BxP[:, text_len:])
+  pa = n_text + jnp.arange(num_audio, dtype=jnp.int32)[None]
+  return jnp.concatenate([pt, pv, pa], axis=1)
+
+
+class DreamFoley(nn.Module):
+  config: FoleyConfig
+
+  def setup(self):
+    c = self.config
+    d = c.decoder
+    D = d.hidden_size
+    self.decoder = qwen2.Qwen2Model(d)
+    self.projector = MLP(hidden=D, out=D, depth=c.projector_depth, in_axis="embed_in", dtype=d.dtype,
+                         param_dtype=d.param_dtype)
+    init = nn.initializers.normal(d.initializer_range)
+    pd = jnp.dtype(d.param_dtype)
+    self.audio_embed = self.param(
+        "audio_embed", nn.with_logical_partitioning(init, ("codebooks", "codebook_vocab", "embed")),
+        (c.num_codebooks, c.vocab_per_codebook, D), pd)
+    if c.learnable_pad:
+      self.audio_pad = self.param("audio_pad", nn.with_logical_partitioning(init, ("codebooks", "embed")),
+                                  (c.num_codebooks, D), pd)
+    self.null_text = self.param("null_text", nn.with_logical_partitioning(init, ("null", "embed")),
+                                (c.null_text_len, D), pd)
+    self.null_video = self.param("null_video", nn.with_logical_partitioning(init, ("null", "embed")),
+                                 (c.null_video_len, D), pd)
+    self.heads = CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
+                               dtype=d.dtype, param_dtype=d.param_dtype)
+    if c.vision_mode == "frames":
+      if c.use_sync:
+        self.synchformer = synchformer.Synchformer(c.synchformer)
+      if c.use_clip:
+        self.eva_clip = eva_clip.EvaVisionTower(c.eva)
+
+  def encode_frames(self, batch: dict):
+    """frames mode: uint8 frames -> (sync tokens (B,S*8,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
+    c = self.config
+    sync = clip = None
+    mask = None
+    if c.use_sync:
+      fr = batch["frames_sync"]
+      B, Tf = fr.shape[:2]
+      sc = c.synchformer
+      idx = synchformer.window_index(Tf, sc.window, sc.stride)             # (S, 16)
+      x = fr.astype(jnp.float32) / 127.5 - 1.0                             # Normalize(0.5, 0.5) on [0,1]
+      feats, _ = self.synchformer(x[:, idx])                                # (B,S,8,D)
+      S, Tt = feats.shape[1], feats.shape[2]
+      sync = feats.reshape(B, S * Tt, feats.shape[-1])
+      fmask = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(bool)
+      # A window's tokens are real when its last frame is (MMAudio drops partial windows).
+      mask = jnp.repeat(fmask[:, idx[:, -1]], Tt, axis=1)
+    if c.use_clip:
+      fc = batch["frames_clip"]
+      B, Tc = fc.shape[:2]
+      mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
+      std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
+      x = (fc.astype(jnp.float32) / 255.0 - mean) / std
+      emb, _ = self.eva_clip(x.reshape((B * Tc,) + fc.shape[2:]))
+      clip = emb.reshape(B, Tc, -1)
+      if mask is None:
+        Tv = int(round(Tc * c.sync_rate / c.clip_rate))
+        cm = batch.get("frames_clip_mask", jnp.ones((B, Tc), bool)).astype(bool)
+        mask = cm[:, upsample_index(Tv, c.sync_rate, c.clip_rate, Tc)]
+    return sync, clip, mask
+
+  # -- pieces (also used by the sampler) -----------------------------------------------------------
+
+  def _substitute(self, x_BxLxD, mask_BxL, null_NxD, drop_B, field: str):
+    L, N = x_BxLxD.shape[1], null_NxD.shape[0]
+    if L < N:
+      raise ValueError(f"{field}: region length {L} is shorter than the null sequence ({N}); pad it to >= {N}")
+    null = jnp.zeros((L, x_BxLxD.shape[-1]), x_BxLxD.dtype).at[:N].set(null_NxD.astype(x_BxLxD.dtype))
+    null_mask = jnp.arange(L) < N
+    d = drop_B[:, None]
+    return jnp.where(d[..., None], null[None], x_BxLxD), jnp.where(d, null_mask[None], mask_BxL)
+
+  def embed_prompt(self, batch: dict, drop_text_B: Optional[Array] = None, drop_video_B: Optional[Array] = None):
+    """[text | video] embeddings (B,P,D) and mask (B,P); drop_* swap in the null sequences."""
+    c = self.config
+    dt = jnp.dtype(c.decoder.dtype)
+    text_ids = batch["text_ids"]
+    B = text_ids.shape[0]
+    text_mask = batch.get("text_mask", jnp.ones(text_ids.shape, bool)).astype(bool)
+    xt = self.decoder.embed(text_ids).astype(dt)
+    if c.vision_mode == "frames":
+      sync, clip, vmask = self.encode_frames(batch)
+      fused = fuse_video(c, sync, clip, vmask.shape[1])
+      batch = dict(batch, video_mask=vmask)
+    elif "video_feats" in batch:
+      fused = batch["video_feats"]
+    else:
+      ref = batch["sync_feats"] if c.use_sync else batch["clip_feats"]
+      Tv = batch["video_mask"].shape[1] if "video_mask" in batch else ref.shape[1]
+      fused = fuse_video(c, batch.get("sync_feats"), batch.get("clip_feats"), Tv)
+    Tv = fused.shape[1]
+    video_mask = batch.get("video_mask", jnp.ones((B, Tv), bool)).astype(bool)
+    xv = self.projector(fused.astype(dt))
+    if drop_text_B is not None:
+      xt, text_mask = self._substitute(xt, text_mask, self.null_text, drop_text_B, "text_ids")
+    if drop_video_B is not None:
+      xv, video_mask = self._substitute(xv, video_mask, self.null_video, drop_video_B, "video")
+    return jnp.concatenate([xt, xv], axis=1), jnp.concatenate([text_mask, video_mask], axis=1)
+
+  def embed_audio(self, ids_BxLxK: Array, vacant_BxLxK: Optional[Array] = None) -> Array:
+    """Sum over codebooks of table_k[id_k]; vacant staircase cells use the learnable pad (eq. 2)."""
+    c = self.config
+    K = c.num_codebooks
+    e = self.audio_embed[jnp.arange(K), ids_BxLxK]            # (B,L,K,D)
+    if c.learnable_pad and vacant_BxLxK is not None:
+      e = jnp.where(vacant_BxLxK[..., None], self.audio_pad[None, None].astype(e.dtype), e)
+    return e.sum(axis=2).astype(jnp.dtype(c.decoder.dtype))
+
+  def decode(self, x_BxTxD, mask_BxT, positions_BxT, cache=None):
+    return self.decoder(inputs_embeds_BxTxD=x_BxTxD, attention_mask_BxT=mask_BxT, positions_BxT=positions_BxT,
+                        cache=cache)
+
+  def predict(self, h_BxLxD) -> Array:
+    return self.heads(h_BxLxD).astype(jnp.float32)
+
+  # -- training forward -------------------------------------------------------------------------------
+
+  def __call__(self, batch: dict, drop_text_B: Optional[Array] = None, drop_video_B: Optional[Array] = None):
+    """Logits (B, La, K, V) at the audio positions of `batch["audio_ids"]` (each predicts the next column).
+
+    batch: text_ids (B,Lt) int, text_mask (B,Lt); sync_feats (B,Tv,Ds) and/or clip_feats (B,Tc,Dc) (or
+    pre-fused video_feats (B,Tv,Dv)), video_mask (B,Tv); audio_ids (B,La,K) delayed, audio_mask (B,La),
+    audio_vacant (B,La,K).
+    """
+    prompt, pmask = self.embed_prompt(batch, drop_text_B, drop_video_B)
+    ids = batch["audio_ids"]
+    amask = batch.get("audio_mask", jnp.ones(ids.shape[:2], bool)).astype(bool)
+    xa = self.embed_audio(ids, batch.get("audio_vacant"))
+    x = jnp.concatenate([prompt, xa], axis=1)
+    mask = jnp.concatenate([pmask, amask], axis=1)
+    pos = sequence_positions(self.config, pmask, batch["text_ids"].shape[1], ids.shape[1])
+    h, _ = self.decode(x, mask, pos)
+    P = prompt.shape[1]
+    logits = self.predict(h[:, P:])
+    return logits, {"prompt_len": P}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------------
+
+def cfg_drop(rng, batch_size: int, p_text: float, p_video: float):
+  """Independent per-example drop decisions for text and video (deterministic given rng)."""
+  kt, kv = jax.random.split(rng)
+  return (jax.random.uniform(kt, (batch_size,)) < p_text, jax.random.uniform(kv, (batch_size,)) < p_video)
+
+
+def target_mask(cfg: FoleyConfig, batch: dict) -> Array:
+  """(B, La-1, K): which next-column cells are trained: real codes and the final EOS; not BOS/staircase."""
+  ids = batch["audio_ids"]
+  tgt = ids[:, 1:]
+  valid = batch.get("audio_mask", jnp.ones(ids.shape[:2], bool))[:, 1:, None]
+  m = valid & (tgt != cfg.bos_id)
+  if "audio_vacant" in batch:
+    m = m & ~batch["audio_vacant"][:, 1:]
+  return m
+
+
+def weighted_loss(cfg: FoleyConfig, logits_BxLxKxV: Array, batch: dict):
+  """sum_k w_k * CE_k (section 5.1), CE_k averaged over the trained cells of codebook k."""
+  ids = batch["audio_ids"]
+  logits = logits_BxLxKxV[:, :-1].astype(jnp.float32)
+  tgt = ids[:, 1:]
+  m = target_mask(cfg, batch).astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, tgt[..., None].astype(jnp.int32), axis=-1)[..., 0]   # (B,L,K)
+  count = m.sum(axis=(0, 1))
+  ce_k = (nll * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
+  acc_k = ((jnp.argmax(logits, -1) == tgt) * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
+  w = jnp.asarray(cfg.loss_weights[:cfg.num_codebooks], jnp.float32)
+  loss = jnp.sum(w * ce_k)
+  aux = {"loss": loss, "ce_per_codebook": ce_k, "acc_per_codebook": acc_k, "num_targets": count.sum()}
+  return loss, aux
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------------
+
+def dummy_batch(cfg: FoleyConfig, batch: int = 1, text_len: int = 16, video_frames: int = 50,
+                audio_cols: int = 59) -> dict:
+  """Abstract-shaped example inputs (zeros) for init / eval_shape."""
+  Tc = max(1, math.ceil(video_frames * cfg.clip_rate / cfg.sync_rate))
+  b = {"text_ids": jnp.zeros((batch, max(text_len, cfg.null_text_len)), jnp.int32),
+       "video_mask": jnp.ones((batch, max(video_frames, cfg.null_video_len)), bool),
+       "audio_ids": jnp.zeros((batch, audio_cols, cfg.num_codebooks), jnp.int32),
+       "audio_mask": jnp.ones((batch, audio_cols), bool),
+       "audio_vacant": jnp.zeros((batch, audio_cols, cfg.num_codebooks), bool)}
+  b["text_mask"] = jnp.ones(b["text_ids"].shape, bool)
+  Tv = b["video_mask"].shape[1]
+  if cfg.vision_mode == "frames":
+    del b["video_mask"]
+    if cfg.use_sync:
+      sc = cfg.synchformer
+      Tf = max(Tv, sc.window + sc.stride * ((cfg.null_video_len + sc.token_frames - 1) // sc.token_frames))
+      b["frames_sync"] = jnp.zeros((batch, Tf, sc.image_size, sc.image_size, 3), jnp.uint8)
+    if cfg.use_clip:
+      ec = cfg.eva
+      b["frames_clip"] = jnp.zeros((batch, max(Tc, cfg.null_video_len), ec.image_size, ec.image_size, 3), jnp.uint8)
+    return b
+  if cfg.use_sync:
+    b["sync_feats"] = jnp.zeros((batch, Tv, cfg.sync_dim), jnp.float32)
+  if cfg.use_clip:
+    b["clip_feats"] = jnp.zeros((batch, Tc, cfg.clip_dim), jnp.float32)
+  return b
+
+
+def abstract_params(cfg: FoleyConfig):
+  model = DreamFoley(cfg)
+  return jax.eval_shape(lambda r: model.init(r, dummy_batch(cfg, text_len=cfg.null_text_len,
+                                                                video_frames=cfg.null_video_len,
+                                                                audio_cols=cfg.num_codebooks + 2)),
+                        jax.random.key(0))["params"]
+
+
+def param_table(params) -> list[tuple[str, int]]:
+  """(component, #params) rows; decoder split into embedding / layers / norm."""
+  params = nn.unbox(params)
+  rows: dict[str, int] = {}
+
+  def count(t):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
+
+  for k, v in params.items():
+    if k == "decoder":
+      for kk, vv in v.items():
+        name = "decoder/layers" if kk.startswith("layers") else f"decoder/{kk}"
+        rows[name] = rows.get(name, 0) + count(vv)
+    else:
+      rows[k] = count(v)
+  return sorted(rows.items())
+
+
+def main(argv=None):
+  import argparse
+
+  from dreamfoley_jax import configs as cfglib
+
+  ap = argparse.ArgumentParser(description="DreamFoley model summary (abstract shapes only, no memory)")
+  ap.add_argument("--config", required=True, help="experiments/<name>.py")
+  ap.add_argument("--summary", action="store_true", help="print the parameter table")
+  args = ap.parse_args(argv)
+  exp = cfglib.load_config(args.config)
+  cfg = config_from_dict(exp.model)
+  rows = param_table(abstract_params(cfg))
+  total = sum(n for _, n in rows)
+  w = max(len(r) for r, _ in rows)
+  print(f"{'component':<{w}}  {'params':>15}  {'share':>7}")
+  for name, n in rows:
+    print(f"{name:<{w}}  {n:>15,}  {100 * n / total:6.2f}%")
+  print(f"{'total':<{w}}  {total:>15,}")
+  d = cfg.decoder
+  print(f"decoder: {d.num_hidden_layers} layers, width {d.hidden_size}, {d.num_attention_heads} heads "
+        f"({d.num_key_value_heads} kv), MLP {d.intermediate_size}, vocab {d.vocab_size}; "
+        f"K={cfg.num_codebooks} codebooks x {cfg.vocab_per_codebook}; video dim {cfg.video_dim}")
+
+
+if __name__ == "__main__":
+  main()

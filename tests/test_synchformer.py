@@ -1,0 +1,180 @@
+"""Synchformer (MMAudio MotionFormer): golden parity through the converter, windowing, real shapes, errors."""
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from dreamfoley_jax import sharding
+from dreamfoley_jax.convert import common
+from dreamfoley_jax.convert import synchformer as conv
+from dreamfoley_jax.models import synchformer
+
+TOL = dict(rtol=1e-5, atol=1e-5)  # the goldens README's guidance
+FLAT = 5                           # the stored intermediates are for window b=1, s=2 of (B=2, S=3)
+
+
+@pytest.fixture(scope="module")
+def golden(fixtures_dir):
+  with np.load(fixtures_dir / "synchformer_tiny.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(fixtures_dir):
+  return synchformer.from_golden_config(fixtures_dir / "synchformer_config.json")
+
+
+def _state_dict(golden):
+  return {k[len("param/"):]: v for k, v in golden.items() if k.startswith("param/")}
+
+
+def _video(q):  # (B,T,C,H,W) uint8 levels -> (B,T,H,W,C) float32 in [-1,1], exactly as the goldens define it
+  return (q.astype(np.float32) * 0.25 - 1.0).transpose(0, 1, 3, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def converted(golden, tiny_cfg, tmp_path_factory):
+  """MMAudio-style .pth (vfeat_extractor.* beside audio-branch keys) -> convert_to_orbax -> load_params."""
+  torch = pytest.importorskip("torch")
+  d = tmp_path_factory.mktemp("sync")
+  sd = {k: torch.from_numpy(v) for k, v in _state_dict(golden).items()}
+  sd["afeat_extractor.patch_embed.proj.weight"] = torch.zeros(2, 1, 3, 3)  # skipped like MMAudio does
+  sd["transformer.layers.0.weight"] = torch.zeros(3)
+  torch.save(sd, d / "synchformer_state_dict.pth")
+  out, cfg = conv.convert_to_orbax(d / "synchformer_state_dict.pth", d / "orbax", config=tiny_cfg)
+  assert cfg == tiny_cfg and common.read_metadata(out)["family"] == "synchformer"
+  return common.load_params(out)
+
+
+@pytest.fixture(scope="module")
+def run(converted, golden, tiny_cfg):
+  win = synchformer.windows_from_video(_video(golden["input/video_q"]))
+  model = synchformer.Synchformer(tiny_cfg)
+  out, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, intermediates=True))(converted, win)
+  return jax.device_get((out, aux))
+
+
+def test_config_matches_golden_json(tiny_cfg, fixtures_dir):
+  assert tiny_cfg == synchformer.PRESETS["tiny"]
+  real = synchformer.from_golden_config(fixtures_dir / "synchformer_config.json", "real_config")
+  assert real == synchformer.PRESETS["synchformer"]
+  assert (real.width, real.depth, real.num_heads, real.mlp_dim, real.token_frames, real.patches_per_frame) == (
+      768, 12, 12, 3072, 8, 196)
+
+
+def test_window_index_exact(golden):
+  for t in (32, 40):
+    np.testing.assert_array_equal(synchformer.window_index(t), golden[f"output/window_index_T{t}"])
+  assert synchformer.window_index(16).shape == (1, 16)
+  assert synchformer.num_windows(200) == 24 and synchformer.num_windows(23) == 1   # trailing frames dropped
+  with pytest.raises(ValueError, match="shorter than one Synchformer window"):
+    synchformer.window_index(15)
+
+
+def test_windows_from_video_layout(golden):
+  v = np.arange(40, dtype=np.float32)[None, :, None, None, None] * np.ones((2, 1, 2, 2, 3), np.float32)
+  w = synchformer.windows_from_video(v)
+  assert w.shape == (2, 4, 16, 2, 2, 3)
+  np.testing.assert_array_equal(w[1, :, :, 0, 1, 2], golden["output/window_index_T40"])
+
+
+def test_golden_features(run, golden):
+  np.testing.assert_allclose(run[0], golden["output/features"], **TOL)
+
+
+@pytest.mark.parametrize("name", ["embed", "block0_timeattn", "block0", "pre_agg"])
+def test_golden_intermediates(run, golden, name):
+  np.testing.assert_allclose(run[1][name][FLAT], golden[f"inter/{name}"], **TOL)
+
+
+def test_encode_video_with_sync_T32(converted, golden, tiny_cfg):
+  feats = synchformer.encode_video_with_sync(synchformer.Synchformer(tiny_cfg), converted,
+                                             _video(golden["input/video_q"]))
+  assert feats.shape == (2, 24, 64)
+  np.testing.assert_allclose(np.asarray(feats), golden["output/features_mmaudio"], **TOL)
+
+
+def test_encode_video_with_sync_T40_in_padded_chunks(converted, golden, tiny_cfg):
+  # batch_size=3 over S=4 windows: the second chunk is padded, as a resumable extractor would run it.
+  feats = synchformer.encode_video_with_sync(synchformer.Synchformer(tiny_cfg), converted,
+                                             _video(golden["input/video40_q"]), batch_size=3)
+  assert feats.shape == (1, 32, 64)
+  np.testing.assert_allclose(np.asarray(feats), golden["output/features_mmaudio_T40"], **TOL)
+
+
+def test_scanned_remat_matches_unscanned(golden, tiny_cfg, run):
+  cfg = tiny_cfg.replace(scan_layers=True, remat_policy="full")
+  params = conv.convert_state_dict(_state_dict(golden), cfg)
+  assert params["blocks"]["block"]["timeattn"]["qkv"]["kernel"].shape == (2, 64, 192)
+  win = synchformer.windows_from_video(_video(golden["input/video_q"][:1, :16]))
+  out, _ = jax.jit(lambda p, x: synchformer.Synchformer(cfg).apply({"params": p}, x))(params, win)
+  np.testing.assert_allclose(np.asarray(out)[0, 0], run[0][0, 0], atol=1e-6, rtol=0)
+
+
+def test_bare_motionformer_and_npz_layouts(golden, tiny_cfg, tmp_path):
+  sd = _state_dict(golden)
+  ref = common.flatten(conv.convert_state_dict(sd, tiny_cfg))
+  bare = {k[len("vfeat_extractor."):]: v for k, v in sd.items() if not k.startswith("vfeat_extractor.patch_embed.")}
+  np.savez(tmp_path / "motionformer.npz", **bare)   # without the unused 2-D patch_embed: still fine
+  got = common.flatten(conv.convert_state_dict(tmp_path / "motionformer.npz", tiny_cfg))
+  assert got.keys() == ref.keys()
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  assert conv.infer_config({k: v.shape for k, v in bare.items()},
+                           base=synchformer.PRESETS["tiny"]) == synchformer.PRESETS["tiny"]
+
+
+def test_real_manifest_maps_to_flax_shapes(fixtures_dir):
+  manifest = json.loads((fixtures_dir / "synchformer_real_shapes.json").read_text())
+  assert len(manifest) == 238
+  shapes = {k[len("vfeat_extractor."):]: tuple(v) for k, v in manifest.items()}
+  cfg = synchformer.PRESETS["synchformer"]
+  assert conv.torch_shapes(cfg) == shapes
+  assert conv.infer_config(shapes) == cfg
+
+  class _ZeroSource:  # stride-0 arrays: shapes without memory
+    path = "<real manifest>"
+
+    def get(self, key):
+      return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shapes[key], (0,) * len(shapes[key]))
+
+  got = {p: v.shape for p, v in conv.iter_converted(_ZeroSource(), cfg)}
+  abstract = jax.eval_shape(lambda x: synchformer.Synchformer(cfg).init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, 1, 16, 224, 224, 3), np.float32))
+  want = {p: v.shape for p, v in common.flatten(nn.unbox(abstract)["params"]).items()}
+  assert got == want
+  unused_2d = 768 * 3 * 16 * 16 + 768
+  assert sum(int(np.prod(s)) for s in want.values()) == 122_440_704 - unused_2d
+  specs = common.flatten(nn.get_partition_spec(abstract)["params"])
+  known = {name for name, _ in sharding.LOGICAL_RULES}
+  for p, spec in specs.items():
+    assert len(spec) == len(want[p]) and set(spec) <= known, (p, spec)
+
+
+def test_bad_checkpoint_lists_every_key_and_writes_nothing(golden, tiny_cfg, tmp_path):
+  from safetensors.numpy import save_file
+
+  sd = _state_dict(golden)
+  del sd["vfeat_extractor.temp_embed"]
+  del sd["vfeat_extractor.blocks.1.timeattn.proj.bias"]
+  sd["vfeat_extractor.spatial_attn_agg.self_attn.in_proj_weight"] = np.zeros((64, 64), np.float32)
+  sd["vfeat_extractor.st_embed"] = np.zeros((1, 1569, 64), np.float32)   # a 'joint' MotionFormer
+  save_file(sd, str(tmp_path / "bad.safetensors"))
+  with pytest.raises(common.ConversionError) as e:
+    conv.convert_to_orbax(tmp_path / "bad.safetensors", tmp_path / "out", config=tiny_cfg)
+  msg = str(e.value)
+  for k in ("bad.safetensors", "temp_embed", "blocks.1.timeattn.proj.bias", "st_embed",
+            "in_proj_weight  expected (192, 64), found (64, 64)"):
+    assert k in msg
+  assert not (tmp_path / "out").exists()
+  save_file({"afeat_extractor.x": np.zeros(2, np.float32)}, str(tmp_path / "audio_only.safetensors"))
+  with pytest.raises(common.ConversionError, match="not a Synchformer/MotionFormer checkpoint"):
+    conv.convert_to_orbax(tmp_path / "audio_only.safetensors", tmp_path / "out2")
+
+
+def test_wrong_window_shape_is_a_clear_error(tiny_cfg):
+  with pytest.raises(ValueError, match="channels-last"):
+    jax.eval_shape(lambda x: synchformer.Synchformer(tiny_cfg).init(jax.random.key(0), x),
+                   jax.ShapeDtypeStruct((1, 1, 16, 3, 224, 224), np.float32))

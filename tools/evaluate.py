@@ -1,0 +1,52 @@
+"""Scores a folder of generated audio with the paper's metrics (av-benchmark definitions).
+
+  python tools/evaluate.py --config experiments/eval_vggsound.py \
+      --config.gen_dir OUT --config.video_dir VIDEOS --config.captions_csv CAPTIONS.csv \
+      --config.weights_dir WEIGHTS [--config.metrics=panns,vggish]
+
+Writes <out>.json (metrics under av-benchmark's names + "KL", the pairing report, counts) and <out>.md
+(the paper's column order). Per-clip embeddings are cached, so a re-run only computes what changed.
+"""
+import logging
+import pathlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dreamfoley_jax.eval import embedders, harness
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  c = _CONFIG.value
+  if not c.gen_dir:
+    raise app.UsageError("--config.gen_dir is required")
+  names = [n.strip() for n in c.metrics.split(",") if n.strip()]
+  built = {}
+  for n in names:
+    path = c.weights.get(n) or c.weights_dir or None
+    kwargs = {}
+    if n not in embedders.NATIVE_FLAX:
+      kwargs["device"] = c.device
+    if n == "clap":
+      kwargs["seed"] = c.clap_seed
+    built[n] = embedders.build(n, path, **kwargs)
+    logging.info("%s: %s", n, "Flax port" if built[n].native else "PyTorch reference model")
+  inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,
+                              captions_csv=c.captions_csv or None, gt_audio_dir=c.gt_audio_dir or None,
+                              duration_s=c.duration_s, cache_dir=c.cache_dir or None,
+                              ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method)
+  result = harness.evaluate(inputs, built)
+  out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
+  table = harness.write_outputs(result, out, row_name=c.row_name, ib_scale=c.ib_scale)
+  for k, v in sorted(result["metrics"].items()):
+    logging.info("%-18s %.6f", k, v)
+  print(table)
+  print(f"wrote {out} and {pathlib.Path(out).with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+  app.run(main)
