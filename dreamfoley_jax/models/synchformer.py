@@ -195,7 +195,7 @@ class SpatialAggregator(nn.Module):
     A, E = c.num_heads, c.head_dim
     pdt = _dt(c.param_dtype)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                               ("null", "null", "embed")), (1, 1, D), pdt)
+                                                               (None, None, "embed")), (1, 1, D), pdt)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x_NxPxD.dtype), (N, 1, D)), x_NxPxD], axis=1)
     h = LayerNorm(c.layernorm_eps, c.param_dtype, name="norm1")(x)
     attn = _AggregatorAttention(c, name="self_attn")
@@ -251,10 +251,10 @@ class Synchformer(nn.Module):
     x = PatchEmbed(D, (c.tubelet, c.patch_size, c.patch_size), c.dtype, c.param_dtype,
                    name="patch_embed_3d")(x)                                  # (W, T*P, D), (t,h,w) order
     part = nn.with_logical_partitioning
-    cls = self.param("cls_token", part(nn.initializers.normal(0.02), ("null", "null", "embed")), (1, 1, D), pdt)
-    pos = self.param("pos_embed", part(nn.initializers.normal(0.02), ("null", "length", "embed")),
+    cls = self.param("cls_token", part(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, D), pdt)
+    pos = self.param("pos_embed", part(nn.initializers.normal(0.02), (None, "length", "embed")),
                      (1, 1 + P, D), pdt).astype(x.dtype)
-    temp = self.param("temp_embed", part(nn.initializers.zeros, ("null", "length", "embed")), (1, T, D),
+    temp = self.param("temp_embed", part(nn.initializers.zeros, (None, "length", "embed")), (1, T, D),
                       pdt).astype(x.dtype)
     patch_pos = (pos[0, 1:][None, :, :] + temp[0][:, None, :]).reshape(T * P, D)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (B * S, 1, D)),
