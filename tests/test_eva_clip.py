@@ -41,8 +41,9 @@ def converted(golden, tiny_cfg, tmp_path_factory):
   save_file(sd, str(d / "open_clip_model.safetensors"))
   out, cfg = conv.convert_to_orbax(d / "open_clip_model.safetensors", d / "orbax", config=tiny_cfg)
   assert cfg == tiny_cfg
-  assert common.read_metadata(out)["family"] == "eva_clip"
-  return common.load_params(out)
+  cfg2, params = conv.load_orbax(out)
+  assert cfg2 == tiny_cfg
+  return params
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,10 @@ def run(converted, golden, tiny_cfg):
   return jax.device_get((out, aux))
 
 
-def test_config_matches_golden_json(tiny_cfg):
+def test_config_matches_golden_json(tiny_cfg, fixtures_dir):
   assert tiny_cfg == eva_clip.PRESETS["tiny"]
+  assert eva_clip.from_golden_config(fixtures_dir / "eva_clip_g14_config.json", "real_config") == \
+      eva_clip.PRESETS["eva01-g-14"]
   real = eva_clip.PRESETS["eva01-g-14"]
   assert (real.width, real.depth, real.num_heads, real.mlp_dim, real.embed_dim, real.num_tokens) == (
       1408, 40, 16, 6144, 1024, 257)

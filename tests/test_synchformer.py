@@ -44,8 +44,11 @@ def converted(golden, tiny_cfg, tmp_path_factory):
   sd["transformer.layers.0.weight"] = torch.zeros(3)
   torch.save(sd, d / "synchformer_state_dict.pth")
   out, cfg = conv.convert_to_orbax(d / "synchformer_state_dict.pth", d / "orbax", config=tiny_cfg)
-  assert cfg == tiny_cfg and common.read_metadata(out)["family"] == "synchformer"
-  return common.load_params(out)
+  cfg2, params = conv.load_orbax(out)
+  assert cfg == cfg2 == tiny_cfg
+  with pytest.raises(common.ConversionError, match="not a converted synchformer checkpoint"):
+    conv.load_orbax(d)
+  return params
 
 
 @pytest.fixture(scope="module")
