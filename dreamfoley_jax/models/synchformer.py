@@ -21,6 +21,7 @@ Parameter names follow the torch module names (``patch_embed_3d/proj``, ``blocks
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Callable, Optional
@@ -302,6 +303,13 @@ def windows_from_video(video_BxTxHxWxC, window: int = 16, stride: int = 8):
   return video_BxTxHxWxC[:, idx]
 
 
+@functools.lru_cache(maxsize=8)
+def jitted_apply(config: SynchformerConfig) -> Callable:
+  """One jitted (params, windows) -> features per config, so repeated calls reuse compiled executables."""
+  model = Synchformer(config)
+  return jax.jit(lambda p, w: model.apply({"params": p}, w)[0])
+
+
 def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch_size: Optional[int] = None,
                            apply_fn: Optional[Callable] = None) -> Array:
   """MMAudio's encode_video_with_sync: (B,T,224,224,3) in [-1,1] -> (B, S*8, D).
@@ -315,7 +323,7 @@ def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch
   S = win.shape[1]
   flat = win.reshape((B * S, 1) + tuple(win.shape[2:]))
   if apply_fn is None:
-    apply_fn = jax.jit(lambda p, w: model.apply({"params": p}, w)[0])
+    apply_fn = jitted_apply(c)
   n = B * S if not batch_size or batch_size < 0 else batch_size
   outs = []
   for i in range(0, B * S, n):
