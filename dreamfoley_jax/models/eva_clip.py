@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax

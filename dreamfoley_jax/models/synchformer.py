@@ -193,7 +193,6 @@ class SpatialAggregator(nn.Module):
   def __call__(self, x_NxPxD: Array) -> Array:
     c = self.config
     N, P, D = x_NxPxD.shape
-    A, E = c.num_heads, c.head_dim
     pdt = _dt(c.param_dtype)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                (None, None, "embed")), (1, 1, D), pdt)
