@@ -6,9 +6,14 @@ r"""Converts checkpoints between PyTorch / Hugging Face and dreamfoley_jax (orba
   # orbax -> HF directory (safetensors shards of at most 5GB + config.json)
   python tools/convert_checkpoint.py --family qwen2 --direction to_hf --input /ckpt/qwen7b_jax \
       --output /ckpt/qwen7b_hf --max_shard_size 5GB
+  # audio tokenizer and vision encoders (PyTorch -> orbax)
+  python tools/convert_checkpoint.py --family higgs --input /ckpt/higgs-audio-v2-tokenizer --output /ckpt/higgs_jax
+  python tools/convert_checkpoint.py --family eva_clip --input /ckpt/EVA01_CLIP_g_14_psz14_s11B.pt --output /ckpt/eva_jax
+  python tools/convert_checkpoint.py --family synchformer --input /ckpt/synchformer_state_dict.pth --output /ckpt/sync_jax
 """
 from __future__ import annotations
 
+import inspect
 import sys
 
 from absl import app, flags, logging
@@ -28,6 +33,14 @@ _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "to_hf: largest safete
 flags.mark_flags_as_required(["family", "input", "output"])
 
 
+def _accepted(fn, options: dict) -> dict:
+  """The options `fn` takes (families differ: e.g. only qwen2 reports progress)."""
+  params = inspect.signature(fn).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return options
+  return {k: v for k, v in options.items() if k in params}
+
+
 def main(argv):
   del argv
   try:
@@ -39,14 +52,16 @@ def main(argv):
       options = {"scan_layers": _SCAN.value, "progress": True}
       if _PARAM_DTYPE.value:
         options["param_dtype"] = _PARAM_DTYPE.value
-      out = module.convert_to_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value, **options)
+      out = module.convert_to_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
+                                    **_accepted(module.convert_to_orbax, options))
     else:
       if not hasattr(module, "export_from_orbax"):
         sys.exit(f"error: family {FLAGS.value!r} has no export to PyTorch")
       options = {"max_shard_size": _MAX_SHARD.value, "progress": True}
       if _DTYPE.value:
         options["dtype"] = _DTYPE.value
-      out = module.export_from_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value, **options)
+      out = module.export_from_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
+                                     **_accepted(module.export_from_orbax, options))
   except (ConversionError, FileExistsError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   logging.info("wrote %s", out)

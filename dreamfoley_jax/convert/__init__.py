@@ -11,6 +11,9 @@ import types
 
 FAMILIES: dict[str, str] = {
     "qwen2": "dreamfoley_jax.convert.qwen2",
+    "higgs": "dreamfoley_jax.convert.higgs",
+    "eva_clip": "dreamfoley_jax.convert.eva_clip",
+    "synchformer": "dreamfoley_jax.convert.synchformer",
 }
 
 
