@@ -28,6 +28,9 @@ _DIRECTION = flags.DEFINE_enum("direction", "to_jax", ["to_jax", "to_hf"], "to_j
 _SCAN = flags.DEFINE_bool("scan_layers", False, "to_jax: stack layers under layers/layer (nn.scan layout)")
 _PARAM_DTYPE = flags.DEFINE_string("param_dtype", None, "to_jax: cast params (float32, bfloat16); default: config")
 _DTYPE = flags.DEFINE_string("dtype", None, "to_hf: dtype of the written tensors; default: as stored")
+_MODEL_CONFIG = flags.DEFINE_string(
+    "model_config", None, "to_jax, eva_clip/synchformer/higgs: a preset name or config JSON of the model "
+    "(default: the real model, with sizes read off the checkpoint)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output directory")
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "to_hf: largest safetensors shard (5GB, 500MB, ...)")
 flags.mark_flags_as_required(["family", "input", "output"])
@@ -52,6 +55,8 @@ def main(argv):
       options = {"scan_layers": _SCAN.value, "progress": True}
       if _PARAM_DTYPE.value:
         options["param_dtype"] = _PARAM_DTYPE.value
+      if _MODEL_CONFIG.value:
+        options["config"] = _MODEL_CONFIG.value
       out = module.convert_to_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
                                     **_accepted(module.convert_to_orbax, options))
     else:
@@ -64,6 +69,8 @@ def main(argv):
                                      **_accepted(module.export_from_orbax, options))
   except (ConversionError, FileExistsError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  if isinstance(out, tuple):  # vision families also return the config they used
+    out = out[0]
   logging.info("wrote %s", out)
   print(f"wrote {out}")
 
