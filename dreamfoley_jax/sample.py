@@ -13,7 +13,7 @@ Every cell except the sampled ones is known before sampling starts (`delayed_lay
 samples the unknown cells and copies the rest; the clip is finished after column T + K.
 
 The loop (gemma-sampler style): prefill [text | video | prefix columns 0..C-1] into the KV cache, then
-each iteration decodes column s (T = 1 step at cache slot P + s, position n_prompt + s), predicts column
+each iteration decodes column s (T = 1 step at cache slot P + s, position a0 + s, a0 = foley.audio_position_offset), predicts column
 s + 1 for all K codebooks and writes it into the token buffer. Prompt padding is masked out as keys and
 positions count real tokens only, exactly as in the training forward (models/foley.py).
 
@@ -195,7 +195,8 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
 
   prompt, pmask = model.apply(variables, method=prompts)
   P = prompt.shape[1]
-  n_prompt = pmask.sum(axis=1).astype(jnp.int32)                             # (nB,)
+  text_len = batch["text_ids"].shape[1]
+  a0 = foley.audio_position_offset(cfg, pmask, text_len)                    # (nB,) position of column 0
   cache = qwen2.init_cache(cfg.decoder, nB, P + La)
   if C:
     xa = model.apply(variables, dup(ids[:, :C]), dup(vacant[:, :C]), method=lambda m, i, v: m.embed_audio(i, v))
@@ -203,7 +204,7 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
     m0 = jnp.concatenate([pmask, jnp.ones((nB, C), bool)], axis=1)
   else:
     x0, m0 = prompt, pmask
-  _, aux = model.apply(variables, x0, m0, foley.positions_from_mask(m0), cache,
+  _, aux = model.apply(variables, x0, m0, foley.sequence_positions(cfg, pmask, text_len, C), cache,
                        method=lambda m, *a: m.decode(*a))
   state = {"step": jnp.asarray(C, jnp.int32), "ids": ids, "cache": aux["cache"],
            "done": jnp.zeros((B,), bool)}
@@ -221,7 +222,7 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
     s = st["step"]
     col = jax.lax.dynamic_slice_in_dim(st["ids"], s, 1, axis=1)
     vac = jax.lax.dynamic_slice_in_dim(vacant, s, 1, axis=1)
-    logits, cache = model.apply(variables, dup(col), dup(vac), (n_prompt + s)[:, None], st["cache"],
+    logits, cache = model.apply(variables, dup(col), dup(vac), (a0 + s)[:, None], st["cache"],
                                 method=step_fn)
     logits = guide(logits, sc.cfg_scale)                                      # (B,K,V)
     j = s + 1
