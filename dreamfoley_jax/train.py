@@ -128,7 +128,7 @@ def make_train_step(model: foley.DreamFoley, fcfg: foley.FoleyConfig, tx: optax.
                     schedule: optax.Schedule, labels, grad_accum: int = 1):
   """update(state, batch) -> (state, metrics). `labels`: optim.param_labels tree (frozen => no grads)."""
   K = fcfg.num_codebooks
-  w = jnp.asarray(fcfg.loss_weights[:K], jnp.float32)
+  w = np.asarray(fcfg.loss_weights[:K], np.float32)   # numpy: no array on the (maybe abstract) devices
 
   def loss_fn(params, mb, drop_t, drop_v, denom_K):
     params = jax.tree.map(lambda p, l: jax.lax.stop_gradient(p) if l == optim.FROZEN else p, params, labels)
@@ -182,6 +182,30 @@ def make_train_step(model: foley.DreamFoley, fcfg: foley.FoleyConfig, tx: optax.
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
   return update
+
+
+def abstract_state(c, mesh):
+  """(abstract TrainState with the shardings of `mesh`, model, FoleyConfig): restore targets on any mesh."""
+  fcfg = model_config(c)
+  model = foley.DreamFoley(fcfg)
+  ap = foley.abstract_params(fcfg)
+  tx, _ = optim.make_optimizer(c.optim, int(c.train.steps), ap, c.train.get("frozen_regex") or None)
+  with sharding.use_mesh(mesh):
+    a = jax.eval_shape(make_init_fn(model, tx, fcfg, int(c.train.seed)))
+    sh = state_shardings(a, mesh, tx)
+  return ckptlib.abstract_with_shardings(unbox_abstract(a), sh), model, fcfg
+
+
+def load_checkpoint(c, workdir: str, mesh=None, step: int | None = None) -> TrainState:
+  """The TrainState of `workdir`'s checkpoint `step` (default latest), placed on `mesh` (any shape)."""
+  mesh = mesh or sharding.make_mesh(dict(c.mesh))
+  target, _, _ = abstract_state(c, mesh)
+  ck = ckptlib.Checkpointer(workdir, async_save=False)
+  try:
+    with sharding.use_mesh(mesh):
+      return ck.restore(target, None, step)
+  finally:
+    ck.close()
 
 
 # --------------------------------------------------------------------------------------------------
