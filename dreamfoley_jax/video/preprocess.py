@@ -1,13 +1,17 @@
 """Resize / crop / normalise frames for EVA-CLIP (4 fps) and Synchformer (25 fps), and cut sync windows.
 
-Both references resize the short side to 224 with antialiased bicubic (PIL's BICUBIC, a = -0.5, support
-scaled with the downscale factor) and centre-crop 224x224, with torchvision's size and crop rounding:
+Both references resize the short side to 224 with antialiased bicubic (a = -0.5, support scaled with the
+downscale factor) and centre-crop 224x224, with torchvision's size and crop rounding:
   size: short side -> 224, long side -> int(224 * long / short)       (torchvision Resize(int))
   crop: top = round((H - 224) / 2), left = round((W - 224) / 2)       (Python round, as CenterCrop)
-We resize uint8 frames with PIL, which is exactly open_clip's EVA path (Resize on PIL images). MMAudio's
-Synchformer path runs torchvision's uint8-tensor antialiased bicubic kernel, which was written to
-reproduce PIL; the two may differ by one grey level on some pixels (not verifiable here without
-torchvision).
+The two references round differently, and each path reproduces its own bit for bit:
+  method="pil"   Pillow's BICUBIC: open_clip's EVA transform resizes PIL images (the CLIP path).
+  method="torch" torch's native uint8 antialiased bicubic kernel (int16 weights with a per-axis
+                 precision, width pass then height pass, each rounded to uint8), which torchvision's
+                 v2.Resize runs on the uint8 frame tensors MMAudio feeds it (the Synchformer path). Written
+                 here in numpy; tests check it bit-exact against torch.nn.functional.interpolate. Only the
+                 224x224 that survive the crop are computed.
+The two differ by one grey level on well under 1% of pixels.
 Normalisation, in float32 as torchvision computes it:
   CLIP:        (u8 / 255 - OPENAI_MEAN) / OPENAI_STD
   Synchformer: (u8 / 255 - 0.5) / 0.5  in [-1, 1]
@@ -17,6 +21,8 @@ frames [8 s, 8 s + 16); trailing frames that do not fill a window are dropped.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 
 import numpy as np
@@ -58,13 +64,95 @@ def resize_short_side(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarr
   return np.asarray(out)
 
 
+def _cubic(x, a=-0.5):
+  ax = np.abs(x)
+  return np.where(ax < 1, ((a + 2) * ax - (a + 3)) * ax * ax + 1,
+                  np.where(ax < 2, ((a * ax - 5 * a) * ax + 8 * a) * ax - 4 * a, 0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_aa_weights(n_in: int, n_out: int):
+  """(taps index (n_out, K), int16-valued weights (n_out, K), precision) of torch's uint8 AA bicubic."""
+  scale = n_in / n_out
+  support = 2.0 * scale if scale >= 1.0 else 2.0
+  inv = 1.0 / scale if scale >= 1.0 else 1.0
+  k = int(math.ceil(support)) * 2 + 1
+  idx = np.zeros((n_out, k), np.int64)
+  w = np.zeros((n_out, k), np.float64)
+  for i in range(n_out):
+    center = scale * (i + 0.5)
+    lo = max(int(center - support + 0.5), 0)
+    n = min(max(min(int(center + support + 0.5), n_in) - lo, 0), k)
+    ww = _cubic((np.arange(n) + lo - center + 0.5) * inv)
+    tot = ww.sum()
+    w[i, :n] = ww / tot if tot != 0 else ww
+    idx[i, :n] = np.arange(lo, lo + n)
+    idx[i, n:] = lo
+  # the largest precision (<= 22 bits) at which the biggest weight still fits in int16
+  wmax, p = w.max(), 0
+  while p < 22 and int(0.5 + wmax * (1 << (p + 1))) < (1 << 15):
+    p += 1
+  v = w * (1 << p)
+  w16 = np.trunc(np.where(v < 0, v - 0.5, v + 0.5)).astype(np.int32)
+  return idx, w16, p
+
+
+def _torch_aa_rows(x_NxM, idx, w16, p):
+  """out[o] = clamp((2^(p-1) + sum_k w16[o, k] * x[idx[o, k]]) >> p): one pass over the leading axis."""
+  acc = np.full((idx.shape[0], x_NxM.shape[1]), 1 << (p - 1), np.int32)
+  tmp = np.empty_like(acc)
+  for k in range(idx.shape[1]):
+    np.multiply(x_NxM[idx[:, k]], w16[:, k, None], out=tmp)
+    acc += tmp
+  np.right_shift(acc, p, out=acc)
+  return np.clip(acc, 0, 255).astype(np.uint8)
+
+
+def resize_crop_torch(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+  """torchvision Resize(size, BICUBIC) + CenterCrop(size) on a uint8 tensor, bit-exact, crop-only work.
+
+  torch's uint8 antialiased kernel: width pass then height pass, int16 weights at a per-axis precision
+  p (the largest <= 22 keeping the biggest weight below 2^15), accumulators start at 2^(p-1), results
+  shifted right by p and clamped to uint8 after each pass. Only the kept rows/columns are computed.
+  """
+  h, w = img_HxWx3.shape[:2]
+  nh, nw = short_side_size(h, w, size)
+  top, left = center_crop_offsets(nh, nw, size)
+  x = img_HxWx3
+  if nh != h:  # the input rows the kept output rows read: the width pass only needs those
+    idx_v, w_v, p_v = _torch_aa_weights(h, nh)
+    idx_v, w_v = idx_v[top:top + size], w_v[top:top + size]
+    r0 = int(idx_v.min())
+    x, idx_v = x[r0:int(idx_v.max()) + 1], idx_v - r0
+  else:
+    x = x[top:top + size]
+  rows = x.shape[0]
+  if nw != w:
+    idx_h, w_h, p_h = _torch_aa_weights(w, nw)
+    idx_h, w_h = idx_h[left:left + size], w_h[left:left + size]
+    c0 = int(idx_h.min())
+    xt = np.ascontiguousarray(x[:, c0:int(idx_h.max()) + 1].transpose(1, 0, 2)).reshape(-1, rows * 3)
+    x = _torch_aa_rows(xt, idx_h - c0, w_h, p_h)                          # (size, rows * 3)
+    x = x.reshape(size, rows, 3).transpose(1, 0, 2)                       # (rows, size, 3)
+  else:
+    x = x[:, left:left + size]
+  if nh != h:
+    x = _torch_aa_rows(np.ascontiguousarray(x).reshape(rows, -1), idx_v, w_v, p_v)
+    x = x.reshape(size, size, 3)
+  return np.ascontiguousarray(x)
+
+
 def center_crop(img_HxWxC: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
   top, left = center_crop_offsets(img_HxWxC.shape[0], img_HxWxC.shape[1], size)
   return np.ascontiguousarray(img_HxWxC[top:top + size, left:left + size])
 
 
-def resize_crop(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-  """Short-side bicubic resize then centre crop: uint8 (size, size, 3). Both encoders use this."""
+def resize_crop(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE, method: str = "pil") -> np.ndarray:
+  """Short-side bicubic resize then centre crop: uint8 (size, size, 3); method "pil" or "torch"."""
+  if method == "torch":
+    return resize_crop_torch(img_HxWx3, size)
+  if method != "pil":
+    raise ValueError(f"method must be 'pil' or 'torch', got {method!r}")
   return center_crop(resize_short_side(img_HxWx3, size), size)
 
 
@@ -123,16 +211,22 @@ class VideoFrames:
 
 def load_video_frames(path: str | os.PathLike, *, max_duration_sec: float | None = None,
                       rule: str = "nearest", clip_fps: float = CLIP_FPS, sync_fps: float = SYNC_FPS,
-                      size: int = IMAGE_SIZE) -> VideoFrames:
+                      size: int = IMAGE_SIZE, clip_resize: str = "pil",
+                      sync_resize: str = "torch") -> VideoFrames:
   """Decodes `path` once and returns the resized/cropped 4 fps and 25 fps frames.
+
+  Defaults resize each stream as its reference does: Pillow for EVA-CLIP (open_clip), torchvision's
+  uint8 kernel for Synchformer (MMAudio).
 
   Raises VideoError naming the file if it cannot be decoded, has no video stream, or gives fewer than
   16 frames at 25 fps (one Synchformer window, 0.64 s).
   """
-  tf = lambda img: resize_crop(img, size)  # noqa: E731  (one object: a frame used by both is resized once)
+  clip_tf = functools.partial(resize_crop, size=size, method=clip_resize)
+  sync_tf = (clip_tf if sync_resize == clip_resize     # one object: shared frames are resized once
+             else functools.partial(resize_crop, size=size, method=sync_resize))
   (clip_u8, sync_u8), meta = vio.sample_frames(path, [clip_fps, sync_fps], rule=rule,
                                                max_duration_sec=max_duration_sec,
-                                               transforms=[tf, tf])
+                                               transforms=[clip_tf, sync_tf])
   if sync_u8.shape[0] < SYNC_WINDOW:
     raise vio.VideoError(
         f"{os.fspath(path)}: {meta.duration_sec:.3f} s gives {sync_u8.shape[0]} frames at {sync_fps} fps, "
