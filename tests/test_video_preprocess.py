@@ -152,3 +152,14 @@ def test_sync_frames_match_mmaudio_transform(tmp_path):
     np.testing.assert_array_equal(v.sync_u8[k], _torch_resize_crop(raw[k]))
   # 4 fps sample 0 is the last frame before 0.125 s = frame 3; the CLIP path uses Pillow (open_clip)
   np.testing.assert_array_equal(v.clip_u8[0], vpre.resize_crop(raw[3], method="pil"))
+
+
+def test_normalize_lut_in_jit_is_bit_exact():
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(3)
+  u8 = (rng.random((2, 8, 8, 3)) * 256).astype(np.uint8)
+  for kind, fn in (("clip", vpre.clip_normalize), ("sync", vpre.sync_normalize)):
+    lut = jnp.asarray(vpre.normalize_lut(kind))
+    got = jax.jit(lambda x: lut[x.astype(jnp.int32), jnp.arange(3)])(u8)
+    np.testing.assert_array_equal(np.asarray(got), fn(u8))

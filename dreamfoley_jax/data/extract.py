@@ -138,12 +138,6 @@ def write_record_atomic(out_dir: str | os.PathLike, example: dict) -> pathlib.Pa
 
 # --------------------------------------------------------------------------------------- encoders
 
-def _pixel_lut(kind: str) -> np.ndarray:
-  """(256, 3) float32 table u8 -> normalised value, bit-identical to the numpy preprocessing."""
-  u = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-  return vpre.clip_normalize(u) if kind == "clip" else vpre.sync_normalize(u)
-
-
 def place_params(module, params, mesh, *example_args):
   """Puts (unboxed) `params` on `mesh` by the logical axes `module.init` declares; returns the tree."""
   def init_fn(r):
@@ -165,7 +159,7 @@ def make_jax_encoder(apply_fn: Callable[[Any, jax.Array], jax.Array], params, me
   """
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   batch = -(-batch // dp) * dp
-  lut = jnp.asarray(_pixel_lut(kind))
+  lut = jnp.asarray(vpre.normalize_lut(kind))
   ch = jnp.arange(3)
 
   def fn(p, u8):

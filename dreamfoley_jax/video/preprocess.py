@@ -177,6 +177,17 @@ def sync_normalize(frames_u8: np.ndarray) -> np.ndarray:
   return (x - np.float32(0.5)) / np.float32(0.5)
 
 
+def normalize_lut(kind: str) -> np.ndarray:
+  """(256, 3) float32 table u8 -> normalised value ("clip" or "sync"): `lut[u8, arange(3)]` inside jit
+  gives the same bits as clip_normalize / sync_normalize, for frames stored as uint8."""
+  u = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+  if kind == "clip":
+    return clip_normalize(u)
+  if kind == "sync":
+    return sync_normalize(u)
+  raise ValueError(f"kind must be 'clip' or 'sync', got {kind!r}")
+
+
 def num_sync_windows(num_frames: int) -> int:
   """S = (T - 16) // 8 + 1 (0 when T < 16)."""
   if num_frames < SYNC_WINDOW:
