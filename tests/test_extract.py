@@ -194,6 +194,10 @@ def test_real_encoder_path_errors(tmp_path, mesh):
   else:
     with pytest.raises(FileNotFoundError, match="nope"):
       extract.build_real_encoders(str(tmp_path / "nope"), str(tmp_path), mesh, extract.ExtractConfig())
+  (tmp_path / "f" / "sub").mkdir(parents=True)
+  for name in ("a.mp4", "a.mkv", "sub/b c.webm", "notes.txt"):
+    (tmp_path / "f" / name).write_bytes(b"")
+  assert [it.clip_id for it in extract.scan_folder(tmp_path / "f")] == ["a.mkv", "a.mp4", "sub_b_c"]
   with pytest.raises(ValueError, match="caption"):
     bad = tmp_path / "bad.csv"
     bad.write_text("video,text\nx.mp4,hi\n")

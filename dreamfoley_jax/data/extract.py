@@ -70,17 +70,24 @@ def safe_clip_id(name: str) -> str:
 
 
 def scan_folder(folder: str | os.PathLike) -> list[ClipItem]:
-  """Every video file under `folder` (recursive, sorted); caption from a sidecar `<name>.txt` if any."""
+  """Every video file under `folder` (recursive, sorted); caption from a sidecar `<name>.txt` if any.
+
+  The clip id is the path below `folder` without suffix (with it, where two videos differ only by
+  extension), sanitised by `safe_clip_id`.
+  """
   root = pathlib.Path(folder)
   if not root.is_dir():
     raise FileNotFoundError(f"{root}: not a directory")
+  paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS]
+  stems = collections.Counter(str(p.relative_to(root).with_suffix("")) for p in paths)
   items = []
-  for p in sorted(root.rglob("*")):
-    if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS:
-      side = p.with_suffix(".txt")
-      caption = side.read_text().strip() if side.exists() else ""
-      rel = p.relative_to(root).with_suffix("")
-      items.append(ClipItem(str(p), caption, safe_clip_id(str(rel))))
+  for p in paths:
+    side = p.with_suffix(".txt")
+    caption = side.read_text().strip() if side.exists() else ""
+    rel = p.relative_to(root)
+    # the path without suffix, unless two videos differ only by extension (a.mp4, a.mkv)
+    cid = str(rel.with_suffix("")) if stems[str(rel.with_suffix(""))] == 1 else str(rel)
+    items.append(ClipItem(str(p), caption, safe_clip_id(cid)))
   return items
 
 
@@ -122,6 +129,11 @@ def collect_items(source: str | os.PathLike) -> list[ClipItem]:
   if dups:
     raise ValueError(f"{source}: duplicate clip ids {dups[:10]}")
   return items
+
+
+def items_for_this_host(items: Sequence[ClipItem]) -> list[ClipItem]:
+  """Host i of n takes items i, i + n, ... (extraction needs no cross-host communication)."""
+  return list(items[jax.process_index()::jax.process_count()])
 
 
 def record_path(out_dir: str | os.PathLike, clip_id: str) -> pathlib.Path:
