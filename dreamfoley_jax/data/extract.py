@@ -196,6 +196,7 @@ def make_jax_encoder(apply_fn: Callable[[Any, jax.Array], jax.Array], params, me
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
   call.batch = batch
+  call.params = params
   return call
 
 
