@@ -194,7 +194,83 @@ def test_real_encoder_path_errors(tmp_path, mesh):
   else:
     with pytest.raises(FileNotFoundError, match="nope"):
       extract.build_real_encoders(str(tmp_path / "nope"), str(tmp_path), mesh, extract.ExtractConfig())
+  (tmp_path / "f" / "sub").mkdir(parents=True)
+  for name in ("a.mp4", "a.mkv", "sub/b c.webm", "notes.txt"):
+    (tmp_path / "f" / name).write_bytes(b"")
+  assert [it.clip_id for it in extract.scan_folder(tmp_path / "f")] == ["a.mkv", "a.mp4", "sub_b_c"]
   with pytest.raises(ValueError, match="caption"):
     bad = tmp_path / "bad.csv"
     bad.write_text("video,text\nx.mp4,hi\n")
     extract.read_manifest(bad)
+
+
+import dataclasses  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeCfg:
+  width: int = 16
+
+
+class _FakeEva(nn.Module):
+  """Stands in for eva_clip.EvaVisionTower(cfg): (B, 224, 224, 3) -> (normalised (B, E), aux)."""
+  config: _FakeCfg
+
+  @nn.compact
+  def __call__(self, x):
+    b = x.shape[0]
+    x = x.reshape(b, 7, 32, 7, 32, 3).mean((2, 4)).reshape(b, -1)
+    w = self.param("head", nn.with_logical_partitioning(nn.initializers.normal(0.1), ("embed", "mlp")),
+                   (x.shape[-1], self.config.width))
+    e = x @ w
+    return e / jnp.linalg.norm(e, axis=-1, keepdims=True), {}
+
+
+class _FakeSync(nn.Module):
+  """Stands in for synchformer.Synchformer(cfg): (B, S, 16, 224, 224, 3) -> ((B, S, 8, D), aux)."""
+  config: _FakeCfg
+
+  @nn.compact
+  def __call__(self, x):
+    b, s = x.shape[:2]
+    x = x.reshape(b, s, 8, 2, 7, 32, 7, 32, 3).mean((3, 5, 7)).reshape(b, s, 8, -1)
+    w = self.param("proj", nn.with_logical_partitioning(nn.initializers.normal(0.1), ("embed", "mlp")),
+                   (x.shape[-1], self.config.width))
+    return jnp.einsum("bstc,cd->bstd", x, w), {}
+
+
+def test_build_real_encoders_from_orbax_checkpoints(tmp_path, mesh, monkeypatch):
+  """The --eva_ckpt/--sync_ckpt path: config from checkpoint metadata, params restored into shardings."""
+  from dreamfoley_jax.convert import common
+  eva_mod, syn_mod = types.ModuleType("eva_clip"), types.ModuleType("synchformer")
+  eva_mod.EvaVisionTower, syn_mod.Synchformer = _FakeEva, _FakeSync
+  import dreamfoley_jax.models as models_pkg
+  monkeypatch.setitem(sys.modules, "dreamfoley_jax.models.eva_clip", eva_mod)
+  monkeypatch.setitem(sys.modules, "dreamfoley_jax.models.synchformer", syn_mod)
+  monkeypatch.setattr(models_pkg, "eva_clip", eva_mod, raising=False)
+  monkeypatch.setattr(models_pkg, "synchformer", syn_mod, raising=False)
+  eva, syn = _FakeEva(_FakeCfg(24)), _FakeSync(_FakeCfg(20))
+  eva_p = nn.unbox(eva.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+  syn_p = nn.unbox(syn.init(jax.random.key(1), jnp.zeros((1, 1, 16, 224, 224, 3))))
+  common.save_params(eva_p, tmp_path / "eva", metadata={"config": {"width": 24}})
+  common.save_params(syn_p["params"], tmp_path / "syn", metadata={"config": {"width": 20}})  # bare params
+  enc = extract.build_real_encoders(str(tmp_path / "eva"), str(tmp_path / "syn"), mesh,
+                                    extract.ExtractConfig(clip_batch=8, sync_batch=8))
+  placed = enc.clip.params["params"]["head"]
+  assert placed.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert isinstance(placed.sharding, jax.sharding.NamedSharding) and placed.sharding.mesh == mesh
+  rng = np.random.default_rng(0)
+  u8 = (rng.random((3, 224, 224, 3)) * 255).astype(np.uint8)
+  got = enc.clip(u8)
+  ref = np.asarray(eva.apply(eva_p, jnp.asarray(vpre.clip_normalize(u8)))[0])
+  assert got.shape == (3, 24)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+  win = (rng.random((2, 16, 224, 224, 3)) * 255).astype(np.uint8)
+  got_s = enc.sync(win)
+  ref_s = np.asarray(syn.apply(syn_p, jnp.asarray(vpre.sync_normalize(win))[:, None])[0][:, 0])
+  assert got_s.shape == (2, 8, 20)
+  np.testing.assert_allclose(got_s, ref_s, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="unknown config fields"):
+    common.save_params(eva_p, tmp_path / "eva_bad", metadata={"config": {"depth": 3}})
+    extract.build_real_encoders(str(tmp_path / "eva_bad"), str(tmp_path / "syn"), mesh,
+                                extract.ExtractConfig())

@@ -203,3 +203,11 @@ def test_nearest_rule_equals_ffmpeg_fps_filter(tmp_path, seed, start):
     end = meta.start_sec + meta.duration_sec                          # ffmpeg rounds both grid ends
     assert len(ref) == math.floor(end * fps + 0.5) - math.floor(meta.start_sec * fps + 0.5)
     assert len(ours) == math.floor(meta.duration_sec * fps + 1e-9)    # we keep whole samples only
+
+
+def test_mmaudio_eval_cap_uses_float_truncation(tmp_path):
+  p = write_video(tmp_path / "v.mkv", [k / 25 for k in range(205)])
+  (m,), _ = vio.sample_frames(p, [25], rule="mmaudio_eval", max_duration_sec=8.04)
+  (n,), _ = vio.sample_frames(p, [25], rule="nearest", max_duration_sec=8.04)
+  assert m.shape[0] == int(25.0 * 8.04) == 200       # MMAudio: int(_SYNC_FPS * duration_sec)
+  assert n.shape[0] == 201                            # exact: floor(8.04 * 25)

@@ -109,3 +109,57 @@ def test_load_video_frames_end_to_end(tmp_path):
   assert cp.shape == (9, 224, 224, 3)
   # the crop keeps the centre: a 120x200 frame becomes 224x373, cropped at left = round(149/2) = 74
   assert vpre.center_crop_offsets(*vpre.short_side_size(120, 200, 224), 224) == (0, 74)
+
+
+def _torch_resize_crop(img_u8, size=224):
+  """MMAudio's sync transform on one frame: torchvision v2 Resize(224, BICUBIC) on a uint8 tensor runs
+  torch's native uint8 antialiased kernel, then CenterCrop(224)."""
+  torch = pytest.importorskip("torch")
+  h, w = img_u8.shape[:2]
+  nh, nw = vpre.short_side_size(h, w, size)
+  t = torch.from_numpy(img_u8[None]).permute(0, 3, 1, 2)     # channels-last uint8, as MMAudio's permute
+  if (nh, nw) != (h, w):
+    t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bicubic", antialias=True,
+                                        align_corners=False)
+  top, left = vpre.center_crop_offsets(nh, nw, size)
+  return t[0].permute(1, 2, 0).numpy()[top:top + size, left:left + size]
+
+
+@pytest.mark.parametrize("hw", [(720, 1280), (1280, 720), (360, 640), (240, 426), (225, 301), (224, 300),
+                                (100, 120), (50, 60), (224, 224), (1080, 1440)])
+def test_torch_method_is_bit_exact_to_torch_uint8_kernel(hw):
+  rng = np.random.default_rng(hw[0] * 7 + hw[1])
+  noise = (rng.random(hw + (3,)) * 255).astype(np.uint8)
+  yy, xx = np.mgrid[:hw[0], :hw[1]]
+  edges = np.stack([(xx // 7 % 2) * 255, (yy // 5 % 2) * 255, (xx + yy) % 256], -1).astype(np.uint8)
+  for img in (noise, edges):
+    np.testing.assert_array_equal(vpre.resize_crop(img, method="torch"), _torch_resize_crop(img))
+  # PIL rounds differently: the two methods are close but not equal
+  d = np.abs(vpre.resize_crop(noise, method="pil").astype(int) - _torch_resize_crop(noise))
+  assert d.max() <= 2 and d.mean() < 0.05
+
+
+def test_sync_frames_match_mmaudio_transform(tmp_path):
+  """load_video_frames' 25 fps frames == MMAudio's sync transform on the same decoded frames."""
+  from dreamfoley_jax.video import io as vio
+  rng = np.random.default_rng(5)
+  frames = [(rng.random((90, 160, 3)) * 255).astype(np.uint8) for _ in range(20)]
+  p = write_video(tmp_path / "n.mkv", [k / 25 for k in range(20)], size=(90, 160), frames=frames)
+  v = vpre.load_video_frames(p)
+  (raw,), _ = vio.sample_frames(p, [25])
+  assert v.sync_u8.shape == (20, 224, 224, 3)
+  for k in range(0, 20, 7):
+    np.testing.assert_array_equal(v.sync_u8[k], _torch_resize_crop(raw[k]))
+  # 4 fps sample 0 is the last frame before 0.125 s = frame 3; the CLIP path uses Pillow (open_clip)
+  np.testing.assert_array_equal(v.clip_u8[0], vpre.resize_crop(raw[3], method="pil"))
+
+
+def test_normalize_lut_in_jit_is_bit_exact():
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(3)
+  u8 = (rng.random((2, 8, 8, 3)) * 256).astype(np.uint8)
+  for kind, fn in (("clip", vpre.clip_normalize), ("sync", vpre.sync_normalize)):
+    lut = jnp.asarray(vpre.normalize_lut(kind))
+    got = jax.jit(lambda x: lut[x.astype(jnp.int32), jnp.arange(3)])(u8)
+    np.testing.assert_array_equal(np.asarray(got), fn(u8))

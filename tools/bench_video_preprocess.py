@@ -2,7 +2,9 @@ r"""Throughput of the video front end: decode + sample (4 and 25 fps) + resize/c
 
 Writes a synthetic h264 clip (default 10 s, 1280x720, 30 fps) to a temp dir and times
 dreamfoley_jax.video.load_video_frames on it, next to a decode-only pass (PyAV decode + rgb24 of every
-frame, the floor of any PyAV pipeline). Example:
+frame, the floor of any PyAV pipeline). Then times the per-frame resize + crop side by side: our numpy
+port of torch's uint8 kernel (method="torch"), Pillow (method="pil"), and the reference itself,
+torch.nn.functional.interpolate(uint8, bicubic, antialias=True) + crop (if torch is installed). Example:
 
   python tools/bench_video_preprocess.py --seconds 10 --height 720 --width 1280 --repeats 3
 """
@@ -72,6 +74,45 @@ def main():
     print(f"decode+rgb24 only:            {dec:.3f} s  ({n / dec:.0f} source frames/s)")
     print(f"load_video_frames (4+25 fps): {full:.3f} s  ({v.sync_u8.shape[0]} sync + {v.clip_u8.shape[0]} "
           f"clip frames; {a.seconds / full:.1f}x real time; overhead over decode {full / dec:.2f}x)")
+  bench_resize(a.height, a.width, a.repeats)
+
+
+def bench_resize(h, w, repeats, n=20):
+  from dreamfoley_jax.video import preprocess as vpre
+
+  rng = np.random.default_rng(0)
+  frames = (rng.random((n, h, w, 3)) * 255).astype(np.uint8)
+
+  def best(fn):
+    fn(frames[0])
+    ts = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      for f in frames:
+        fn(f)
+      ts.append((time.perf_counter() - t) / n * 1e3)
+    return min(ts)
+
+  ours = best(lambda f: vpre.resize_crop(f, method="torch"))
+  pil = best(lambda f: vpre.resize_crop(f, method="pil"))
+  print(f"resize+crop {w}x{h} -> 224, ms/frame: ours(torch-exact numpy) {ours:.2f}, ours(Pillow) {pil:.2f}",
+        end="")
+  try:
+    import torch
+  except ImportError:
+    print("  (torch not installed: no reference timing)")
+    return
+  torch.set_num_threads(1)   # our numpy path is single-threaded too
+  nh, nw = vpre.short_side_size(h, w, 224)
+  top, left = vpre.center_crop_offsets(nh, nw, 224)
+
+  def ref(f):
+    t = torch.from_numpy(f[None]).permute(0, 3, 1, 2)
+    y = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bicubic", antialias=True)
+    return y[..., top:top + 224, left:left + 224]
+
+  r = best(ref)
+  print(f", reference torch uint8 kernel {r:.2f} (1 thread); ours/reference = {ours / r:.2f}x")
 
 
 if __name__ == "__main__":

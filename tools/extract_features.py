@@ -8,7 +8,9 @@ ArrayRecord shards. Example:
     --tokenizer=ckpt/qwen2.5-7b/tokenizer.json --max_duration=10 --num_shards=16
 
 --input: a folder (recursive; caption from a sidecar <video>.txt) or a CSV with columns
-video (or path), caption, optional clip_id.
+video (or path), caption, optional clip_id. On a multi-host pod run the same command on every host: host
+i takes clips i, i + n, ... and shards the encoders over its local chips (--mesh applies per host); pack
+shards once all hosts are done (--num_shards on one host, or a rerun with everything already written).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import logging
 import pathlib
 import sys
 
+import jax
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -59,18 +62,23 @@ def run(argv_flags, encoders: extract.Encoders | None = None) -> dict:
                               max_duration_sec=f.max_duration, rule=f.rule, num_workers=f.num_workers,
                               store_frames=f.store_frames)
   items = extract.collect_items(f.input)
-  logging.info("%d clips in %s", len(items), f.input)
+  mine = extract.items_for_this_host(items)
+  logging.info("%d clips in %s, %d for host %d", len(items), f.input, len(mine), jax.process_index())
   if encoders is None:
     if not f.eva_ckpt or not f.sync_ckpt:
       raise app.UsageError("--eva_ckpt and --sync_ckpt are required")
-    encoders = extract.build_real_encoders(f.eva_ckpt, f.sync_ckpt,
-                                           sharding.make_mesh(parse_mesh(f.mesh)), cfg)
+    # extraction is embarrassingly parallel: each host shards its encoders over its own chips
+    mesh = sharding.make_mesh(parse_mesh(f.mesh), devices=jax.local_devices())
+    encoders = extract.build_real_encoders(f.eva_ckpt, f.sync_ckpt, mesh, cfg)
+  items = mine
   stats = extract.extract_features(items, f.output_dir, encoders, cfg, tokenizer=f.tokenizer)
   print(f"written {stats['written']}, skipped (already done) {stats['skipped']}, "
         f"failed {len(stats['failed'])}")
   for path, msg in stats["failed"]:
     print(f"  FAILED {msg}")
-  if f.num_shards > 0:
+  if f.num_shards > 0 and jax.process_count() > 1:
+    print("multi-host run: pack shards after all hosts finish (rerun on one host with --num_shards)")
+  elif f.num_shards > 0:
     prefix = f.shard_prefix or str(pathlib.Path(f.output_dir) / "shards" / "data")
     shards = extract.write_array_record_shards(f.output_dir, prefix, f.num_shards)
     print(f"wrote {len(shards)} ArrayRecord shards: {shards[0].parent}")

@@ -70,17 +70,24 @@ def safe_clip_id(name: str) -> str:
 
 
 def scan_folder(folder: str | os.PathLike) -> list[ClipItem]:
-  """Every video file under `folder` (recursive, sorted); caption from a sidecar `<name>.txt` if any."""
+  """Every video file under `folder` (recursive, sorted); caption from a sidecar `<name>.txt` if any.
+
+  The clip id is the path below `folder` without suffix (with it, where two videos differ only by
+  extension), sanitised by `safe_clip_id`.
+  """
   root = pathlib.Path(folder)
   if not root.is_dir():
     raise FileNotFoundError(f"{root}: not a directory")
+  paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS]
+  stems = collections.Counter(str(p.relative_to(root).with_suffix("")) for p in paths)
   items = []
-  for p in sorted(root.rglob("*")):
-    if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS:
-      side = p.with_suffix(".txt")
-      caption = side.read_text().strip() if side.exists() else ""
-      rel = p.relative_to(root).with_suffix("")
-      items.append(ClipItem(str(p), caption, safe_clip_id(str(rel))))
+  for p in paths:
+    side = p.with_suffix(".txt")
+    caption = side.read_text().strip() if side.exists() else ""
+    rel = p.relative_to(root)
+    # the path without suffix, unless two videos differ only by extension (a.mp4, a.mkv)
+    cid = str(rel.with_suffix("")) if stems[str(rel.with_suffix(""))] == 1 else str(rel)
+    items.append(ClipItem(str(p), caption, safe_clip_id(cid)))
   return items
 
 
@@ -124,6 +131,11 @@ def collect_items(source: str | os.PathLike) -> list[ClipItem]:
   return items
 
 
+def items_for_this_host(items: Sequence[ClipItem]) -> list[ClipItem]:
+  """Host i of n takes items i, i + n, ... (extraction needs no cross-host communication)."""
+  return list(items[jax.process_index()::jax.process_count()])
+
+
 def record_path(out_dir: str | os.PathLike, clip_id: str) -> pathlib.Path:
   return pathlib.Path(out_dir) / f"{clip_id}{RECORD_SUFFIX}"
 
@@ -137,12 +149,6 @@ def write_record_atomic(out_dir: str | os.PathLike, example: dict) -> pathlib.Pa
 
 
 # --------------------------------------------------------------------------------------- encoders
-
-def _pixel_lut(kind: str) -> np.ndarray:
-  """(256, 3) float32 table u8 -> normalised value, bit-identical to the numpy preprocessing."""
-  u = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-  return vpre.clip_normalize(u) if kind == "clip" else vpre.sync_normalize(u)
-
 
 def place_params(module, params, mesh, *example_args):
   """Puts (unboxed) `params` on `mesh` by the logical axes `module.init` declares; returns the tree."""
@@ -165,7 +171,7 @@ def make_jax_encoder(apply_fn: Callable[[Any, jax.Array], jax.Array], params, me
   """
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   batch = -(-batch // dp) * dp
-  lut = jnp.asarray(_pixel_lut(kind))
+  lut = jnp.asarray(vpre.normalize_lut(kind))
   ch = jnp.arange(3)
 
   def fn(p, u8):
@@ -190,6 +196,7 @@ def make_jax_encoder(apply_fn: Callable[[Any, jax.Array], jax.Array], params, me
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
   call.batch = batch
+  call.params = params
   return call
 
 

@@ -164,9 +164,16 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
   if not os.path.exists(path):
     raise VideoError(f"{path}: no such file")
   cap_frac = None if max_duration_sec is None else _fraction(max_duration_sec)
-  streams = [_Stream(fps=_fraction(f), rule=rule,
-                     cap=None if cap_frac is None else math.floor(cap_frac * _fraction(f)),
-                     transform=t) for f, t in zip(fps_list, transforms)]
+
+  def cap_for(f):
+    if cap_frac is None:
+      return None
+    if rule == "mmaudio_eval":   # MMAudio truncates with float arithmetic: int(25.0 * 8.04) = 200
+      return int(float(f) * float(max_duration_sec))
+    return math.floor(cap_frac * _fraction(f))
+
+  streams = [_Stream(fps=_fraction(f), rule=rule, cap=cap_for(f), transform=t)
+             for f, t in zip(fps_list, transforms)]
 
   cache: dict[int, np.ndarray] = {}   # frame index -> displayed RGB (only the current and previous)
   disp = None                          # (transform, rotation, flipped), from the first frame
