@@ -51,6 +51,10 @@ class PipelineConfig:
   clip_rate: float = 4.0
   text_pad_id: int = 0
   seed: int = 0
+  # frames mode (encoders inside the model): uint8 frames_sync (25 fps) / frames_clip (4 fps) instead of
+  # encoder features; frame_size = H = W of the stored frames.
+  vision_mode: str = "features"
+  frame_size: int = 0
 
   def __post_init__(self):
     b = tuple(sorted(float(x) for x in self.bucket_seconds))
@@ -61,6 +65,10 @@ class PipelineConfig:
       raise ValueError(f"data.crop_min_s={self.crop_min_s} / crop_max_s={self.crop_max_s}: need 0 < min <= max")
     if self.audio_rate != 25.0 or self.clip_rate != 4.0:
       raise ValueError("the 1 s crop grid assumes 25 Hz audio/sync and 4 fps CLIP features")
+    if self.vision_mode not in ("features", "frames"):
+      raise ValueError(f"vision_mode must be 'features' or 'frames', got {self.vision_mode!r}")
+    if self.vision_mode == "frames" and self.frame_size <= 0:
+      raise ValueError("vision_mode='frames' needs frame_size (the stored frames' height = width)")
     if self.frames(self.crop_min_s) < self.null_video_len:
       raise ValueError(f"crop_min_s={self.crop_min_s}: shorter than the null video sequence "
                        f"({self.null_video_len} frames)")
@@ -108,7 +116,14 @@ def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
       max_text_len=int(d.max_text_len), null_text_len=fcfg.null_text_len, null_video_len=fcfg.null_video_len,
       crop_min_s=float(d.crop_min_s), crop_max_s=float(d.crop_max_s),
       bucket_seconds=tuple(float(x) for x in d.get("bucket_seconds", (4.0, 7.0, 10.0))),
-      text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed))
+      text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed), vision_mode=fcfg.vision_mode,
+      frame_size=_frame_size(fcfg))
+
+
+def _frame_size(fcfg) -> int:
+  if fcfg.vision_mode != "frames":
+    return 0
+  return int(fcfg.synchformer.image_size if fcfg.use_sync else fcfg.eva.image_size)
 
 
 def batch_spec(p: PipelineConfig, batch_size: int | None = None, bucket: int = -1) -> dict[str, tuple[tuple, Any]]:
@@ -119,6 +134,15 @@ def batch_spec(p: PipelineConfig, batch_size: int | None = None, bucket: int = -
   spec = {"text_ids": ((B, p.text_len), np.int32), "text_mask": ((B, p.text_len), np.bool_),
           "video_mask": ((B, tv), np.bool_), "audio_ids": ((B, la, K), np.int32),
           "audio_mask": ((B, la), np.bool_), "audio_vacant": ((B, la, K), np.bool_)}
+  if p.vision_mode == "frames":
+    H = p.frame_size
+    if p.use_sync:
+      spec["frames_sync"] = ((B, tv, H, H, 3), np.uint8)
+      spec["frames_sync_mask"] = ((B, tv), np.bool_)
+    if p.use_clip:
+      spec["frames_clip"] = ((B, tc, H, H, 3), np.uint8)
+      spec["frames_clip_mask"] = ((B, tc), np.bool_)
+    return spec
   if p.use_sync:
     spec["sync_feats"] = ((B, tv, p.sync_dim), np.float32)
   if p.use_clip:
@@ -130,10 +154,14 @@ def _available_frames(p: PipelineConfig, ex: Mapping[str, Any]) -> int:
   if "audio_codes" not in ex:
     raise KeyError(f"record {ex.get('clip_id', '?')!r} has no 'audio_codes'")
   n = ex["audio_codes"].shape[-1]
+  sync_key, clip_key = ("frames_sync", "frames_clip") if p.vision_mode == "frames" else ("sync_feats", "clip_feats")
+  for key, used in ((sync_key, p.use_sync), (clip_key, p.use_clip)):
+    if used and key not in ex:
+      raise KeyError(f"record {ex.get('clip_id', '?')!r} has no {key!r} (model vision_mode={p.vision_mode!r})")
   if p.use_sync:
-    n = min(n, ex["sync_feats"].shape[0])
+    n = min(n, ex[sync_key].shape[0])
   if p.use_clip:
-    n = min(n, int(math.floor(ex["clip_feats"].shape[0] * p.audio_rate / p.clip_rate + 1e-6)))
+    n = min(n, int(math.floor(ex[clip_key].shape[0] * p.audio_rate / p.clip_rate + 1e-6)))
   return int(n)
 
 
@@ -172,12 +200,19 @@ class BatchTransform:
         t = np.asarray(ex["text_ids"], np.int32).reshape(-1)[:p.text_len]
         out["text_ids"][i, :len(t)] = t
         out["text_mask"][i, :len(t)] = True
+      frames = p.vision_mode == "frames"
       if p.use_sync:
-        out["sync_feats"][i, :n] = ex["sync_feats"][a0:a0 + n]
+        key = "frames_sync" if frames else "sync_feats"
+        out[key][i, :n] = ex[key][a0:a0 + n]
+        if frames:
+          out["frames_sync_mask"][i, :n] = True
       if p.use_clip:
+        key = "frames_clip" if frames else "clip_feats"
         c0 = start_s * 4
-        nc = min(math.ceil(n * p.clip_rate / p.audio_rate), ex["clip_feats"].shape[0] - c0)
-        out["clip_feats"][i, :nc] = ex["clip_feats"][c0:c0 + nc]
+        nc = min(math.ceil(n * p.clip_rate / p.audio_rate), ex[key].shape[0] - c0)
+        out[key][i, :nc] = ex[key][c0:c0 + nc]
+        if frames:
+          out["frames_clip_mask"][i, :nc] = True
       out["video_mask"][i, :n] = True
       codes = np.asarray(ex["audio_codes"], np.int32)[:K, a0:a0 + n]
       if codes.shape[0] != K:
