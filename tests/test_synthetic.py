@@ -111,3 +111,15 @@ def test_writers(tmp_path):
     frames = list(c.decode(video=0))
     assert len(frames) == len(clip["frames_sync"]) and frames[0].width == 32 * 8
   assert sorted(os.listdir(tmp_path)) == ["x.mp4", "x.wav"]      # no temp files left behind
+
+
+def test_to_example_roundtrips_through_records():
+  from dreamfoley_jax.data import records
+  clip = S.make_clip(2, duration=2.0)
+  codes = np.arange(8 * 50).reshape(8, 50) % 100
+  ex = records.decode_example(records.encode_example(S.to_example(clip, codes)))
+  assert ex["audio_codes"].dtype == np.int16 and ex["audio_codes"].shape == (8, 50)
+  np.testing.assert_array_equal(ex["frames_sync"], clip["frames_sync"])
+  assert ex["caption"] == clip["caption"]
+  with pytest.raises(ValueError, match="audio_codes must be"):
+    S.to_example(clip, codes[:, :49])

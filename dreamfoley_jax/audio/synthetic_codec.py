@@ -19,10 +19,25 @@ import dataclasses
 import json
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import scipy.fft
+
+
+@runtime_checkable
+class AudioCodec(Protocol):
+  """What the pipeline needs from an audio tokenizer (this codec, or the higgs tokenizer port)."""
+  sample_rate: int
+  frame_rate: float
+  num_codebooks: int
+  codebook_size: int
+
+  def encode(self, audio) -> np.ndarray:   # (N,) -> (K, T) int; (B, N) -> (B, K, T)
+    ...
+
+  def decode(self, codes) -> np.ndarray:   # (K, T) -> (N,) float32; (B, K, T) -> (B, N)
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +263,8 @@ class SyntheticCodec:
     cfg = self.cfg
     B, T, _ = feats_BxTxD.shape
     mel = np.exp(2.0 * feats_BxTxD.reshape(B, T * cfg.sub_frames, cfg.n_mels))  # band power
-    mel = np.where(mel <= cfg.log_floor ** 2 * 1.001, 0.0, mel).astype(np.float32)   # floor = silence
+    # At (or within 10% of) the floor = silence: quantised silent frames land a hair above it.
+    mel = np.where(mel <= (1.1 * cfg.log_floor) ** 2, 0.0, mel).astype(np.float32)
     with _one_blas_thread():
       mag = np.sqrt(np.maximum(mel @ self._synthesis.T, 0.0))                        # (B, F, Q)
     return griffin_lim(mag, cfg.n_fft, cfg.stft_hop,
