@@ -21,6 +21,7 @@ RUNTIME = [
     "scipy>=1.11",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
+    "threadpoolctl>=3.1",
 ]
 
 setuptools.setup(

@@ -362,6 +362,22 @@ def make_dataset(n: int, seed: int = 0, cfg: SynthConfig = SynthConfig(), **kw) 
   return list(iter_dataset(n, seed, cfg, **kw))
 
 
+def to_example(clip: Mapping[str, Any], audio_codes_KxT: np.ndarray | None = None) -> dict[str, Any]:
+  """The clip as a training-example record (dreamfoley_jax.data.records fields; no raw audio).
+
+  audio_codes (K, T) from a codec at 25 Hz must have one frame per video frame.
+  """
+  ex = {k: clip[k] for k in ("clip_id", "caption", "frames_sync", "frames_clip", "duration",
+                             "event_times")}
+  if audio_codes_KxT is not None:
+    codes = np.asarray(audio_codes_KxT)
+    if codes.ndim != 2 or codes.shape[1] != clip["frames_sync"].shape[0]:
+      raise ValueError(f"audio_codes must be (K, {clip['frames_sync'].shape[0]}) for clip "
+                       f"{clip['clip_id']}, got {codes.shape}")
+    ex["audio_codes"] = codes.astype(np.int16)
+  return ex
+
+
 # ---------------------------------------------------------------------------------------------
 # Writers for a person to look at and listen to.
 

@@ -64,7 +64,7 @@ def onset_strength(audio: np.ndarray, sample_rate: int = 24000, n_fft: int = 512
 
 
 def detect_onsets(audio: np.ndarray, sample_rate: int = 24000, *, min_gap: float = 0.1,
-                  rel_threshold: float = 0.3, abs_threshold: float = 0.1, delta: float = 0.05,
+                  rel_threshold: float = 0.4, abs_threshold: float = 0.1, delta: float = 0.1,
                   mean_window: float = 0.25, n_fft: int = 512, hop: int = 120,
                   **strength_kw) -> np.ndarray:
   """Onset times (s), float64 sorted, from peak-picked spectral flux (see module docstring)."""
