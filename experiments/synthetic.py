@@ -1,0 +1,79 @@
+"""The main job's default: a tiny DreamFoley learns the synthetic audio-visual world on CPU in minutes.
+
+  python tools/main_job.py --workdir runs/synthetic                 # data -> train -> CFG sampling -> metrics
+  python tools/main_job.py --workdir /tmp/quick --config.train.steps=20 --config.main.num_train=64 \
+      --config.main.num_eval=4                                       # the shortened run CI does
+
+The real architectures at toy width: Qwen2 decoder, Synchformer (MotionFormer, divided space-time
+attention) and EVA-CLIP towers run inside the model on uint8 frames and are trained from scratch
+(no weights can be downloaded here), K = 8 codebooks of the weights-free synthetic RVQ codec, the delay
+pattern, the real grain pipeline, trainer, checkpoints and jitted CFG sampler.
+
+Differences from paper_7b, each for the tiny CPU budget and said here:
+  * Synchformer windows of 8 frames with temporal patch 1, stride 8 (MMAudio: 16 frames, patch 2,
+    stride 8). Each token is then exactly one 25 fps frame, so token i <-> audio frame i.
+  * position_scheme = time_aligned: audio frame t and video frame t share a rotary position.
+  * Crops of 2-4 s for training (paper: 2-10 s); held-out clips are 2-10 s.
+"""
+import ml_collections
+
+from dreamfoley_jax.configs import load_config
+import pathlib
+
+
+def get_config():
+  c = load_config(str(pathlib.Path(__file__).with_name("paper_7b.py")))
+  c.model.decoder = ml_collections.ConfigDict(dict(
+      preset="tiny", hf_config="", vocab_size=384, hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+      num_attention_heads=4, num_key_value_heads=2, dtype="float32", param_dtype="float32",
+      scan_layers=False, remat_policy="none", attention_impl="xla"))
+  c.model.codebook_size = 128                  # the synthetic codec's codebooks (c.main.codec_size)
+  c.model.vision_mode = "frames"
+  c.model.synchformer = ml_collections.ConfigDict(dict(
+      preset="tiny", image_size=32, patch_size=8, width=32, depth=1, num_heads=2, tubelet=1, num_frames=8,
+      window=8, stride=8))
+  c.model.eva = ml_collections.ConfigDict(dict(
+      preset="tiny", image_size=32, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=16))
+  c.model.sync_dim = 32
+  c.model.clip_dim = 16
+  c.model.position_scheme = "time_aligned"
+  c.model.null_text_len = 2
+  c.model.null_video_len = 2
+
+  c.data.crop_min_s = 2.0
+  c.data.crop_max_s = 4.0
+  c.data.bucket_seconds = (3.0, 4.0)
+  c.data.max_text_len = 16
+  c.data.num_workers = 0
+  c.data.train_records = ""                    # set by the main job
+
+  c.optim.lr = 4e-3
+  c.optim.warmup_steps = 20
+  c.optim.final_lr_frac = 0.1
+  c.optim.weight_decay = 0.01
+
+  c.train.global_batch = 16
+  c.train.steps = 400
+  c.train.frozen_regex = ""                    # encoders are trained from scratch here
+  c.train.log_every = 20
+  c.train.ckpt_every = 200
+  c.train.async_ckpt = False
+
+  c.sample.temperature = 1.0
+  c.sample.top_k = 25
+  c.sample.top_p = 0.9
+  c.sample.cfg_scale = 3.0
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.main = ml_collections.ConfigDict(dict(
+      num_train=600,            # synthetic training clips (2-10 s)
+      num_eval=16,              # held-out clips sampled and scored
+      seed=0,
+      codec_size=128,           # entries per codebook of the synthetic codec (= model.codebook_size)
+      codec_iters=12,           # k-means iterations
+      bpe_vocab=384,            # caption tokenizer (<= model.decoder.vocab_size; byte-level BPE has 257 base ids)
+      max_eval_seconds=10.0,
+      sample_batch=16,
+  ))
+  return c

@@ -1,0 +1,25 @@
+r"""The project's main job on the embedded default (no downloads): synthetic world -> train -> CFG -> metrics.
+
+  python tools/main_job.py --workdir runs/synthetic
+  python tools/main_job.py --workdir /tmp/quick --config.train.steps=20 --config.main.num_train=64 \
+      --config.main.num_eval=4
+
+Writes to the workdir: samples/*.wav|mp4|png, metrics.json, train/ (checkpoints, TensorBoard), data/,
+codec/, tokenizer.json. See experiments/synthetic.py for every setting.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/synthetic.py", "experiment config")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/synthetic", "output directory")
+
+
+def main(argv):
+  del argv
+  from dreamfoley_jax import main_job
+
+  main_job.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
