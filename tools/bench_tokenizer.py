@@ -80,7 +80,6 @@ def main():
   args = ap.parse_args()
 
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   sys.path.insert(0, str(REPO))

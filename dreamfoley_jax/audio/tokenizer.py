@@ -20,12 +20,10 @@ Example:
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 from typing import Iterable, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax.audio.higgs import HiggsAudioV2Tokenizer, HiggsTokenizerConfig
