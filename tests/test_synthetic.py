@@ -20,7 +20,7 @@ def test_deterministic_and_seed_dependent():
   for k in ("frames_sync", "frames_clip", "audio", "event_times"):
     np.testing.assert_array_equal(a[k], b[k])
   assert a["caption"] == b["caption"]
-  assert not np.array_equal(a["audio"][:1000], c["audio"][:1000]) or a["caption"] != c["caption"]
+  assert not np.array_equal(a["audio"], c["audio"])
   ds = S.make_dataset(3, seed=1)
   np.testing.assert_array_equal(ds[2]["audio"], S.make_dataset(5, seed=1)[2]["audio"])
 

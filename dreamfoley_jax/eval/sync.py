@@ -1,11 +1,11 @@
 """Audio-visual sync and timbre metrics against known event times: onsets, onset F1, spectral centroid.
 
-Onsets come from spectral flux: log-compressed STFT magnitude (n_fft 512, hop 120 at 24 kHz, i.e. a
-5 ms grid), half-wave rectified frame difference summed over frequency, then peak picking. A peak is an
-onset when it is the maximum within +-`min_gap`/2, exceeds the flux's local mean by `delta`, exceeds
-`rel_threshold` x the clip's largest peak, and exceeds `abs_threshold` (so a silent or noise-only clip
-yields no onsets: the codec's reconstruction noise floor and Griffin-Lim phase noise stay below it).
-All functions are numpy, mono float audio in [-1, 1].
+Onsets come from spectral flux: STFT power (n_fft 512, hop 120 at 24 kHz, a 5 ms grid) pooled into 40
+mel-spaced bands, log band magnitude floored 40 dB below the loudest (and at an absolute floor), half-
+wave rectified frame difference averaged over bands, then peak picking: a peak is an onset when it is
+the maximum within +-`min_gap`/2, exceeds the flux's local mean by `delta`, exceeds `rel_threshold` x
+the clip's largest peak and `abs_threshold` (so a silent or noise-only clip yields no onsets, and the
+codec's noise floor and Griffin-Lim phase noise stay below it). Numpy only; mono float audio in [-1, 1].
 """
 from __future__ import annotations
 
