@@ -7,9 +7,8 @@ the floor's material sets the floor colour and a small floor "body" component of
 happen exactly on video frames: impact i is at frame `event_frames[i]`, time `event_frames[i] / fps`,
 sample `event_frames[i] * sample_rate / fps`, and in that frame the object's bottom touches the floor
 line. Between impacts the object follows a parabola; before the first impact it hangs still and then
-falls; after the last impact it rises and does not come back within the clip.
-In each impact frame the object is
-squashed (wider, shorter) as a local visual cue (SynthConfig.impact_squash).
+falls; after the last impact it rises and does not come back within the clip. In each impact frame
+the object is squashed (wider, shorter) as a local visual cue (SynthConfig.impact_squash).
 
 Everything is deterministic from a seed: `make_clip(seed)` and `make_dataset(n, seed)` (clip i of a
 dataset uses the seed pair (seed, i), so it does not depend on n).

@@ -185,3 +185,22 @@ def event_centroids(audio: np.ndarray, times, sample_rate: int = 24000, window: 
     seg = x[max(a, 0):max(a, 0) + int(window * sample_rate)]
     out.append(spectral_centroid(seg, sample_rate, **kw) if len(seg) else float("nan"))
   return np.asarray(out, np.float64)
+
+
+def reference_centroids(audios, times, labels, **kw) -> dict[str, float]:
+  """Median event centroid (Hz) per label (e.g. material) over clips: the timbre each label sounds like."""
+  per: dict[str, list[float]] = {}
+  for a, t, lab in zip(audios, times, labels):
+    c = event_centroids(a, t, **kw)
+    per.setdefault(str(lab), []).extend(float(x) for x in c if np.isfinite(x))
+  return {k: float(np.median(v)) for k, v in per.items() if v}
+
+
+def centroid_shift_toward(centroid: float, source_ref: float, target_ref: float) -> float:
+  """How far a centroid moved from the source label's reference toward the target's, on a log scale:
+  0 = sounds like the source, 1 = like the target (can be < 0 or > 1; nan if either is missing)."""
+  vals = np.array([centroid, source_ref, target_ref], np.float64)
+  if not np.all(np.isfinite(vals)) or np.any(vals <= 0) or source_ref == target_ref:
+    return float("nan")
+  c, s, t = np.log(vals)
+  return float((c - s) / (t - s))
