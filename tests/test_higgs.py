@@ -2,7 +2,6 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -221,3 +220,19 @@ def test_convert_to_orbax_atomic(tmp_path, state_dict, params, fixtures_dir):
     conv.convert_to_orbax(src, tmp_path / "out2")
   assert not (tmp_path / "out2").exists()
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out2")]
+
+
+def test_convert_to_orbax_boson_pth(tmp_path, state_dict, params, tiny_cfg, fixtures_dir):
+  torch = pytest.importorskip("torch")
+  src = tmp_path / "boson"
+  src.mkdir()
+  boson = _to_boson(state_dict, np.random.default_rng(1))
+  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in boson.items()}, src / "model.pth")
+  # boson's own config.json describes the real model; the tiny geometry must be passed explicitly
+  (src / "config.json").write_text(json.dumps({"n_q": 8, "ratios": [8, 5, 4, 2, 3], "D": 256}))
+  assert conv.load_config(src) == HiggsTokenizerConfig.real()
+  d = json.loads((fixtures_dir / "higgs_audio_v2_tokenizer_config.json").read_text())["tiny_config"]
+  out = conv.convert_to_orbax(src, tmp_path / "out", config=d["config_to_dict"])
+  restored = common.flatten(common.load_params(out))
+  for k, v in common.flatten(params).items():
+    np.testing.assert_allclose(np.asarray(restored[k]), v, rtol=2e-6, atol=2e-6, err_msg=k)

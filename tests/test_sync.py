@@ -82,3 +82,15 @@ def test_event_centroids_follow_material():
   cr = sync.event_centroids(rubber["audio"], rubber["event_times"])
   assert cm.shape == metal["event_times"].shape
   assert cm.min() > 4 * cr.max(), (cm, cr)
+
+
+def test_reference_centroids_and_shift():
+  clips = [S.make_clip(i, material=m, duration=3.0) for m in ("metal", "wood") for i in range(3)]
+  ref = sync.reference_centroids([c["audio"] for c in clips], [c["event_times"] for c in clips],
+                                 [c["material"] for c in clips])
+  assert set(ref) == {"metal", "wood"} and ref["metal"] > 2 * ref["wood"]
+  assert sync.centroid_shift_toward(ref["wood"], ref["wood"], ref["metal"]) == pytest.approx(0.0)
+  assert sync.centroid_shift_toward(ref["metal"], ref["wood"], ref["metal"]) == pytest.approx(1.0)
+  mid = float(np.sqrt(ref["wood"] * ref["metal"]))
+  assert sync.centroid_shift_toward(mid, ref["wood"], ref["metal"]) == pytest.approx(0.5)
+  assert np.isnan(sync.centroid_shift_toward(float("nan"), 1.0, 2.0))

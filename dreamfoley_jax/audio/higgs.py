@@ -326,10 +326,8 @@ class HiggsAudioV2Tokenizer(nn.Module):
       # per item: shift right by hop/2 when that item's frame counts disagree (the reference's pad branch)
       nac_B = _enc_len(len_B, c.downsampling_ratios)
       need_B = nac_B != tsem_B
-      buf = jnp.pad(audio_BxN, ((0, 0), (2 * hp, 0)))
-      start_B = jnp.where(need_B, hp, 2 * hp)
-      xa = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (n + hp,)))(buf, start_B)
-      xa = jnp.pad(xa, ((0, 0), (0, hp)))  # static length n + 2*hp for every item
+      xa = jnp.where(need_B[:, None], jnp.pad(audio_BxN, ((0, 0), (hp, hp))),
+                     jnp.pad(audio_BxN, ((0, 0), (0, 2 * hp))))  # static length n + 2*hp for every item
       len_a = len_B + jnp.where(need_B, 2 * hp, 0)
     e_ac, tac_B = self.acoustic_encoder(xa[:, :, None], len_a)
     aux["e_acoustic"] = e_ac

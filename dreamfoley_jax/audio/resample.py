@@ -66,7 +66,11 @@ def resample_np(x: np.ndarray, orig_freq: int, new_freq: int) -> np.ndarray:
   n_frames = (padded.shape[1] - klen) // orig + 1
   # frames[b, i, :] = padded[b, i*orig : i*orig + klen]
   frames = np.lib.stride_tricks.sliding_window_view(padded, klen, axis=1)[:, ::orig][:, :n_frames]
-  out = np.einsum("bik,nk->bin", frames, kernel, optimize=True).reshape(flat.shape[0], -1)
+  out = np.empty((flat.shape[0], n_frames, new), np.float32)
+  step = max(1, (1 << 22) // klen)  # blocks of frames: bounded memory for hour-long files
+  for s in range(0, n_frames, step):
+    out[:, s:s + step] = np.einsum("bik,nk->bin", frames[:, s:s + step], kernel)
+  out = out.reshape(flat.shape[0], -1)
   out = out[:, :output_length(n, orig_freq, new_freq)]
   return np.ascontiguousarray(out.reshape(*lead, -1).astype(np.float32))
 

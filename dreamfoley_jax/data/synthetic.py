@@ -7,7 +7,8 @@ the floor's material sets the floor colour and a small floor "body" component of
 happen exactly on video frames: impact i is at frame `event_frames[i]`, time `event_frames[i] / fps`,
 sample `event_frames[i] * sample_rate / fps`, and in that frame the object's bottom touches the floor
 line. Between impacts the object follows a parabola; before the first impact it hangs still and then
-falls; after the last impact it rises and does not come back within the clip.
+falls; after the last impact it rises and does not come back within the clip. In each impact frame
+the object is squashed (wider, shorter) as a local visual cue (SynthConfig.impact_squash).
 
 Everything is deterministic from a seed: `make_clip(seed)` and `make_dataset(n, seed)` (clip i of a
 dataset uses the seed pair (seed, i), so it does not depend on n).
@@ -87,6 +88,7 @@ class SynthConfig:
   floors: tuple[str, ...] = FLOORS
   noise_level: float = 3e-4       # std of the background noise floor
   peak: float = 0.7               # the loudest impact's template peak
+  impact_squash: float = 0.3      # the object flattens by this fraction in its impact frame (0: never)
 
 
 def caption_for(material: str, floor: str, n_events: int, template: int = 0) -> str:
@@ -167,15 +169,22 @@ def _render(times: np.ndarray, height_fn, x_fn, look: Mapping[str, Any], size: i
   bg[int(floor_y)] = np.asarray(look["floor_rgb"], np.float32) * 0.6   # the floor line
   frames = np.broadcast_to(np.round(bg).astype(np.uint8), (len(times), size, size, 3)).copy()
 
-  cy = floor_y - r - height_fn(times)                             # (T,) centre, pixel units
+  # Squash at contact: within one frame of an impact the object flattens (wider, shorter), its bottom
+  # still on the floor, a local cue for the impact frame on top of the bottom of the trajectory.
+  times = np.asarray(times, np.float64)
+  impacts = np.asarray(look["impacts"], np.float64)
+  near = np.abs(times[:, None] - impacts[None, :]).min(axis=1) * FPS if len(impacts) else np.inf + times
+  sq = look["squash"] * np.clip(1.0 - near, 0.0, 1.0)                # (T,)
+  ry, rx = r * (1.0 - sq), r * (1.0 + sq)
+  cy = floor_y - ry - height_fn(times)                            # (T,) centre, pixel units
   cx = x_fn(times)
-  P = int(np.ceil(2 * r + 3))
-  top = np.floor(cy - r - 1).astype(np.int64)
-  left = np.floor(cx - r - 1).astype(np.int64)
+  P = int(np.ceil(2 * r * (1.0 + look["squash"]) + 3))
+  top = np.floor(cy - ry - 1).astype(np.int64)
+  left = np.floor(cx - rx - 1).astype(np.int64)
   rr = top[:, None] + np.arange(P)                                # (T, P)
   cc = left[:, None] + np.arange(P)
-  dy = (rr + 0.5 - cy[:, None])[:, :, None]
-  dx = (cc + 0.5 - cx[:, None])[:, None, :]
+  dy = ((rr + 0.5 - cy[:, None]) * (r / ry)[:, None])[:, :, None]  # in units of the unsquashed shape
+  dx = ((cc + 0.5 - cx[:, None]) * (r / rx)[:, None])[:, None, :]
   shape = look["shape"]
   if shape == "circle":
     dist = np.sqrt(dx * dx + dy * dy)
@@ -286,6 +295,7 @@ def make_clip(seed: int | Sequence[int], cfg: SynthConfig = SynthConfig(), *,
       "rgb": tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(mat.rgb, jitter)),
       "floor_rgb": fl["rgb"],
       "background": np.asarray(rng.integers(10, 60, size=3), np.float32),
+      "impacts": event_t, "squash": cfg.impact_squash,
   }
   t_sync = np.arange(num_frames) / FPS
   num_clip = int(np.ceil(num_frames * CLIP_FPS / FPS))

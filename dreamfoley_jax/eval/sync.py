@@ -1,11 +1,11 @@
 """Audio-visual sync and timbre metrics against known event times: onsets, onset F1, spectral centroid.
 
-Onsets come from spectral flux: log-compressed STFT magnitude (n_fft 512, hop 120 at 24 kHz, i.e. a
-5 ms grid), half-wave rectified frame difference summed over frequency, then peak picking. A peak is an
-onset when it is the maximum within +-`min_gap`/2, exceeds the flux's local mean by `delta`, exceeds
-`rel_threshold` x the clip's largest peak, and exceeds `abs_threshold` (so a silent or noise-only clip
-yields no onsets: the codec's reconstruction noise floor and Griffin-Lim phase noise stay below it).
-All functions are numpy, mono float audio in [-1, 1].
+Onsets come from spectral flux: STFT power (n_fft 512, hop 120 at 24 kHz, a 5 ms grid) pooled into 40
+mel-spaced bands, log band magnitude floored 40 dB below the loudest (and at an absolute floor), half-
+wave rectified frame difference averaged over bands, then peak picking: a peak is an onset when it is
+the maximum within +-`min_gap`/2, exceeds the flux's local mean by `delta`, exceeds `rel_threshold` x
+the clip's largest peak and `abs_threshold` (so a silent or noise-only clip yields no onsets, and the
+codec's noise floor and Griffin-Lim phase noise stay below it). Numpy only; mono float audio in [-1, 1].
 """
 from __future__ import annotations
 
@@ -185,3 +185,22 @@ def event_centroids(audio: np.ndarray, times, sample_rate: int = 24000, window: 
     seg = x[max(a, 0):max(a, 0) + int(window * sample_rate)]
     out.append(spectral_centroid(seg, sample_rate, **kw) if len(seg) else float("nan"))
   return np.asarray(out, np.float64)
+
+
+def reference_centroids(audios, times, labels, **kw) -> dict[str, float]:
+  """Median event centroid (Hz) per label (e.g. material) over clips: the timbre each label sounds like."""
+  per: dict[str, list[float]] = {}
+  for a, t, lab in zip(audios, times, labels):
+    c = event_centroids(a, t, **kw)
+    per.setdefault(str(lab), []).extend(float(x) for x in c if np.isfinite(x))
+  return {k: float(np.median(v)) for k, v in per.items() if v}
+
+
+def centroid_shift_toward(centroid: float, source_ref: float, target_ref: float) -> float:
+  """How far a centroid moved from the source label's reference toward the target's, on a log scale:
+  0 = sounds like the source, 1 = like the target (can be < 0 or > 1; nan if either is missing)."""
+  vals = np.array([centroid, source_ref, target_ref], np.float64)
+  if not np.all(np.isfinite(vals)) or np.any(vals <= 0) or source_ref == target_ref:
+    return float("nan")
+  c, s, t = np.log(vals)
+  return float((c - s) / (t - s))
