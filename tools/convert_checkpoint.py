@@ -9,7 +9,10 @@ r"""Converts checkpoints between PyTorch / Hugging Face and dreamfoley_jax (orba
 """
 from __future__ import annotations
 
+import pathlib
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from absl import app, flags, logging
 
