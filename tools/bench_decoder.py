@@ -85,7 +85,7 @@ def torch_step_fn(layers, lr=1e-4):
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
   return step
 
