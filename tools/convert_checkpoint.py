@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from dreamfoley_jax import convert
 from dreamfoley_jax.convert.common import ConversionError
 
-FLAGS = flags.DEFINE_string("family", None, f"checkpoint family: {', '.join(sorted(convert.FAMILIES))}")
+_FAMILY = flags.DEFINE_string("family", None, f"checkpoint family: {', '.join(sorted(convert.FAMILIES))}")
 _INPUT = flags.DEFINE_string("input", None, "input directory (HF) or orbax checkpoint (to_hf)")
 _OUTPUT = flags.DEFINE_string("output", None, "output directory (written atomically)")
 _DIRECTION = flags.DEFINE_enum("direction", "to_jax", ["to_jax", "to_hf"], "to_jax: HF -> orbax; to_hf: back")
@@ -34,7 +34,7 @@ flags.mark_flags_as_required(["family", "input", "output"])
 def main(argv):
   del argv
   try:
-    module = convert.get_family(FLAGS.value)
+    module = convert.get_family(_FAMILY.value)
   except KeyError as e:
     sys.exit(f"error: {e.args[0]}")
   try:
@@ -45,7 +45,7 @@ def main(argv):
       out = module.convert_to_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value, **options)
     else:
       if not hasattr(module, "export_from_orbax"):
-        sys.exit(f"error: family {FLAGS.value!r} has no export to PyTorch")
+        sys.exit(f"error: family {_FAMILY.value!r} has no export to PyTorch")
       options = {"max_shard_size": _MAX_SHARD.value, "progress": True}
       if _DTYPE.value:
         options["dtype"] = _DTYPE.value
