@@ -14,14 +14,17 @@ r"""Converts checkpoints between PyTorch / Hugging Face and dreamfoley_jax (orba
 from __future__ import annotations
 
 import inspect
+import pathlib
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from absl import app, flags, logging
 
 from dreamfoley_jax import convert
 from dreamfoley_jax.convert.common import ConversionError
 
-FLAGS = flags.DEFINE_string("family", None, f"checkpoint family: {', '.join(sorted(convert.FAMILIES))}")
+_FAMILY = flags.DEFINE_string("family", None, f"checkpoint family: {', '.join(sorted(convert.FAMILIES))}")
 _INPUT = flags.DEFINE_string("input", None, "input directory (HF) or orbax checkpoint (to_hf)")
 _OUTPUT = flags.DEFINE_string("output", None, "output directory (written atomically)")
 _DIRECTION = flags.DEFINE_enum("direction", "to_jax", ["to_jax", "to_hf"], "to_jax: HF -> orbax; to_hf: back")
@@ -47,7 +50,7 @@ def _accepted(fn, options: dict) -> dict:
 def main(argv):
   del argv
   try:
-    module = convert.get_family(FLAGS.value)
+    module = convert.get_family(_FAMILY.value)
   except KeyError as e:
     sys.exit(f"error: {e.args[0]}")
   try:
@@ -61,7 +64,7 @@ def main(argv):
                                     **_accepted(module.convert_to_orbax, options))
     else:
       if not hasattr(module, "export_from_orbax"):
-        sys.exit(f"error: family {FLAGS.value!r} has no export to PyTorch")
+        sys.exit(f"error: family {_FAMILY.value!r} has no export to PyTorch")
       options = {"max_shard_size": _MAX_SHARD.value, "progress": True}
       if _DTYPE.value:
         options["dtype"] = _DTYPE.value

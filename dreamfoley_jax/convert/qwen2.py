@@ -18,7 +18,7 @@ import dataclasses
 import json
 import pathlib
 import re
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
