@@ -9,11 +9,14 @@ Writes <out>.json (metrics under av-benchmark's names + "KL", the pairing report
 """
 import logging
 import pathlib
+import sys
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
-from dreamfoley_jax.eval import embedders, harness
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable from a checkout too
+
+from dreamfoley_jax.eval import embedders, harness  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
 
