@@ -12,7 +12,6 @@ MissingPackageError naming what to `pip install`.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
 
 import numpy as np
 
