@@ -16,10 +16,12 @@ RUNTIME = [
     "tokenizers>=0.20",
     "soundfile>=0.12",
     "av>=12",
+    "pillow>=10",
     "tqdm>=4.66",
     "scipy>=1.11",
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
+    "threadpoolctl>=3.1",
 ]
 
 setuptools.setup(

@@ -62,6 +62,10 @@ def get_config():
       crop_min_s=2.0, crop_max_s=10.0,   # Sec. 5.1: random crops of 2-10 s
       max_text_len=64,                   # OUR CHOICE
       audio_frame_rate=25.0,             # Sec. 3.3
+      train_records="",                  # glob(s) of ArrayRecord shards (tools/write_records.py)
+      bucket_seconds=(4.0, 7.0, 10.0),   # OUR CHOICE: padded length buckets (crop upper edges)
+      num_workers=4,                     # grain worker processes per host (0 = in-process)
+      text_pad_id=0,                     # masked out; any id inside the vocab
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -82,6 +86,13 @@ def get_config():
       grad_accum=1,            # OUR CHOICE
       seed=0,
       frozen_regex=r"^(eva_clip|synchformer)/",   # frozen encoders (when run in the model)
+      log_every=50,
+      ckpt_every=1000,
+      keep_ckpts=3,
+      async_ckpt=True,
+      # Initial weights from converted checkpoints: 'TARGET=PATH::SOURCE' entries, e.g.
+      # 'decoder=/ckpts/qwen2.5-7b::model' (a converted Qwen2ForCausalLM's 'model' -> params['decoder']).
+      init_from=(),
   ))
 
   c.sample = ml_collections.ConfigDict(dict(

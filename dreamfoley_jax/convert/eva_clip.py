@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dreamfoley_jax.convert.common import (ConversionError, TensorSource, check_keys, conv_to_jax,
-                                           linear_to_jax, save_params, unflatten)
+                                           linear_to_jax, load_params, read_metadata, save_params,
+                                           unflatten)
 from dreamfoley_jax.models.eva_clip import EvaClipConfig, PRESETS
 
 # Prefixes tried in order; the first whose pos_embed is present wins.
@@ -174,3 +175,12 @@ def convert_to_orbax(input_path, output_dir, *, overwrite: bool = False, config:
   meta = {"family": "eva_clip", "config": dataclasses.asdict(cfg), "source": str(input_path)}
   save_params(params, output_dir, overwrite=overwrite, metadata=meta)
   return output_dir, cfg
+
+
+def load_orbax(path, target=None):
+  """(config, params) from a directory written by `convert_to_orbax` (``target``: abstract tree with shardings)."""
+  meta = read_metadata(path)
+  if meta.get("family") != "eva_clip":
+    raise ConversionError(f"{path}: not a converted eva_clip checkpoint (dreamfoley_meta.json family="
+                          f"{meta.get('family')!r})")
+  return EvaClipConfig(**meta["config"]), load_params(path, target)

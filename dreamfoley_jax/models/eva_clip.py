@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -170,9 +170,9 @@ class EvaVisionTower(nn.Module):
     # Patch embedding: Conv2d k=s=P written as one matmul over flattened (P,P,C) patches.
     x = PatchEmbed(D, (P, P), c.dtype, c.param_dtype, name="patch_embed")(pixels_BxHxWxC)  # (B, G*G, D)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(1e-6),
-                                                               ("null", "null", "embed")), (1, 1, D), pdt)
+                                                               (None, None, "embed")), (1, 1, D), pdt)
     pos = self.param("pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                               ("null", "length", "embed")),
+                                                               (None, "length", "embed")),
                      (1, c.num_tokens, D), pdt)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, D)), x], axis=1) + pos.astype(x.dtype)
     aux: dict[str, Any] = {}

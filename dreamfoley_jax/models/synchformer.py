@@ -21,6 +21,7 @@ Parameter names follow the torch module names (``patch_embed_3d/proj``, ``blocks
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any, Callable, Optional
@@ -192,10 +193,9 @@ class SpatialAggregator(nn.Module):
   def __call__(self, x_NxPxD: Array) -> Array:
     c = self.config
     N, P, D = x_NxPxD.shape
-    A, E = c.num_heads, c.head_dim
     pdt = _dt(c.param_dtype)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                               ("null", "null", "embed")), (1, 1, D), pdt)
+                                                               (None, None, "embed")), (1, 1, D), pdt)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x_NxPxD.dtype), (N, 1, D)), x_NxPxD], axis=1)
     h = LayerNorm(c.layernorm_eps, c.param_dtype, name="norm1")(x)
     attn = _AggregatorAttention(c, name="self_attn")
@@ -251,10 +251,10 @@ class Synchformer(nn.Module):
     x = PatchEmbed(D, (c.tubelet, c.patch_size, c.patch_size), c.dtype, c.param_dtype,
                    name="patch_embed_3d")(x)                                  # (W, T*P, D), (t,h,w) order
     part = nn.with_logical_partitioning
-    cls = self.param("cls_token", part(nn.initializers.normal(0.02), ("null", "null", "embed")), (1, 1, D), pdt)
-    pos = self.param("pos_embed", part(nn.initializers.normal(0.02), ("null", "length", "embed")),
+    cls = self.param("cls_token", part(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, D), pdt)
+    pos = self.param("pos_embed", part(nn.initializers.normal(0.02), (None, "length", "embed")),
                      (1, 1 + P, D), pdt).astype(x.dtype)
-    temp = self.param("temp_embed", part(nn.initializers.zeros, ("null", "length", "embed")), (1, T, D),
+    temp = self.param("temp_embed", part(nn.initializers.zeros, (None, "length", "embed")), (1, T, D),
                       pdt).astype(x.dtype)
     patch_pos = (pos[0, 1:][None, :, :] + temp[0][:, None, :]).reshape(T * P, D)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (B * S, 1, D)),
@@ -302,6 +302,13 @@ def windows_from_video(video_BxTxHxWxC, window: int = 16, stride: int = 8):
   return video_BxTxHxWxC[:, idx]
 
 
+@functools.lru_cache(maxsize=8)
+def jitted_apply(config: SynchformerConfig) -> Callable:
+  """One jitted (params, windows) -> features per config, so repeated calls reuse compiled executables."""
+  model = Synchformer(config)
+  return jax.jit(lambda p, w: model.apply({"params": p}, w)[0])
+
+
 def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch_size: Optional[int] = None,
                            apply_fn: Optional[Callable] = None) -> Array:
   """MMAudio's encode_video_with_sync: (B,T,224,224,3) in [-1,1] -> (B, S*8, D).
@@ -315,7 +322,7 @@ def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch
   S = win.shape[1]
   flat = win.reshape((B * S, 1) + tuple(win.shape[2:]))
   if apply_fn is None:
-    apply_fn = jax.jit(lambda p, w: model.apply({"params": p}, w)[0])
+    apply_fn = jitted_apply(c)
   n = B * S if not batch_size or batch_size < 0 else batch_size
   outs = []
   for i in range(0, B * S, n):

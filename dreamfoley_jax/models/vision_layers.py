@@ -117,7 +117,7 @@ class ConvAsMatmul(nn.Module):
   @nn.compact
   def __call__(self, patches_NxLxK):
     shape = tuple(self.kernel_shape) + (self.features,)
-    axes = ("kernel",) * (len(shape) - 2) + ("conv_in", "embed")
+    axes = (None,) * (len(shape) - 2) + ("conv_in", "embed")  # logical names may not repeat
     k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes), shape,
                    jnp.dtype(self.param_dtype))
     b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.features,),

@@ -1,0 +1,270 @@
+"""grain input pipeline: ArrayRecord shards -> per-host shuffled, cropped, delayed, bucketed batches.
+
+  ArrayRecordDataSource -> MapDataset[host shard] -> shuffle(seed) -> repeat (reshuffled per epoch)
+  -> batch(local batch, raw bytes) -> map_with_index(BatchTransform) -> to_iter_dataset [-> mp_prefetch]
+
+Crops (paper 5.1: random 2-10 s): the crop START lies on the 1 s grid, the only grid shared by the
+25 Hz streams (audio codes, Synchformer features) and the 4 fps CLIP features, so all three stay exactly
+aligned and the model's nearest-previous CLIP upsampling (`foley.upsample_index`) sees the same
+phase as in a full clip. The crop LENGTH is any whole number of 25 Hz frames; the CLIP features keep
+ceil(len * 4 / 25) frames (the last one may cover a partial 0.25 s window, as it does at a clip's end).
+
+Length buckets: each batch index draws one bucket (upper edges `bucket_seconds`, chosen with
+probability proportional to its share of [crop_min_s, crop_max_s], so crop lengths stay uniform over
+the whole range) from an rng seeded by (seed, batch index); every host therefore builds the same shapes
+for the same step, and a batch is padded only up to its bucket. Every random choice is a function of
+(seed, batch index, position), so the stream is deterministic and the grain iterator state (a position)
+is all a checkpoint needs.
+
+Batches hold exactly the inputs `DreamFoley.__call__` takes: text_ids, text_mask, sync_feats and/or
+clip_feats, video_mask, audio_ids (delayed, time-major), audio_mask, audio_vacant.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from dreamfoley_jax.audio import delay
+from dreamfoley_jax.data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  batch_size: int                      # per host
+  num_codebooks: int = 8
+  codebook_size: int = 1024
+  use_sync: bool = True
+  use_clip: bool = True
+  sync_dim: int = 768
+  clip_dim: int = 1024
+  max_text_len: int = 64
+  null_text_len: int = 8
+  null_video_len: int = 8
+  crop_min_s: float = 2.0
+  crop_max_s: float = 10.0
+  bucket_seconds: tuple[float, ...] = (4.0, 7.0, 10.0)
+  audio_rate: float = 25.0             # audio codes and sync features
+  clip_rate: float = 4.0
+  text_pad_id: int = 0
+  seed: int = 0
+  # frames mode (encoders inside the model): uint8 frames_sync (25 fps) / frames_clip (4 fps) instead of
+  # encoder features; frame_size = H = W of the stored frames.
+  vision_mode: str = "features"
+  frame_size: int = 0
+
+  def __post_init__(self):
+    b = tuple(sorted(float(x) for x in self.bucket_seconds))
+    object.__setattr__(self, "bucket_seconds", b)
+    if not b or b[-1] < self.crop_max_s - 1e-9:
+      raise ValueError(f"data.bucket_seconds={b}: the largest bucket must be >= crop_max_s={self.crop_max_s}")
+    if self.crop_min_s <= 0 or self.crop_min_s > self.crop_max_s:
+      raise ValueError(f"data.crop_min_s={self.crop_min_s} / crop_max_s={self.crop_max_s}: need 0 < min <= max")
+    if self.audio_rate != 25.0 or self.clip_rate != 4.0:
+      raise ValueError("the 1 s crop grid assumes 25 Hz audio/sync and 4 fps CLIP features")
+    if self.vision_mode not in ("features", "frames"):
+      raise ValueError(f"vision_mode must be 'features' or 'frames', got {self.vision_mode!r}")
+    if self.vision_mode == "frames" and self.frame_size <= 0:
+      raise ValueError("vision_mode='frames' needs frame_size (the stored frames' height = width)")
+    if self.frames(self.crop_min_s) < self.null_video_len:
+      raise ValueError(f"crop_min_s={self.crop_min_s}: shorter than the null video sequence "
+                       f"({self.null_video_len} frames)")
+
+  @property
+  def bos_id(self) -> int:
+    return self.codebook_size
+
+  @property
+  def eos_id(self) -> int:
+    return self.codebook_size + 1
+
+  @property
+  def text_len(self) -> int:
+    return max(self.max_text_len, self.null_text_len)
+
+  def frames(self, seconds: float) -> int:
+    return int(round(seconds * self.audio_rate))
+
+  def edges(self) -> list[tuple[float, float]]:
+    """(lo, hi] seconds of each bucket that overlaps [crop_min_s, crop_max_s]."""
+    out, lo = [], self.crop_min_s
+    for hi in self.bucket_seconds:
+      hi_c = min(hi, self.crop_max_s)
+      if hi_c >= lo and (not out or hi_c > out[-1][1]):
+        out.append((lo, hi_c))
+        lo = hi_c
+      if hi >= self.crop_max_s:
+        break
+    return out
+
+  def bucket_shapes(self, bucket: int) -> tuple[int, int, int]:
+    """(Tv, Tc, La) padded lengths of a bucket."""
+    hi = self.edges()[bucket][1]
+    tv = self.frames(hi)
+    return tv, math.ceil(tv * self.clip_rate / self.audio_rate), delay.delayed_length(tv, self.num_codebooks)
+
+
+def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
+  """PipelineConfig from the experiment's `data` section and the model's FoleyConfig."""
+  d = c.data
+  return PipelineConfig(
+      batch_size=local_batch, num_codebooks=fcfg.num_codebooks, codebook_size=fcfg.codebook_size,
+      use_sync=fcfg.use_sync, use_clip=fcfg.use_clip, sync_dim=fcfg.sync_dim, clip_dim=fcfg.clip_dim,
+      max_text_len=int(d.max_text_len), null_text_len=fcfg.null_text_len, null_video_len=fcfg.null_video_len,
+      crop_min_s=float(d.crop_min_s), crop_max_s=float(d.crop_max_s),
+      bucket_seconds=tuple(float(x) for x in d.get("bucket_seconds", (4.0, 7.0, 10.0))),
+      text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed), vision_mode=fcfg.vision_mode,
+      frame_size=_frame_size(fcfg))
+
+
+def _frame_size(fcfg) -> int:
+  if fcfg.vision_mode != "frames":
+    return 0
+  return int(fcfg.synchformer.image_size if fcfg.use_sync else fcfg.eva.image_size)
+
+
+def batch_spec(p: PipelineConfig, batch_size: int | None = None, bucket: int = -1) -> dict[str, tuple[tuple, Any]]:
+  """{key: (shape, dtype)} of a batch of `bucket` (default: the largest) and `batch_size` (default: host)."""
+  B = p.batch_size if batch_size is None else batch_size
+  tv, tc, la = p.bucket_shapes(bucket if bucket >= 0 else len(p.edges()) - 1)
+  K = p.num_codebooks
+  spec = {"text_ids": ((B, p.text_len), np.int32), "text_mask": ((B, p.text_len), np.bool_),
+          "video_mask": ((B, tv), np.bool_), "audio_ids": ((B, la, K), np.int32),
+          "audio_mask": ((B, la), np.bool_), "audio_vacant": ((B, la, K), np.bool_)}
+  if p.vision_mode == "frames":
+    H = p.frame_size
+    if p.use_sync:
+      spec["frames_sync"] = ((B, tv, H, H, 3), np.uint8)
+      spec["frames_sync_mask"] = ((B, tv), np.bool_)
+    if p.use_clip:
+      spec["frames_clip"] = ((B, tc, H, H, 3), np.uint8)
+      spec["frames_clip_mask"] = ((B, tc), np.bool_)
+    return spec
+  if p.use_sync:
+    spec["sync_feats"] = ((B, tv, p.sync_dim), np.float32)
+  if p.use_clip:
+    spec["clip_feats"] = ((B, tc, p.clip_dim), np.float32)
+  return spec
+
+
+def _available_frames(p: PipelineConfig, ex: Mapping[str, Any]) -> int:
+  if "audio_codes" not in ex:
+    raise KeyError(f"record {ex.get('clip_id', '?')!r} has no 'audio_codes'")
+  n = ex["audio_codes"].shape[-1]
+  sync_key, clip_key = ("frames_sync", "frames_clip") if p.vision_mode == "frames" else ("sync_feats", "clip_feats")
+  for key, used in ((sync_key, p.use_sync), (clip_key, p.use_clip)):
+    if used and key not in ex:
+      raise KeyError(f"record {ex.get('clip_id', '?')!r} has no {key!r} (model vision_mode={p.vision_mode!r})")
+  if p.use_sync:
+    n = min(n, ex[sync_key].shape[0])
+  if p.use_clip:
+    n = min(n, int(math.floor(ex[clip_key].shape[0] * p.audio_rate / p.clip_rate + 1e-6)))
+  return int(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchTransform:
+  """(batch index, list of serialized records) -> padded numpy batch. Picklable (worker processes)."""
+  p: PipelineConfig
+
+  def choose_bucket(self, rng: np.random.Generator) -> int:
+    widths = np.array([hi - lo for lo, hi in self.p.edges()], np.float64)
+    if widths.sum() <= 0:
+      return 0
+    return int(rng.choice(len(widths), p=widths / widths.sum()))
+
+  def __call__(self, index: int, raw: Sequence[bytes]) -> dict[str, np.ndarray]:
+    p = self.p
+    rng = np.random.default_rng([p.seed, int(index)])
+    bucket = self.choose_bucket(rng)
+    lo_s, hi_s = p.edges()[bucket]
+    spec = batch_spec(p, len(raw), bucket)
+    out = {k: np.zeros(s, d) for k, (s, d) in spec.items()}
+    out["text_ids"][:] = p.text_pad_id
+    out["audio_ids"][:] = p.eos_id
+    K = p.num_codebooks
+    lo_f, hi_f = max(p.frames(lo_s), 1), p.frames(hi_s)
+    for i, data in enumerate(raw):
+      ex = records.decode_example(data)
+      avail = _available_frames(p, ex)
+      want = int(rng.integers(lo_f, hi_f + 1))
+      n = min(want, avail)
+      if n <= 0:
+        raise ValueError(f"record {ex.get('clip_id', '?')!r}: no audio/video frames")
+      start_s = int(rng.integers(0, (avail - n) // 25 + 1))   # 1 s grid: 25 audio frames = 4 CLIP frames
+      a0 = start_s * 25
+      if "text_ids" in ex:
+        t = np.asarray(ex["text_ids"], np.int32).reshape(-1)[:p.text_len]
+        out["text_ids"][i, :len(t)] = t
+        out["text_mask"][i, :len(t)] = True
+      frames = p.vision_mode == "frames"
+      if p.use_sync:
+        key = "frames_sync" if frames else "sync_feats"
+        out[key][i, :n] = ex[key][a0:a0 + n]
+        if frames:
+          out["frames_sync_mask"][i, :n] = True
+      if p.use_clip:
+        key = "frames_clip" if frames else "clip_feats"
+        c0 = start_s * 4
+        nc = min(math.ceil(n * p.clip_rate / p.audio_rate), ex[key].shape[0] - c0)
+        out[key][i, :nc] = ex[key][c0:c0 + nc]
+        if frames:
+          out["frames_clip_mask"][i, :nc] = True
+      out["video_mask"][i, :n] = True
+      codes = np.asarray(ex["audio_codes"], np.int32)[:K, a0:a0 + n]
+      if codes.shape[0] != K:
+        raise ValueError(f"record {ex.get('clip_id', '?')!r}: audio_codes has {codes.shape[0]} codebooks, "
+                         f"model needs {K}")
+      d = delay.build_delay_pattern(codes, p.bos_id, p.eos_id)      # (K, n+2+K-1)
+      L = d.shape[1]
+      out["audio_ids"][i, :L] = d.T
+      out["audio_mask"][i, :L] = True
+      out["audio_vacant"][i, :L] = delay.vacant_mask(K, n).T
+    return out
+
+
+def _list(xs):
+  return list(xs)
+
+
+def expand_paths(pattern: str | Sequence[str]) -> list[str]:
+  pats = [pattern] if isinstance(pattern, str) else list(pattern)
+  paths = []
+  for pat in pats:
+    for part in str(pat).split(","):
+      part = part.strip()
+      if part:
+        hits = sorted(glob.glob(part))
+        if not hits:
+          raise FileNotFoundError(f"data.train_records: {part!r} matches no files")
+        paths.extend(hits)
+  if not paths:
+    raise FileNotFoundError("data.train_records is empty: set it to a glob of ArrayRecord shards "
+                            "(written by tools/write_records.py)")
+  return paths
+
+
+def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index: int = 0, process_count: int = 1,
+                 num_workers: int = 0, shuffle: bool = True):
+  """Infinite grain IterDataset of host-local batches (this host's 1/process_count of every global batch)."""
+  import grain
+
+  src = grain.sources.ArrayRecordDataSource(expand_paths(paths))
+  n = len(src)
+  if n < process_count:
+    raise ValueError(f"{n} records cannot be split over {process_count} hosts")
+  ds = grain.MapDataset.source(src)[process_index::process_count]
+  if len(ds) < p.batch_size:
+    raise ValueError(f"host {process_index}: {len(ds)} records, fewer than one batch of {p.batch_size}")
+  if shuffle:
+    ds = ds.shuffle(seed=p.seed)
+  ds = ds.repeat(None)
+  ds = ds.batch(p.batch_size, drop_remainder=True, batch_fn=_list)
+  ds = ds.map_with_index(BatchTransform(p))
+  it_ds = ds.to_iter_dataset()
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+  return it_ds

@@ -1,0 +1,134 @@
+"""Dual vision-encoder fusion, DreamFoley eq. 1: F_v = concat(phi_a(V; r_a), up(phi_t(V; r_t))).
+
+Legend: B batch, Ts sync tokens (25 Hz), Tc CLIP frames (4 fps), Ta output frames (25 Hz), D width.
+
+Both streams are put on the audio-aligned grid: output frame j stands for time j / r_a. Synchformer gives
+8 tokens per 16-frame window at stride 8, i.e. one token per 25 Hz frame, so sync token j is frame j
+(cropped or padded to Ta). CLIP frame i was sampled at time i / r_t; output frame j reads it at the
+fractional position x = j * r_t / r_a (computed in exact integer arithmetic for rational rates):
+  "nearest"       i = floor(x): each CLIP frame is repeated until the next one is sampled
+                  (torch F.interpolate 'nearest' with the exact rate ratio).
+  "nearest_exact" i = floor(x + 1/2): the CLIP frame closest in time.
+  "linear"        (1 - w) f[floor(x)] + w f[floor(x) + 1], w = x - floor(x), clamped at the last frame.
+The default is "nearest". The paper only says the text-aligned features are "upsampled" by r_a / r_t;
+plain repetition keeps the semantic features unblended. Of the two repetitions, "nearest" is the one
+aligned with how the frames were sampled: with the decoder's default rule (ffmpeg's fps filter,
+dreamfoley_jax.video.io) 4 fps sample i shows the last frame before (i + 1/2) / 4 s, i.e. content from
+about i/4 + 0.1 s, and floor repetition uses it for the 25 Hz frames in [i/4, (i + 1)/4), centred at
+i/4 + 0.125 s; "nearest_exact" would use it from (i - 1/2)/4, showing content up to ~0.25 s early.
+MMAudio brings its sync stream to its latent length with F.interpolate(mode='nearest-exact'), which is
+"nearest_exact" here when the lengths are in the exact rate ratio.
+
+Real clips are off by a few frames (an 8.04 s clip has 201 frames at 25 Hz but only
+((201 - 16) // 8 + 1) * 8 = 192 sync tokens). `target_len` fixes Ta; positions without data are filled
+with zeros ("zero") or the last valid feature ("edge") and the returned mask is False there. The mask is
+True where both streams have real data: j < (valid sync tokens) and floor(x) < (valid CLIP frames).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dreamfoley_jax import sharding
+
+UPSAMPLE_MODES = ("nearest", "nearest_exact", "linear")
+PAD_MODES = ("zero", "edge")
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+  sync_rate: float = 25.0      # r_a, audio-aligned rate (paper section 3.2)
+  clip_rate: float = 4.0       # r_t, text-aligned rate (paper section 3.2)
+  upsample: str = "nearest"    # one of UPSAMPLE_MODES
+  pad: str = "zero"            # one of PAD_MODES, fill for positions past the valid data
+
+  def __post_init__(self):
+    if self.upsample not in UPSAMPLE_MODES:
+      raise ValueError(f"FusionConfig.upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+    if self.pad not in PAD_MODES:
+      raise ValueError(f"FusionConfig.pad must be one of {PAD_MODES}, got {self.pad!r}")
+
+  @property
+  def ratio(self) -> Fraction:
+    """r_t / r_a as an exact fraction (4/25 for the paper's rates)."""
+    return (Fraction(self.clip_rate).limit_denominator(1_000_000)
+            / Fraction(self.sync_rate).limit_denominator(1_000_000))
+
+
+def aligned_length(duration_sec: float, rate: float = 25.0) -> int:
+  """Number of whole 25 Hz frames in a clip: floor(duration * rate), robust to 8.04 * 25 = 200.999..."""
+  return int(math.floor(Fraction(duration_sec).limit_denominator(1_000_000)
+                        * Fraction(rate).limit_denominator(1_000_000)))
+
+
+def sync_token_count(num_frames: int, window: int = 16, stride: int = 8, tokens: int = 8) -> int:
+  """Synchformer tokens for a `num_frames` 25 fps video: ((T - 16) // 8 + 1) * 8 (0 if T < 16)."""
+  return 0 if num_frames < window else ((num_frames - window) // stride + 1) * tokens
+
+
+def clip_source_index(num_out: int, cfg: FusionConfig):
+  """(i0_Ta, w_Ta): the CLIP frame read by each output frame and the linear weight of frame i0 + 1."""
+  r = cfg.ratio
+  j = jnp.arange(num_out, dtype=jnp.int32)
+  num, den = r.numerator, r.denominator
+  if cfg.upsample == "nearest_exact":
+    i0 = (2 * j * num + den) // (2 * den)
+    return i0, jnp.zeros((num_out,), jnp.float32)
+  i0 = (j * num) // den
+  if cfg.upsample == "linear":
+    w = ((j * num) % den).astype(jnp.float32) / den
+  else:
+    w = jnp.zeros((num_out,), jnp.float32)
+  return i0, w
+
+
+def _valid_counts(mask_BxT, batch: int, length: int):
+  if mask_BxT is None:
+    return jnp.full((batch,), length, jnp.int32)
+  return jnp.sum(mask_BxT.astype(jnp.int32), axis=-1)
+
+
+class DualStreamFusion(nn.Module):
+  """Aligns Synchformer (25 Hz) and EVA-CLIP (4 fps) features at 25 Hz and concatenates them."""
+  config: FusionConfig
+
+  @nn.compact
+  def __call__(self, sync_BxTsxDs, clip_BxTcxDc, *, target_len: int | None = None,
+               sync_mask_BxTs=None, clip_mask_BxTc=None):
+    """Returns (fused_BxTaxD with D = Ds + Dc, mask_BxTa). Masks mark valid prefixes (True = data)."""
+    cfg = self.config
+    b, ts, _ = sync_BxTsxDs.shape
+    tc = clip_BxTcxDc.shape[1]
+    ta = ts if target_len is None else int(target_len)
+    dtype = jnp.result_type(sync_BxTsxDs.dtype, clip_BxTcxDc.dtype)
+    n_sync_B = _valid_counts(sync_mask_BxTs, b, ts)
+    n_clip_B = _valid_counts(clip_mask_BxTc, b, tc)
+    j_Ta = jnp.arange(ta, dtype=jnp.int32)
+
+    # sync: token j is frame j
+    sync_ok_BxTa = j_Ta[None, :] < n_sync_B[:, None]
+    src_s_BxTa = jnp.minimum(j_Ta[None, :], jnp.maximum(n_sync_B[:, None] - 1, 0))
+    sync_BxTaxDs = jnp.take_along_axis(sync_BxTsxDs, src_s_BxTa[..., None], axis=1).astype(dtype)
+
+    # clip: output frame j reads position j * r_t / r_a
+    i0_Ta, w_Ta = clip_source_index(ta, cfg)
+    last_B = jnp.maximum(n_clip_B - 1, 0)[:, None]
+    clip_ok_BxTa = i0_Ta[None, :] < n_clip_B[:, None]
+    i0_BxTa = jnp.minimum(i0_Ta[None, :], last_B)
+    clip_BxTaxDc = jnp.take_along_axis(clip_BxTcxDc, i0_BxTa[..., None], axis=1).astype(dtype)
+    if cfg.upsample == "linear":
+      i1_BxTa = jnp.minimum(i0_Ta[None, :] + 1, last_B)
+      nxt_BxTaxDc = jnp.take_along_axis(clip_BxTcxDc, i1_BxTa[..., None], axis=1).astype(dtype)
+      w = w_Ta.astype(dtype)[None, :, None]
+      clip_BxTaxDc = clip_BxTaxDc * (1 - w) + nxt_BxTaxDc * w
+
+    if cfg.pad == "zero":
+      sync_BxTaxDs = jnp.where(sync_ok_BxTa[..., None], sync_BxTaxDs, 0)
+      clip_BxTaxDc = jnp.where(clip_ok_BxTa[..., None], clip_BxTaxDc, 0)
+    fused_BxTaxD = jnp.concatenate([sync_BxTaxDs, clip_BxTaxDc], axis=-1)
+    fused_BxTaxD = sharding.constrain(fused_BxTaxD, ("batch", "length", "act_embed"))
+    return fused_BxTaxD, sync_ok_BxTa & clip_ok_BxTa

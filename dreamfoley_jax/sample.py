@@ -1,0 +1,382 @@
+"""Sampling: one jitted `lax.while_loop` with a KV cache, classifier-free guidance and the delay pattern.
+
+Legend: B clips, Lt text tokens, Tv video frames (25 Hz), P prompt slots (= Lt + Tv), La delayed audio
+columns, K codebooks, V per-codebook vocab (codebook_size + BOS + EOS), C context (prefix) frames.
+
+How one clip of T frames is laid out (audio/delay.py): delayed column j, codebook k, d = j - k:
+  d < 0        BOS, vacant (learnable pad embedding)        -- the staircase start
+  d == 0       BOS
+  1 <= d <= T  code of frame d-1: sampled (or copied from the prefix when d <= C)
+  d == T + 1   EOS
+  d > T + 1    EOS, vacant                                   -- the staircase end
+Every cell except the sampled ones is known before sampling starts (`delayed_layout`), so the loop only
+samples the unknown cells and copies the rest; the clip is finished after column T + K.
+
+The loop (gemma-sampler style): prefill [text | video | prefix columns 0..C-1] into the KV cache, then
+each iteration decodes column s (T = 1 step at cache slot P + s, position a0 + s, a0 = foley.audio_position_offset), predicts column
+s + 1 for all K codebooks and writes it into the token buffer. Prompt padding is masked out as keys and
+positions count real tokens only, exactly as in the training forward (models/foley.py).
+
+CFG: the conditional and unconditional prompts run as one doubled batch (2B); guided logits =
+uncond + s * (cond - uncond). Unconditional = null text + null video, or, with a negative prompt,
+the negative text + null video. Modes come from the conditional drop flags: video+text (none), video
+only (drop text), text only (drop video: text-to-audio).
+
+Token choice per codebook, in this order (issue 7): BOS/EOS logits masked out (codes only), top-k,
+then top-p on the softmax of the top-k-filtered logits, then temperature on the surviving logits, then a
+categorical draw. temperature == 0 takes the argmax. Note the order: top-p sees the *untempered*
+distribution (transformers applies temperature first); top-p never replaces top-k.
+
+Randomness: item i at column j draws with fold_in(key_i, j), key_i = fold_in(key(seed), item_seed_i),
+so a clip's tokens do not depend on which other clips share its batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamfoley_jax.audio import delay
+from dreamfoley_jax.models import foley, qwen2
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  temperature: float = 1.0          # paper sec. 5.1 sampling settings (experiments/paper_7b.py c.sample)
+  top_k: int = 25                   # 0 = off
+  top_p: float = 0.9                # 1.0 = off
+  cfg_scale: Optional[float] = 3.0  # None = no unconditional pass (single batch)
+
+  def replace(self, **kw) -> "SampleConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def sample_config_from_dict(d) -> SampleConfig:
+  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+  known = {f.name for f in dataclasses.fields(SampleConfig)}
+  return SampleConfig(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------------
+# Logit filters (same semantics as transformers' TopKLogitsWarper / TopPLogitsWarper, min_keep = 1)
+# --------------------------------------------------------------------------------------------------
+
+def top_k_mask(logits_xV: Array, top_k: int) -> Array:
+  """True where a logit is >= the k-th largest (ties at the k-th value are kept, as transformers does)."""
+  V = logits_xV.shape[-1]
+  if top_k <= 0 or top_k >= V:
+    return jnp.ones(logits_xV.shape, bool)
+  kth = jax.lax.top_k(logits_xV, top_k)[0][..., -1:]
+  return logits_xV >= kth
+
+
+def top_p_mask(logits_xV: Array, top_p: float, max_kept: int = 0) -> Array:
+  """Nucleus: drop the smallest tokens whose ascending cumulative probability is <= 1 - top_p.
+
+  `max_kept` > 0 says at most that many logits are finite (after top-k), so only they are sorted.
+  """
+  V = logits_xV.shape[-1]
+  if top_p >= 1.0:
+    return jnp.ones(logits_xV.shape, bool)
+  n = max_kept if 0 < max_kept < V else V
+  desc = jax.lax.top_k(logits_xV, n)[0]
+  asc = desc[..., ::-1]
+  cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
+  remove = (cum <= 1.0 - top_p).at[..., -1].set(False)
+  r = remove.sum(-1, keepdims=True)
+  thr = jnp.take_along_axis(asc, r, axis=-1)
+  return logits_xV >= thr
+
+
+def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
+  """top-k, then top-p on what top-k kept; removed logits become -inf."""
+  neg = jnp.asarray(-jnp.inf, logits_xV.dtype)
+  x = jnp.where(top_k_mask(logits_xV, top_k), logits_xV, neg)
+  return jnp.where(top_p_mask(x, top_p, top_k), x, neg)
+
+
+def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int) -> Array:
+  """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw."""
+  V = logits_BxKxV.shape[-1]
+  x = jnp.where(jnp.arange(V) < codebook_size, logits_BxKxV.astype(jnp.float32), -jnp.inf)
+  if sc.temperature == 0:
+    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+  x = filter_logits(x, sc.top_k, sc.top_p) / sc.temperature
+  return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys_B, x).astype(jnp.int32)
+
+
+def guide(logits_2BxKxV: Array, cfg_scale: Optional[float]) -> Array:
+  if cfg_scale is None:
+    return logits_2BxKxV
+  B = logits_2BxKxV.shape[0] // 2
+  cond, unc = logits_2BxKxV[:B], logits_2BxKxV[B:]
+  return unc + cfg_scale * (cond - unc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Delay-pattern bookkeeping (index math)
+# --------------------------------------------------------------------------------------------------
+
+def num_columns(max_frames: int, num_codebooks: int) -> int:
+  """Delayed columns of a clip of `max_frames` frames: BOS + frames + EOS + K-1 staircase."""
+  return delay.delayed_length(max_frames, num_codebooks)
+
+
+def delayed_layout(cfg: foley.FoleyConfig, lengths_B, num_cols: int, prefix_BxKxC=None, xp=np):
+  """(ids (B,La,K), known (B,La,K), vacant (B,La,K)): every cell fixed before sampling, and which ones.
+
+  ids hold BOS/EOS/prefix codes where known, 0 where the sampler must draw a code.
+  """
+  K = cfg.num_codebooks
+  lengths = xp.asarray(lengths_B)
+  B = lengths.shape[0]
+  j = xp.arange(num_cols)[None, :, None]
+  k = xp.arange(K)[None, None, :]
+  d = xp.broadcast_to(j - k, (B, num_cols, K))
+  T = lengths[:, None, None]
+  ids = xp.where(d <= 0, cfg.bos_id, xp.where(d > T, cfg.eos_id, 0))
+  code = (d >= 1) & (d <= T)
+  known = ~code
+  if prefix_BxKxC is not None:
+    C = prefix_BxKxC.shape[-1]
+    in_prefix = code & (d <= C)
+    src = xp.clip(d - 1, 0, max(C - 1, 0))                                    # (B,La,K) frame index
+    p = xp.asarray(prefix_BxKxC)
+    g = p[xp.arange(B)[:, None, None], xp.broadcast_to(k, d.shape), src]
+    ids = xp.where(in_prefix, g, ids)
+    known = known | in_prefix
+  vacant = (d < 0) | (d > T + 1)
+  return ids.astype(xp.int32), known, vacant
+
+
+def frames_from_delayed(cfg: foley.FoleyConfig, ids_BxLaxK, lengths_B, max_frames: int, xp=np):
+  """Frame-aligned codes (B, K, max_frames): delay reverted, BOS/EOS stripped, zero beyond each length."""
+  codes = delay.codes_from_delayed(xp.swapaxes(ids_BxLaxK, 1, 2), num_frames=max_frames, xp=xp,
+                                   codebook_size=cfg.codebook_size)
+  valid = xp.arange(max_frames)[None, None, :] < xp.asarray(lengths_B)[:, None, None]
+  return xp.where(valid, codes, 0).astype(xp.int32)
+
+
+# --------------------------------------------------------------------------------------------------
+# The jitted loop
+# --------------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sc", "max_frames", "return_logits"))
+def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_video_B, neg_text_ids,
+                neg_text_mask, neg_B, prefix_BxKxC, *, cfg: foley.FoleyConfig, sc: SampleConfig,
+                max_frames: int, return_logits: bool):
+  model = foley.DreamFoley(cfg)
+  variables = {"params": params}
+  K, V = cfg.num_codebooks, cfg.vocab_per_codebook
+  B = lengths_B.shape[0]
+  La = num_columns(max_frames, K)
+  C = 0 if prefix_BxKxC is None else prefix_BxKxC.shape[-1]
+  ids, known, vacant = delayed_layout(cfg, lengths_B, La, prefix_BxKxC, xp=jnp)
+  guided = sc.cfg_scale is not None
+  nB = 2 * B if guided else B
+
+  def prompts(m):
+    x, mask = m.embed_prompt(batch, cond_drop_text_B, cond_drop_video_B)
+    if not guided:
+      return x, mask
+    ub = batch if neg_text_ids is None else dict(batch, text_ids=neg_text_ids, text_mask=neg_text_mask)
+    drop_t = jnp.ones((B,), bool) if neg_B is None else ~neg_B
+    xu, mu = m.embed_prompt(ub, drop_t, jnp.ones((B,), bool))
+    return jnp.concatenate([x, xu], 0), jnp.concatenate([mask, mu], 0)
+
+  def dup(a):
+    return jnp.concatenate([a, a], 0) if guided else a
+
+  prompt, pmask = model.apply(variables, method=prompts)
+  P = prompt.shape[1]
+  text_len = batch["text_ids"].shape[1]
+  a0 = foley.audio_position_offset(cfg, pmask, text_len)                    # (nB,) position of column 0
+  cache = qwen2.init_cache(cfg.decoder, nB, P + La)
+  if C:
+    xa = model.apply(variables, dup(ids[:, :C]), dup(vacant[:, :C]), method=lambda m, i, v: m.embed_audio(i, v))
+    x0 = jnp.concatenate([prompt, xa], axis=1)
+    m0 = jnp.concatenate([pmask, jnp.ones((nB, C), bool)], axis=1)
+  else:
+    x0, m0 = prompt, pmask
+  _, aux = model.apply(variables, x0, m0, foley.sequence_positions(cfg, pmask, text_len, C), cache,
+                       method=lambda m, *a: m.decode(*a))
+  state = {"step": jnp.asarray(C, jnp.int32), "ids": ids, "cache": aux["cache"],
+           "done": jnp.zeros((B,), bool)}
+  if return_logits:
+    state["logits"] = jnp.zeros((B, La, K, V), jnp.float32)
+
+  def step_fn(m, col, vac, pos, cache):
+    h, a = m.decode(m.embed_audio(col, vac), jnp.ones((nB, 1), bool), pos, cache)
+    return m.predict(h)[:, 0], a["cache"]
+
+  def cond_fn(st):
+    return (st["step"] < La - 1) & ~jnp.all(st["done"])
+
+  def body_fn(st):
+    s = st["step"]
+    col = jax.lax.dynamic_slice_in_dim(st["ids"], s, 1, axis=1)
+    vac = jax.lax.dynamic_slice_in_dim(vacant, s, 1, axis=1)
+    logits, cache = model.apply(variables, dup(col), dup(vac), (a0 + s)[:, None], st["cache"],
+                                method=step_fn)
+    logits = guide(logits, sc.cfg_scale)                                      # (B,K,V)
+    j = s + 1
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys_B)
+    drawn = choose_tokens(logits, keys, sc, cfg.codebook_size)
+    kn = jax.lax.dynamic_index_in_dim(known, j, axis=1, keepdims=False)
+    old = jax.lax.dynamic_index_in_dim(st["ids"], j, axis=1, keepdims=False)
+    new = jnp.where(kn, old, drawn)
+    out = {"step": j, "ids": jax.lax.dynamic_update_index_in_dim(st["ids"], new, j, axis=1), "cache": cache,
+           "done": j >= lengths_B + K}
+    if return_logits:
+      out["logits"] = jax.lax.dynamic_update_index_in_dim(st["logits"], logits, s, axis=1)
+    return out
+
+  st = jax.lax.while_loop(cond_fn, body_fn, state)
+  res = {"delayed": st["ids"], "vacant": vacant, "codes": frames_from_delayed(cfg, st["ids"], lengths_B,
+                                                                               max_frames, xp=jnp),
+         "lengths": lengths_B, "steps": st["step"] - C}
+  if return_logits:
+    res["logits"] = st["logits"]
+  return res
+
+
+def _pad_text(ids, mask, L):
+  ids, mask = np.asarray(ids), np.asarray(mask, bool)
+  pad = L - ids.shape[1]
+  if pad <= 0:
+    return ids, mask
+  return np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
+
+
+def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: SampleConfig = SampleConfig(),
+           seed: int = 0, item_seeds=None, max_frames: Optional[int] = None, drop_text=None, drop_video=None,
+           negative_text_ids=None, negative_text_mask=None, negative=None, prefix_codes=None,
+           return_logits: bool = False) -> dict:
+  """Generates audio codes for a batch of clips.
+
+  cfg, params: the model (unboxed params). batch: the prompt fields of `DreamFoley.__call__` (text_ids,
+  text_mask, sync_feats/clip_feats or video_feats, video_mask). lengths (B,): frames to generate per clip
+  (25 per second), each <= max_frames (default max(lengths); pass a bucket size to share compilations).
+  drop_text / drop_video (B,) bool: conditional-pass drops (video-only: drop_text; text-only:
+  drop_video). negative_text_ids/_mask (B, Ln) + negative (B,) bool: items whose unconditional pass uses
+  the negative text (with null video) instead of null text. prefix_codes (B, K, C): the first C frames
+  of every clip are given (windowed continuation); each length must be >= C.
+
+  Returns numpy {"codes": (B,K,max_frames) frame-aligned, zero beyond lengths; "lengths": (B,);
+  "delayed": (B,La,K) the full delayed token buffer; "vacant": (B,La,K); "steps": decode steps run;
+  "logits" (B,La,K,V) guided logits, row j predicting column j+1 (only with return_logits)}.
+  """
+  lengths = np.asarray(lengths, np.int32).reshape(-1)
+  B = lengths.shape[0]
+  max_frames = int(max_frames or lengths.max())
+  if lengths.min() < 1 or lengths.max() > max_frames:
+    raise ValueError(f"lengths must be in [1, max_frames={max_frames}], got {lengths.tolist()}")
+  batch = dict(batch)
+  Lt = np.asarray(batch["text_ids"]).shape[1]
+  batch.setdefault("text_mask", np.ones((B, Lt), bool))
+  neg_ids = neg_mask = neg = None
+  if negative_text_ids is not None:
+    if sample_cfg.cfg_scale is None:
+      raise ValueError("a negative prompt needs cfg_scale (it replaces the unconditional text)")
+    neg_ids = np.asarray(negative_text_ids)
+    neg_mask = np.ones(neg_ids.shape, bool) if negative_text_mask is None else np.asarray(negative_text_mask)
+    neg = np.ones((B,), bool) if negative is None else np.asarray(negative, bool)
+    L = max(Lt, neg_ids.shape[1])
+    batch["text_ids"], batch["text_mask"] = _pad_text(batch["text_ids"], batch["text_mask"], L)
+    neg_ids, neg_mask = _pad_text(neg_ids, neg_mask, L)
+    neg_ids, neg_mask, neg = jnp.asarray(neg_ids, jnp.int32), jnp.asarray(neg_mask), jnp.asarray(neg)
+  if prefix_codes is not None:
+    prefix_codes = jnp.asarray(prefix_codes, jnp.int32)
+    if prefix_codes.shape[:2] != (B, cfg.num_codebooks):
+      raise ValueError(f"prefix_codes must be (B={B}, K={cfg.num_codebooks}, C), got {prefix_codes.shape}")
+    if lengths.min() < prefix_codes.shape[-1]:
+      raise ValueError(f"every length must cover the prefix ({prefix_codes.shape[-1]} frames): {lengths.tolist()}")
+  seeds = np.arange(B) if item_seeds is None else np.asarray(item_seeds)
+  base = jax.random.key(seed)
+  keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds, jnp.uint32))
+  # Always arrays (all-False = keep): one compiled program for every mode.
+  dt = jnp.zeros((B,), bool) if drop_text is None else jnp.asarray(drop_text, bool).reshape(B)
+  dv = jnp.zeros((B,), bool) if drop_video is None else jnp.asarray(drop_video, bool).reshape(B)
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  out = _sample_jit(params, batch, jnp.asarray(lengths), keys, dt, dv, neg_ids, neg_mask, neg, prefix_codes,
+                    cfg=cfg, sc=sample_cfg, max_frames=max_frames, return_logits=return_logits)
+  return jax.tree.map(np.asarray, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Long clips: windowed continuation
+# --------------------------------------------------------------------------------------------------
+
+def fused_video(cfg: foley.FoleyConfig, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Whole-clip fused video features at the sync rate (B, Tv, Dv) and mask (B, Tv)."""
+  if "video_feats" in batch:
+    v = np.asarray(batch["video_feats"], np.float32)
+  else:
+    if "video_mask" in batch:
+      Tv = np.asarray(batch["video_mask"]).shape[1]
+    elif cfg.use_sync:
+      Tv = np.asarray(batch["sync_feats"]).shape[1]
+    else:
+      Tv = int(np.ceil(np.asarray(batch["clip_feats"]).shape[1] * cfg.sync_rate / cfg.clip_rate))
+    v = np.asarray(foley.fuse_video(cfg, batch.get("sync_feats"), batch.get("clip_feats"), Tv))
+  m = np.asarray(batch.get("video_mask", np.ones(v.shape[:2], bool)), bool)
+  return v, m
+
+
+def window_plan(total_frames: int, window: int, context: int) -> list[int]:
+  """Start frames of the windows covering [0, total_frames): each new window re-reads `context` frames."""
+  if not 0 <= context < window:
+    raise ValueError(f"context ({context}) must be in [0, window={window})")
+  starts = [0]
+  while starts[-1] + window < total_frames:
+    starts.append(starts[-1] + window - context)
+  return starts
+
+
+def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_frames: int = 250,
+                context_frames: int = 75, sample_cfg: SampleConfig = SampleConfig(), seed: int = 0,
+                item_seeds=None, progress=None, **kw) -> dict:
+  """Clips of any length: windows of `window_frames` (the trained length, 10 s) that overlap by
+  `context_frames` (3 s). Window w>0 re-prefills [text | video frames [s, s+W) | the last C generated
+  frames as a delayed prefix] and continues; the seam is at token level (no crossfade).
+
+  batch holds whole-clip video (25 Hz sync feats / 4 fps clip feats, or fused video_feats) and text;
+  lengths (B,) total frames. Video frame f and audio frame f share the time f / 25 s. Returns
+  {"codes" (B,K,max(lengths)), "lengths", "windows": [{"start", "lengths", "video_start", "prefix"}]}.
+  `progress(n)` (optional) is called with the number of frames each window adds.
+  """
+  lengths = np.asarray(lengths, np.int64).reshape(-1)
+  B, K = lengths.shape[0], cfg.num_codebooks
+  total = int(lengths.max())
+  feats, vmask = fused_video(cfg, batch)
+  starts = window_plan(total, window_frames, context_frames)
+  pad = max(0, starts[-1] + window_frames - feats.shape[1])
+  feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
+  vmask = np.pad(vmask, ((0, 0), (0, pad)))
+  text = {k: batch[k] for k in ("text_ids", "text_mask") if k in batch}
+  out = np.zeros((B, K, total), np.int32)
+  windows = []
+  seeds = np.arange(B) if item_seeds is None else np.asarray(item_seeds)
+  for w, start in enumerate(starts):
+    C = 0 if w == 0 else context_frames
+    # Items already complete get a dummy length (C + 1) and their output is ignored.
+    active = lengths > start + C
+    wl = np.where(active, np.minimum(lengths - start, window_frames), C + 1).astype(np.int32)
+    vm = vmask[:, start:start + window_frames] & (np.arange(window_frames)[None] < wl[:, None])
+    wb = dict(text, video_feats=feats[:, start:start + window_frames], video_mask=vm)
+    prefix = out[:, :, start:start + C].copy() if C else None
+    res = sample(cfg, params, wb, wl, sample_cfg=sample_cfg, seed=seed + 7919 * w, item_seeds=seeds,
+                 max_frames=window_frames, prefix_codes=prefix, **kw)
+    for i in np.nonzero(active)[0]:
+      out[i, :, start + C:start + wl[i]] = res["codes"][i, :, C:wl[i]]
+    windows.append({"start": start, "lengths": wl, "active": active, "video_start": start, "prefix": prefix,
+                    "codes": res["codes"]})
+    if progress is not None:
+      progress(int(np.sum(np.where(active, wl - C, 0))))
+  return {"codes": out, "lengths": lengths.astype(np.int32), "windows": windows}

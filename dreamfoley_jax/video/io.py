@@ -1,0 +1,277 @@
+"""Video decoding with PyAV and frame sampling at exact target rates (25 fps sync, 4 fps CLIP).
+
+Frame times come from each frame's pts (exact rationals), so constant and variable frame rate inputs
+are treated alike. Display-matrix rotation/flip metadata is applied to every returned frame.
+
+Sampling rules (`rule=`), for target i of a stream at `fps` (target time t_i = i / fps):
+  "nearest"  (default) the last frame whose time < t_i + 0.5/fps. This is ffmpeg's `fps` filter with
+             its default round=near, which is what MMAudio's training extraction gets from torio's
+             StreamingMediaDecoder(frame_rate=fps) (mmaudio/data/extraction/vgg_sound.py), so features
+             match the reference training data; tests check it frame for frame against PyAV's ffmpeg
+             `fps` filter on variable-frame-rate input.
+  "before"   the last frame whose time <= t_i (sample-and-hold).
+For both, the target grid is ffmpeg's: t_i = (n0 + i) / fps with n0 = round(first frame time * fps),
+so sample 0 is the first frame (times are 0-based at the first frame for a stream that starts at 0).
+  "mmaudio_eval" MMAudio's inference loader (mmaudio/data/av_utils.py read_frames): the first frame
+             whose float `frame.time` >= the target, where the target starts at absolute time 0 and
+             grows by repeated float addition of 1/fps; this accumulated rounding occasionally picks the
+             next frame (six additions of 0.04 give 0.24000000000000002 > 0.24, so a 25 fps source
+             gets frame 7 for target 6) and is reproduced on purpose.
+Targets before the first frame take the first frame. The number of samples of a stream is
+floor(duration * fps), with duration = (last frame time + its duration) - first frame time, capped by
+`max_duration_sec` (MMAudio's int(fps * duration_sec)), so every sample lies inside the clip and the
+count matches the 25 Hz audio frame count; ffmpeg's fps filter emits round(end * fps) -
+round(start * fps), i.e. at most one more trailing frame. "mmaudio_eval" yields what its loop yields, capped the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import numpy as np
+
+RULES = ("nearest", "before", "mmaudio_eval")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv",
+                    ".ogv", ".3gp", ".ts")
+
+
+class VideoError(ValueError):
+  """A video that cannot be used: unreadable, corrupt, no video stream, or too short."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoMeta:
+  path: str
+  width: int               # displayed (after rotation)
+  height: int
+  rotation: int            # counter-clockwise degrees from the display matrix (0 if none)
+  flipped: bool            # display matrix mirrors the image
+  fps: float               # container's guessed rate (informational; sampling uses pts)
+  start_sec: float         # time of the first frame
+  duration_sec: float      # last frame end - first frame time
+  num_frames: int          # frames decoded (up to the cap)
+
+
+def _fraction(x) -> Fraction:
+  if isinstance(x, Fraction):
+    return x
+  if isinstance(x, int):
+    return Fraction(x)
+  return Fraction(x).limit_denominator(1_000_000)
+
+
+def display_matrix_transform(matrix9) -> tuple[bool, bool, bool]:
+  """(transpose, flip_x, flip_y) that turn stored pixels into displayed pixels for a 3x3 display matrix.
+
+  ffmpeg's display matrix maps a stored pixel (p, q) to (p*a + q*c, p*b + q*d) with a=m[0], b=m[1],
+  c=m[3], d=m[4] (16.16 fixed point); only multiples of 90 degrees (with flips) are supported.
+  """
+  m = np.asarray(matrix9, np.float64).reshape(9) / 65536.0
+  a, b, c, d = m[0], m[1], m[3], m[4]
+  if abs(b) < 1e-3 and abs(c) < 1e-3 and abs(a) > 1e-3 and abs(d) > 1e-3:
+    return False, bool(a < 0), bool(d < 0)
+  if abs(a) < 1e-3 and abs(d) < 1e-3 and abs(b) > 1e-3 and abs(c) > 1e-3:
+    # new x = q*c (from the old row index), new y = p*b (from the old column index)
+    return True, bool(c < 0), bool(b < 0)
+  raise NotImplementedError(f"display matrix {m.tolist()} is not a multiple of 90 degrees")
+
+
+def apply_display_transform(img_HxWxC: np.ndarray, transform: tuple[bool, bool, bool]) -> np.ndarray:
+  """Applies (transpose, flip_x, flip_y) from `display_matrix_transform` to an (H, W, C) image."""
+  transpose, flip_x, flip_y = transform
+  out = img_HxWxC.transpose(1, 0, 2) if transpose else img_HxWxC
+  if flip_x:
+    out = out[:, ::-1]
+  if flip_y:
+    out = out[::-1]
+  return np.ascontiguousarray(out)
+
+
+def rotation_transform(degrees_ccw: int) -> tuple[bool, bool, bool]:
+  """The (transpose, flip_x, flip_y) of a counter-clockwise rotation by a multiple of 90 degrees."""
+  k = (int(round(degrees_ccw / 90.0)) % 4)
+  return [(False, False, False), (True, False, True), (False, True, True), (True, True, False)][k]
+
+
+def _frame_display_transform(frame) -> tuple[tuple[bool, bool, bool], int, bool]:
+  import av
+
+  sd = None
+  try:
+    sd = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+  except Exception:  # older PyAV: no typed lookup
+    sd = None
+  if sd is not None:
+    m = np.frombuffer(bytes(sd), "<i4")
+    if m.size == 9:
+      t = display_matrix_transform(m)
+      a, b = m[0] / 65536.0, m[1] / 65536.0
+      rot = getattr(frame, "rotation", None)
+      if rot is None:  # older PyAV: ffmpeg's av_display_rotation_get
+        rot = int(round(-math.degrees(math.atan2(b, a)) / 90.0)) * 90
+      rot = int(rot)
+      flipped = (m[0] / 65536.0) * (m[4] / 65536.0) - (m[1] / 65536.0) * (m[3] / 65536.0) < 0
+      rot %= 360
+      return t, (rot - 360 if rot > 180 else rot), bool(flipped)
+  rot = int(getattr(frame, "rotation", 0) or 0)
+  return rotation_transform(rot), rot, False
+
+
+@dataclasses.dataclass
+class _Stream:
+  fps: Fraction
+  rule: str
+  cap: int | None
+  transform: Callable[[np.ndarray], np.ndarray] | None
+  out: list = dataclasses.field(default_factory=list)
+  acc: float = 0.0          # mmaudio_eval: float-accumulated next target time
+  n0: int = 0               # grid offset: round(first frame time * fps), as ffmpeg's fps filter
+  t0: Fraction = Fraction(0)
+
+  def next_key(self) -> Fraction:
+    """Time (relative to the first frame) at which the next target switches to a later frame."""
+    i = len(self.out) + self.n0
+    if self.rule == "nearest":
+      return (2 * i + 1) / (2 * self.fps) - self.t0
+    return i / self.fps - self.t0
+
+  def full(self) -> bool:
+    return self.cap is not None and len(self.out) >= self.cap
+
+
+def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: str = "nearest",
+                  max_duration_sec: float | None = None,
+                  transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
+                  ) -> tuple[list[np.ndarray], VideoMeta]:
+  """Decodes `path` once and samples frames at each rate in `fps_list`.
+
+  Returns ([frames_NxHxWx3 uint8 per rate (after its transform, if any)], meta). Each transform maps
+  one displayed uint8 (H, W, 3) RGB frame to an array; applying the resize there keeps memory small.
+  Raises VideoError naming the file for a missing file, no video stream, corrupt data or no frames.
+  """
+  import av
+
+  path = os.fspath(path)
+  if rule not in RULES:
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+  if transforms is None:
+    transforms = [None] * len(fps_list)
+  if len(transforms) != len(fps_list):
+    raise ValueError("transforms must match fps_list")
+  if not os.path.exists(path):
+    raise VideoError(f"{path}: no such file")
+  cap_frac = None if max_duration_sec is None else _fraction(max_duration_sec)
+
+  def cap_for(f):
+    if cap_frac is None:
+      return None
+    if rule == "mmaudio_eval":   # MMAudio truncates with float arithmetic: int(25.0 * 8.04) = 200
+      return int(float(f) * float(max_duration_sec))
+    return math.floor(cap_frac * _fraction(f))
+
+  streams = [_Stream(fps=_fraction(f), rule=rule, cap=cap_for(f), transform=t)
+             for f, t in zip(fps_list, transforms)]
+
+  cache: dict[int, np.ndarray] = {}   # frame index -> displayed RGB (only the current and previous)
+  disp = None                          # (transform, rotation, flipped), from the first frame
+  t0 = None
+  prev = None                          # (index, rel_time Fraction, frame)
+  last_end = None
+  n = 0
+
+  def rgb(idx, frame):
+    if idx not in cache:
+      for k in list(cache):
+        if k < idx - 1:
+          del cache[k]
+      cache[idx] = apply_display_transform(frame.to_ndarray(format="rgb24"), disp[0])
+    return cache[idx]
+
+  done: dict = {}   # (frame index, transform id) -> output, so shared transforms run once per frame
+
+  def emit(s: _Stream, idx, frame):
+    key = (idx, id(s.transform))
+    if key not in done:
+      for k in [k for k in done if k[0] < idx - 1]:
+        del done[k]
+      img = rgb(idx, frame)
+      done[key] = img if s.transform is None else s.transform(img)
+    s.out.append(done[key])
+
+  try:
+    container = av.open(path)
+  except (av.FFmpegError, OSError) as e:
+    raise VideoError(f"{path}: cannot open as a video container ({e})") from e
+  with container:
+    if not container.streams.video:
+      raise VideoError(f"{path}: no video stream (streams: "
+                       f"{[s.type for s in container.streams]})")
+    vs = container.streams.video[0]
+    vs.thread_type = "AUTO"
+    tb = vs.time_base
+    rate = vs.guessed_rate or vs.average_rate or Fraction(25)
+    last_pts = None
+    try:
+      for frame in container.decode(vs):
+        if frame.pts is not None:
+          pts_t = Fraction(frame.pts) * Fraction(frame.time_base or tb)
+        elif last_pts is not None:
+          pts_t = last_pts + 1 / Fraction(rate)
+        else:
+          pts_t = Fraction(0)
+        if last_pts is not None and pts_t <= last_pts:   # out-of-order/duplicate pts: skip the frame
+          continue
+        last_pts = pts_t
+        if disp is None:
+          disp = _frame_display_transform(frame)
+          t0 = pts_t
+          for s in streams:
+            s.n0 = math.floor(t0 * s.fps + Fraction(1, 2))
+            s.t0 = t0
+        rel = pts_t - t0
+        dur = (Fraction(frame.duration) * Fraction(frame.time_base or tb)
+               if frame.duration else 1 / Fraction(rate))
+        last_end = rel + dur
+        idx = n
+        n += 1
+        for s in streams:
+          if s.full():
+            continue
+          if rule == "mmaudio_eval":
+            ftime = float(frame.time) if frame.time is not None else float(pts_t)
+            while not s.full() and ftime >= s.acc:
+              emit(s, idx, frame)
+              s.acc += 1.0 / float(s.fps)
+          elif prev is not None:
+            # targets whose key falls before this frame belong to the previous frame
+            while not s.full() and (s.next_key() <= rel if rule == "nearest" else s.next_key() < rel):
+              emit(s, prev[0], prev[2])
+        prev = (idx, rel, frame)
+        if all(s.full() for s in streams):
+          break
+    except av.FFmpegError as e:
+      raise VideoError(f"{path}: corrupt or undecodable video data after {n} frames ({e})") from e
+    if prev is None:
+      raise VideoError(f"{path}: the video stream has no decodable frames")
+    duration = last_end
+    if cap_frac is not None:
+      duration = min(duration, cap_frac)
+    if rule != "mmaudio_eval":
+      for s in streams:
+        total = math.floor(duration * s.fps)
+        while len(s.out) < total:
+          emit(s, prev[0], prev[2])
+        del s.out[total:]
+    h, w = rgb(prev[0], prev[2]).shape[:2]
+    meta = VideoMeta(path=path, width=w, height=h, rotation=disp[1], flipped=disp[2],
+                     fps=float(rate), start_sec=float(t0), duration_sec=float(duration), num_frames=n)
+  outs = []
+  for s in streams:
+    if not s.out:
+      outs.append(np.zeros((0, 0, 0, 3), np.uint8))
+    else:
+      outs.append(np.stack(s.out))
+  return outs, meta
