@@ -178,3 +178,11 @@ def test_passt_and_clap_input_rules():
   assert not y[400000:].any()
   long = np.arange(600000, dtype=np.float64)
   np.testing.assert_array_equal(F.clap_input(long, seed=3), F.clap_input(long, seed=3))
+
+
+def test_resample_agrees_with_audio_resample_module():
+  """eval/frontends.resample (float64) duplicates dreamfoley_jax/audio/resample.py (float32): same numbers."""
+  R = pytest.importorskip("dreamfoley_jax.audio.resample")
+  x = _noise(2 * 44100, seed=9).reshape(2, 44100)
+  for o, n in [(44100, 16000), (48000, 32000), (16000, 48000)]:
+    np.testing.assert_allclose(F.resample(x, o, n), R.resample_np(x, o, n), atol=5e-5)

@@ -9,11 +9,14 @@ Writes <out>.json (metrics under av-benchmark's names + "KL", the pairing report
 """
 import logging
 import pathlib
+import sys
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
-from dreamfoley_jax.eval import embedders, harness
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable from a checkout too
+
+from dreamfoley_jax.eval import embedders, harness  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
 
@@ -27,14 +30,15 @@ def main(argv):
   names = [n.strip() for n in c.metrics.split(",") if n.strip()]
   built = {}
   for n in names:
-    path = c.weights.get(n) or c.weights_dir or None
+    path = c.weights.get(n.replace("_torch", "")) or c.weights_dir or None
     kwargs = {}
     if n not in embedders.NATIVE_FLAX:
       kwargs["device"] = c.device
     if n == "clap":
       kwargs["seed"] = c.clap_seed
-    built[n] = embedders.build(n, path, **kwargs)
-    logging.info("%s: %s", n, "Flax port" if built[n].native else "PyTorch reference model")
+    key = "synchformer" if n == "synchformer_torch" else n  # either one scores DeSync
+    built[key] = embedders.build(n, path, **kwargs)
+    logging.info("%s: %s", n, "Flax port" if built[key].native else "PyTorch reference model")
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,
                               captions_csv=c.captions_csv or None, gt_audio_dir=c.gt_audio_dir or None,
                               duration_s=c.duration_s, cache_dir=c.cache_dir or None,

@@ -7,7 +7,8 @@
 | passt       | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt)        | passt-s-f128-p16-s10-ap.476-swa.pt           |
 | clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
 | imagebind   | IB-score                   | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
-| synchformer | DeSync                     | PyTorch feature extractors; Flax head  | synchformer_state_dict.pth                   |
+| synchformer | DeSync                     | Flax ports: video (models/synchformer), audio (sync_audio), head (sync_head) | synchformer_state_dict.pth |
+| synchformer_torch | DeSync               | PyTorch reference extractors (av-benchmark) + Flax head | synchformer_state_dict.pth |
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Callable
 from dreamfoley_jax.eval.embedders.base import (Embedder, MissingPackageError, MissingWeightsError,
                                                 find_checkpoint)
 from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import (AudioTooShortError, ClapEmbedder, ImageBindEmbedder,
-                                                     PasstEmbedder, SynchformerEmbedder)
+from dreamfoley_jax.eval.embedders.synchformer import SynchformerEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder, ImageBindEmbedder, PasstEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import SynchformerEmbedder as TorchSynchformerEmbedder
 from dreamfoley_jax.eval.embedders.vggish import VGGishEmbedder
 
 REGISTRY: dict[str, Callable[..., Embedder]] = {
@@ -27,15 +29,17 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
     "clap": ClapEmbedder,
     "imagebind": ImageBindEmbedder,
     "synchformer": SynchformerEmbedder,
+    "synchformer_torch": TorchSynchformerEmbedder,
 }
-NATIVE_FLAX = ("panns", "vggish")
+NATIVE_FLAX = ("panns", "vggish", "synchformer")
 EXPECTED_FILES = {
     "panns": __import__("dreamfoley_jax.eval.embedders.panns", fromlist=["x"]).CHECKPOINT_FILES,
     "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
     "passt": PasstEmbedder.FILES,
     "clap": ClapEmbedder.FILES,
     "imagebind": ImageBindEmbedder.FILES,
-    "synchformer": SynchformerEmbedder.FILES,
+    "synchformer": TorchSynchformerEmbedder.FILES,
+    "synchformer_torch": TorchSynchformerEmbedder.FILES,
 }
 
 

@@ -12,7 +12,6 @@ from typing import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax.convert.common import ConversionError, TensorSource, check_keys, conv_to_jax, linear_to_jax

@@ -1,5 +1,8 @@
 """Embedders that delegate to the PyTorch reference classes (PaSST, LAION-CLAP, ImageBind, Synchformer).
 
+The default DeSync embedder is the all-Flax one in synchformer.py; the PyTorch Synchformer here is
+registered as 'synchformer_torch' for cross-checks.
+
 These are NOT Flax ports. Each builds the reference architecture without pretrained weights, loads
 the user's local checkpoint with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`
 (so a wrong file fails with every mismatched key listed), and feeds it inputs prepared by our
@@ -9,7 +12,6 @@ MissingPackageError naming what to `pip install`.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
 
 import numpy as np
 

@@ -12,7 +12,6 @@ from typing import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
@@ -40,31 +39,39 @@ _FC_INDEX = (0, 2, 4)
 
 
 class VGGish(nn.Module):
-  """Log-mel patches (P, 96, 64) -> ((P, D) embeddings, aux)."""
+  """Log-mel patches (P, 96, 64) -> ((P, D) embeddings, aux); `features` and `embed` are its two halves."""
   config: VGGishConfig
 
-  @nn.compact
-  def __call__(self, x_PxTxM):
+  def setup(self):
     c = self.config
+    conv_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "conv_out"))
+    self.convs = [nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{_CONV_INDEX[i]}", kernel_init=conv_init,
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+                  for i, w in enumerate(c.widths)]
+    self.fcs = [nn.Dense(n, name=f"embeddings_{idx}",
+                         kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))
+                for idx, n in zip(_FC_INDEX, (c.hidden, c.hidden, c.embed_dim))]
+
+  def features(self, x_PxTxM):
     x = x_PxTxM[..., None]
-    for i, w in enumerate(c.widths):
-      x = nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{_CONV_INDEX[i]}",
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                           ("kernel", "kernel", "conv_in", "conv_out")),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(x)
-      x = nn.relu(x)
+    for i, conv in enumerate(self.convs):
+      x = nn.relu(conv(x))
       if i in _POOL_AFTER:
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    flat_PxF = x.reshape(x.shape[0], -1)  # (P, 6, 4, C) flattened H, W, C: torchvggish's transposes
+    return x.reshape(x.shape[0], -1)  # (P, 6, 4, C) flattened H, W, C: torchvggish's transposes
+
+  def embed(self, flat_PxF):
     h = flat_PxF
-    sizes = (c.hidden, c.hidden, c.embed_dim)
-    for j, (idx, n) in enumerate(zip(_FC_INDEX, sizes)):
-      h = nn.Dense(n, name=f"embeddings_{idx}",
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(h)
+    for j, fc in enumerate(self.fcs):
+      h = fc(h)
       if j < 2:  # the final ReLU is removed (av-benchmark, following audioldm_eval)
         h = nn.relu(h)
-    return h, {"flat": flat_PxF}
+    return h
+
+  def __call__(self, x_PxTxM):
+    flat_PxF = self.features(x_PxTxM)
+    return self.embed(flat_PxF), {"flat": flat_PxF}
 
 
 def torch_shapes(c: VGGishConfig) -> dict[str, tuple[int, ...]]:
@@ -114,7 +121,11 @@ class VGGishEmbedder(Embedder):
       ckpt = find_checkpoint("vggish", path, CHECKPOINT_FILES)
       self.variables = convert_vggish(TensorSource(ckpt), config)
       self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
-    self._apply = jax.jit(lambda v, x: self.model.apply(v, x)[0])
+    # Two jitted halves: one XLA:CPU program holding both the convolutions and the 12288x4096 matmul ran
+    # ~7x slower than the halves run separately (4.5 s vs 0.7 s per 8 s clip, measured on this machine).
+    feats = jax.jit(lambda v, x: self.model.apply(v, x, method=VGGish.features))
+    embed = jax.jit(lambda v, f: self.model.apply(v, f, method=VGGish.embed))
+    self._apply = lambda v, x: embed(v, feats(v, x))
 
   def fingerprint(self) -> str:
     return f"vggish|{self.source}|{self.config}"
