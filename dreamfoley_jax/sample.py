@@ -95,10 +95,23 @@ def top_p_mask(logits_xV: Array, top_p: float, max_kept: int = 0) -> Array:
 
 
 def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
-  """top-k, then top-p on what top-k kept; removed logits become -inf."""
+  """top-k, then top-p on what top-k kept; removed logits become -inf.
+
+  One `lax.top_k` serves both filters (its sorted values are the nucleus candidates): on CPU a second
+  top_k / a full sort of 1026 logits cost more than the rest of a tiny model's decode step.
+  """
+  V = logits_xV.shape[-1]
   neg = jnp.asarray(-jnp.inf, logits_xV.dtype)
-  x = jnp.where(top_k_mask(logits_xV, top_k), logits_xV, neg)
-  return jnp.where(top_p_mask(x, top_p, top_k), x, neg)
+  if top_k <= 0 or top_k >= V:
+    return jnp.where(top_p_mask(logits_xV, top_p), logits_xV, neg)
+  desc = jax.lax.top_k(logits_xV, top_k)[0]                    # sorted, descending
+  thr = desc[..., -1:]                                           # k-th largest: ties kept, as transformers
+  if top_p < 1.0:
+    asc = desc[..., ::-1]
+    cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
+    remove = (cum <= 1.0 - top_p).at[..., -1].set(False)
+    thr = jnp.maximum(thr, jnp.take_along_axis(asc, remove.sum(-1, keepdims=True), axis=-1))
+  return jnp.where(logits_xV >= thr, logits_xV, neg)
 
 
 def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int) -> Array:

@@ -7,6 +7,10 @@
   python tools/generate.py --config experiments/tiny.py --smoke_random --video clip.mp4 --out_dir /tmp/o
       (random weights, random video features, a tone codec: checks the pipeline without any checkpoint)
 """
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags
 
 from dreamfoley_jax import generate as G

@@ -1,0 +1,272 @@
+"""Sampling speed: our jitted while_loop sampler vs a PyTorch baseline (transformers' Qwen2Model with its
+DynamicCache, the same embeddings / heads / CFG / top-k -> top-p -> temperature), same random weights.
+
+  JAX_PLATFORMS=cpu python tools/bench_sample.py                    # tiny + small, batch 1 and 8, 10 s
+  JAX_PLATFORMS=cpu python tools/bench_sample.py --configs=tiny --batches=1 --reps=1 --seconds=2
+
+10 s of audio = 250 frames -> 258 decode steps (+ K - 1 staircase + EOS) after a prefill of
+[text 16 | video 250]; CFG doubles the batch. JAX and torch runs are interleaved (the CPU is shared) and
+medians are reported. Also prints the decode roofline: weight + KV bytes read per step / step time,
+against the machine's memory bandwidth measured here with a large numpy copy.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["tiny", "small"], "tiny | small")
+flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles them)")
+flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
+flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
+flags.DEFINE_integer("threads", 1, "torch intra-op threads (1: with 2 OpenMP threads on 2 oversubscribed cores torch ran 30x slower here)")
+
+
+def configs():
+  from dreamfoley_jax.models import foley, qwen2
+
+  return {
+      "tiny": foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"], codebook_size=64, sync_dim=32, clip_dim=16,
+                                null_text_len=2, null_video_len=2),
+      "small": foley.FoleyConfig(
+          decoder=qwen2.Qwen2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                    num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+          codebook_size=1024, sync_dim=64, clip_dim=32),
+  }
+
+
+def batch(cfg, B, frames, seed=0):
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  return {"text_ids": rng.integers(0, cfg.decoder.vocab_size, (B, 16)).astype(np.int32),
+          "text_mask": np.ones((B, 16), bool),
+          "sync_feats": rng.normal(size=(B, frames, cfg.sync_dim)).astype(np.float32),
+          "clip_feats": rng.normal(size=(B, frames * 4 // 25 + 1, cfg.clip_dim)).astype(np.float32),
+          "video_mask": np.ones((B, frames), bool)}
+
+
+class TorchFoley:
+  """The same model on transformers' Qwen2Model (weights copied from our params)."""
+
+  def __init__(self, cfg, params):
+    import numpy as np
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    from dreamfoley_jax.models import qwen2
+
+    self.cfg = cfg
+    d = cfg.decoder
+    hf = Qwen2Config(**qwen2.to_hf_config(d))
+    hf._attn_implementation = "sdpa"
+    self.model = Qwen2Model(hf).eval()
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))
+    p = params["decoder"]
+    sd = {"embed_tokens.weight": t(p["embed_tokens"]["embedding"]), "norm.weight": t(p["norm"]["weight"])}
+    for i in range(d.num_hidden_layers):
+      lp = p[f"layers_{i}"]
+      for blk, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                         ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+        for n in names:
+          sd[f"layers.{i}.{blk}.{n}.weight"] = t(lp[blk][n]["kernel"]).T.contiguous()
+          if "bias" in lp[blk][n]:
+            sd[f"layers.{i}.{blk}.{n}.bias"] = t(lp[blk][n]["bias"])
+      for n in ("input_layernorm", "post_attention_layernorm"):
+        sd[f"layers.{i}.{n}.weight"] = t(lp[n]["weight"])
+    missing, unexpected = self.model.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    self.proj = [(t(params["projector"][f"fc{j}"]["kernel"]), t(params["projector"][f"fc{j}"]["bias"]))
+                 for j in (1, 2)]
+    self.audio_embed, self.audio_pad = t(params["audio_embed"]), t(params["audio_pad"])
+    self.null_text, self.null_video = t(params["null_text"]), t(params["null_video"])
+    h = params["heads"]
+    self.h1w, self.h1b, self.h2w, self.h2b = (t(h[k]) for k in ("fc1_kernel", "fc1_bias", "fc2_kernel", "fc2_bias"))
+
+  def prompt(self, b):
+    """[cond; uncond] prompt embeddings (2B, P, D) and mask, as DreamFoley.embed_prompt with CFG nulls."""
+    import numpy as np
+    import torch
+
+    from dreamfoley_jax.models import foley
+
+    c = self.cfg
+    ids = torch.from_numpy(b["text_ids"]).long()
+    xt = self.model.embed_tokens(ids)
+    Tv = b["video_mask"].shape[1]
+    idx = foley.upsample_index(Tv, c.sync_rate, c.clip_rate, b["clip_feats"].shape[1])
+    fused = torch.from_numpy(np.concatenate([b["sync_feats"], b["clip_feats"][:, idx]], -1))
+    (w1, b1), (w2, b2) = self.proj
+    xv = torch.nn.functional.gelu(fused @ w1 + b1) @ w2 + b2
+    B, Lt, D = xt.shape
+    ut = torch.zeros_like(xt)
+    ut[:, :self.null_text.shape[0]] = self.null_text
+    uv = torch.zeros_like(xv)
+    uv[:, :self.null_video.shape[0]] = self.null_video
+    m = torch.ones(B, Lt + Tv, dtype=torch.long)
+    um = torch.zeros(B, Lt + Tv, dtype=torch.long)
+    um[:, :self.null_text.shape[0]] = 1
+    um[:, Lt:Lt + self.null_video.shape[0]] = 1
+    x = torch.cat([torch.cat([xt, xv], 1), torch.cat([ut, uv], 1)], 0)
+    return x, torch.cat([m, um], 0)
+
+  def heads(self, h):
+    import torch
+
+    z = torch_gelu(torch.einsum("nd,kdh->nkh", h, self.h1w) + self.h1b)
+    return torch.einsum("nkh,khv->nkv", z, self.h2w) + self.h2b
+
+  def sample(self, b, lengths, sc, seed=0):
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from dreamfoley_jax import sample as S
+
+    c = self.cfg
+    K, cs = c.num_codebooks, c.codebook_size
+    B = len(lengths)
+    La = S.num_columns(max(lengths), K)
+    ids, known, vacant = (torch.from_numpy(np.asarray(a)) for a in S.delayed_layout(c, np.asarray(lengths), La))
+    ids = ids.long()
+    gen = torch.Generator().manual_seed(seed)
+    warp = [TopKLogitsWarper(sc.top_k), TopPLogitsWarper(sc.top_p)]
+    with torch.inference_mode():
+      x, mask = self.prompt(b)
+      P = x.shape[1]
+      pos = (mask.cumsum(1) - 1).clamp(min=0)
+      n_prompt = mask.sum(1)
+      cache = DynamicCache()
+      self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+      kr = torch.arange(K)
+      for s in range(La - 1):
+        col, vac = ids[:, s], vacant[:, s]
+        e = self.audio_embed[kr, col]                                     # (B,K,D)
+        e = torch.where(vac[..., None], self.audio_pad[None], e).sum(1)
+        e = torch.cat([e, e], 0)[:, None]
+        mask = torch.cat([mask, torch.ones(2 * B, 1, dtype=mask.dtype)], 1)
+        h = self.model(inputs_embeds=e, attention_mask=mask, position_ids=(n_prompt + s)[:, None],
+                       past_key_values=cache, use_cache=True).last_hidden_state[:, 0]
+        lg = self.heads(h)
+        lg = lg[B:] + sc.cfg_scale * (lg[:B] - lg[B:])
+        lg[..., cs:] = -float("inf")
+        flat = lg.reshape(B * K, -1)
+        if sc.temperature == 0:
+          drawn = flat.argmax(-1).reshape(B, K)
+        else:
+          for w in warp:
+            flat = w(None, flat)
+          probs = torch.softmax(flat / sc.temperature, -1)
+          drawn = torch.multinomial(probs, 1, generator=gen).reshape(B, K)
+        ids[:, s + 1] = torch.where(known[:, s + 1], ids[:, s + 1], drawn)
+        if bool((s + 1 >= torch.as_tensor(lengths) + K).all()):
+          break
+    return ids
+
+
+def torch_gelu(x):
+  import torch
+
+  return torch.nn.functional.gelu(x)
+
+
+def bytes_per_step(cfg, params, B, S):
+  """Weights read per decode step (decoder layers + norm + heads) + the KV cache at mean length, fp32."""
+  import numpy as np
+
+  import jax
+
+  n = sum(int(np.prod(x.shape)) for k, v in params["decoder"].items() if k != "embed_tokens"
+          for x in jax.tree.leaves(v))
+  n += sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["heads"]))
+  d = cfg.decoder
+  kv = 2 * d.num_hidden_layers * (2 * B) * S * d.num_key_value_heads * d.head_size
+  return 4 * n, 4 * kv
+
+
+def bandwidth_gbs():
+  import numpy as np
+
+  a = np.ones(64 * 1024 * 1024, np.float64)       # 512 MiB
+  b = np.empty_like(a)
+  best = 0.0
+  for _ in range(5):
+    t = time.perf_counter()
+    np.copyto(b, a)
+    dt = time.perf_counter() - t
+    best = max(best, 2 * a.nbytes / dt / 1e9)    # read + write
+  return best
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  import torch
+
+  from dreamfoley_jax import sample as S
+  from dreamfoley_jax.models import foley
+
+  torch.set_num_threads(FLAGS.threads)
+  frames = int(round(FLAGS.seconds * 25))
+  bw = bandwidth_gbs()
+  print(f"machine: {os.cpu_count()} cpus, measured memory bandwidth (numpy copy, read+write) {bw:.1f} GB/s; "
+        f"load average {os.getloadavg()[0]:.1f}")
+  sc = S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=3.0)
+  rows = []
+  for name in FLAGS.configs:
+    cfg = configs()[name]
+    model = foley.DreamFoley(cfg)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), foley.dummy_batch(
+        cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    tm = TorchFoley(cfg, jax.tree.map(np.asarray, params))
+    # Same computation: greedy tokens of a short clip agree between the two implementations.
+    gb, gl = batch(cfg, 2, 25, seed=1), [25, 20]
+    g = S.sample(cfg, params, gb, gl, sample_cfg=sc.replace(temperature=0.0))["delayed"]
+    gt = tm.sample(gb, gl, sc.replace(temperature=0.0)).numpy()
+    agree = float((g == gt).mean())
+    print(f"{name}: greedy JAX vs torch token agreement {100 * agree:.1f}% ({g.size} cells)", flush=True)
+    for B in (int(x) for x in FLAGS.batches):
+      b = batch(cfg, B, frames)
+      lengths = [frames] * B
+      steps = S.num_columns(frames, cfg.num_codebooks) - 1
+
+      def run_jax():
+        return S.sample(cfg, params, b, lengths, sample_cfg=sc, seed=0)
+
+      t0 = time.perf_counter()
+      r = run_jax()
+      compile_s = time.perf_counter() - t0
+      assert int(r["steps"]) == steps
+      tj, tt = [], []
+      for _ in range(FLAGS.reps):
+        t0 = time.perf_counter()
+        run_jax()
+        tj.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        tm.sample(b, lengths, sc)
+        tt.append(time.perf_counter() - t0)
+      mj, mt = statistics.median(tj), statistics.median(tt)
+      wb, kvb = bytes_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2)
+      gbs = (wb + kvb) / (mj / steps) / 1e9
+      rows.append((name, B, steps, mj, mt, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, compile_s))
+      print(f"{name:6s} B={B}: jax {mj:6.2f} s  torch {mt:6.2f} s  ratio {mt / mj:5.2f}x  "
+            f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw; first call "
+            f"{compile_s:.1f} s)  jax runs {[round(x, 2) for x in tj]} torch runs {[round(x, 2) for x in tt]}",
+            flush=True)
+  print("\n| config | batch (x2 CFG) | steps | JAX s | torch s | torch/JAX | JAX ms/step | weight+KV GB/s | % of bw |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for n, B, st, mj, mt, r, ms, g, pct, _ in rows:
+    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} | {r:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% |")
+
+
+if __name__ == "__main__":
+  app.run(main)
