@@ -120,3 +120,39 @@ def test_config_errors(tmp_path):
   with pytest.raises(FileExistsError):
     writer.write_records(_examples(2), tmp_path, num_shards=1)
     writer.write_records(_examples(2), tmp_path, num_shards=1)
+
+
+WORKER_SCRIPT = """
+import sys
+import numpy as np
+from absl import app
+sys.path.insert(0, {root!r})
+from dreamfoley_jax.data import pipeline
+
+def main(_):
+  p = pipeline.PipelineConfig(batch_size=4, num_codebooks=4, codebook_size=32, sync_dim=2, clip_dim=2, max_text_len=6,
+                              null_text_len=2, null_video_len=2, seed=3)
+  a = iter(pipeline.make_dataset(p, {pattern!r}, num_workers=0))
+  b = iter(pipeline.make_dataset(p, {pattern!r}, num_workers=2))
+  for _ in range(4):
+    x, y = next(a), next(b)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  print("WORKERS_MATCH")
+
+if __name__ == "__main__":
+  app.run(main)
+"""
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(shards, tmp_path):
+  import pathlib
+  import subprocess
+  import sys
+
+  root = str(pathlib.Path(__file__).resolve().parents[1])
+  script = tmp_path / "w.py"
+  script.write_text(WORKER_SCRIPT.format(root=root, pattern=shards))
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+  assert "WORKERS_MATCH" in out.stdout, out.stderr[-3000:]
