@@ -81,14 +81,15 @@ def test_sigkill_anywhere_then_resume_is_bitwise_identical(setup):
   ck = work / "checkpoints"
   # 1) Kill while an async save is in flight: orbax writes <step>.orbax-checkpoint-tmp-* first.
   p = launch(cfg, work, cache)
-  saw_tmp = wait_for(lambda: ck.exists() and any("tmp" in x.name for x in ck.iterdir()), timeout=600, poll=0.001)
+  saw_tmp = wait_for(lambda: p.poll() is not None or (ck.exists() and any("tmp" in x.name for x in ck.iterdir())),
+                     timeout=600, poll=0.001)
   p.send_signal(signal.SIGKILL)
   p.wait()
-  assert saw_tmp
+  assert saw_tmp and p.returncode == -signal.SIGKILL, "the run ended before an async save could be interrupted"
   # 2) Resume, then kill at an arbitrary moment between steps.
   target = int(np.random.default_rng().integers(4, 11))
   p = launch(cfg, work, cache)
-  wait_for(lambda: max(steps_logged(work), default=0) >= target, timeout=600, poll=0.01)
+  wait_for(lambda: p.poll() is not None or max(steps_logged(work), default=0) >= target, timeout=600, poll=0.01)
   p.send_signal(signal.SIGKILL)
   p.wait()
   # 3) Resume to the end.
