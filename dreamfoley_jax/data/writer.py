@@ -5,6 +5,8 @@ import os
 import pathlib
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from dreamfoley_jax.data import records
 
 
@@ -49,3 +51,29 @@ def write_records(examples: Iterable[Mapping[str, Any]], out_dir: str | os.PathL
   for t, p in zip(tmps, paths):
     os.replace(t, p)
   return paths
+
+
+def toy_examples(n: int, *, num_codebooks: int = 8, codebook_size: int = 1024, sync_dim: int = 768,
+                 clip_dim: int = 1024, seconds: int = 3, seed: int = 0):
+  """Learnable toy clips (codes follow from the caption id and the frame index) for smoke runs."""
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    c = int(rng.integers(0, 16))
+    t = np.arange(25 * seconds)
+    codes = np.stack([(c + t * (k + 1)) % codebook_size for k in range(num_codebooks)]).astype(np.int16)
+    yield {"clip_id": f"toy{i:05d}", "caption": f"class {c}", "text_ids": np.array([c + 1, 17, 3], np.int32),
+           "sync_feats": rng.normal(size=(25 * seconds, sync_dim)).astype(np.float16),
+           "clip_feats": rng.normal(size=(4 * seconds, clip_dim)).astype(np.float16),
+           "audio_codes": codes, "duration": np.float32(seconds)}
+
+
+def npz_examples(paths: Iterable[str]):
+  """Record dicts from .npz files holding record fields (clip_id defaults to the file name)."""
+  for p in paths:
+    with np.load(p, allow_pickle=False) as z:
+      ex = {k: z[k] for k in z.files}
+    ex.setdefault("clip_id", pathlib.Path(p).stem)
+    for k in records.STR_FIELDS:
+      if k in ex:
+        ex[k] = str(ex[k])
+    yield ex
