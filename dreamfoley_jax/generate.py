@@ -198,7 +198,28 @@ class Generator:
       mask[i, :len(t)] = True
     return ids, mask
 
+  def _frames(self, items: Sequence[Item], frames: Sequence[int]):
+    """frames mode: uint8 frame batches (the model runs its encoders); masks mark real frames."""
+    c = self.cfg
+    vids = [None if it.video is None else self.feature_fn(it.video) for it in items]
+    size = (c.synchformer if c.use_sync else c.eva).image_size
+    win = c.synchformer.window if c.use_sync else 1
+    Tf = max(max(frames), win, c.null_video_len)
+    Tc = math.ceil(Tf * c.clip_rate / c.sync_rate)
+    B = len(items)
+    batch = {"frames_sync": np.zeros((B, Tf, size, size, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
+             "frames_clip": np.zeros((B, Tc, size, size, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
+    for i, v in enumerate(vids):
+      if v is None:
+        continue
+      fs, fc = np.asarray(v["frames_sync"])[:Tf], np.asarray(v["frames_clip"])[:Tc]
+      batch["frames_sync"][i, :len(fs)], batch["frames_sync_mask"][i, :len(fs)] = fs, True
+      batch["frames_clip"][i, :len(fc)], batch["frames_clip_mask"][i, :len(fc)] = fc, True
+    return batch
+
   def _video(self, items: Sequence[Item], frames: Sequence[int]):
+    if self.cfg.vision_mode == "frames":
+      return self._frames(items, frames)
     feats = []
     for it, n in zip(items, frames):
       if it.video is None:
@@ -326,29 +347,103 @@ def random_feature_fn(cfg: foley.FoleyConfig) -> Callable[[str], dict]:
   return fn
 
 
+class HiggsCodec:
+  """The higgs-audio-v2 tokenizer (converted orbax checkpoint) behind the codec interface."""
+
+  def __init__(self, path):
+    from dreamfoley_jax.audio import higgs, tokenizer
+    from dreamfoley_jax.convert import common
+
+    meta = common.read_metadata(path).get("config")
+    cfg = higgs.HiggsTokenizerConfig.real() if meta is None else _dataclass_from_dict(higgs.HiggsTokenizerConfig, meta)
+    self.tok = tokenizer.AudioTokenizer(common.load_params(path), cfg)
+    self.sample_rate = int(cfg.sample_rate)
+
+  def decode(self, codes_KxT):
+    return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)
+
+
+def _dataclass_from_dict(cls, d: dict):
+  """Rebuilds a (nested) frozen config dataclass from dataclasses.asdict output (lists -> tuples)."""
+  import dataclasses
+
+  kw = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in d:
+      continue
+    v = d[f.name]
+    if dataclasses.is_dataclass(f.default) and isinstance(v, dict):
+      v = _dataclass_from_dict(type(f.default), v)
+    elif isinstance(v, list):
+      v = tuple(v)
+    kw[f.name] = v
+  return cls(**kw)
+
+
 def load_codec(path):
-  """The higgs-audio-v2 decoder from a converted checkpoint (dreamfoley_jax.audio.tokenizer, branch `higgs`)."""
-  try:
-    from dreamfoley_jax.audio import tokenizer as higgs_tok  # noqa: F401  (merged from branch `higgs`)
-  except ImportError as e:
-    raise GenerateError(f"--codec_checkpoint {path}: dreamfoley_jax.audio.tokenizer is not in this build "
-                        "(branch `higgs` not merged yet); use --smoke_random to check the pipeline") from e
-  raise GenerateError(f"--codec_checkpoint {path}: wire dreamfoley_jax.audio.tokenizer's decoder into "
-                      "generate.load_codec (returns an object with .sample_rate and .decode(codes_KxT))")
+  """The audio decoder: a fitted synthetic codec (.npz, `audio/synthetic_codec.py`) or a converted
+  higgs-audio-v2 tokenizer checkpoint directory (tools/convert_checkpoint.py --family higgs)."""
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"--codec_checkpoint {p}: not found")
+  if p.is_file() or p.with_suffix(".npz").is_file():
+    from dreamfoley_jax.audio import synthetic_codec
+
+    return synthetic_codec.SyntheticCodec.load(str(p))
+  if not (p / "params").exists():
+    raise GenerateError(f"--codec_checkpoint {p}: neither a synthetic codec file nor an orbax checkpoint")
+  return HiggsCodec(p)
 
 
-def load_feature_fn(cfg: foley.FoleyConfig, exp):
-  """Video front end + EVA-CLIP / Synchformer (dreamfoley_jax.data.extract, branch `video`)."""
-  try:
-    from dreamfoley_jax.data import extract  # noqa: F401  (merged from branch `video`)
-  except ImportError as e:
-    raise GenerateError("video features: dreamfoley_jax.data.extract is not in this build (branch `video` "
-                        "not merged yet); use --smoke_random to check the pipeline") from e
-  raise GenerateError("video features: wire dreamfoley_jax.data.extract's encoders into "
-                      "generate.load_feature_fn (path -> sync_feats/clip_feats/video_mask)")
+def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=None):
+  """video path -> model inputs.
+
+  frames mode (the encoders are part of the model): uint8 frames at 25 fps / 4 fps, resized and
+  centre-cropped to the encoders' image size. features mode: EVA-CLIP / Synchformer features from
+  converted checkpoints (`--eva_ckpt`, `--sync_ckpt`), exactly as tools/extract_features.py makes them.
+  """
+  from dreamfoley_jax.video import load_video_frames
+
+  if cfg.vision_mode == "frames":
+    size = (cfg.synchformer if cfg.use_sync else cfg.eva).image_size
+
+    def frames_fn(path):
+      v = load_video_frames(path, size=size)
+      return {"frames_sync": v.sync_u8, "frames_clip": v.clip_u8}
+
+    return frames_fn
+  missing = [n for n, v in (("--eva_ckpt", eva_ckpt if cfg.use_clip else 1),
+                            ("--sync_ckpt", sync_ckpt if cfg.use_sync else 1)) if not v]
+  if missing:
+    raise GenerateError(f"video features need converted encoder checkpoints: pass {', '.join(missing)} "
+                        "(tools/convert_checkpoint.py --family eva_clip / synchformer)")
+  from dreamfoley_jax import sharding
+  from dreamfoley_jax.data import extract
+
+  enc = extract.build_real_encoders(eva_ckpt, sync_ckpt, sharding.make_mesh({"data": -1}), extract.ExtractConfig())
+
+  def features_fn(path):
+    v = load_video_frames(path)
+    out = {}
+    if cfg.use_sync:
+      win = extract_windows(v.sync_u8)
+      out["sync_feats"] = np.asarray(enc.sync(win)).reshape(-1, cfg.sync_dim)
+      out["video_mask"] = np.ones(out["sync_feats"].shape[0], bool)
+    if cfg.use_clip:
+      out["clip_feats"] = np.asarray(enc.clip(v.clip_u8))
+    return out
+
+  return features_fn
+
+
+def extract_windows(frames_u8):
+  from dreamfoley_jax.models import synchformer
+
+  return frames_u8[synchformer.window_index(frames_u8.shape[0])]
 
 
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
+                    eva_ckpt=None, sync_ckpt=None,
                     sample_overrides=None, window_s=10.0, context_s=3.0, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True) -> Generator:
   """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls)."""
@@ -373,7 +468,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     if missing:
       raise GenerateError(f"missing {', '.join(missing)} (or pass --smoke_random for a pipeline check)")
     params = common.load_params(checkpoint)
-    codec, feature_fn, tokenize = load_codec(codec_checkpoint), load_feature_fn(cfg, exp), bpe_tokenizer(tokenizer)
+    codec, tokenize = load_codec(codec_checkpoint), bpe_tokenizer(tokenizer)
+    feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
   fr = AUDIO_FRAME_RATE
   return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, window_frames=int(round(window_s * fr)),
                    context_frames=int(round(context_s * fr)), batch_size=batch_size,

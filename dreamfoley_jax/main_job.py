@@ -70,7 +70,7 @@ def fit_codec(train, m, workdir: pathlib.Path, log=_log):
 
   cfg = sc.CodecConfig(codebook_size=int(m.codec_size), kmeans_iters=int(m.codec_iters), seed=int(m.seed))
   codec = sc.SyntheticCodec.fit([c["audio"] for c in train], cfg)
-  codec.save(str(workdir / "codec"))
+  codec.save(str(workdir / "codec.npz"))
   return codec
 
 
@@ -222,6 +222,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   import jax
 
   from dreamfoley_jax import sample, text, train
+  from dreamfoley_jax.convert import common
   from dreamfoley_jax.eval import sync
   from dreamfoley_jax.models import foley
 
@@ -251,6 +252,9 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     result = train.train(c, str(wd / "train"))
     params = result.state.params
     log(f"  {result.status} at step {result.step}")
+    # The trained weights as a params checkpoint, the layout tools/generate.py --checkpoint reads.
+    common.save_params(params, wd / "params", overwrite=True,
+                       metadata={"config": "experiments/synthetic.py", "step": int(result.step)})
 
   fcfg = foley.config_from_dict(c.model)
   scfg = sample.sample_config_from_dict(c.sample)

@@ -12,8 +12,12 @@ pattern, the real grain pipeline, trainer, checkpoints and jitted CFG sampler.
 Differences from paper_7b, each for the tiny CPU budget and said here:
   * Synchformer windows of 8 frames with temporal patch 1, stride 8 (MMAudio: 16 frames, patch 2,
     stride 8). Each token is then exactly one 25 fps frame, so token i <-> audio frame i.
-  * position_scheme = time_aligned: audio frame t and video frame t share a rotary position.
-  * Crops of 2-4 s for training (paper: 2-10 s); held-out clips are 2-10 s.
+  * 16-px patches on 32-px frames (4 per frame): with 8-px patches (16 per frame) the impact cue was
+    diluted in the aggregated token and the tiny model had not started to use the video after 800
+    steps; with 16-px patches it uses it from ~400 steps (test loss with real vs shuffled video).
+  * position_scheme = time_aligned: audio frame t and video frame t share a rotary position;
+    rope_theta 1e4 (Qwen2.5: 1e6) so the 24-dim heads keep several fast rotary frequencies.
+  * Crops of 2-3 s for training (paper: 2-10 s); held-out clips are 2-10 s.
 """
 import ml_collections
 
@@ -25,15 +29,15 @@ def get_config():
   c = load_config(str(pathlib.Path(__file__).with_name("paper_7b.py")))
   c.model.decoder = ml_collections.ConfigDict(dict(
       preset="tiny", hf_config="", vocab_size=384, hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-      num_attention_heads=4, num_key_value_heads=2, dtype="float32", param_dtype="float32",
+      num_attention_heads=4, num_key_value_heads=2, rope_theta=1e4, dtype="float32", param_dtype="float32",
       scan_layers=False, remat_policy="none", attention_impl="xla"))
   c.model.codebook_size = 128                  # the synthetic codec's codebooks (c.main.codec_size)
   c.model.vision_mode = "frames"
   c.model.synchformer = ml_collections.ConfigDict(dict(
-      preset="tiny", image_size=32, patch_size=8, width=32, depth=1, num_heads=2, tubelet=1, num_frames=8,
+      preset="tiny", image_size=32, patch_size=16, width=32, depth=1, num_heads=2, tubelet=1, num_frames=8,
       window=8, stride=8))
   c.model.eva = ml_collections.ConfigDict(dict(
-      preset="tiny", image_size=32, patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=16))
+      preset="tiny", image_size=32, patch_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, embed_dim=16))
   c.model.sync_dim = 32
   c.model.clip_dim = 16
   c.model.position_scheme = "time_aligned"
@@ -41,19 +45,19 @@ def get_config():
   c.model.null_video_len = 2
 
   c.data.crop_min_s = 2.0
-  c.data.crop_max_s = 4.0
-  c.data.bucket_seconds = (3.0, 4.0)
+  c.data.crop_max_s = 3.0
+  c.data.bucket_seconds = (3.0,)               # one shape: one compile of the train step
   c.data.max_text_len = 16
   c.data.num_workers = 0
   c.data.train_records = ""                    # set by the main job
 
-  c.optim.lr = 4e-3
+  c.optim.lr = 5e-3
   c.optim.warmup_steps = 20
   c.optim.final_lr_frac = 0.1
   c.optim.weight_decay = 0.01
 
   c.train.global_batch = 16
-  c.train.steps = 400
+  c.train.steps = 1200
   c.train.frozen_regex = ""                    # encoders are trained from scratch here
   c.train.log_every = 20
   c.train.ckpt_every = 200

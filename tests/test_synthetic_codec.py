@@ -58,16 +58,30 @@ def test_stft_istft_roundtrip():
 
 
 def test_residual_stages_reduce_error(codec, heldout):
-  f = codec.features(heldout[1]["audio"])
-  codes = codec.encode_features(f)
-  errs = []
-  for k in range(1, 9):
-    part = codes.copy()
-    approx = sum(codec.codebooks[j][part[j]] for j in range(k))
-    errs.append(float(np.sqrt(((approx - f) ** 2).mean())))
-  # Greedy RVQ: each stage may not strictly help every clip, but the stages together must.
-  assert all(b <= a * 1.05 for a, b in zip(errs, errs[1:])), errs
-  assert errs[-1] < 0.6 * errs[0], errs
+  # Greedy RVQ: each stage may not strictly help every clip, but the stages together must. The ratio
+  # last/first stage error is averaged over the held-out clips (single clips scatter 0.47-0.75).
+  ratios = []
+  for clip in heldout:
+    f = codec.features(clip["audio"])
+    codes = codec.encode_features(f)
+    errs = []
+    for k in range(1, 9):
+      approx = sum(codec.codebooks[j][codes[j]] for j in range(k))
+      errs.append(float(np.sqrt(((approx - f) ** 2).mean())))
+    assert all(b <= a * 1.05 for a, b in zip(errs, errs[1:])), errs
+    ratios.append(errs[-1] / errs[0])
+  assert np.mean(ratios) < 0.6, ratios
+
+
+def test_onsets_land_in_their_own_code_frame(codec):
+  """An impact at a frame boundary changes the codes of its own frame, not the frame before."""
+  for seed in range(6):
+    c = S.make_clip(seed)
+    codes = codec.encode(c["audio"])
+    for f in c["event_frames"]:
+      if f >= 2 and (c["event_frames"] < f).sum() == 0:       # the first impact: silence before it
+        assert np.array_equal(codes[:, f - 1], codes[:, f - 2]), (seed, f)
+        assert not np.array_equal(codes[:, f], codes[:, f - 1]), (seed, f)
 
 
 def test_decoded_onsets_match_events(codec, heldout):

@@ -18,7 +18,10 @@ from dreamfoley_jax import generate as G
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "experiments/<name>.py", required=True)
 flags.DEFINE_string("checkpoint", None, "DreamFoley params checkpoint (convert.common.save_params layout)")
-flags.DEFINE_string("codec_checkpoint", None, "higgs-audio-v2 tokenizer checkpoint (decoder used)")
+flags.DEFINE_string("codec_checkpoint", None, "audio decoder: a converted higgs-audio-v2 tokenizer checkpoint "
+                    "directory, or a fitted synthetic codec .npz (the main job's workdir/codec.npz)")
+flags.DEFINE_string("eva_ckpt", None, "converted EVA-CLIP checkpoint (features-mode models)")
+flags.DEFINE_string("sync_ckpt", None, "converted Synchformer checkpoint (features-mode models)")
 flags.DEFINE_string("tokenizer", None, "Qwen tokenizer.json (file or directory) for captions")
 flags.DEFINE_string("video", None, "one input video (anything PyAV reads)")
 flags.DEFINE_string("caption", "", "audio description for --video (empty: video-only mode)")
@@ -50,6 +53,7 @@ def main(argv):
                if getattr(FLAGS, k) is not None}
   gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,
                           tokenizer=FLAGS.tokenizer, smoke_random=FLAGS.smoke_random, sample_overrides=overrides,
+                          eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
                           window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
                           bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                           write_mp4=FLAGS.mp4, write_png=FLAGS.png)

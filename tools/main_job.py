@@ -4,8 +4,13 @@ r"""The project's main job on the embedded default (no downloads): synthetic wor
   python tools/main_job.py --workdir /tmp/quick --config.train.steps=20 --config.main.num_train=64 \
       --config.main.num_eval=4
 
-Writes to the workdir: samples/*.wav|mp4|png, metrics.json, train/ (checkpoints, TensorBoard), data/,
-codec/, tokenizer.json. See experiments/synthetic.py for every setting.
+Writes to the workdir: samples/*.wav|mp4|png, metrics.json, params/ (trained weights), train/
+(checkpoints, TensorBoard), data/, codec.npz, tokenizer.json. See experiments/synthetic.py for every
+setting. Then, for any video:
+
+  python tools/generate.py --config experiments/synthetic.py --checkpoint runs/synthetic/params \
+      --codec_checkpoint runs/synthetic/codec.npz --tokenizer runs/synthetic/tokenizer.json \
+      --video runs/synthetic/samples/synth-1000003-000000.mp4 --caption "a metal ball bounces twice" --out_dir out
 """
 from absl import app, flags
 from ml_collections import config_flags

@@ -60,6 +60,11 @@ class CodecConfig:
   max_fit_frames: int = 16384      # code frames sampled for k-means (more is slower, barely better)
   active_fraction: float = 0.5     # share of the fit sample drawn from frames with sound in them
   griffin_lim_iters: int = 32
+  # The analysis sees the audio delayed by this many samples (decode advances it back): the last STFT
+  # window of code frame t then ends before sample (t+1)*hop, so an onset at a frame boundary (every
+  # synthetic impact) lands in its own code frame instead of leaking into the previous one. That keeps
+  # the codes frame-aligned with the video (at least n_fft/2 + stft_hop/2 - stft_hop = 360 for the defaults; 480 = half a code frame).
+  analysis_delay: int = 480
   seed: int = 0
 
   @property
@@ -267,9 +272,12 @@ class SyntheticCodec:
     mel = np.where(mel <= (1.1 * cfg.log_floor) ** 2, 0.0, mel).astype(np.float32)
     with _one_blas_thread():
       mag = np.sqrt(np.maximum(mel @ self._synthesis.T, 0.0))                        # (B, F, Q)
-    return griffin_lim(mag, cfg.n_fft, cfg.stft_hop,
-                       cfg.griffin_lim_iters if griffin_lim_iters is None else griffin_lim_iters,
-                       seed=cfg.seed)
+    y = griffin_lim(mag, cfg.n_fft, cfg.stft_hop,
+                    cfg.griffin_lim_iters if griffin_lim_iters is None else griffin_lim_iters, seed=cfg.seed)
+    d = cfg.analysis_delay
+    if d:
+      y = np.concatenate([y[:, d:], np.zeros((y.shape[0], d), y.dtype)], axis=1)
+    return y
 
   # -- fitting and persistence ------------------------------------------------------------------
   @classmethod
@@ -355,6 +363,8 @@ def log_mel_frames(audio, cfg: CodecConfig = CodecConfig(), analysis_MxQ: np.nda
     analysis_MxQ = mel_matrices(cfg)[0]
   T = num_code_frames(x.shape[1], cfg)
   x = np.pad(x, ((0, 0), (0, T * cfg.hop_length - x.shape[1])))
+  if cfg.analysis_delay:
+    x = np.pad(x, ((0, 0), (cfg.analysis_delay, 0)))[:, :T * cfg.hop_length]
   X = stft(x, cfg.n_fft, cfg.stft_hop)                                      # (B, F, Q)
   power = X.real ** 2 + X.imag ** 2
   with _one_blas_thread():
