@@ -12,6 +12,8 @@ setting. Then, for any video:
       --codec_checkpoint runs/synthetic/codec.npz --tokenizer runs/synthetic/tokenizer.json \
       --video runs/synthetic/samples/synth-1000003-000000.mp4 --caption "a metal ball bounces twice" --out_dir out
 """
+import logging
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,10 +21,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", "experiments/synthetic.py", 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/synthetic", "output directory")
 
 
+class _QuietCheckpointing(logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still show)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
   from dreamfoley_jax import main_job
 
+  logging.getLogger("absl").addFilter(_QuietCheckpointing())
   main_job.run(_CONFIG.value, _WORKDIR.value)
 
 
