@@ -326,6 +326,36 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
 # Long clips: windowed continuation
 # --------------------------------------------------------------------------------------------------
 
+def _frames_windower(cfg: foley.FoleyConfig, batch: dict, total: int, window: int, context: int):
+  """frames mode: (start, window lengths) -> the window's uint8 frame batch (25 fps and 4 fps).
+
+  Window starts are whole seconds so the 4 fps frames stay aligned with the 25 fps ones.
+  """
+  per_s = int(cfg.sync_rate)
+  if window % per_s or context % per_s:
+    raise ValueError(f"frames-mode windows must be whole seconds: window={window}, context={context} frames")
+  out = {}
+  for key, rate in (("frames_sync", cfg.sync_rate), ("frames_clip", cfg.clip_rate)):
+    if key not in batch:
+      continue
+    x = np.asarray(batch[key])
+    m = np.asarray(batch.get(f"{key}_mask", np.ones(x.shape[:2], bool)), bool)
+    n = int(np.ceil(total * rate / cfg.sync_rate))
+    pad = max(0, n - x.shape[1])
+    out[key] = (np.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)), np.pad(m, ((0, 0), (0, pad))), rate)
+
+  def window_batch(start: int, wl) -> dict:
+    wb = {}
+    for key, (x, m, rate) in out.items():
+      a = start * int(rate) // per_s
+      n = int(np.ceil(window * rate / cfg.sync_rate))
+      keep = np.arange(n)[None] < np.ceil(np.asarray(wl)[:, None] * rate / cfg.sync_rate)
+      wb[key], wb[f"{key}_mask"] = x[:, a:a + n], m[:, a:a + n] & keep
+    return wb
+
+  return window_batch
+
+
 def fused_video(cfg: foley.FoleyConfig, batch: dict) -> tuple[np.ndarray, np.ndarray]:
   """Whole-clip fused video features at the sync rate (B, Tv, Dv) and mask (B, Tv)."""
   if "video_feats" in batch:
@@ -367,11 +397,15 @@ def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_
   lengths = np.asarray(lengths, np.int64).reshape(-1)
   B, K = lengths.shape[0], cfg.num_codebooks
   total = int(lengths.max())
-  feats, vmask = fused_video(cfg, batch)
   starts = window_plan(total, window_frames, context_frames)
-  pad = max(0, starts[-1] + window_frames - feats.shape[1])
-  feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
-  vmask = np.pad(vmask, ((0, 0), (0, pad)))
+  frames_mode = cfg.vision_mode == "frames"
+  if frames_mode:
+    video_window = _frames_windower(cfg, batch, starts[-1] + window_frames, window_frames, context_frames)
+  else:
+    feats, vmask = fused_video(cfg, batch)
+    pad = max(0, starts[-1] + window_frames - feats.shape[1])
+    feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
+    vmask = np.pad(vmask, ((0, 0), (0, pad)))
   text = {k: batch[k] for k in ("text_ids", "text_mask") if k in batch}
   out = np.zeros((B, K, total), np.int32)
   windows = []
@@ -381,8 +415,11 @@ def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_
     # Items already complete get a dummy length (C + 1) and their output is ignored.
     active = lengths > start + C
     wl = np.where(active, np.minimum(lengths - start, window_frames), C + 1).astype(np.int32)
-    vm = vmask[:, start:start + window_frames] & (np.arange(window_frames)[None] < wl[:, None])
-    wb = dict(text, video_feats=feats[:, start:start + window_frames], video_mask=vm)
+    if frames_mode:
+      wb = dict(text, **video_window(start, wl))
+    else:
+      vm = vmask[:, start:start + window_frames] & (np.arange(window_frames)[None] < wl[:, None])
+      wb = dict(text, video_feats=feats[:, start:start + window_frames], video_mask=vm)
     prefix = out[:, :, start:start + C].copy() if C else None
     res = sample(cfg, params, wb, wl, sample_cfg=sample_cfg, seed=seed + 7919 * w, item_seeds=seeds,
                  max_frames=window_frames, prefix_codes=prefix, **kw)

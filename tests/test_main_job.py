@@ -14,7 +14,7 @@ from dreamfoley_jax import configs, main_job
 def job(tmp_path_factory):
   wd = tmp_path_factory.mktemp("main_job")
   c = configs.load_config("experiments/synthetic.py")
-  for k, v in {"train.steps": 2, "train.global_batch": 4, "train.log_every": 1, "main.num_train": 12,
+  for k, v in {"train.steps": 2, "train.global_batch": 8, "train.log_every": 1, "main.num_train": 12,
                "main.num_eval": 2, "main.sample_batch": 2, "main.max_eval_seconds": 3.0}.items():
     configs.set_path(c, k, v)
   metrics = main_job.run(c, wd, log=lambda m: None)

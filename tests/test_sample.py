@@ -327,3 +327,26 @@ def test_time_aligned_positions_cache_equals_full(params):
   seq = S.sample(CFG, params, pb, LENGTHS, sample_cfg=S.SampleConfig(temperature=0.0, cfg_scale=None),
                  return_logits=True)
   assert np.abs(seq["logits"][:, :steps] - res["logits"][:, :steps]).max() > 1e-4
+
+
+def test_frames_mode_windows_slice_both_frame_rates():
+  """Long clips with a frames-mode model: each window reads its own 25 fps and 4 fps frames."""
+  cfg = CFG.replace(vision_mode="frames",
+                    synchformer=__import__("dreamfoley_jax.models.synchformer", fromlist=["x"]).from_preset(
+                        "tiny", image_size=16, patch_size=16, width=12, depth=1, num_heads=2, tubelet=1,
+                        num_frames=1, window=1, stride=1),
+                    eva=__import__("dreamfoley_jax.models.eva_clip", fromlist=["x"]).from_preset(
+                        "tiny", image_size=16, patch_size=16, width=8, depth=1, num_heads=2, mlp_dim=8, embed_dim=8))
+  T = 100                                                       # 4 s at 25 fps, 16 frames at 4 fps
+  fs = np.zeros((1, T, 2, 2, 3), np.uint8)
+  fs[0, :, 0, 0, 0] = np.arange(T)
+  fc = np.zeros((1, 16, 2, 2, 3), np.uint8)
+  fc[0, :, 0, 0, 0] = np.arange(16)
+  win = S._frames_windower(cfg, {"frames_sync": fs, "frames_clip": fc}, total=125, window=50, context=25)
+  b = win(25, np.array([50]))
+  np.testing.assert_array_equal(b["frames_sync"][0, :, 0, 0, 0], 25 + np.arange(50))
+  np.testing.assert_array_equal(b["frames_clip"][0, :, 0, 0, 0], 4 + np.arange(8))
+  b = win(75, np.array([25]))                                  # the last window: 1 s of real video left
+  assert b["frames_sync_mask"][0].sum() == 25 and b["frames_clip_mask"][0].sum() == 4
+  with pytest.raises(ValueError, match="whole seconds"):
+    S._frames_windower(cfg, {"frames_sync": fs}, total=125, window=60, context=25)
