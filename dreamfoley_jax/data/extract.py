@@ -391,9 +391,9 @@ def _restore_placed(ckpt, module, mesh, example):
   except Exception as first:  # checkpoints saved without the {'params': ...} wrapper
     try:
       return {"params": common.load_params(ckpt, target["params"])}
-    except Exception:
+    except Exception as second:
       raise common.ConversionError(f"{ckpt}: does not match {type(module).__name__} "
-                                   f"({first})") from first
+                                   f"(as {{'params': ...}}: {first}; as bare params: {second})") from second
 
 
 def build_real_encoders(eva_ckpt: str, sync_ckpt: str, mesh, cfg: ExtractConfig) -> Encoders:
