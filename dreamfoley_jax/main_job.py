@@ -57,8 +57,9 @@ def _log(msg: str):
 
 def make_data(m, log=_log):
   """(train clips, held-out clips) from the synthetic world; held-out uses another seed stream."""
-  train = synthetic.make_dataset(int(m.num_train), seed=int(m.seed))
-  cfg_eval = synthetic.SynthConfig(max_duration=float(m.max_eval_seconds))
+  world = dict(max_events=int(m.get("max_events", 4)), min_gap=float(m.get("min_gap", 0.3)))
+  train = synthetic.make_dataset(int(m.num_train), seed=int(m.seed), cfg=synthetic.SynthConfig(**world))
+  cfg_eval = synthetic.SynthConfig(max_duration=float(m.max_eval_seconds), **world)
   held = synthetic.make_dataset(int(m.num_eval), seed=int(m.seed) + 1_000_003, cfg=cfg_eval)
   log(f"  {len(train)} training clips ({sum(float(c['duration']) for c in train):.0f} s), "
       f"{len(held)} held-out clips")

@@ -18,6 +18,8 @@ Differences from paper_7b, each for the tiny CPU budget and said here:
   * position_scheme = time_aligned: audio frame t and video frame t share a rotary position;
     rope_theta 1e4 (Qwen2.5: 1e6) so the 24-dim heads keep several fast rotary frequencies.
   * Crops of 2-3 s for training (paper: 2-10 s); held-out clips are 2-10 s.
+  * Up to 8 impacts per clip, >= 0.2 s apart: with 1-4 the onsets were too rare a signal for the decoder
+    to learn the audio-to-video lookup in the budget (docs/main_job.md).
 """
 import ml_collections
 
@@ -78,6 +80,8 @@ def get_config():
       codec_iters=12,           # k-means iterations
       bpe_vocab=384,            # caption tokenizer (<= model.decoder.vocab_size; byte-level BPE has 257 base ids)
       max_eval_seconds=10.0,
+      max_events=8,             # impacts per clip (1..8): dense onsets give the timing signal per step
+      min_gap=0.2,              # s between impacts
       sample_batch=16,
   ))
   return c
