@@ -301,7 +301,17 @@ class Qwen2Attention(nn.Module):
     q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     new_cache = None
-    if layer_cache is not None:
+    if layer_cache is not None and "layer" in layer_cache:
+      # Unscanned stack: the whole (L,B,S,K,E) cache is threaded through the layers and only this
+      # layer's T new slots are written, in place (no per-step slicing and re-stacking of every layer).
+      i = layer_cache["layer"]
+      ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype)[None],
+                                        (i, 0, cache_index, 0, 0))
+      cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype)[None],
+                                        (i, 0, cache_index, 0, 0))
+      new_cache = {"k": ck, "v": cv, "layer": i}
+      k, v = ck[i].astype(q.dtype), cv[i].astype(q.dtype)
+    elif layer_cache is not None:
       ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
                                         (0, cache_index, 0, 0))
       cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
@@ -443,13 +453,14 @@ class Qwen2Model(nn.Module):
       layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
       x, new_layers = self.layers(x, layer_caches, cos, sin, mask, index)
     else:
-      outs = []
+      ck, cv = (None, None) if cache is None else (cache["k"], cache["v"])
       for i, layer in enumerate(self.layers):
-        lc = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
+        lc = None if cache is None else {"k": ck, "v": cv, "layer": i}
         x, nc = layer(x, cos, sin, mask, lc, index)
-        outs.append(nc)
+        if cache is not None:
+          ck, cv = nc["k"], nc["v"]
       if cache is not None:
-        new_layers = {"k": jnp.stack([o["k"] for o in outs]), "v": jnp.stack([o["v"] for o in outs])}
+        new_layers = {"k": ck, "v": cv}
     x = self.norm(x)
     aux = {}
     if cache is not None:
