@@ -351,33 +351,15 @@ class HiggsCodec:
   """The higgs-audio-v2 tokenizer (converted orbax checkpoint) behind the codec interface."""
 
   def __init__(self, path):
-    from dreamfoley_jax.audio import higgs, tokenizer
-    from dreamfoley_jax.convert import common
+    from dreamfoley_jax.audio import tokenizer
+    from dreamfoley_jax.convert import higgs as convert_higgs
 
-    meta = common.read_metadata(path).get("config")
-    cfg = higgs.HiggsTokenizerConfig.real() if meta is None else _dataclass_from_dict(higgs.HiggsTokenizerConfig, meta)
-    self.tok = tokenizer.AudioTokenizer(common.load_params(path), cfg)
+    cfg, params = convert_higgs.load_orbax(path)
+    self.tok = tokenizer.AudioTokenizer(params, cfg)
     self.sample_rate = int(cfg.sample_rate)
 
   def decode(self, codes_KxT):
     return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)
-
-
-def _dataclass_from_dict(cls, d: dict):
-  """Rebuilds a (nested) frozen config dataclass from dataclasses.asdict output (lists -> tuples)."""
-  import dataclasses
-
-  kw = {}
-  for f in dataclasses.fields(cls):
-    if f.name not in d:
-      continue
-    v = d[f.name]
-    if dataclasses.is_dataclass(f.default) and isinstance(v, dict):
-      v = _dataclass_from_dict(type(f.default), v)
-    elif isinstance(v, list):
-      v = tuple(v)
-    kw[f.name] = v
-  return cls(**kw)
 
 
 def load_codec(path):

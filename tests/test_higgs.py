@@ -236,3 +236,26 @@ def test_convert_to_orbax_boson_pth(tmp_path, state_dict, params, tiny_cfg, fixt
   restored = common.flatten(common.load_params(out))
   for k, v in common.flatten(params).items():
     np.testing.assert_allclose(np.asarray(restored[k]), v, rtol=2e-6, atol=2e-6, err_msg=k)
+
+
+
+def test_load_orbax_restores_nested_config_and_codec(tmp_path, params, tiny_cfg, fixtures_dir):
+  """convert_to_orbax -> load_orbax: the nested config (HuBERT inside) and params come back; generate's
+  HiggsCodec reads the same checkpoint."""
+  from dreamfoley_jax.generate import HiggsCodec
+
+  src = tmp_path / "sd.safetensors"
+  from safetensors.numpy import save_file
+  with np.load(fixtures_dir / "higgs_audio_v2_tokenizer_tiny.npz") as f:
+    save_file({k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}, str(src))
+  d = json.loads((fixtures_dir / "higgs_audio_v2_tokenizer_config.json").read_text())["tiny_config"]
+  out = conv.convert_to_orbax(src, tmp_path / "out", config=d["config_to_dict"])
+  cfg, restored = conv.load_orbax(out)
+  assert cfg == tiny_cfg
+  for k, v in common.flatten(params).items():
+    np.testing.assert_array_equal(np.asarray(common.flatten(restored)[k]), v, err_msg=k)
+  codec = HiggsCodec(out)
+  assert codec.sample_rate == 24000 and codec.tok is not None
+  with pytest.raises(common.ConversionError, match="not a converted"):
+    from dreamfoley_jax.convert import eva_clip as conv_eva
+    conv_eva.load_orbax(out)

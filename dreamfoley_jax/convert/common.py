@@ -9,6 +9,7 @@ Every converter in this package builds on these helpers so that all of them beha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -279,3 +280,34 @@ def load_params(path: PathLike, target=None):
 def read_metadata(path: PathLike) -> dict:
   f = pathlib.Path(path) / "dreamfoley_meta.json"
   return json.loads(f.read_text()) if f.exists() else {}
+
+
+def config_from_dict(cls, d: Mapping[str, Any]):
+  """Rebuilds a (nested) frozen config dataclass from `dataclasses.asdict` output (lists -> tuples)."""
+  kw = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in d:
+      continue
+    v = d[f.name]
+    if dataclasses.is_dataclass(f.default) and isinstance(v, Mapping):
+      v = config_from_dict(type(f.default), v)
+    elif isinstance(v, list):
+      v = tuple(v)
+    kw[f.name] = v
+  return cls(**kw)
+
+
+def save_converted(params, output_dir: PathLike, *, family: str, config, source: PathLike,
+                   overwrite: bool = False) -> pathlib.Path:
+  """`save_params` with the family, the model config and the source path in dreamfoley_meta.json."""
+  meta = {"family": family, "config": dataclasses.asdict(config), "source": str(source)}
+  return save_params(params, output_dir, overwrite=overwrite, metadata=meta)
+
+
+def load_converted(path: PathLike, family: str, config_cls, target=None):
+  """(config, params) from a checkpoint written by `save_converted` for `family`."""
+  meta = read_metadata(path)
+  if meta.get("family") != family or "config" not in meta:
+    raise ConversionError(f"{path}: not a converted {family} checkpoint (dreamfoley_meta.json family="
+                          f"{meta.get('family')!r})")
+  return config_from_dict(config_cls, meta["config"]), load_params(path, target)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from dreamfoley_jax.convert.common import (ConversionError, PathLike, TensorSource, check_keys, conv_to_jax,
-                                           flatten, linear_to_jax, save_params, unflatten)
+                                           flatten, linear_to_jax, load_converted, save_converted, unflatten)
 
 FAMILY = "higgs_audio_v2_tokenizer"
 
@@ -238,5 +238,11 @@ def convert_to_orbax(input_path: PathLike, output_dir: PathLike, *, overwrite: b
         p = p / name
         break
   params = convert_state_dict(TensorSource(p), cfg, layout=layout, source_name=p)
-  meta = {"family": FAMILY, "source": str(p), "config": dataclasses.asdict(cfg)}
-  return save_params(params, output_dir, overwrite=overwrite, metadata=meta)
+  return save_converted(params, output_dir, family=FAMILY, config=cfg, source=p, overwrite=overwrite)
+
+
+def load_orbax(path, target=None):
+  """(config, params) from a directory written by `convert_to_orbax`."""
+  from dreamfoley_jax.audio.higgs import HiggsTokenizerConfig
+
+  return load_converted(path, FAMILY, HiggsTokenizerConfig, target)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dreamfoley_jax.convert.common import (ConversionError, TensorSource, check_keys, conv_to_jax,
-                                           linear_to_jax, load_params, read_metadata, save_params,
+                                           linear_to_jax, load_converted, save_converted,
                                            unflatten)
 from dreamfoley_jax.convert.eva_clip import stack_blocks
 from dreamfoley_jax.models.synchformer import PRESETS, SynchformerConfig
@@ -174,15 +174,10 @@ def convert_to_orbax(input_path, output_dir, *, overwrite: bool = False,
                                                                else config)
   cfg = cfg.replace(scan_layers=scan_layers, param_dtype=param_dtype)
   params = convert_state_dict(source, cfg)
-  meta = {"family": "synchformer", "config": dataclasses.asdict(cfg), "source": str(input_path)}
-  save_params(params, output_dir, overwrite=overwrite, metadata=meta)
+  save_converted(params, output_dir, family="synchformer", config=cfg, source=input_path, overwrite=overwrite)
   return output_dir, cfg
 
 
 def load_orbax(path, target=None):
   """(config, params) from a directory written by `convert_to_orbax` (``target``: abstract tree with shardings)."""
-  meta = read_metadata(path)
-  if meta.get("family") != "synchformer":
-    raise ConversionError(f"{path}: not a converted synchformer checkpoint (dreamfoley_meta.json family="
-                          f"{meta.get('family')!r})")
-  return SynchformerConfig(**meta["config"]), load_params(path, target)
+  return load_converted(path, "synchformer", SynchformerConfig, target)
