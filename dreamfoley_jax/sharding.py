@@ -43,6 +43,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kernel", None),
     ("null", None),
     ("audio_channels", None),  # audio tokenizer weights: small, replicated
+    ("embed_out", None),       # output width of metric-model projection heads (ImageBind 1024)
 )
 
 

@@ -36,7 +36,7 @@ def main(argv):
       kwargs["device"] = c.device
     if n == "clap":
       kwargs["seed"] = c.clap_seed
-    key = "synchformer" if n == "synchformer_torch" else n  # either one scores DeSync
+    key = n[:-len("_torch")] if n.endswith("_torch") else n  # e.g. imagebind_torch also scores IB-score
     built[key] = embedders.build(n, path, **kwargs)
     logging.info("%s: %s", n, "Flax port" if built[key].native else "PyTorch reference model")
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,

@@ -6,7 +6,8 @@
 | vggish      | FD_VGG                     | Flax port (vggish.py) + converter      | vggish-10086976.pth                          |
 | passt       | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt)        | passt-s-f128-p16-s10-ap.476-swa.pt           |
 | clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
-| imagebind   | IB-score                   | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
+| imagebind   | IB-score                   | Flax port (imagebind.py: vision + audio towers) + converter | imagebind_huge.pth      |
+| imagebind_torch | IB-score               | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
 | synchformer | DeSync                     | Flax ports: video (models/synchformer), audio (sync_audio), head (sync_head) | synchformer_state_dict.pth |
 | synchformer_torch | DeSync               | PyTorch reference extractors (av-benchmark) + Flax head | synchformer_state_dict.pth |
 """
@@ -16,9 +17,11 @@ from typing import Callable
 
 from dreamfoley_jax.eval.embedders.base import (Embedder, MissingPackageError, MissingWeightsError,
                                                 find_checkpoint)
+from dreamfoley_jax.eval.embedders.imagebind import ImageBindEmbedder
 from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
 from dreamfoley_jax.eval.embedders.synchformer import SynchformerEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder, ImageBindEmbedder, PasstEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder, PasstEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import ImageBindEmbedder as TorchImageBindEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import SynchformerEmbedder as TorchSynchformerEmbedder
 from dreamfoley_jax.eval.embedders.vggish import VGGishEmbedder
 
@@ -28,16 +31,18 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
     "passt": PasstEmbedder,
     "clap": ClapEmbedder,
     "imagebind": ImageBindEmbedder,
+    "imagebind_torch": TorchImageBindEmbedder,
     "synchformer": SynchformerEmbedder,
     "synchformer_torch": TorchSynchformerEmbedder,
 }
-NATIVE_FLAX = ("panns", "vggish", "synchformer")
+NATIVE_FLAX = ("panns", "vggish", "imagebind", "synchformer")
 EXPECTED_FILES = {
     "panns": __import__("dreamfoley_jax.eval.embedders.panns", fromlist=["x"]).CHECKPOINT_FILES,
     "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
     "passt": PasstEmbedder.FILES,
     "clap": ClapEmbedder.FILES,
     "imagebind": ImageBindEmbedder.FILES,
+    "imagebind_torch": TorchImageBindEmbedder.FILES,
     "synchformer": TorchSynchformerEmbedder.FILES,
     "synchformer_torch": TorchSynchformerEmbedder.FILES,
 }
