@@ -1,11 +1,14 @@
 """ImageBind vision + audio towers (IB-score): converter and Flax forward vs the original code, the embedder."""
+import dataclasses
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from dreamfoley_jax import sharding
 from dreamfoley_jax.convert.common import ConversionError
 from dreamfoley_jax.eval import embedders, frontends
 from dreamfoley_jax.eval.embedders import imagebind as ib
@@ -81,6 +84,28 @@ def test_huge_layout_matches_the_reference_constructor(fixtures_dir):
   assert ib.torch_shapes(ib.ImageBindConfig.huge()) == want
   assert sum(int(np.prod(s)) for s in want.values()) == ref["num_params"]
   assert set(ref["ignored_key_counts"]) == set(ib.IGNORED_MODALITIES)
+
+
+def test_converter_fills_exactly_the_model_tree_with_logical_axes(converted, golden):
+  model = ib.ImageBind(TINY)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), golden["vision"][:, :1], golden["audio"][:, :1])
+  flat_init = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))}
+  flat_conv = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(converted)}
+  assert set(flat_init) == set(flat_conv)
+  for k, v in flat_init.items():
+    assert isinstance(v, nn.Partitioned), k  # every param carries logical axis names
+    assert v.value.shape == flat_conv[k].shape, k
+    assert set(n for n in v.names if n) <= {r[0] for r in sharding.LOGICAL_RULES}, (k, v.names)
+
+
+def test_bfloat16_compute_stays_close(golden, converted):
+  c = ib.ImageBindConfig(dataclasses.replace(TINY.vision, dtype="bfloat16"),
+                         dataclasses.replace(TINY.audio, dtype="bfloat16"))
+  out, _ = ib.ImageBind(c).apply(converted, golden["audio"], method=ib.ImageBind.audio)
+  ref = golden["f"]["output/audio"]
+  cos = float(np.sum(np.asarray(out, np.float32) * ref) / np.linalg.norm(out) / np.linalg.norm(ref))
+  assert cos > 0.999
 
 
 def test_bad_keys_raise_one_error_naming_the_file_and_keys(golden, tmp_path):
