@@ -88,6 +88,22 @@ def _install_stand_ins():
     sys.modules.update(mods)
 
 
+def import_reference(imagebind_src):
+  """The original `imagebind.models.imagebind_model` from a fetched checkout (stand-ins where needed)."""
+  src = pathlib.Path(imagebind_src).resolve()
+  if not (src / "imagebind" / "models" / "imagebind_model.py").is_file():
+    raise FileNotFoundError(f"{src}: no imagebind/models/imagebind_model.py (pass the fetched ImageBind checkout)")
+  sys.path.insert(0, str(src))
+  _install_stand_ins()
+  # imagebind/__init__.py imports its data loaders (torchvision, pytorchvideo); only models/ is needed
+  pkg = types.ModuleType("imagebind")
+  pkg.__path__ = [str(src / "imagebind")]
+  sys.modules["imagebind"] = pkg
+  from imagebind.models import imagebind_model
+
+  return imagebind_model
+
+
 def _randomise(model, seed):
   """Every parameter/buffer of the kept towers: weights ~ N(0, 1/fan_in), LN 1+0.1N / 0.1N, tokens 0.5N."""
   import torch
@@ -126,14 +142,7 @@ def main():
   import torch
 
   torch.set_num_threads(2)
-  src = pathlib.Path(args.imagebind_src).resolve()
-  sys.path.insert(0, str(src))
-  _install_stand_ins()
-  # imagebind/__init__.py imports its data loaders (torchvision, pytorchvideo); only models/ is needed
-  pkg = types.ModuleType("imagebind")
-  pkg.__path__ = [str(src / "imagebind")]
-  sys.modules["imagebind"] = pkg
-  from imagebind.models import imagebind_model as ib
+  ib = import_reference(args.imagebind_src)
 
   torch.manual_seed(args.seed)
   model = ib.ImageBindModel(**TINY).eval()
