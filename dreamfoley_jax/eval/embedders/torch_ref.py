@@ -1,7 +1,8 @@
 """Embedders that delegate to the PyTorch reference classes (PaSST, LAION-CLAP, ImageBind, Synchformer).
 
-The default DeSync embedder is the all-Flax one in synchformer.py; the PyTorch Synchformer here is
-registered as 'synchformer_torch' for cross-checks.
+The default DeSync embedder is the all-Flax one in synchformer.py and the default IB-score embedder the
+Flax port in imagebind.py; the PyTorch Synchformer and ImageBind here are registered as
+'synchformer_torch' and 'imagebind_torch' for cross-checks.
 
 These are NOT Flax ports. Each builds the reference architecture without pretrained weights, loads
 the user's local checkpoint with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`
