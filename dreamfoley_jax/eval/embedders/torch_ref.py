@@ -1,7 +1,7 @@
 """Embedders that delegate to the PyTorch reference classes (PaSST, LAION-CLAP, ImageBind, Synchformer).
 
-The default DeSync embedder is the all-Flax one in synchformer.py; the PyTorch Synchformer here is
-registered as 'synchformer_torch' for cross-checks.
+The default DeSync and PaSST embedders are the Flax ports (synchformer.py, passt.py); the PyTorch
+Synchformer and PaSST here are registered as 'synchformer_torch' and 'passt_torch' for cross-checks.
 
 These are NOT Flax ports. Each builds the reference architecture without pretrained weights, loads
 the user's local checkpoint with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`
@@ -41,7 +41,10 @@ def _fp(name, ckpt):
 
 
 class PasstEmbedder(Embedder):
-  """FD_PaSST (768-d) and KL_PaSST (527 logits): hear21passt `passt_s_swa_p16_128_ap476`, 32 kHz, 10 s."""
+  """FD_PaSST (768-d) and KL_PaSST (527 logits): hear21passt `passt_s_swa_p16_128_ap476`, 32 kHz, 10 s.
+
+  Registered as 'passt_torch' (hear21passt needs torchaudio); 'passt' is the Flax port in passt.py.
+  """
   FILES = ("passt-s-f128-p16-s10-ap.476-swa.pt",)
 
   def __init__(self, path=None, device: str = "cpu"):
