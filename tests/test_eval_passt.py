@@ -9,6 +9,56 @@ from dreamfoley_jax.eval import embedders, frontends
 from dreamfoley_jax.eval.embedders import base, passt
 
 torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+
+class _TorchBlock(tnn.Module):
+  def __init__(self, d, heads, hidden):
+    super().__init__()
+    self.heads = heads
+    self.norm1, self.norm2 = tnn.LayerNorm(d, eps=1e-6), tnn.LayerNorm(d, eps=1e-6)
+    self.attn = tnn.Module()
+    self.attn.qkv, self.attn.proj = tnn.Linear(d, 3 * d), tnn.Linear(d, d)
+    self.mlp = tnn.Module()
+    self.mlp.fc1, self.mlp.fc2 = tnn.Linear(d, hidden), tnn.Linear(hidden, d)
+
+  def forward(self, x):
+    b, n, d = x.shape
+    qkv = self.attn.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+    a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * (d // self.heads) ** -0.5).softmax(-1)
+    x = x + self.attn.proj((a @ qkv[2]).transpose(1, 2).reshape(b, n, d))
+    return x + self.mlp.fc2(torch.nn.functional.gelu(self.mlp.fc1(self.norm2(x))))
+
+
+class _TorchPasst(tnn.Module):
+  """hear21passt PaSST.forward in eval mode (distilled), transcribed; same state-dict keys. For the benchmark."""
+
+  def __init__(self, c: passt.PasstConfig):
+    super().__init__()
+    d, (gf, gt) = c.embed_dim, c.grid
+    self.cls_token, self.dist_token = tnn.Parameter(torch.zeros(1, 1, d)), tnn.Parameter(torch.zeros(1, 1, d))
+    self.new_pos_embed = tnn.Parameter(torch.zeros(1, 2, d))
+    self.freq_new_pos_embed = tnn.Parameter(torch.zeros(1, d, gf, 1))
+    self.time_new_pos_embed = tnn.Parameter(torch.zeros(1, d, 1, gt))
+    self.patch_embed = tnn.Module()
+    self.patch_embed.proj = tnn.Conv2d(1, d, c.patch_size, stride=c.stride)
+    self.blocks = tnn.ModuleList(_TorchBlock(d, c.num_heads, c.mlp_dim) for _ in range(c.depth))
+    self.norm = tnn.LayerNorm(d, eps=1e-6)
+    self.head = tnn.Sequential(tnn.LayerNorm(d), tnn.Linear(d, c.num_classes))
+    self.head_dist = tnn.Linear(d, c.num_classes)
+
+  def forward(self, mel_BxMxT):
+    x = self.patch_embed.proj(mel_BxMxT[:, None])
+    x = x + self.time_new_pos_embed[..., :x.shape[-1]] + self.freq_new_pos_embed
+    x = x.flatten(2).transpose(1, 2)
+    b = x.shape[0]
+    tok = torch.cat([self.cls_token + self.new_pos_embed[:, :1], self.dist_token + self.new_pos_embed[:, 1:]], 1)
+    x = torch.cat([tok.expand(b, -1, -1), x], 1)
+    for blk in self.blocks:
+      x = blk(x)
+    x = self.norm(x)
+    feats = (x[:, 0] + x[:, 1]) / 2
+    return self.head(feats), feats
 
 
 def full_signal(n: int = 320000, sr: int = 32000) -> np.ndarray:
@@ -86,6 +136,16 @@ def test_converted_vit_matches_reference(golden):
                             c)
   out3, _ = model.apply(bad, golden["tiny/mel"][None])
   assert np.abs(out3["logits"][0] - golden["tiny/logits"]).max() > 1e-2
+
+
+def test_torch_transcription_matches_reference(golden):
+  """Keeps tools/bench_eval_embedders.py's PyTorch side honest: it reproduces hear21passt's outputs."""
+  m = _TorchPasst(_tiny_config(golden))
+  m.load_state_dict({k: torch.from_numpy(v) for k, v in _state(golden).items()}, strict=True)
+  with torch.no_grad():
+    logits, feats = m.eval()(torch.from_numpy(golden["tiny/mel"])[None])
+  np.testing.assert_allclose(logits[0].numpy(), golden["tiny/logits"], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(feats[0].numpy(), golden["tiny/embed"], rtol=0, atol=1e-5)
 
 
 def test_grid_longer_than_position_embeddings_is_a_clear_error(golden):

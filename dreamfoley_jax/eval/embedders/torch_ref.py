@@ -50,8 +50,8 @@ class PasstEmbedder(Embedder):
   def __init__(self, path=None, device: str = "cpu"):
     super().__init__(name="passt", native=False)
     ckpt = find_checkpoint("passt", path, self.FILES)
-    base = require("hear21passt.base", "hear21passt", "passt")
-    passt = require("hear21passt.models.passt", "hear21passt", "passt")
+    base = require("hear21passt.base", "hear21passt", "passt_torch")
+    passt = require("hear21passt.models.passt", "hear21passt", "passt_torch")
     import torch
 
     mel = base.AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=192,
