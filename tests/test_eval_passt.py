@@ -203,6 +203,27 @@ def test_real_shapes_match_hear21passt_parameter_count():
   assert s["time_new_pos_embed"] == (1, 768, 1, 99) and s["freq_new_pos_embed"] == (1, 768, 12, 1)
 
 
+def test_converter_tree_is_the_model_tree_with_logical_axes():
+  """Real config: converted params have exactly init's paths and shapes; every param has known axis names."""
+  import flax.linen as nn
+  import jax
+
+  from dreamfoley_jax import sharding
+  from dreamfoley_jax.convert import common
+
+  c = passt.PasstConfig()
+  abstract = jax.eval_shape(lambda x: passt.Passt(c).init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, 128, 1000), np.float32))
+  want = {k: v.shape for k, v in common.flatten(nn.unbox(abstract)["params"]).items()}
+  zeros = {k: np.zeros(v, np.float32) for k, v in passt.torch_shapes(c).items()}
+  got = {k: v.shape for k, v in common.flatten(passt.convert_passt(zeros, c)["params"]).items()}
+  assert got == want
+  specs = common.flatten(nn.get_partition_spec(abstract)["params"])
+  known = {name for name, _ in sharding.LOGICAL_RULES}
+  for k, spec in specs.items():
+    assert len(spec) == len(want[k]) and {a for a in spec if a is not None} <= known, (k, spec)
+
+
 def _write_checkpoint(path, config, seed):
   sd = base.random_state_dict(passt.torch_shapes(config), seed)
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)

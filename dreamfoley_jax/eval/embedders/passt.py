@@ -98,6 +98,20 @@ def _param(module, name, shape, axes, std=0.02):
   return module.param(name, nn.with_logical_partitioning(nn.initializers.normal(std), axes), shape, jnp.float32)
 
 
+class _PatchEmbed(nn.Module):
+  """Conv2d(1, D, 16, stride 10) on the channels-last (B, M, T, 1) mel; param `proj`."""
+  config: PasstConfig
+
+  @nn.compact
+  def __call__(self, x_BxMxTx1):
+    c = self.config
+    return nn.Conv(c.embed_dim, (c.patch_size, c.patch_size), strides=(c.stride, c.stride), padding="VALID",
+                   name="proj",
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                            (None, None, "conv_in", "embed")),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x_BxMxTx1)
+
+
 class Passt(nn.Module):
   """Log-mel (B, M, T) -> ({'logits': (B, K), 'embed': (B, D)}, aux{'cls', 'dist': (B, D)})."""
   config: PasstConfig
@@ -132,20 +146,6 @@ class Passt(nn.Module):
     h = LayerNorm(c.head_eps, name="head_0")(embed_BxD)
     logits_BxK = Linear(c.num_classes, ("embed", "null"), use_bias=True, name="head_1")(h)
     return {"logits": logits_BxK, "embed": embed_BxD}, {"cls": x[:, 0], "dist": x[:, 1]}
-
-
-class _PatchEmbed(nn.Module):
-  """Conv2d(1, D, 16, stride 10) on the channels-last (B, M, T, 1) mel; param `proj`."""
-  config: PasstConfig
-
-  @nn.compact
-  def __call__(self, x_BxMxTx1):
-    c = self.config
-    return nn.Conv(c.embed_dim, (c.patch_size, c.patch_size), strides=(c.stride, c.stride), padding="VALID",
-                   name="proj",
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                            (None, None, "conv_in", "embed")),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x_BxMxTx1)
 
 
 # --------------------------------------------------------------------------------------------------
