@@ -1,7 +1,7 @@
 """Pairing rules, caches, video sampling and an end-to-end harness run on synthetic media.
 
-PANNs and VGGish run as the real Flax ports with tiny random weights; PaSST, CLAP, ImageBind and
-Synchformer (PyTorch-delegating, not installable offline) are replaced by seeded random projections
+PANNs, VGGish and PaSST run as the real Flax ports with tiny random weights; CLAP, ImageBind and
+Synchformer (PyTorch-delegating, or too heavy for this test) are replaced by seeded random projections
 that use the same front ends and input rules, so every metric path of the harness is exercised.
 """
 import json
@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from dreamfoley_jax.eval import frontends, harness, media, metrics
-from dreamfoley_jax.eval.embedders import base, panns, torch_ref, vggish
+from dreamfoley_jax.eval.embedders import base, panns, passt, torch_ref, vggish
 
 DUR = 8.0
 
@@ -62,16 +62,6 @@ class _Proj(base.Embedder):
 
   def fingerprint(self):
     return f"proj-{self.name}"
-
-
-class FakePasst(_Proj):
-  def __init__(self):
-    super().__init__("passt", {"passt_logits": 527, "passt_embed": 32}, 1)  # 768 in the real model
-
-  def audio_features(self, wav, sr, dur, name):
-    x = frontends.passt_input(frontends.prepare_audio(wav, sr, 32000, dur))
-    f = self._feat(frontends.resample(x, 32000, 16000))
-    return {k: f @ w for k, w in self.w.items()}
 
 
 class FakeClap(_Proj):
@@ -150,7 +140,7 @@ def dataset(tmp_path_factory):
 def _embedders(with_sync=True):
   e = {"panns": panns.PannsEmbedder(config=panns.Cnn14Config.tiny(), seed=0),
        "vggish": vggish.VGGishEmbedder(config=vggish.VGGishConfig.tiny(), seed=0),
-       "passt": FakePasst(), "clap": FakeClap(), "imagebind": FakeImageBind()}
+       "passt": passt.PasstEmbedder(config=passt.PasstConfig.tiny(), seed=0), "clap": FakeClap(), "imagebind": FakeImageBind()}
   if with_sync:
     e["synchformer"] = FakeSynchformer()
   return e

@@ -30,13 +30,13 @@ def main(argv):
   names = [n.strip() for n in c.metrics.split(",") if n.strip()]
   built = {}
   for n in names:
-    path = c.weights.get(n.replace("_torch", "")) or c.weights_dir or None
+    key = embedders.metric_key(n)  # passt_torch / synchformer_torch score what passt / synchformer do
+    path = c.weights.get(key) or c.weights_dir or None
     kwargs = {}
     if n not in embedders.NATIVE_FLAX:
       kwargs["device"] = c.device
     if n == "clap":
       kwargs["seed"] = c.clap_seed
-    key = n[:-len("_torch")] if n.endswith("_torch") else n  # e.g. imagebind_torch also scores IB-score
     built[key] = embedders.build(n, path, **kwargs)
     logging.info("%s: %s", n, "Flax port" if built[key].native else "PyTorch reference model")
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,

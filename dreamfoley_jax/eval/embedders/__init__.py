@@ -4,12 +4,15 @@
 |-------------|----------------------------|----------------------------------------|----------------------------------------------|
 | panns       | FD_PANNs, KL_PANNs, IS     | Flax port (panns.py) + converter       | Cnn14_16k_mAP=0.438.pth                      |
 | vggish      | FD_VGG                     | Flax port (vggish.py) + converter      | vggish-10086976.pth                          |
-| passt       | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt)        | passt-s-f128-p16-s10-ap.476-swa.pt           |
+| passt       | FD_PaSST, KL_PaSST         | Flax port (passt.py) + converter       | passt-s-f128-p16-s10-ap.476-swa.pt           |
 | clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
 | imagebind   | IB-score                   | Flax port (imagebind.py: vision + audio towers) + converter | imagebind_huge.pth      |
 | imagebind_torch | IB-score               | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
 | synchformer | DeSync                     | Flax ports: video (models/synchformer), audio (sync_audio), head (sync_head) | synchformer_state_dict.pth |
 | synchformer_torch | DeSync               | PyTorch reference extractors (av-benchmark) + Flax head | synchformer_state_dict.pth |
+| passt_torch | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt; cross-check) | passt-s-f128-p16-s10-ap.476-swa.pt     |
+
+The `*_torch` entries produce the same feature names as their Flax counterparts and score the same metrics.
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ from dreamfoley_jax.eval.embedders.base import (Embedder, MissingPackageError, M
                                                 find_checkpoint)
 from dreamfoley_jax.eval.embedders.imagebind import ImageBindEmbedder
 from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
+from dreamfoley_jax.eval.embedders.passt import PasstEmbedder
 from dreamfoley_jax.eval.embedders.synchformer import SynchformerEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder, PasstEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import ImageBindEmbedder as TorchImageBindEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import PasstEmbedder as TorchPasstEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import SynchformerEmbedder as TorchSynchformerEmbedder
 from dreamfoley_jax.eval.embedders.vggish import VGGishEmbedder
 
@@ -34,8 +39,9 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
     "imagebind_torch": TorchImageBindEmbedder,
     "synchformer": SynchformerEmbedder,
     "synchformer_torch": TorchSynchformerEmbedder,
+    "passt_torch": TorchPasstEmbedder,
 }
-NATIVE_FLAX = ("panns", "vggish", "imagebind", "synchformer")
+NATIVE_FLAX = ("panns", "vggish", "passt", "imagebind", "synchformer")
 EXPECTED_FILES = {
     "panns": __import__("dreamfoley_jax.eval.embedders.panns", fromlist=["x"]).CHECKPOINT_FILES,
     "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
@@ -45,7 +51,13 @@ EXPECTED_FILES = {
     "imagebind_torch": TorchImageBindEmbedder.FILES,
     "synchformer": TorchSynchformerEmbedder.FILES,
     "synchformer_torch": TorchSynchformerEmbedder.FILES,
+    "passt_torch": TorchPasstEmbedder.FILES,
 }
+
+
+def metric_key(name: str) -> str:
+  """The embedder slot a registry name fills: 'passt_torch' scores what 'passt' does."""
+  return name[:-len("_torch")] if name.endswith("_torch") else name
 
 
 def build(name: str, path=None, **kwargs) -> Embedder:
@@ -56,4 +68,4 @@ def build(name: str, path=None, **kwargs) -> Embedder:
 
 
 __all__ = ["Embedder", "MissingPackageError", "MissingWeightsError", "AudioTooShortError", "REGISTRY",
-           "NATIVE_FLAX", "EXPECTED_FILES", "build", "find_checkpoint"]
+           "NATIVE_FLAX", "EXPECTED_FILES", "build", "find_checkpoint", "metric_key"]

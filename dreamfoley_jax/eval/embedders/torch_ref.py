@@ -1,8 +1,8 @@
 """Embedders that delegate to the PyTorch reference classes (PaSST, LAION-CLAP, ImageBind, Synchformer).
 
-The default DeSync embedder is the all-Flax one in synchformer.py and the default IB-score embedder the
-Flax port in imagebind.py; the PyTorch Synchformer and ImageBind here are registered as
-'synchformer_torch' and 'imagebind_torch' for cross-checks.
+The default DeSync, PaSST and IB-score embedders are the Flax ports (synchformer.py, passt.py,
+imagebind.py); the PyTorch Synchformer, PaSST and ImageBind here are registered as 'synchformer_torch',
+'passt_torch' and 'imagebind_torch' for cross-checks.
 
 These are NOT Flax ports. Each builds the reference architecture without pretrained weights, loads
 the user's local checkpoint with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`
@@ -42,14 +42,17 @@ def _fp(name, ckpt):
 
 
 class PasstEmbedder(Embedder):
-  """FD_PaSST (768-d) and KL_PaSST (527 logits): hear21passt `passt_s_swa_p16_128_ap476`, 32 kHz, 10 s."""
+  """FD_PaSST (768-d) and KL_PaSST (527 logits): hear21passt `passt_s_swa_p16_128_ap476`, 32 kHz, 10 s.
+
+  Registered as 'passt_torch' (hear21passt needs torchaudio); 'passt' is the Flax port in passt.py.
+  """
   FILES = ("passt-s-f128-p16-s10-ap.476-swa.pt",)
 
   def __init__(self, path=None, device: str = "cpu"):
     super().__init__(name="passt", native=False)
     ckpt = find_checkpoint("passt", path, self.FILES)
-    base = require("hear21passt.base", "hear21passt", "passt")
-    passt = require("hear21passt.models.passt", "hear21passt", "passt")
+    base = require("hear21passt.base", "hear21passt", "passt_torch")
+    passt = require("hear21passt.models.passt", "hear21passt", "passt_torch")
     import torch
 
     mel = base.AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=192,
