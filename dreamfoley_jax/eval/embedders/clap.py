@@ -622,4 +622,7 @@ class ClapEmbedder(Embedder):
 
   def text_features(self, caption):
     ids, mask = self.tokenizer([caption])
+    if ids.max() >= self.config.text.vocab_size:
+      raise ValueError(f"clap: the tokenizer at {self.tokenizer.source} produced id {ids.max()} but the text "
+                       f"tower has {self.config.text.vocab_size} embeddings: use roberta-base's own files")
     return {"clap_text": np.asarray(self._text(self.variables, ids, mask)[0])}
