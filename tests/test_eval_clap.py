@@ -77,6 +77,21 @@ def test_front_end_pieces(golden):
     C.wav2img(jnp.zeros((1, 513, 32)), TINY.audio)
 
 
+def test_converter_table_matches_the_real_checkpoint_layout(fixtures_dir):
+  """Every key/shape of CLAP(HTSAT-base, roberta-base) as laion_clap builds it (tools/goldens)."""
+  import json
+
+  real = json.loads((pathlib.Path(fixtures_dir) / "clap_real_shapes.json").read_text())["shapes"]
+  real = {k: tuple(v) for k, v in real.items()}
+  C.check_keys(C.torch_shapes(C.ClapConfig()), real, source="clap_real_shapes.json",
+               ignore=lambda k: bool(C._UNUSED.search(k)))
+  buffers = ("relative_position_index", "attn_mask", "num_batches_tracked", "stft.conv_")
+  unused = sorted(k for k in real if k not in C.torch_shapes(C.ClapConfig()) and not any(b in k for b in buffers))
+  assert unused == sorted([f"audio_branch.{m}.{p}" for m in ("head", "tscam_conv") for p in ("weight", "bias")] +
+                          [f"{t}_transform.sequential.{i}.{p}" for t in ("audio", "text") for i in (0, 3)
+                           for p in ("weight", "bias")] + ["logit_scale_a", "logit_scale_t"])
+
+
 def _save_torch(tmp_path, sd, name="music_speech_audioset_epoch_15_esc_89.98.pt"):
   import torch
 
@@ -202,7 +217,9 @@ def test_full_size_shapes():
   assert aux["logmel"].shape == (1, 1001, 64) and aux["swin_in"].shape == (1, 256, 256)
   assert aux["embedding"].shape == (1, 1024) and aux["pooler"].shape == (1, 768)
   want = {k: v.shape for k, v in flatten(flax.linen.meta.unbox(variables)).items()}
-  layout = {"/".join(p): (s[1:] + s[:1] if False else s) for _, p, _, s in C.torch_layout(c)}
-  assert set(layout) == set(want)
-  n = sum(int(np.prod(v)) for v in want.values())
-  assert 150e6 < n < 160e6, n  # HTSAT-base ~28M + roberta-base ~125M + projections
+  flax_shape = {"linear": lambda s: s[::-1], "conv": lambda s: s[2:] + (s[1], s[0]), "raw": lambda s: s}
+  layout = {"/".join(p): flax_shape[kind](s) for _, p, kind, s in C.torch_layout(c)}
+  assert layout == want  # the converter table covers the full-size model exactly
+  count = lambda prefix: sum(int(np.prod(v)) for k, v in want.items() if k.startswith(prefix))  # noqa: E731
+  print({p: count(p) for p in ("params/audio_branch", "params/text_branch", "")})
+  assert count("params/text_branch") == 124_645_632  # transformers RobertaModel('roberta-base'), with pooler

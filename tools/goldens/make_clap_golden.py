@@ -91,6 +91,33 @@ def randomise(model: nn.Module, gen: torch.Generator) -> None:
       v.copy_(new.half().float())
 
 
+# roberta-base's published config.json (transformers' RobertaConfig defaults differ: 512 positions, 2 types)
+ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                    bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu")
+
+
+def real_shapes(model_mod, root: pathlib.Path, out: pathlib.Path) -> None:
+  """Key -> shape of the full CLAP(HTSAT-base, roberta) state dict, built exactly as create_model does
+  (random init, nothing downloaded): what music_speech_audioset_epoch_15_esc_89.98.pt holds."""
+  import json
+
+  from transformers import RobertaConfig, RobertaModel
+
+  cfg = json.loads((root / "clap_module/model_configs/HTSAT-base.json").read_text())
+  cfg["text_cfg"]["model_type"] = "roberta"  # create_model(amodel, tmodel='roberta') sets this
+  orig = model_mod.RobertaModel.from_pretrained
+  model_mod.RobertaModel.from_pretrained = classmethod(lambda cls, name: RobertaModel(RobertaConfig(**ROBERTA_BASE)))
+  clap = model_mod.CLAP(**cfg, enable_fusion=False)
+  model_mod.RobertaModel.from_pretrained = orig
+  shapes = {k: list(v.shape) for k, v in clap.state_dict().items()}
+  out.write_text(json.dumps({"source": "laion_clap 1.1.7 CLAP(**HTSAT-base.json, tmodel='roberta', "
+                                       "enable_fusion=False) + RobertaModel(roberta-base config.json)",
+                             "num_params": sum(v.numel() for v in clap.parameters()), "shapes": shapes}, indent=0))
+  print(f"wrote {out}: {len(shapes)} keys")
+  del clap
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--laion_clap_dir", default="/tmp/clapsrc/laion_clap",
@@ -103,6 +130,7 @@ def main():
   htsat, model_mod = mods["htsat"], mods["model"]
   from transformers import RobertaConfig, RobertaModel
 
+  real_shapes(model_mod, pathlib.Path(args.laion_clap_dir), pathlib.Path(args.out).with_name("clap_real_shapes.json"))
   audio_cfg = model_mod.CLAPAudioCfp(**AUDIO_CFG)
   model_mod.create_htsat_model = lambda cfg, enable_fusion=False, fusion_type="None": \
       htsat.HTSAT_Swin_Transformer(num_classes=cfg.class_num, config=cfg, enable_fusion=False, **SWIN)

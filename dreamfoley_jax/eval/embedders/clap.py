@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
+from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax  # noqa: F401
 from dreamfoley_jax.eval import frontends
 from dreamfoley_jax.eval.embedders.base import Embedder, MissingWeightsError, find_checkpoint, random_state_dict
 
