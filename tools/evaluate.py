@@ -34,9 +34,11 @@ def main(argv):
     kwargs = {}
     if n not in embedders.NATIVE_FLAX:
       kwargs["device"] = c.device
-    if n == "clap":
+    if n in ("clap", "clap_torch"):
       kwargs["seed"] = c.clap_seed
-    key = "synchformer" if n == "synchformer_torch" else n  # either one scores DeSync
+    if n == "clap":
+      kwargs["tokenizer"] = c.get("clap_tokenizer") or None
+    key = n.replace("_torch", "")  # clap/clap_torch score CLAP, synchformer/synchformer_torch DeSync
     built[key] = embedders.build(n, path, **kwargs)
     logging.info("%s: %s", n, "Flax port" if built[key].native else "PyTorch reference model")
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,
