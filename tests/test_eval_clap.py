@@ -11,6 +11,7 @@ import pytest
 from dreamfoley_jax.convert.common import ConversionError, flatten
 from dreamfoley_jax.eval import embedders
 from dreamfoley_jax.eval.embedders import clap as C
+from dreamfoley_jax.eval.embedders import roberta_bpe as R
 from dreamfoley_jax.eval.embedders.base import random_state_dict
 
 TINY = C.ClapConfig.tiny()
@@ -145,23 +146,25 @@ def test_tokenizer_matches_transformers_roberta_call(tmp_path, monkeypatch):
   ref_tok = transformers.RobertaTokenizer.from_pretrained(str(d))
   # laion_clap's CLAP_Module.tokenizer call
   ref = ref_tok(TEXTS, padding="max_length", truncation=True, max_length=77, return_tensors="np")
-  ids, mask = C.RobertaBPE(d)(TEXTS)
+  ids, mask = R.RobertaBPE(d)(TEXTS)
   assert ids.shape == (6, 77) and ids[3, -1] == 2 and ids[4, :3].tolist() == [0, 2, 1]
   np.testing.assert_array_equal(ids, ref["input_ids"])
   np.testing.assert_array_equal(mask, ref["attention_mask"])
   j = tmp_path / "json"
   ref_tok.save_pretrained(str(j))  # writes tokenizer.json (how the HF roberta-base repo ships it)
-  ids_j, mask_j = C.RobertaBPE(j / "tokenizer.json")(TEXTS)
+  ids_j, mask_j = R.RobertaBPE(j / "tokenizer.json")(TEXTS)
   np.testing.assert_array_equal(ids_j, ref["input_ids"])
   np.testing.assert_array_equal(mask_j, ref["attention_mask"])
 
 
 def test_missing_tokenizer_files_raise_a_clear_error(tmp_path):
   (tmp_path / "vocab.json").write_text("{}")
-  with pytest.raises(C.MissingTokenizerError, match=r"tokenizer\.json, or vocab\.json and merges\.txt.*nothing is"):
-    C.RobertaBPE(tmp_path)
-  with pytest.raises(C.MissingTokenizerError, match=r"roberta-base.*clap_tokenizer"):
-    C.find_tokenizer(None, tmp_path / "ckpt.pt")
+  with pytest.raises(R.MissingTokenizerError, match=r"tokenizer\.json, or vocab\.json and merges\.txt.*nothing is"):
+    R.RobertaBPE(tmp_path)
+  with pytest.raises(R.MissingTokenizerError, match=r"roberta-base.*clap_tokenizer"):
+    R.find_tokenizer(None, tmp_path / "ckpt.pt")
+  with pytest.raises(R.MissingTokenizerError, match="does not exist"):
+    R.RobertaBPE(tmp_path / "nowhere")
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +199,9 @@ def test_embedder_from_checkpoint_on_disk(tiny_ckpt_dir):
   fp = e.fingerprint()
   assert "music_speech_audioset_epoch_15_esc_89.98.pt" in fp and "flax" in fp
   assert embedders.build("clap", d, config=cfg, seed=1).fingerprint() != fp
+  no_tok = embedders.build("clap", d, config=cfg, tokenizer=d / "elsewhere")  # audio needs no tokenizer
+  with pytest.raises(R.MissingTokenizerError, match="elsewhere does not exist"):
+    no_tok.text_features("a dog barks")
 
 
 def test_registry():

@@ -11,17 +11,16 @@ bn0 over mel bins -> bicubic (align_corners) 1001 -> 1024 frames -> folded into 
 chunks stacked along frequency) -> Swin (embed 128, depths 2/2/12/2, heads 4/8/16/32, window 8) -> final
 LayerNorm -> mean over tokens (HTSAT's 'embedding') -> audio_projection (Linear-ReLU-Linear) -> L2 norm.
 Text: RoBERTa-base pooler_output -> text_projection -> L2 norm.
-Param names follow the torch keys with a numeric index joined by '_' (`layers.0.blocks.1` ->
-`layers_0/blocks_1`), so `torch_layout` reads one-to-one with the checkpoint.
+Flax names are the torch module paths with the dots inside one Flax module turned into '_'
+(`audio_branch.layers.0.blocks.1.attn.qkv` -> `audio_branch/layers_0_blocks_1/attn/qkv`,
+`text_branch.encoder.layer.3.attention.self.query` -> `text_branch/encoder_layer_3/attention_self_query`);
+`torch_layout` is the one-to-one table.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import os
-import pathlib
 import re
 from typing import Mapping
 
@@ -30,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax  # noqa: F401
+from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, MissingWeightsError, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.roberta_bpe import RobertaBPE, find_tokenizer
 
 CHECKPOINT_FILES = ("music_speech_audioset_epoch_15_esc_89.98.pt",)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -516,67 +515,6 @@ def random_variables(c: ClapConfig, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokenizer (RoBERTa byte-level BPE from local files; never downloaded)
-# --------------------------------------------------------------------------------------------------
-
-
-class MissingTokenizerError(MissingWeightsError):
-  """The roberta-base tokenizer files are not where the user said."""
-
-
-class RobertaBPE:
-  """laion_clap's CLAP_Module.tokenizer: RobertaTokenizer(text, padding='max_length', truncation=True,
-  max_length=77) -> <s> tokens </s> <pad>...; from `tokenizer.json` or `vocab.json` + `merges.txt`."""
-
-  def __init__(self, path: str | os.PathLike, max_length: int = 77):
-    import tokenizers
-
-    p = pathlib.Path(path).expanduser()
-    files = p if p.is_dir() else p.parent
-    if p.is_file() and p.name == "tokenizer.json" or (p.is_dir() and (p / "tokenizer.json").is_file()):
-      tok = tokenizers.Tokenizer.from_file(str(p if p.is_file() else p / "tokenizer.json"))
-    elif (files / "vocab.json").is_file() and (files / "merges.txt").is_file():
-      bpe = tokenizers.models.BPE.from_file(str(files / "vocab.json"), str(files / "merges.txt"))
-      tok = tokenizers.Tokenizer(bpe)
-      tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-      tok.decoder = tokenizers.decoders.ByteLevel()
-    else:
-      raise MissingTokenizerError(
-          f"clap: no roberta-base tokenizer at {p}: expected tokenizer.json, or vocab.json and merges.txt "
-          f"(the files of https://huggingface.co/FacebookAI/roberta-base), in that directory; nothing is "
-          f"downloaded (put them e.g. in WEIGHTS/roberta-base/)")
-    vocab = tok.get_vocab()
-    missing = [s for s in ("<s>", "</s>", "<pad>") if s not in vocab]
-    if missing:
-      raise MissingTokenizerError(f"clap: tokenizer at {p} lacks the RoBERTa special tokens {missing}")
-    self.bos, self.eos, self.pad = vocab["<s>"], vocab["</s>"], vocab["<pad>"]
-    tok.post_processor = tokenizers.processors.RobertaProcessing(("</s>", self.eos), ("<s>", self.bos),
-                                                                 add_prefix_space=False, trim_offsets=True)
-    tok.enable_truncation(max_length)
-    tok.enable_padding(length=max_length, pad_id=self.pad, pad_token="<pad>")
-    self.tok, self.source = tok, str(p)
-
-  def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask), each (B, max_length) int32."""
-    enc = self.tok.encode_batch(list(texts))
-    return (np.array([e.ids for e in enc], np.int32), np.array([e.attention_mask for e in enc], np.int32))
-
-
-def find_tokenizer(tokenizer_path, ckpt: pathlib.Path | None) -> pathlib.Path:
-  """The explicit path, else WEIGHTS/roberta-base or the checkpoint's own directory; else a clear error."""
-  if tokenizer_path:
-    return pathlib.Path(tokenizer_path).expanduser()
-  cands = [] if ckpt is None else [ckpt.parent / "roberta-base", ckpt.parent]
-  for d in cands:
-    if (d / "tokenizer.json").is_file() or ((d / "vocab.json").is_file() and (d / "merges.txt").is_file()):
-      return d
-  raise MissingTokenizerError(
-      f"clap: no roberta-base tokenizer found (looked in {', '.join(map(str, cands)) or 'nowhere: no path'}); "
-      f"expected {' or '.join(TOKENIZER_FILES)}; pass tokenizer=DIR (--config.clap_tokenizer); "
-      f"nothing is downloaded")
-
-
-# --------------------------------------------------------------------------------------------------
 # Embedder
 # --------------------------------------------------------------------------------------------------
 
@@ -586,9 +524,12 @@ class ClapEmbedder(Embedder):
   FILES = CHECKPOINT_FILES
 
   def __init__(self, path: str | os.PathLike | None = None, *, tokenizer: str | os.PathLike | None = None,
-               seed: int = 0, config: ClapConfig = ClapConfig(), variables=None, random_weights: int | None = None):
+               seed: int = 0, config: ClapConfig = ClapConfig(), variables=None, random_weights: int | None = None,
+               matmul_precision: str = "highest"):
     super().__init__(name="clap", native=True, needs_text=True)
     self.config, self.seed = config, seed  # seed: the 10 s crop of longer audio (unseeded upstream)
+    # fp32 matmuls as in the reference: TPU/GPU defaults (bf16 passes, TF32) would move the scores
+    self.matmul_precision = matmul_precision
     self.model = Clap(config)
     ckpt = None
     if variables is not None:
@@ -600,8 +541,14 @@ class ClapEmbedder(Embedder):
       self.variables = convert_clap(TensorSource(ckpt), config)
       self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
     self._tokenizer_path, self._ckpt, self._tokenizer = tokenizer, ckpt, None
-    self._audio = jax.jit(lambda v, x: self.model.apply(v, x, method=Clap.encode_audio)[0])
-    self._text = jax.jit(lambda v, i, m: self.model.apply(v, i, m, method=Clap.encode_text)[0])
+    self._audio = jax.jit(self._precise(lambda v, x: self.model.apply(v, x, method=Clap.encode_audio)[0]))
+    self._text = jax.jit(self._precise(lambda v, i, m: self.model.apply(v, i, m, method=Clap.encode_text)[0]))
+
+  def _precise(self, fn):
+    def wrapped(*args):
+      with jax.default_matmul_precision(self.matmul_precision):
+        return fn(*args)
+    return wrapped
 
   @property
   def tokenizer(self) -> RobertaBPE:
@@ -610,13 +557,12 @@ class ClapEmbedder(Embedder):
     return self._tokenizer
 
   def fingerprint(self) -> str:
-    return f"clap|flax|{self.source}|seed{self.seed}|{self.config}"
+    return f"clap|flax|{self.source}|seed{self.seed}|{self.matmul_precision}|{self.config}"
 
   def audio_features(self, wav_CxT, sr, duration_s, name):
     c = self.config
     x = frontends.prepare_audio(wav_CxT, sr, c.audio.sample_rate, duration_s)
-    x = frontends.clap_input(x, seed=self.seed) if c.clip_samples == 480000 else \
-        frontends.pad_or_trim(x, c.clip_samples)
+    x = frontends.clap_input(x, seed=self.seed, n=c.clip_samples)
     e = self._audio(self.variables, np.asarray(x, np.float32)[None])
     return {"clap_audio": np.asarray(e[0])}
 
