@@ -15,6 +15,7 @@ from dreamfoley_jax.eval.embedders import roberta_bpe as R
 from dreamfoley_jax.eval.embedders.base import random_state_dict
 
 TINY = C.ClapConfig.tiny()
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +94,37 @@ def test_converter_table_matches_the_real_checkpoint_layout(fixtures_dir):
                            for p in ("weight", "bias")] + ["logit_scale_a", "logit_scale_t"])
 
 
-def _save_torch(tmp_path, sd, name="music_speech_audioset_epoch_15_esc_89.98.pt"):
+def _save_torch(tmp_path, sd, name="music_speech_audioset_epoch_15_esc_89.98.pt", protocol=2, **extra):
   import torch
 
   p = tmp_path / name
-  torch.save({"epoch": 15, "state_dict": {f"module.{k}": torch.tensor(np.asarray(v)) for k, v in sd.items()}}, p)
+  torch.save({"epoch": 15, **extra, "state_dict": {f"module.{k}": torch.tensor(np.asarray(v)) for k, v in sd.items()}},
+             p, pickle_protocol=protocol)
   return p
+
+
+class _Payload:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (pathlib.Path.touch, (self.marker,))
+
+
+def test_read_checkpoint_protocol4_numpy_scalars_and_refuses_code(tmp_path):
+  """laion_clap's files are protocol-4 pickles with numpy scalars: read safely; arbitrary globals refused."""
+  pytest.importorskip("torch")
+  sd = {"audio_branch.norm.weight": np.arange(3, dtype=np.float32)}
+  p = _save_torch(tmp_path, sd, "p4.pt", protocol=4, best_score=np.float64(0.8998))
+  with pytest.raises(ConversionError):
+    C.TensorSource(p)  # torch's weights_only unpickler refuses this file
+  src = C.read_checkpoint(p)
+  assert src.path == p and src.shapes() == {"module.audio_branch.norm.weight": (3,)}
+  marker = tmp_path / "ran"
+  evil = _save_torch(tmp_path, sd, "evil.pt", protocol=4, x=_Payload(marker))
+  with pytest.raises(ConversionError, match=r"evil\.pt.*refusing to unpickle pathlib.*touch"):
+    C.read_checkpoint(evil)
+  assert not marker.exists()
 
 
 def test_converter_reads_laion_checkpoint_layout_and_names_bad_keys(tmp_path, golden, converted):
@@ -174,7 +200,7 @@ def tiny_ckpt_dir(tmp_path_factory):
   cfg = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, vocab_size=300))
   sd = random_state_dict(C.torch_shapes(cfg), seed=3)
   sd["logit_scale_a"] = np.float32(2.6)  # unused by the embeddings: accepted, ignored
-  _save_torch(d, sd)
+  _save_torch(d, sd, protocol=4, best_score=np.float64(0.9))  # as laion_clap's files: see read_checkpoint
   _tiny_bpe(d / "roberta-base")
   return d, cfg
 

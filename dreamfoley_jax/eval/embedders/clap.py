@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import pathlib
 import re
 from typing import Mapping
 
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
+from dreamfoley_jax.convert.common import ConversionError, TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
 from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
 from dreamfoley_jax.eval.embedders.roberta_bpe import RobertaBPE, find_tokenizer
@@ -481,6 +482,48 @@ def _source(src) -> TensorSource:
   return src
 
 
+# What laion_clap's published .pt files unpickle to, beyond torch's weights_only set: they were written with
+# pickle protocol 4 (its FRAME opcode is refused by torch's weights-only unpickler, as of torch 2.13) and
+# hold numpy scalars next to the state dict (Audio-AGI/AudioSep PR #51 reports both for this file).
+_PICKLE_ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                   ("torch._utils", "_rebuild_parameter"), ("torch", "Size"), ("torch", "device"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+                   ("builtins", "set"), ("builtins", "frozenset")}
+
+
+class _RestrictedPickle:
+  """A pickle module for torch.load whose Unpickler builds only _PICKLE_ALLOWED globals (no code runs)."""
+  import pickle as _pickle
+
+  class Unpickler(_pickle.Unpickler):
+    def find_class(self, module, name):
+      if (module, name) not in _PICKLE_ALLOWED:
+        raise ConversionError(f"refusing to unpickle {module}.{name}: not a tensor, container or numpy scalar")
+      return super().find_class(module, name)
+
+  load = staticmethod(lambda f, **kw: _RestrictedPickle.Unpickler(f, **kw).load())
+
+
+def read_checkpoint(path: str | os.PathLike) -> TensorSource:
+  """TensorSource over a laion_clap .pt: torch.load(weights_only=True), else the same with an allowlisted
+  unpickler that also reads protocol-4 pickles and numpy scalars; anything else is refused."""
+  try:
+    return TensorSource(path)
+  except ConversionError as first:
+    import torch
+
+    try:
+      obj = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except Exception as e:
+      raise ConversionError(f"{path}: not readable as a laion_clap checkpoint ({e}); torch's weights_only "
+                            f"loader said: {first}") from e
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+      obj = obj["state_dict"]
+    src = TensorSource.from_dict({k: v for k, v in obj.items() if hasattr(v, "detach")})
+    src.path = pathlib.Path(path)
+    return src
+
+
 def convert_clap(src: TensorSource | Mapping, c: ClapConfig = ClapConfig()) -> dict:
   """laion_clap CLAP state dict -> flax variables {'params', 'batch_stats'} (float32 numpy).
 
@@ -538,7 +581,7 @@ class ClapEmbedder(Embedder):
       self.variables, self.source = random_variables(config, random_weights), f"<random seed {random_weights}>"
     else:
       ckpt = find_checkpoint("clap", path, CHECKPOINT_FILES)
-      self.variables = convert_clap(TensorSource(ckpt), config)
+      self.variables = convert_clap(read_checkpoint(ckpt), config)
       self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
     self._tokenizer_path, self._ckpt, self._tokenizer = tokenizer, ckpt, None
     self._audio = jax.jit(self._precise(lambda v, x: self.model.apply(v, x, method=Clap.encode_audio)[0]))
