@@ -600,7 +600,8 @@ class ClapEmbedder(Embedder):
     return self._tokenizer
 
   def fingerprint(self) -> str:
-    return f"clap|flax|{self.source}|seed{self.seed}|{self.matmul_precision}|{self.config}"
+    tok = self._tokenizer_path or "default tokenizer"
+    return f"clap|flax|{self.source}|{tok}|seed{self.seed}|{self.matmul_precision}|{self.config}"
 
   def audio_features(self, wav_CxT, sr, duration_s, name):
     c = self.config
