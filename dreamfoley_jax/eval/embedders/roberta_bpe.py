@@ -37,6 +37,9 @@ class RobertaBPE:
       tok = tokenizers.Tokenizer(bpe)
       tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
       tok.decoder = tokenizers.decoders.ByteLevel()
+      # RobertaTokenizer splits its special tokens out of the text; <mask> also eats the space before it
+      tok.add_special_tokens([tokenizers.AddedToken(t, lstrip=t == "<mask>", normalized=False)
+                              for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")])
     else:
       raise MissingTokenizerError(
           f"clap: no roberta-base tokenizer at {p}: expected tokenizer.json, or vocab.json and merges.txt "
