@@ -259,3 +259,9 @@ def test_full_size_shapes():
   count = lambda prefix: sum(int(np.prod(v)) for k, v in want.items() if k.startswith(prefix))  # noqa: E731
   print({p: count(p) for p in ("params/audio_branch", "params/text_branch", "")})
   assert count("params/text_branch") == 124_645_632  # transformers RobertaModel('roberta-base'), with pooler
+  # every param's logical axes divide evenly on the (data 2, fsdp 2, tensor 2) test mesh
+  from dreamfoley_jax import sharding
+
+  shardings = sharding.shardings_for(variables, sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  for a, s in zip(jax.tree.leaves(flax.linen.meta.unbox(variables)), jax.tree.leaves(shardings)):
+    s.shard_shape(a.shape)

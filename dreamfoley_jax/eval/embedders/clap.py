@@ -303,7 +303,7 @@ class HTSAT(nn.Module):
     p = c.patch_size
     x = nn.Conv(c.embed_dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed_proj",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                         ("kernel", "kernel", "conv_in", "conv_out")),
+                                                         (None, None, "conv_in", "conv_out")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(img_BxHxW[..., None])
     b, g = x.shape[0], x.shape[1]
     x = _ln("patch_embed_norm", c.eps)(x.reshape(b, g * g, c.embed_dim))
