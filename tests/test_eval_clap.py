@@ -263,5 +263,7 @@ def test_full_size_shapes():
   from dreamfoley_jax import sharding
 
   shardings = sharding.shardings_for(variables, sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
-  for a, s in zip(jax.tree.leaves(flax.linen.meta.unbox(variables)), jax.tree.leaves(shardings)):
-    s.shard_shape(a.shape)
+  leaves, specs = jax.tree.leaves(flax.linen.meta.unbox(variables)), jax.tree.leaves(shardings)
+  assert len(leaves) == len(specs) == len(want)
+  for a, s in zip(leaves, specs):
+    s.shard_shape(a.shape)  # raises if a dimension is not divisible
