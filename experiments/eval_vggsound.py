@@ -25,6 +25,7 @@ def get_config():
   c.fd_method = "sqrtm"       # av-benchmark's scipy sqrtm; "eig" is exact for rank-deficient covariances
   c.device = "cpu"            # torch device for the delegated (PyTorch) embedders, e.g. cuda
   c.clap_seed = 0             # seeds laion_clap's random 10 s crop of longer audio (unseeded upstream)
+  c.clap_tokenizer = ""       # roberta-base tokenizer.json or vocab.json+merges.txt; default WEIGHTS/roberta-base
   c.cache_dir = ""            # default <gen_dir>/eval_cache
   c.ref_cache_dir = ""        # ground truth / video / caption features; share it across models
   c.out = ""                  # default <gen_dir>/eval_metrics.json (+ .md table)

@@ -35,8 +35,10 @@ def main(argv):
     kwargs = {}
     if n not in embedders.NATIVE_FLAX:
       kwargs["device"] = c.device
-    if n == "clap":
+    if n in ("clap", "clap_torch"):
       kwargs["seed"] = c.clap_seed
+    if n == "clap":
+      kwargs["tokenizer"] = c.get("clap_tokenizer") or None
     built[key] = embedders.build(n, path, **kwargs)
     logging.info("%s: %s", n, "Flax port" if built[key].native else "PyTorch reference model")
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,

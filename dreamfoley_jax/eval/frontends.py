@@ -106,14 +106,13 @@ def passt_logmel(wav_32k) -> np.ndarray:
   return (np.log(mel + 1e-5) + 4.5) / 5.0
 
 
-def clap_input(wav_48k, *, seed: int = 0) -> np.ndarray:
+def clap_input(wav_48k, *, seed: int = 0, n: int = 480000) -> np.ndarray:
   """LAION-CLAP (fusion off) input rule: repeat-pad to 10 s then zero-pad; >10 s: a seeded random crop.
 
   laion_clap's get_audio_features uses 'repeatpad' for short audio and an unseeded random 10 s crop
   for long audio; we seed the crop so runs are repeatable.
   """
   x = np.asarray(wav_48k, dtype=np.float64)
-  n = 480000
   if x.shape[-1] > n:
     start = np.random.RandomState(seed).randint(0, x.shape[-1] - n + 1)
     return x[..., start:start + n]

@@ -5,7 +5,8 @@
 | panns       | FD_PANNs, KL_PANNs, IS     | Flax port (panns.py) + converter       | Cnn14_16k_mAP=0.438.pth                      |
 | vggish      | FD_VGG                     | Flax port (vggish.py) + converter      | vggish-10086976.pth                          |
 | passt       | FD_PaSST, KL_PaSST         | Flax port (passt.py) + converter       | passt-s-f128-p16-s10-ap.476-swa.pt           |
-| clap        | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
+| clap        | CLAP                       | Flax port (clap.py: HTSAT + RoBERTa) + converter; captions need roberta-base's tokenizer files | music_speech_audioset_epoch_15_esc_89.98.pt |
+| clap_torch  | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
 | imagebind   | IB-score                   | Flax port (imagebind.py: vision + audio towers) + converter | imagebind_huge.pth      |
 | imagebind_torch | IB-score               | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
 | synchformer | DeSync                     | Flax ports: video (models/synchformer), audio (sync_audio), head (sync_head) | synchformer_state_dict.pth |
@@ -21,10 +22,12 @@ from typing import Callable
 from dreamfoley_jax.eval.embedders.base import (Embedder, MissingPackageError, MissingWeightsError,
                                                 find_checkpoint)
 from dreamfoley_jax.eval.embedders.imagebind import ImageBindEmbedder
+from dreamfoley_jax.eval.embedders.clap import ClapEmbedder
 from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
 from dreamfoley_jax.eval.embedders.passt import PasstEmbedder
 from dreamfoley_jax.eval.embedders.synchformer import SynchformerEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError, ClapEmbedder
+from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError
+from dreamfoley_jax.eval.embedders.torch_ref import ClapEmbedder as TorchClapEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import ImageBindEmbedder as TorchImageBindEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import PasstEmbedder as TorchPasstEmbedder
 from dreamfoley_jax.eval.embedders.torch_ref import SynchformerEmbedder as TorchSynchformerEmbedder
@@ -35,18 +38,20 @@ REGISTRY: dict[str, Callable[..., Embedder]] = {
     "vggish": VGGishEmbedder,
     "passt": PasstEmbedder,
     "clap": ClapEmbedder,
+    "clap_torch": TorchClapEmbedder,
     "imagebind": ImageBindEmbedder,
     "imagebind_torch": TorchImageBindEmbedder,
     "synchformer": SynchformerEmbedder,
     "synchformer_torch": TorchSynchformerEmbedder,
     "passt_torch": TorchPasstEmbedder,
 }
-NATIVE_FLAX = ("panns", "vggish", "passt", "imagebind", "synchformer")
+NATIVE_FLAX = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
 EXPECTED_FILES = {
     "panns": __import__("dreamfoley_jax.eval.embedders.panns", fromlist=["x"]).CHECKPOINT_FILES,
     "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
     "passt": PasstEmbedder.FILES,
     "clap": ClapEmbedder.FILES,
+    "clap_torch": TorchClapEmbedder.FILES,
     "imagebind": ImageBindEmbedder.FILES,
     "imagebind_torch": TorchImageBindEmbedder.FILES,
     "synchformer": TorchSynchformerEmbedder.FILES,
