@@ -43,7 +43,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kernel", None),
     ("null", None),
     ("audio_channels", None),  # audio tokenizer weights: small, replicated
-    ("embed_out", None),       # output width of metric-model projection heads (ImageBind 1024)
+    ("audio_channels_in", None),  # their kernels' input channels
+    ("embed_out", None),       # output width of metric-model heads (ImageBind 1024; PANNs 527 and DeSync 21 classes)
 )
 
 

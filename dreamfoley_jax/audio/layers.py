@@ -15,6 +15,7 @@ import jax.numpy as jnp
 Array = jax.Array
 HIGHEST = jax.lax.Precision.HIGHEST
 CH = "audio_channels"
+CH_IN = "audio_channels_in"  # a kernel's input channels (a distinct name: logical axes must not repeat)
 
 
 def conv_out_len(len_B: Array, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> Array:
@@ -52,7 +53,7 @@ class Conv1d(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxC: Array, len_B: Optional[Array] = None) -> Array:
     cin = x_BxTxC.shape[-1]
-    w = self.param("kernel", nn.with_logical_partitioning(_conv_init, ("kernel", CH, CH)),
+    w = self.param("kernel", nn.with_logical_partitioning(_conv_init, ("kernel", CH_IN, CH)),
                    (self.kernel_size, cin // self.groups, self.features))
     y = jax.lax.conv_general_dilated(
         time_mask(x_BxTxC, len_B), w, (self.stride,), [(self.padding, self.padding)],
@@ -78,7 +79,7 @@ class ConvTranspose1d(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxC: Array, len_B: Optional[Array] = None) -> Array:
     k, p = self.kernel_size, self.padding
-    w_KxIxO = self.param("kernel", nn.with_logical_partitioning(_conv_init, ("kernel", CH, CH)),
+    w_KxIxO = self.param("kernel", nn.with_logical_partitioning(_conv_init, ("kernel", CH_IN, CH)),
                          (k, x_BxTxC.shape[-1], self.features))
     # A transposed conv is a conv over the stride-dilated input with the taps reversed.
     y = jax.lax.conv_general_dilated(
@@ -96,7 +97,7 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    w = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (CH, CH)),
+    w = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), (CH_IN, CH)),
                    (x.shape[-1], self.features))
     y = jnp.dot(x.reshape(-1, x.shape[-1]), w, precision=HIGHEST).reshape(*x.shape[:-1], self.features)
     if self.use_bias:

@@ -294,7 +294,8 @@ class HTSAT(nn.Module):
   @nn.compact
   def __call__(self, wav_BxN):
     c = self.config
-    mel_FxM = self.param("logmel_extractor_melW", lambda *_: jnp.asarray(mel_matrix(c)))
+    mel_FxM = self.param("logmel_extractor_melW",
+                         nn.with_logical_partitioning(lambda *_: jnp.asarray(mel_matrix(c)), (None, None)))
     mel_BxTxM = logmel(wav_BxN, jax.lax.stop_gradient(mel_FxM), c)
     x = nn.BatchNorm(use_running_average=True, epsilon=c.eps, name="bn0",
                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),

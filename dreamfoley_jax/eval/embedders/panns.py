@@ -43,13 +43,13 @@ def _bn(name, eps):
 def _conv(features, name):
   return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=name,
                  kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                          ("kernel", "kernel", "conv_in", "conv_out")))
+                                                          (None, None, "conv_in", "conv_out")))
 
 
-def _dense(features, name):
+def _dense(features, name, axes=("embed", "mlp")):
   return nn.Dense(features, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
 
 class ConvBlock(nn.Module):
@@ -79,7 +79,8 @@ class Cnn14(nn.Module):
     x_BxTxC = x.mean(axis=2)
     x_BxC = x_BxTxC.max(axis=1) + x_BxTxC.mean(axis=1)
     emb_BxE = nn.relu(_dense(c.embed_dim, "fc1")(x_BxC))
-    logits_BxK = _dense(c.num_classes, "fc_audioset")(emb_BxE)
+    # 527 classes: not divisible by a tensor axis, so the logits width is replicated
+    logits_BxK = _dense(c.num_classes, "fc_audioset", ("embed", "embed_out"))(emb_BxE)
     return {"2048": emb_BxE, "logits": logits_BxK}, {"pooled": x_BxC}
 
 

@@ -114,7 +114,7 @@ class SyncAudioEncoder(nn.Module):
     x = spec_BxSxTxF.reshape(b * s, t_in, f_in).transpose(0, 2, 1)[..., None]  # (BS, F, T, 1): freq = H
     x = nn.Conv(c.width, (c.patch, c.patch), strides=(c.stride, c.stride), padding="VALID", name="patch_embeddings",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                         ("kernel", "kernel", "conv_in", "conv_out")),
+                                                         (None, None, "conv_in", "conv_out")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(x)
     if x.shape[1:3] != (f, t):
       raise ValueError(f"sync audio encoder expects ({c.max_frames} frames, {c.num_mel_bins} mels) per segment, "

@@ -33,10 +33,10 @@ class SyncHeadConfig:
     return cls(width=16, num_layers=2, num_heads=2, seq_len=1 + 3 * 2 + 1 + 3 * 1)
 
 
-def _dense(n, name):
+def _dense(n, name, axes=("embed", "mlp")):
   return nn.Dense(n, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
 
 def _ln(name, eps):
@@ -88,7 +88,8 @@ class SyncHead(nn.Module):
     for i in range(c.num_layers):
       x = Block(c, name=f"blocks_{i}")(x)
     x = _ln("ln_f", c.ln_eps)(x)
-    return _dense(c.num_classes, "off_head")(x[:, 0]), {"cls": x[:, 0]}
+    # 21 offset classes: not divisible by a tensor axis, so the logits width is replicated
+    return _dense(c.num_classes, "off_head", ("embed", "embed_out"))(x[:, 0]), {"cls": x[:, 0]}
 
 
 def torch_shapes(c: SyncHeadConfig) -> dict[str, tuple[int, ...]]:

@@ -44,7 +44,7 @@ class VGGish(nn.Module):
 
   def setup(self):
     c = self.config
-    conv_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("kernel", "kernel", "conv_in", "conv_out"))
+    conv_init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out"))
     self.convs = [nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), name=f"features_{_CONV_INDEX[i]}", kernel_init=conv_init,
                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
                   for i, w in enumerate(c.widths)]
