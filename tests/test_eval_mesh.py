@@ -129,7 +129,8 @@ def test_embedder_inits_and_runs_sharded(name):
   model = make()
   args = inputs(np.random.default_rng(1), B)
   mesh = sharding.make_mesh(MESH_SPEC)
-  variables, shardings = sharding.init_sharded(model, mesh, jax.random.key(0), *args)
+  # rbg keys: the same sharded init program, ~5x faster to compile on XLA:CPU than threefry's bit generator
+  variables, shardings = sharding.init_sharded(model, mesh, jax.random.key(0, impl="unsafe_rbg"), *args)
   # Params really are laid out on the mesh: some are split across devices, all live on all 8.
   leaves = jax.tree.leaves(variables["params"])
   assert all(len(x.sharding.device_set) == 8 for x in leaves)
