@@ -284,7 +284,7 @@ class PatchMerging(nn.Module):
     x = x_BxLxC.reshape(b, r, r, c)
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
     x = _ln("norm", self.eps)(x.reshape(b, -1, 4 * c))
-    return _dense(2 * c, "reduction", use_bias=False)(x)
+    return nn.with_logical_constraint(_dense(2 * c, "reduction", use_bias=False)(x), ("batch", "length", "act_embed"))
 
 
 class HTSAT(nn.Module):
