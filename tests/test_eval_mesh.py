@@ -183,3 +183,36 @@ def test_other_modules_logical_axes_unique_and_known(name, fixtures_dir):
   abstract = OTHER[name](fixtures_dir)
   assert len(jax.tree.leaves(abstract["params"])) > 5
   assert axis_problems(abstract) == []
+
+
+S = jax.ShapeDtypeStruct
+FULL_SIZE = {  # the real configs, abstract only (eval_shape): the shapes users shard
+    "panns": lambda: (panns.Cnn14(panns.Cnn14Config()), (S((1, 64, 64), np.float32),)),
+    "vggish": lambda: (vggish.VGGish(vggish.VGGishConfig()), (S((1, 96, 64), np.float32),)),
+    "passt": lambda: (passt.Passt(passt.PasstConfig()), (S((1, 128, 1000), np.float32),)),
+    "clap": lambda: (clap.Clap(clap.ClapConfig()), (S((1, 480000), np.float32), S((1, 77), np.int32),
+                                                     S((1, 77), np.int32))),
+    "imagebind": lambda: (imagebind.ImageBind(imagebind.ImageBindConfig()),
+                          (S((1, 1, 2, 224, 224, 3), np.float32), S((1, 1, 128, 204), np.float32))),
+    "sync_audio": lambda: (sync_audio.SyncAudioEncoder(sync_audio.SyncAudioConfig()),
+                           (S((1, 1, 66, 128), np.float32),)),
+    "sync_head": lambda: (sync_head.SyncHead(sync_head.SyncHeadConfig()),
+                          (S((1, 14, 8, 768), np.float32), S((1, 14, 6, 768), np.float32))),
+    "synchformer": lambda: (synchformer.Synchformer(synchformer.PRESETS["synchformer"]),
+                            (S((1, 1, 16, 224, 224, 3), np.float32),)),
+}
+
+
+def test_full_size_embedders_shard_evenly_on_the_test_mesh():
+  """Real configs: names unique/known, and every param divides on (data 2, fsdp 2, tensor 2): init_sharded's
+  out_shardings would fail otherwise (it did for PANNs' 527 and DeSync's 21 classes on `tensor`)."""
+  mesh = sharding.make_mesh(MESH_SPEC)
+  for name, build in FULL_SIZE.items():
+    model, args = build()
+    abstract = _abstract_init(model, args)
+    assert axis_problems(abstract) == [], name
+    leaves = jax.tree.leaves(nn.unbox(abstract))
+    shardings = jax.tree.leaves(sharding.shardings_for(abstract, mesh))
+    assert len(leaves) == len(shardings) > 10, name
+    for a, s in zip(leaves, shardings):
+      s.shard_shape(a.shape)  # raises IndivisibleError naming the shape and spec
