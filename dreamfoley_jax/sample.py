@@ -72,7 +72,7 @@ def top_k_mask(logits_xV: Array, top_k: int) -> Array:
   V = logits_xV.shape[-1]
   if top_k <= 0 or top_k >= V:
     return jnp.ones(logits_xV.shape, bool)
-  kth = jax.lax.top_k(logits_xV, top_k)[0][..., -1:]
+  kth = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, top_k)[0])[..., -1:]
   return logits_xV >= kth
 
 
@@ -85,7 +85,7 @@ def top_p_mask(logits_xV: Array, top_p: float, max_kept: int = 0) -> Array:
   if top_p >= 1.0:
     return jnp.ones(logits_xV.shape, bool)
   n = max_kept if 0 < max_kept < V else V
-  desc = jax.lax.top_k(logits_xV, n)[0]
+  desc = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, n)[0])
   asc = desc[..., ::-1]
   cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
   remove = (cum <= 1.0 - top_p).at[..., -1].set(False)
@@ -104,7 +104,9 @@ def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
   neg = jnp.asarray(-jnp.inf, logits_xV.dtype)
   if top_k <= 0 or top_k >= V:
     return jnp.where(top_p_mask(logits_xV, top_p), logits_xV, neg)
-  desc = jax.lax.top_k(logits_xV, top_k)[0]                    # sorted, descending
+  # The barrier keeps XLA:CPU's TopK custom call: without it the slices below are folded into the
+  # top_k's own slice and XLA falls back to a full sort of the row (20x slower at (64, 1026)).
+  desc = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, top_k)[0])   # sorted, descending
   thr = desc[..., -1:]                                           # k-th largest: ties kept, as transformers
   if top_p < 1.0:
     asc = desc[..., ::-1]
@@ -114,14 +116,29 @@ def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
   return jnp.where(logits_xV >= thr, logits_xV, neg)
 
 
+def argmax_last(x: Array) -> Array:
+  """`jnp.argmax(x, -1)` (first index of the maximum) as two plain reductions.
+
+  XLA:CPU lowers argmax to a variadic (value, index) reduce that cost more than a top-k per decode step.
+  """
+  V = x.shape[-1]
+  m = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(x == m, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
+def categorical(key: Array, logits_xV: Array) -> Array:
+  """`jax.random.categorical(key, logits, axis=-1)`: the same Gumbel draws, the same result."""
+  return argmax_last(jax.random.gumbel(key, logits_xV.shape, logits_xV.dtype) + logits_xV)
+
+
 def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int) -> Array:
   """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw."""
   V = logits_BxKxV.shape[-1]
   x = jnp.where(jnp.arange(V) < codebook_size, logits_BxKxV.astype(jnp.float32), -jnp.inf)
   if sc.temperature == 0:
-    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    return argmax_last(x)
   x = filter_logits(x, sc.top_k, sc.top_p) / sc.temperature
-  return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys_B, x).astype(jnp.int32)
+  return jax.vmap(categorical)(keys_B, x).astype(jnp.int32)
 
 
 def guide(logits_2BxKxV: Array, cfg_scale: Optional[float]) -> Array:
@@ -177,6 +194,37 @@ def frames_from_delayed(cfg: foley.FoleyConfig, ids_BxLaxK, lengths_B, max_frame
 
 
 # --------------------------------------------------------------------------------------------------
+# Decode-step heads: the K codebook MLPs with their weights laid out once, outside the loop
+# --------------------------------------------------------------------------------------------------
+
+def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
+  """`CodebookHeads` params re-laid out for a decode step: the K first layers fused into one (D, K*H)
+  matmul. Done once before the loop (XLA:CPU otherwise re-transposes the stacked kernels every step)."""
+  cd = jnp.dtype(cfg.decoder.dtype)
+  K = cfg.num_codebooks
+  if cfg.head_depth == 1:
+    w = heads_params["kernel"]                                                  # (K, D, V)
+    return {"w1": jnp.transpose(w, (1, 0, 2)).reshape(w.shape[1], -1).astype(cd),
+            "b1": heads_params["bias"].reshape(-1).astype(cd)}
+  w1 = heads_params["fc1_kernel"]                                               # (K, D, H)
+  return {"w1": jnp.transpose(w1, (1, 0, 2)).reshape(w1.shape[1], -1).astype(cd),
+          "b1": heads_params["fc1_bias"].reshape(-1).astype(cd),
+          "w2": heads_params["fc2_kernel"].astype(cd), "b2": heads_params["fc2_bias"].astype(cd)}
+
+
+def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
+  """Logits (N, K, V) in fp32: the same math as `DreamFoley.predict` on one position per row."""
+  K, V = cfg.num_codebooks, cfg.vocab_per_codebook
+  N = h_NxD.shape[0]
+  y = jnp.dot(h_NxD.astype(hw["w1"].dtype), hw["w1"]) + hw["b1"]
+  if "w2" not in hw:
+    return y.reshape(N, K, V).astype(jnp.float32)
+  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1)
+  out = jnp.einsum("nkh,khv->nkv", z, hw["w2"]) + hw["b2"]
+  return out.astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------
 # The jitted loop
 # --------------------------------------------------------------------------------------------------
 
@@ -224,9 +272,11 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
   if return_logits:
     state["logits"] = jnp.zeros((B, La, K, V), jnp.float32)
 
+  hw = step_heads_weights(cfg, params["heads"])
+
   def step_fn(m, col, vac, pos, cache):
     h, a = m.decode(m.embed_audio(col, vac), jnp.ones((nB, 1), bool), pos, cache)
-    return m.predict(h)[:, 0], a["cache"]
+    return step_heads(cfg, hw, h[:, 0]), a["cache"]
 
   def cond_fn(st):
     return (st["step"] < La - 1) & ~jnp.all(st["done"])
