@@ -209,7 +209,9 @@ def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
   w1 = heads_params["fc1_kernel"]                                               # (K, D, H)
   return {"w1": jnp.transpose(w1, (1, 0, 2)).reshape(w1.shape[1], -1).astype(cd),
           "b1": heads_params["fc1_bias"].reshape(-1).astype(cd),
-          "w2": heads_params["fc2_kernel"].astype(cd), "b2": heads_params["fc2_bias"].astype(cd)}
+          # separate (H, V) kernels: slicing a stacked one inside the loop can materialise a copy per step
+          "w2": [heads_params["fc2_kernel"][k].astype(cd) for k in range(K)],
+          "b2": heads_params["fc2_bias"].astype(cd)}
 
 
 def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
@@ -219,10 +221,10 @@ def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
   y = jnp.dot(h_NxD.astype(hw["w1"].dtype), hw["w1"]) + hw["b1"]
   if "w2" not in hw:
     return y.reshape(N, K, V).astype(jnp.float32)
-  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1)
+  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1).transpose(1, 0, 2)           # (K, N, H)
   # K plain 2-D dots: as one batched einsum XLA:CPU picked a transposed output layout and a strided
   # (Eigen) kernel, 3x slower than K separate GEMMs at N = 2.
-  out = jnp.stack([jnp.dot(z[:, k], hw["w2"][k]) for k in range(K)], axis=1) + hw["b2"]
+  out = jnp.stack([jnp.dot(z[k], w) for k, w in enumerate(hw["w2"])], axis=1) + hw["b2"]
   return out.astype(jnp.float32)
 
 
