@@ -24,7 +24,8 @@ flags.DEFINE_list("configs", ["tiny", "small"], "tiny | small")
 flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles them)")
 flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
-flags.DEFINE_integer("threads", 1, "torch intra-op threads (1: with 2 OpenMP threads on 2 oversubscribed cores torch ran 30x slower here)")
+flags.DEFINE_integer("threads", 0, "torch intra-op threads; 0 = os.cpu_count(), the size of XLA:CPU's intra-op pool "
+                     "(same threads on both sides)")
 
 
 def configs():
@@ -215,11 +216,12 @@ def main(argv):
   from dreamfoley_jax import sample as S
   from dreamfoley_jax.models import foley
 
-  torch.set_num_threads(FLAGS.threads)
+  torch.set_num_threads(FLAGS.threads or os.cpu_count())
   frames = int(round(FLAGS.seconds * 25))
   bw = bandwidth_gbs()
   print(f"machine: {os.cpu_count()} cpus, measured memory bandwidth (numpy copy, read+write) {bw:.1f} GB/s; "
-        f"load average {os.getloadavg()[0]:.1f}")
+        f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}, XLA:CPU uses all "
+        f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   sc = S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=3.0)
   rows = []
   for name in FLAGS.configs:
@@ -246,26 +248,31 @@ def main(argv):
       r = run_jax()
       compile_s = time.perf_counter() - t0
       assert int(r["steps"]) == steps
-      tj, tt = [], []
+      tj, tt, cj, ct = [], [], [], []
       for _ in range(FLAGS.reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_jax()
         tj.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        cj.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         tm.sample(b, lengths, sc)
         tt.append(time.perf_counter() - t0)
+        ct.append(time.process_time() - c0)
       mj, mt = statistics.median(tj), statistics.median(tt)
+      mcj, mct = statistics.median(cj), statistics.median(ct)
       wb, kvb = bytes_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2)
       gbs = (wb + kvb) / (mj / steps) / 1e9
-      rows.append((name, B, steps, mj, mt, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, compile_s))
+      rows.append((name, B, steps, mj, mt, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, mct / mcj))
       print(f"{name:6s} B={B}: jax {mj:6.2f} s  torch {mt:6.2f} s  ratio {mt / mj:5.2f}x  "
+            f"(process cpu s: jax {mcj:.2f} torch {mct:.2f}, ratio {mct / mcj:.2f}x)  "
             f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw; first call "
             f"{compile_s:.1f} s)  jax runs {[round(x, 2) for x in tj]} torch runs {[round(x, 2) for x in tt]}",
             flush=True)
-  print("\n| config | batch (x2 CFG) | steps | JAX s | torch s | torch/JAX | JAX ms/step | weight+KV GB/s | % of bw |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for n, B, st, mj, mt, r, ms, g, pct, _ in rows:
-    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} | {r:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% |")
+  print("\n| config | batch (x2 CFG) | steps | JAX s | torch s | torch/JAX | cpu-time ratio | JAX ms/step | "
+        "weight+KV GB/s | % of bw |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for n, B, st, mj, mt, r, ms, g, pct, cr in rows:
+    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% |")
 
 
 if __name__ == "__main__":
