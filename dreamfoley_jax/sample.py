@@ -131,13 +131,26 @@ def categorical(key: Array, logits_xV: Array) -> Array:
   return argmax_last(jax.random.gumbel(key, logits_xV.shape, logits_xV.dtype) + logits_xV)
 
 
-def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int) -> Array:
-  """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw."""
+def gumbel_noise(keys_B: Array, shape, columns_N: Array) -> Array:
+  """(N, B) + shape float32 Gumbel noise: item i at column j uses fold_in(key_i, j), as `choose_tokens`
+  draws it. Drawing a block of columns in one call amortises XLA:CPU's rolled threefry loop."""
+  per = lambda j: jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, j), shape, jnp.float32))(keys_B)
+  return jax.vmap(per)(columns_N)
+
+
+def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int,
+                  gumbel_BxKxV: Optional[Array] = None) -> Array:
+  """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw.
+
+  gumbel_BxKxV: the draw's noise given up front (`gumbel_noise` of the same keys: the same tokens).
+  """
   V = logits_BxKxV.shape[-1]
   x = jnp.where(jnp.arange(V) < codebook_size, logits_BxKxV.astype(jnp.float32), -jnp.inf)
   if sc.temperature == 0:
     return argmax_last(x)
   x = filter_logits(x, sc.top_k, sc.top_p) / sc.temperature
+  if gumbel_BxKxV is not None:
+    return argmax_last(gumbel_BxKxV + x).astype(jnp.int32)
   return jax.vmap(categorical)(keys_B, x).astype(jnp.int32)
 
 
@@ -232,6 +245,9 @@ def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
 # The jitted loop
 # --------------------------------------------------------------------------------------------------
 
+NOISE_BLOCK = 16  # decode steps whose Gumbel noise is drawn together
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "max_frames", "return_logits"))
 def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_video_B, neg_text_ids,
                 neg_text_mask, neg_B, prefix_BxKxC, *, cfg: foley.FoleyConfig, sc: SampleConfig,
@@ -301,7 +317,7 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
   def cond_fn(st):
     return (st["step"] < La - 1) & ~jnp.all(st["done"])
 
-  def body_fn(st):
+  def body_fn(st, noise=None):
     s = st["step"]
     col = jax.lax.dynamic_slice_in_dim(st["ids"], s, 1, axis=1)
     vac = jax.lax.dynamic_slice_in_dim(vacant, s, 1, axis=1)
@@ -310,7 +326,7 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
     logits = guide(logits, sc.cfg_scale)                                      # (B,K,V)
     j = s + 1
     keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys_B)
-    drawn = choose_tokens(logits, keys, sc, cfg.codebook_size)
+    drawn = choose_tokens(logits, keys, sc, cfg.codebook_size, noise)
     kn = jax.lax.dynamic_index_in_dim(known, j, axis=1, keepdims=False)
     old = jax.lax.dynamic_index_in_dim(st["ids"], j, axis=1, keepdims=False)
     new = jnp.where(kn, old, drawn)
@@ -320,7 +336,19 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
       out["logits"] = jax.lax.dynamic_update_index_in_dim(st["logits"], logits, s, axis=1)
     return out
 
-  st = jax.lax.while_loop(cond_fn, body_fn, state)
+  if sc.temperature == 0:
+    st = jax.lax.while_loop(cond_fn, body_fn, state)
+  else:
+    # Blocks of NOISE_BLOCK steps: the Gumbel noise of a block's columns is drawn in one call, then an
+    # inner loop decodes them (same keys, same noise, same tokens as drawing it step by step).
+    def block_fn(st):
+      j0 = st["step"] + 1
+      noise = gumbel_noise(keys_B, (K, V), j0 + jnp.arange(NOISE_BLOCK))
+      stop = st["step"] + NOISE_BLOCK
+      inner_body = lambda t: body_fn(t, jax.lax.dynamic_index_in_dim(noise, t["step"] + 1 - j0, 0, False))
+      return jax.lax.while_loop(lambda t: cond_fn(t) & (t["step"] < stop), inner_body, st)
+
+    st = jax.lax.while_loop(cond_fn, block_fn, state)
   res = {"delayed": st["ids"], "vacant": vacant, "codes": frames_from_delayed(cfg, st["ids"], lengths_B,
                                                                                max_frames, xp=jnp),
          "lengths": lengths_B, "steps": st["step"] - C}

@@ -227,6 +227,14 @@ def test_draw_helpers_equal_jax():
   ours = jax.jit(jax.vmap(S.categorical))(keys, f)
   ref = jax.jit(jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1)))(keys, f)
   np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+  # Noise drawn up front for a block of columns (the decode loop's path) gives the same tokens.
+  lg = jnp.asarray(rng.normal(size=(3, 8, 130)).astype(np.float32) * 3)
+  sc = S.SampleConfig(temperature=0.8, top_k=20, top_p=0.9)
+  noise = S.gumbel_noise(keys[:3], (8, 130), jnp.arange(5, 9))
+  for n, j in enumerate(range(5, 9)):
+    kj = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys[:3])
+    np.testing.assert_array_equal(np.asarray(S.choose_tokens(lg, kj, sc, 128, noise[n])),
+                                  np.asarray(S.choose_tokens(lg, kj, sc, 128)))
 
 
 @pytest.mark.parametrize("depth", [2, 1])
