@@ -72,7 +72,7 @@ def top_k_mask(logits_xV: Array, top_k: int) -> Array:
   V = logits_xV.shape[-1]
   if top_k <= 0 or top_k >= V:
     return jnp.ones(logits_xV.shape, bool)
-  kth = jax.lax.top_k(logits_xV, top_k)[0][..., -1:]
+  kth = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, top_k)[0])[..., -1:]
   return logits_xV >= kth
 
 
@@ -85,7 +85,7 @@ def top_p_mask(logits_xV: Array, top_p: float, max_kept: int = 0) -> Array:
   if top_p >= 1.0:
     return jnp.ones(logits_xV.shape, bool)
   n = max_kept if 0 < max_kept < V else V
-  desc = jax.lax.top_k(logits_xV, n)[0]
+  desc = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, n)[0])
   asc = desc[..., ::-1]
   cum = jnp.cumsum(jax.nn.softmax(asc, axis=-1), axis=-1)
   remove = (cum <= 1.0 - top_p).at[..., -1].set(False)
@@ -104,7 +104,9 @@ def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
   neg = jnp.asarray(-jnp.inf, logits_xV.dtype)
   if top_k <= 0 or top_k >= V:
     return jnp.where(top_p_mask(logits_xV, top_p), logits_xV, neg)
-  desc = jax.lax.top_k(logits_xV, top_k)[0]                    # sorted, descending
+  # The barrier keeps XLA:CPU's TopK custom call: without it the slices below are folded into the
+  # top_k's own slice and XLA falls back to a full sort of the row (20x slower at (64, 1026)).
+  desc = jax.lax.optimization_barrier(jax.lax.top_k(logits_xV, top_k)[0])   # sorted, descending
   thr = desc[..., -1:]                                           # k-th largest: ties kept, as transformers
   if top_p < 1.0:
     asc = desc[..., ::-1]
@@ -114,14 +116,42 @@ def filter_logits(logits_xV: Array, top_k: int, top_p: float) -> Array:
   return jnp.where(logits_xV >= thr, logits_xV, neg)
 
 
-def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int) -> Array:
-  """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw."""
+def argmax_last(x: Array) -> Array:
+  """`jnp.argmax(x, -1)` (first index of the maximum) as two plain reductions.
+
+  XLA:CPU lowers argmax to a variadic (value, index) reduce that cost more than a top-k per decode step.
+  """
+  V = x.shape[-1]
+  m = jnp.max(x, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(x == m, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+
+
+def categorical(key: Array, logits_xV: Array) -> Array:
+  """`jax.random.categorical(key, logits, axis=-1)`: the same Gumbel draws, the same result."""
+  return argmax_last(jax.random.gumbel(key, logits_xV.shape, logits_xV.dtype) + logits_xV)
+
+
+def gumbel_noise(keys_B: Array, shape, columns_N: Array) -> Array:
+  """(N, B) + shape float32 Gumbel noise: item i at column j uses fold_in(key_i, j), as `choose_tokens`
+  draws it. Drawing a block of columns in one call amortises XLA:CPU's rolled threefry loop."""
+  per = lambda j: jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, j), shape, jnp.float32))(keys_B)
+  return jax.vmap(per)(columns_N)
+
+
+def choose_tokens(logits_BxKxV: Array, keys_B: Array, sc: SampleConfig, codebook_size: int,
+                  gumbel_BxKxV: Optional[Array] = None) -> Array:
+  """Codes in [0, codebook_size) for every (item, codebook): filters, then temperature, then draw.
+
+  gumbel_BxKxV: the draw's noise given up front (`gumbel_noise` of the same keys: the same tokens).
+  """
   V = logits_BxKxV.shape[-1]
   x = jnp.where(jnp.arange(V) < codebook_size, logits_BxKxV.astype(jnp.float32), -jnp.inf)
   if sc.temperature == 0:
-    return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    return argmax_last(x)
   x = filter_logits(x, sc.top_k, sc.top_p) / sc.temperature
-  return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys_B, x).astype(jnp.int32)
+  if gumbel_BxKxV is not None:
+    return argmax_last(gumbel_BxKxV + x).astype(jnp.int32)
+  return jax.vmap(categorical)(keys_B, x).astype(jnp.int32)
 
 
 def guide(logits_2BxKxV: Array, cfg_scale: Optional[float]) -> Array:
@@ -177,8 +207,46 @@ def frames_from_delayed(cfg: foley.FoleyConfig, ids_BxLaxK, lengths_B, max_frame
 
 
 # --------------------------------------------------------------------------------------------------
+# Decode-step heads: the K codebook MLPs with their weights laid out once, outside the loop
+# --------------------------------------------------------------------------------------------------
+
+def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
+  """`CodebookHeads` params re-laid out for a decode step: the K first layers fused into one (D, K*H)
+  matmul. Done once before the loop (XLA:CPU otherwise re-transposes the stacked kernels every step)."""
+  cd = jnp.dtype(cfg.decoder.dtype)
+  K = cfg.num_codebooks
+  if cfg.head_depth == 1:
+    w = heads_params["kernel"]                                                  # (K, D, V)
+    return {"w1": jnp.transpose(w, (1, 0, 2)).reshape(w.shape[1], -1).astype(cd),
+            "b1": heads_params["bias"].reshape(-1).astype(cd)}
+  w1 = heads_params["fc1_kernel"]                                               # (K, D, H)
+  return {"w1": jnp.transpose(w1, (1, 0, 2)).reshape(w1.shape[1], -1).astype(cd),
+          "b1": heads_params["fc1_bias"].reshape(-1).astype(cd),
+          # separate (H, V) kernels: slicing a stacked one inside the loop can materialise a copy per step
+          "w2": [heads_params["fc2_kernel"][k].astype(cd) for k in range(K)],
+          "b2": heads_params["fc2_bias"].astype(cd)}
+
+
+def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
+  """Logits (N, K, V) in fp32: the same math as `DreamFoley.predict` on one position per row."""
+  K, V = cfg.num_codebooks, cfg.vocab_per_codebook
+  N = h_NxD.shape[0]
+  y = jnp.dot(h_NxD.astype(hw["w1"].dtype), hw["w1"]) + hw["b1"]
+  if "w2" not in hw:
+    return y.reshape(N, K, V).astype(jnp.float32)
+  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1).transpose(1, 0, 2)           # (K, N, H)
+  # K plain 2-D dots: as one batched einsum XLA:CPU picked a transposed output layout and a strided
+  # (Eigen) kernel, 3x slower than K separate GEMMs at N = 2.
+  out = jnp.stack([jnp.dot(z[k], w) for k, w in enumerate(hw["w2"])], axis=1) + hw["b2"]
+  return out.astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------
 # The jitted loop
 # --------------------------------------------------------------------------------------------------
+
+NOISE_BLOCK = 16  # decode steps whose Gumbel noise is drawn together
+
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "max_frames", "return_logits"))
 def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_video_B, neg_text_ids,
@@ -210,28 +278,46 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
   P = prompt.shape[1]
   text_len = batch["text_ids"].shape[1]
   a0 = foley.audio_position_offset(cfg, pmask, text_len)                    # (nB,) position of column 0
-  cache = qwen2.init_cache(cfg.decoder, nB, P + La)
   if C:
     xa = model.apply(variables, dup(ids[:, :C]), dup(vacant[:, :C]), method=lambda m, i, v: m.embed_audio(i, v))
     x0 = jnp.concatenate([prompt, xa], axis=1)
     m0 = jnp.concatenate([pmask, jnp.ones((nB, C), bool)], axis=1)
   else:
     x0, m0 = prompt, pmask
-  _, aux = model.apply(variables, x0, m0, foley.sequence_positions(cfg, pmask, text_len, C), cache,
-                       method=lambda m, *a: m.decode(*a))
-  state = {"step": jnp.asarray(C, jnp.int32), "ids": ids, "cache": aux["cache"],
+  pos0 = foley.sequence_positions(cfg, pmask, text_len, C)
+  prefill = lambda m, *a: m.decode(*a)
+  Nv = cfg.null_video_len
+  if guided and text_len + Nv < P:
+    # The unconditional prompt is [text | null video | padding]: every video slot past the null video is
+    # masked out as a key. Prefill those rows on the compacted [text | null video | prefix] (same tokens,
+    # same positions, same order), so the CFG half costs Lt + Nv tokens instead of P. The skipped slots
+    # stay masked in the cache; decoding writes both halves at the same slots P + C + s.
+    keep = np.r_[0:text_len + Nv, P:P + C]
+    _, ac = model.apply(variables, x0[:B], m0[:B], pos0[:B], qwen2.init_cache(cfg.decoder, B, P + La),
+                        method=prefill)
+    _, au = model.apply(variables, x0[B:, keep], m0[B:, keep], pos0[B:, keep],
+                        qwen2.init_cache(cfg.decoder, B, P + La), method=prefill)
+    cat = lambda a, b: jnp.concatenate([a, b], axis=0)
+    filled = {k: jax.tree.map(cat, ac["cache"][k], au["cache"][k]) for k in ("k", "v", "mask")}
+    cache = dict(filled, index=jnp.asarray(P + C, jnp.int32))
+  else:
+    _, aux = model.apply(variables, x0, m0, pos0, qwen2.init_cache(cfg.decoder, nB, P + La), method=prefill)
+    cache = aux["cache"]
+  state = {"step": jnp.asarray(C, jnp.int32), "ids": ids, "cache": cache,
            "done": jnp.zeros((B,), bool)}
   if return_logits:
     state["logits"] = jnp.zeros((B, La, K, V), jnp.float32)
 
+  hw = step_heads_weights(cfg, params["heads"])
+
   def step_fn(m, col, vac, pos, cache):
     h, a = m.decode(m.embed_audio(col, vac), jnp.ones((nB, 1), bool), pos, cache)
-    return m.predict(h)[:, 0], a["cache"]
+    return step_heads(cfg, hw, h[:, 0]), a["cache"]
 
   def cond_fn(st):
     return (st["step"] < La - 1) & ~jnp.all(st["done"])
 
-  def body_fn(st):
+  def body_fn(st, noise=None):
     s = st["step"]
     col = jax.lax.dynamic_slice_in_dim(st["ids"], s, 1, axis=1)
     vac = jax.lax.dynamic_slice_in_dim(vacant, s, 1, axis=1)
@@ -240,7 +326,7 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
     logits = guide(logits, sc.cfg_scale)                                      # (B,K,V)
     j = s + 1
     keys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys_B)
-    drawn = choose_tokens(logits, keys, sc, cfg.codebook_size)
+    drawn = choose_tokens(logits, keys, sc, cfg.codebook_size, noise)
     kn = jax.lax.dynamic_index_in_dim(known, j, axis=1, keepdims=False)
     old = jax.lax.dynamic_index_in_dim(st["ids"], j, axis=1, keepdims=False)
     new = jnp.where(kn, old, drawn)
@@ -250,7 +336,19 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
       out["logits"] = jax.lax.dynamic_update_index_in_dim(st["logits"], logits, s, axis=1)
     return out
 
-  st = jax.lax.while_loop(cond_fn, body_fn, state)
+  if sc.temperature == 0:
+    st = jax.lax.while_loop(cond_fn, body_fn, state)
+  else:
+    # Blocks of NOISE_BLOCK steps: the Gumbel noise of a block's columns is drawn in one call, then an
+    # inner loop decodes them (same keys, same noise, same tokens as drawing it step by step).
+    def block_fn(st):
+      j0 = st["step"] + 1
+      noise = gumbel_noise(keys_B, (K, V), j0 + jnp.arange(NOISE_BLOCK))
+      stop = st["step"] + NOISE_BLOCK
+      inner_body = lambda t: body_fn(t, jax.lax.dynamic_index_in_dim(noise, t["step"] + 1 - j0, 0, False))
+      return jax.lax.while_loop(lambda t: cond_fn(t) & (t["step"] < stop), inner_body, st)
+
+    st = jax.lax.while_loop(cond_fn, block_fn, state)
   res = {"delayed": st["ids"], "vacant": vacant, "codes": frames_from_delayed(cfg, st["ids"], lengths_B,
                                                                                max_frames, xp=jnp),
          "lengths": lengths_B, "steps": st["step"] - C}

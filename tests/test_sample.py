@@ -212,6 +212,46 @@ def test_filters_match_transformers_warpers(top_k, top_p):
   np.testing.assert_array_equal(got, _transformers_mask(warpers, x))
 
 
+def test_draw_helpers_equal_jax():
+  """argmax_last == jnp.argmax (first index on ties) and categorical == jax.random.categorical draw for draw,
+  under jit (where the decode loop runs them)."""
+  rng = np.random.default_rng(3)
+  x = np.round(rng.normal(size=(6, 8, 130)) * 2).astype(np.float32)   # rounded: many ties
+  x[0, 0, :] = -np.inf
+  x[1, :, 5] = 40.0
+  x[1, :, 9] = 40.0
+  xj = jnp.asarray(x)
+  np.testing.assert_array_equal(np.asarray(jax.jit(S.argmax_last)(xj)), np.asarray(jnp.argmax(xj, -1)))
+  f = jnp.asarray(S.filter_logits(jnp.asarray(rng.normal(size=(6, 8, 130)).astype(np.float32) * 3), 25, 0.9))
+  keys = jax.random.split(jax.random.key(7), 6)
+  ours = jax.jit(jax.vmap(S.categorical))(keys, f)
+  ref = jax.jit(jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1)))(keys, f)
+  np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+  # Noise drawn up front for a block of columns (the decode loop's path) gives the same tokens.
+  lg = jnp.asarray(rng.normal(size=(3, 8, 130)).astype(np.float32) * 3)
+  sc = S.SampleConfig(temperature=0.8, top_k=20, top_p=0.9)
+  noise = S.gumbel_noise(keys[:3], (8, 130), jnp.arange(5, 9))
+  for n, j in enumerate(range(5, 9)):
+    kj = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys[:3])
+    np.testing.assert_array_equal(np.asarray(S.choose_tokens(lg, kj, sc, 128, noise[n])),
+                                  np.asarray(S.choose_tokens(lg, kj, sc, 128)))
+
+
+@pytest.mark.parametrize("depth", [2, 1])
+def test_step_heads_equal_module_heads(params, depth):
+  """The decode loop's re-laid-out heads (fused first layer) == DreamFoley.predict."""
+  cfg = CFG.replace(head_depth=depth)
+  p = params
+  if depth == 1:
+    b = dict(prompt_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
+    p = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(1), jax.tree.map(jnp.asarray, b))["params"])
+  h = jnp.asarray(np.random.default_rng(0).normal(size=(5, CFG.decoder.hidden_size)).astype(np.float32))
+  ref = foley.DreamFoley(cfg).apply({"params": p}, h[:, None], method=lambda m, x: m.predict(x))[:, 0]
+  got = jax.jit(lambda p, h: S.step_heads(cfg, S.step_heads_weights(cfg, p["heads"]), h))(p, h)
+  assert got.shape == (5, CFG.num_codebooks, CFG.vocab_per_codebook)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
 def test_temperature_applies_after_top_k_and_top_p():
   """A hot temperature must not widen the nucleus: draws stay inside top-p of the untempered logits."""
   V = CFG.vocab_per_codebook

@@ -6,8 +6,9 @@ DynamicCache, the same embeddings / heads / CFG / top-k -> top-p -> temperature)
 
 10 s of audio = 250 frames -> 258 decode steps (+ K - 1 staircase + EOS) after a prefill of
 [text 16 | video 250]; CFG doubles the batch. JAX and torch runs are interleaved (the CPU is shared) and
-medians are reported. Also prints the decode roofline: weight + KV bytes read per step / step time,
-against the machine's memory bandwidth measured here with a large numpy copy.
+medians are reported, with each side's process CPU time. Also prints the decode rooflines: weight + KV
+bytes read per step / step time against the machine's memory bandwidth (a large numpy copy), and matmul
+FLOPs per step / step time against XLA's fp32 GEMM throughput measured in the same run.
 """
 import pathlib
 import sys
@@ -24,7 +25,9 @@ flags.DEFINE_list("configs", ["tiny", "small"], "tiny | small")
 flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles them)")
 flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
-flags.DEFINE_integer("threads", 1, "torch intra-op threads (1: with 2 OpenMP threads on 2 oversubscribed cores torch ran 30x slower here)")
+flags.DEFINE_integer("threads", 1, "torch intra-op threads (0 = os.cpu_count()). 1 is torch's fastest setting on "
+                     "these 2 shared cores: with 2, OpenMP spin-waits on the oversubscribed cores and tiny B=1 took "
+                     "11.4 s instead of 0.35 s. Compare the process-CPU-time ratio too (JAX's counts both threads)")
 
 
 def configs():
@@ -190,6 +193,38 @@ def bytes_per_step(cfg, params, B, S):
   return 4 * n, 4 * kv
 
 
+def flops_per_step(cfg, params, B, S):
+  """Matmul FLOPs of one decode step for 2B rows: every decoder/head weight once per row + attention."""
+  import numpy as np
+
+  import jax
+
+  n = sum(int(np.prod(x.shape)) for k, v in params["decoder"].items() if k != "embed_tokens"
+          for x in jax.tree.leaves(v))
+  n += sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params["heads"]))
+  d = cfg.decoder
+  attn = 2 * 2 * d.num_hidden_layers * d.num_attention_heads * d.head_size * S
+  return 2 * B * (2 * n + attn)
+
+
+def gemm_gflops():
+  """fp32 GEMM throughput of XLA:CPU on this machine now (2048x512 @ 512x1536): the compute roofline."""
+  import numpy as np
+
+  import jax
+  import jax.numpy as jnp
+
+  a, b = jnp.ones((2048, 512), jnp.float32), jnp.ones((512, 1536), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  best = 0.0
+  for _ in range(10):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = max(best, 2 * 2048 * 512 * 1536 / (time.perf_counter() - t) / 1e9)
+  return best
+
+
 def bandwidth_gbs():
   import numpy as np
 
@@ -215,11 +250,14 @@ def main(argv):
   from dreamfoley_jax import sample as S
   from dreamfoley_jax.models import foley
 
-  torch.set_num_threads(FLAGS.threads)
+  torch.set_num_threads(FLAGS.threads or os.cpu_count())
   frames = int(round(FLAGS.seconds * 25))
   bw = bandwidth_gbs()
+  peak = gemm_gflops()
   print(f"machine: {os.cpu_count()} cpus, measured memory bandwidth (numpy copy, read+write) {bw:.1f} GB/s; "
-        f"load average {os.getloadavg()[0]:.1f}")
+        f"XLA fp32 GEMM {peak:.0f} GFLOP/s (2048x512x1536); "
+        f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}, XLA:CPU uses all "
+        f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   sc = S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=3.0)
   rows = []
   for name in FLAGS.configs:
@@ -246,26 +284,35 @@ def main(argv):
       r = run_jax()
       compile_s = time.perf_counter() - t0
       assert int(r["steps"]) == steps
-      tj, tt = [], []
+      tj, tt, cj, ct = [], [], [], []
       for _ in range(FLAGS.reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_jax()
         tj.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        cj.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         tm.sample(b, lengths, sc)
         tt.append(time.perf_counter() - t0)
+        ct.append(time.process_time() - c0)
       mj, mt = statistics.median(tj), statistics.median(tt)
+      mcj, mct = statistics.median(cj), statistics.median(ct)
       wb, kvb = bytes_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2)
       gbs = (wb + kvb) / (mj / steps) / 1e9
-      rows.append((name, B, steps, mj, mt, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, compile_s))
+      gfs = flops_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2) / (mj / steps) / 1e9
+      rows.append((name, B, steps, mj, mt, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, mct / mcj, gfs,
+                   100 * gfs / peak))
       print(f"{name:6s} B={B}: jax {mj:6.2f} s  torch {mt:6.2f} s  ratio {mt / mj:5.2f}x  "
-            f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw; first call "
+            f"(process cpu s: jax {mcj:.2f} torch {mct:.2f}, ratio {mct / mcj:.2f}x)  "
+            f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw, {gfs:.1f} GFLOP/s = "
+            f"{100 * gfs / peak:.0f}% of GEMM; first call "
             f"{compile_s:.1f} s)  jax runs {[round(x, 2) for x in tj]} torch runs {[round(x, 2) for x in tt]}",
             flush=True)
-  print("\n| config | batch (x2 CFG) | steps | JAX s | torch s | torch/JAX | JAX ms/step | weight+KV GB/s | % of bw |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for n, B, st, mj, mt, r, ms, g, pct, _ in rows:
-    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} | {r:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% |")
+  print("\n| config | batch (x2 CFG) | steps | JAX s | torch s | torch/JAX | cpu-time ratio | JAX ms/step | "
+        "weight+KV GB/s | % of bw | GFLOP/s | % of GEMM |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for n, B, st, mj, mt, r, ms, g, pct, cr, gf, gpct in rows:
+    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% | "
+          f"{gf:.1f} | {gpct:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Parameter names follow the Hugging Face module names (``q_proj``, ``input_layern
 converter in ``dreamfoley_jax.convert.qwen2`` is a one-to-one table. Kernels are 2-D (in, out): XLA:CPU
 handles the backward of 2-D dots much better than dots with extra batch dims (see JAX_NOTES).
 
-KV cache: an explicit pytree ``{"k": [L](B,S,K,E), "v": ..., "mask": (B,S) bool, "index": int32}``.
+KV cache: an explicit pytree ``{"k": L x (B,K,S,E), "v": ..., "mask": (B,S) bool, "index": int32}`` (a list of
+per-layer arrays, or one (L,B,K,S,E) array with scan_layers).
 A call with a cache writes its T new keys at slots [index, index+T) and each query attends to valid
 slots at or before its own slot, so prefill (T = prompt) and decode (T = 1) share one code path.
 """
@@ -232,12 +233,18 @@ def apply_rope(x_BxTxNxE: Array, cos_BxTxE: Array, sin_BxTxE: Array) -> Array:
   return out.astype(dtype)
 
 
-def _attend_kv_major(q_BxKxGxTxE, k_BxKxSxE, v_BxKxSxE, mask_BxTxS):
-  """GQA with kv-head-major layouts: both dots are plain batched GEMMs over (B, K)."""
+def _attend_kv_major(q_BxKxGxTxE, k_BxKxSxE, v_BxKxSxE, mask_BxTxS, keys_transposed: bool = False):
+  """GQA with kv-head-major layouts: both dots are plain batched GEMMs over (B, K).
+
+  keys_transposed: k is given as (B, K, E, S) (the KV cache layout), so q @ k is a plain (NN) GEMM.
+  """
   B, K, G, T, E = q_BxKxGxTxE.shape
-  S = k_BxKxSxE.shape[2]
+  S = v_BxKxSxE.shape[2]
   q = (q_BxKxGxTxE * jnp.asarray(E ** -0.5, q_BxKxGxTxE.dtype)).reshape(B, K, G * T, E)
-  scores = jnp.einsum("bkqe,bkse->bkqs", q, k_BxKxSxE, preferred_element_type=jnp.float32)
+  if keys_transposed:
+    scores = jnp.einsum("bkqe,bkes->bkqs", q, k_BxKxSxE, preferred_element_type=jnp.float32)
+  else:
+    scores = jnp.einsum("bkqe,bkse->bkqs", q, k_BxKxSxE, preferred_element_type=jnp.float32)
   scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(B, K, G, T, S), jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxE.dtype).reshape(B, K, G * T, S)
   out = jnp.einsum("bkqs,bkse->bkqe", probs, v_BxKxSxE)
@@ -301,27 +308,22 @@ class Qwen2Attention(nn.Module):
     q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     new_cache = None
-    if layer_cache is not None and "layer" in layer_cache:
-      # Unscanned stack: the whole (L,B,S,K,E) cache is threaded through the layers and only this
-      # layer's T new slots are written, in place (no per-step slicing and re-stacking of every layer).
-      i = layer_cache["layer"]
-      ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype)[None],
-                                        (i, 0, cache_index, 0, 0))
-      cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype)[None],
-                                        (i, 0, cache_index, 0, 0))
-      new_cache = {"k": ck, "v": cv, "layer": i}
-      k, v = ck[i].astype(q.dtype), cv[i].astype(q.dtype)
-    elif layer_cache is not None:
-      ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                        (0, cache_index, 0, 0))
-      cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                        (0, cache_index, 0, 0))
+    if layer_cache is not None:
+      # Cache (B,K,S,E), kv-head-major: the T new slots are written in place and the attention dots are
+      # plain batched GEMMs over (B,K) reading contiguous keys (no per-step transpose of the cache).
+      cdt = layer_cache["k"].dtype
+      ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(cdt).transpose(0, 2, 3, 1),
+                                        (0, 0, 0, cache_index))
+      cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(cdt).transpose(0, 2, 1, 3),
+                                        (0, 0, cache_index, 0))
       new_cache = {"k": ck, "v": cv}
-      k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-    if c.attention_impl == "blocked" and layer_cache is None:
+      q_kv = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)                  # B K G T E
+      out = _attend_kv_major(q_kv, ck.astype(q.dtype), cv.astype(q.dtype), mask_BxTxS, keys_transposed=True)
+      out = out.transpose(0, 3, 1, 2, 4)
+    elif c.attention_impl == "blocked":
       out = blocked_causal_attention(q, k, v, mask_BxTxS, c.attention_block)
-    else:  # with a cache, key slots are not query positions: use the full masked path
-      out = attention(q, k, v, mask_BxTxS, "xla" if c.attention_impl == "blocked" else c.attention_impl)
+    else:
+      out = attention(q, k, v, mask_BxTxS, c.attention_impl)
     out = sharding.constrain(out.reshape(B, T, H * E), ("batch", "length", "act_heads"))
     out = Linear(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out)
     return out, new_cache
@@ -453,14 +455,15 @@ class Qwen2Model(nn.Module):
       layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
       x, new_layers = self.layers(x, layer_caches, cos, sin, mask, index)
     else:
-      ck, cv = (None, None) if cache is None else (cache["k"], cache["v"])
+      ks, vs = [], []
       for i, layer in enumerate(self.layers):
-        lc = None if cache is None else {"k": ck, "v": cv, "layer": i}
+        lc = None if cache is None else {"k": cache["k"][i], "v": cache["v"][i]}
         x, nc = layer(x, cos, sin, mask, lc, index)
         if cache is not None:
-          ck, cv = nc["k"], nc["v"]
+          ks.append(nc["k"])
+          vs.append(nc["v"])
       if cache is not None:
-        new_layers = {"k": ck, "v": cv}
+        new_layers = {"k": ks, "v": vs}
     x = self.norm(x)
     aux = {}
     if cache is not None:
@@ -469,11 +472,20 @@ class Qwen2Model(nn.Module):
 
 
 def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache for `max_len` slots; k/v stacked over layers: (L,B,S,K,E)."""
+  """An empty KV cache for `max_len` slots, kv-head-major (B,S -> B,K,S,E per layer).
+
+  k/v are lists of L (B,K,S,E) arrays for the unscanned stack (each layer's buffer is updated in place,
+  never sliced out of a stack), or stacked (L,B,K,S,E) arrays with `scan_layers` (the scan carries them).
+  """
   dtype = _dt(dtype or config.dtype)
-  shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_size)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
+  kshape = (batch, config.num_key_value_heads, config.head_size, max_len)
+  vshape = (batch, config.num_key_value_heads, max_len, config.head_size)
+  L = config.num_hidden_layers
+  if config.scan_layers:
+    k, v = jnp.zeros((L,) + kshape, dtype), jnp.zeros((L,) + vshape, dtype)
+  else:
+    k, v = [jnp.zeros(kshape, dtype) for _ in range(L)], [jnp.zeros(vshape, dtype) for _ in range(L)]
+  return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
 
 
 class Qwen2ForCausalLM(nn.Module):
