@@ -426,9 +426,12 @@ def extract_windows(frames_u8):
 
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
                     eva_ckpt=None, sync_ckpt=None,
-                    sample_overrides=None, window_s=10.0, context_s=3.0, batch_size=8, bucket_s=2.0, seed=0,
+                    sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True) -> Generator:
-  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls)."""
+  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
+
+  window_s / context_s default to the config's sample.window_s / sample.context_s (else 10 s / 3 s).
+  """
   import flax.linen as nn
   import jax
 
@@ -453,6 +456,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     codec, tokenize = load_codec(codec_checkpoint), bpe_tokenizer(tokenizer)
     feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
   fr = AUDIO_FRAME_RATE
+  window_s = float(exp.get("sample", {}).get("window_s", 10.0)) if window_s is None else float(window_s)
+  context_s = float(exp.get("sample", {}).get("context_s", 3.0)) if context_s is None else float(context_s)
   return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, window_frames=int(round(window_s * fr)),
                    context_frames=int(round(context_s * fr)), batch_size=batch_size,
                    bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed, sample_rate=sample_rate,

@@ -6,11 +6,16 @@ command). Stages, each timed and logged:
   1. data      synthetic clips (train + held out), deterministic from the seed
   2. codec     the weights-free RVQ codec (K = 8, 25 Hz) fitted on the training audio; BPE on the captions
   3. records   ArrayRecord shards in the training-record format (frames + codes + caption ids)
-  4. train     the real trainer (`dreamfoley_jax.train.train`) with experiments/synthetic.py
-  5. sample    held-out clips with CFG: real video; video shuffled across clips (control); caption with
-               another material (timbre control)
-  6. write     wav, mp4 (synthetic video + generated sound), spectrogram PNG with true event times
-  7. metrics   onset F1 within +-40 ms, mean |onset offset|, same for shuffled video; spectral centroid
+  4. encoders  the video towers (Synchformer, EVA-CLIP at toy size) pretrained on a self-supervised
+               audio-visual pretext (`encoder_pretrain`: predict each frame's audio band energies /
+               onset strength, and the clip's timbre), then frozen in DreamFoley as the paper freezes
+               its pretrained encoders (main.pretrain_encoders; off: trained from scratch end to end)
+  5. train     the real trainer (`dreamfoley_jax.train.train`) with experiments/synthetic.py
+  6. sample    held-out clips with CFG: real video; video shuffled across clips (control); caption with
+               another material (timbre control). Clips longer than the training crops are generated with
+               the sampler's windowed continuation (`sample.sample_long`, sample.window_s / context_s)
+  7. write     wav, mp4 (synthetic video + generated sound), spectrogram PNG with true event times
+  8. metrics   onset F1 within +-40 ms, mean |onset offset|, same for shuffled video; spectral centroid
                shift under the caption swap -> metrics.json
 """
 from __future__ import annotations
@@ -90,6 +95,28 @@ def write_records(train, codec, tokenizer, max_text_len: int, out_dir: pathlib.P
   return writer.write_records(examples(), out_dir, num_shards=2, overwrite=True)
 
 
+def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> dict:
+  """Pretrains the video towers on the audio-visual pretext, saves them, and points the trainer at them.
+
+  Sets c.train.init_from (synchformer / eva_clip subtrees from `out_dir`) and c.train.frozen_regex so
+  DreamFoley trains with the towers frozen. Returns the pretext report (losses, impact diagnostics).
+  """
+  from dreamfoley_jax import encoder_pretrain
+  from dreamfoley_jax.convert import common
+  from dreamfoley_jax.models import foley
+
+  fcfg = foley.config_from_dict(c.model)
+  if fcfg.vision_mode != "frames" or not (fcfg.use_sync and fcfg.use_clip):
+    raise ValueError("main.pretrain_encoders needs model.vision_mode='frames' with both towers")
+  pc = encoder_pretrain.PretextConfig(**dict(c.main.get("pretext", {})))
+  towers, report = encoder_pretrain.pretrain(fcfg.synchformer, fcfg.eva, train_clips, pc, held=held, log=log)
+  common.save_params(towers, out_dir, overwrite=True, metadata={"what": "pretext-pretrained video towers",
+                                                                "pretext": dataclasses.asdict(pc)})
+  c.train.init_from = (f"synchformer={out_dir}::synchformer", f"eva_clip={out_dir}::eva_clip")
+  c.train.frozen_regex = r"^(eva_clip|synchformer)/"
+  return report
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------------
@@ -122,8 +149,12 @@ def prompt_batch(clips, captions, tokenizer, text_len: int, videos=None) -> tupl
 
 
 def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: int, seed: int, videos=None,
-             batch_size: int = 16) -> list[np.ndarray]:
-  """Codes (K, T_i) for each clip, sampled with the jitted CFG sampler, in batches of `batch_size`."""
+             batch_size: int = 16, window_frames: int = 0, context_frames: int = 0) -> list[np.ndarray]:
+  """Codes (K, T_i) for each clip, sampled with the jitted CFG sampler, in batches of `batch_size`.
+
+  window_frames > 0: batches with clips longer than that are generated in windows of the trained length
+  overlapping by `context_frames` (`sample.sample_long`); shorter batches in one pass.
+  """
   from dreamfoley_jax import sample
 
   videos = clips if videos is None else videos
@@ -131,7 +162,11 @@ def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: 
   for s in range(0, len(clips), batch_size):
     sl = slice(s, s + batch_size)
     b, lengths = prompt_batch(clips[sl], captions[sl], tokenizer, text_len, videos[sl])
-    res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s)
+    if window_frames and max(lengths) > window_frames:
+      res = sample.sample_long(fcfg, params, b, lengths, window_frames=window_frames,
+                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s)
+    else:
+      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s)
     codes = np.asarray(res["codes"])
     out += [codes[i, :, :n] for i, n in enumerate(lengths)]
   return out
@@ -237,19 +272,23 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   log(f"DreamFoley main job -> {wd}  (JAX {jax.__version__}, {jax.devices()[0].platform}, "
       f"{len(jax.devices())} device(s))")
 
-  with Stage("1/7 data", log, timings):
+  with Stage("1/8 data", log, timings):
     train_clips, held = make_data(m, log)
-  with Stage("2/7 codec + tokenizer", log, timings):
+  with Stage("2/8 codec + tokenizer", log, timings):
     codec = fit_codec(train_clips, m, wd, log)
     tok = text.train_bpe([x["caption"] for x in train_clips], int(m.bpe_vocab))
     tok.save(str(wd / "tokenizer.json"))
     if tok.get_vocab_size() > int(c.model.decoder.vocab_size):
       raise ValueError(f"BPE vocab {tok.get_vocab_size()} exceeds model.decoder.vocab_size")
-  with Stage("3/7 records", log, timings):
+  with Stage("3/8 records", log, timings):
     paths = write_records(train_clips, codec, tok, int(c.data.max_text_len), wd / "data")
     c.data.train_records = str(wd / "data" / "train-*.array_record")
     log(f"  {len(paths)} ArrayRecord shards in {wd / 'data'}")
-  with Stage("4/7 train", log, timings):
+  pretext_report = None
+  if m.get("pretrain_encoders", False):
+    with Stage("4/8 encoders", log, timings):
+      pretext_report = pretrain_encoders(c, train_clips, held, wd / "encoders", log)
+  with Stage("5/8 train", log, timings):
     result = train.train(c, str(wd / "train"))
     params = result.state.params
     log(f"  {result.status} at step {result.step}")
@@ -265,18 +304,20 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
              for x in held]
   perm = derangement(len(held), int(m.seed))
   bs = int(m.sample_batch)
-  with Stage("5/7 sample", log, timings):
-    codes = generate(fcfg, params, held, captions, tok, scfg, text_len=text_len, seed=1, batch_size=bs)
+  fps = synthetic.FPS
+  win = dict(window_frames=int(round(float(c.sample.get("window_s", 0.0)) * fps)),
+             context_frames=int(round(float(c.sample.get("context_s", 0.0)) * fps)))
+  with Stage("6/8 sample", log, timings):
+    codes = generate(fcfg, params, held, captions, tok, scfg, text_len=text_len, seed=1, batch_size=bs, **win)
     log("  real video + caption: done")
     codes_shuf = generate(fcfg, params, held, captions, tok, scfg, text_len=text_len, seed=1,
-                          videos=[held[j] for j in perm],
-                          batch_size=bs)
+                          videos=[held[j] for j in perm], batch_size=bs, **win)
     log("  shuffled video: done")
-    codes_swap = generate(fcfg, params, held, swapped, tok, scfg, text_len=text_len, seed=1, batch_size=bs)
+    codes_swap = generate(fcfg, params, held, swapped, tok, scfg, text_len=text_len, seed=1, batch_size=bs, **win)
     log("  swapped caption: done")
 
   sr = synthetic.SAMPLE_RATE
-  with Stage("6/7 write", log, timings):
+  with Stage("7/8 write", log, timings):
     out = wd / "samples"
     out.mkdir(exist_ok=True)
     audios = [codec.decode(x) for x in codes]
@@ -292,7 +333,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       write_spectrogram(out / f"{name}.png", a, sr, x["event_times"],
                         f"{name}: generated (caption: {x['caption']}); dashed = true events",
                         sync.detect_onsets(a, sr))
-  with Stage("7/7 metrics", log, timings):
+  with Stage("8/8 metrics", log, timings):
     ref = {}
     for mat in MATERIAL_SWAP:
       cs = [_nanmean(sync.event_centroids(x["audio"], x["event_times"], sr)) for x in train_clips[:200]
@@ -301,6 +342,8 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     metrics = score(held, audios, audios_shuf, audios_swap, sr, ref)
     metrics["material_centroid_hz"] = {k: round(v, 1) for k, v in ref.items()}
     metrics["train_steps"] = int(result.step)
+    if pretext_report is not None:
+      metrics["encoder_pretext"] = pretext_report
     metrics["timings_s"] = timings
     metrics["total_s"] = round(time.time() - t_start, 1)
     metrics["config"] = {"sample": c.sample.to_dict(), "num_train": int(m.num_train), "num_eval": int(m.num_eval)}

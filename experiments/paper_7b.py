@@ -101,6 +101,8 @@ def get_config():
       top_k=25,                # Sec. 5.1: top-k 25
       cfg_scale=3.0,           # Sec. 5.1: CFG scale 3
       seed=0,
+      window_s=10.0,           # clips longer than the trained length (10 s) are generated in windows ...
+      context_s=3.0,           # ... each carrying the last 3 s of audio + video as context (OUR CHOICE; sec. 7)
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))   # OUR CHOICE: FSDP over the pod

@@ -15,7 +15,8 @@ def job(tmp_path_factory):
   wd = tmp_path_factory.mktemp("main_job")
   c = configs.load_config("experiments/synthetic.py")
   for k, v in {"train.steps": 2, "train.global_batch": 8, "train.log_every": 1, "main.num_train": 12,
-               "main.num_eval": 2, "main.sample_batch": 2, "main.max_eval_seconds": 3.0}.items():
+               "main.num_eval": 2, "main.sample_batch": 2, "main.max_eval_seconds": 3.0,
+               "main.pretext.steps": 2, "sample.window_s": 2.0, "sample.context_s": 1.0}.items():
     configs.set_path(c, k, v)
   metrics = main_job.run(c, wd, log=lambda m: None)
   return wd, metrics
@@ -37,6 +38,22 @@ def test_writes_every_file(job):
   assert 0.0 <= on_disk["onset_f1"] <= 1.0 and 0.0 <= on_disk["shuffled_video_onset_f1"] <= 1.0
   assert (wd / "params").is_dir() and (wd / "codec.npz").exists() and (wd / "tokenizer.json").exists()
   assert list((wd / "data").glob("train-*.array_record"))
+
+
+def test_pretrained_towers_stay_frozen_in_training(job):
+  """Stage 4 pretrains the video towers; the trainer starts from them and never changes them."""
+  from dreamfoley_jax.convert import common
+
+  wd, metrics = job
+  rep = metrics["encoder_pretext"]
+  assert rep["steps"] == 2 and np.isfinite(rep["frame_loss"]) and "impact_peak_rate" in rep
+  towers = common.flatten(common.load_params(wd / "encoders"))
+  trained = common.flatten(common.load_params(wd / "params"))
+  assert towers and all(k.split("/")[0] in ("synchformer", "eva_clip") for k in towers)
+  for k, v in towers.items():
+    np.testing.assert_array_equal(np.asarray(trained[k]), np.asarray(v), err_msg=k)
+  # ... while the rest of the model did train (2 steps moved the projector).
+  assert any(k.startswith("projector") for k in trained)
 
 
 def test_wav_has_the_clip_duration(job):

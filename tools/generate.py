@@ -33,8 +33,10 @@ flags.DEFINE_float("cfg_scale", None, "default: config sample.cfg_scale (paper: 
 flags.DEFINE_float("temperature", None, "default: config sample.temperature (paper: 1.0)")
 flags.DEFINE_integer("top_k", None, "default: config sample.top_k (paper: 25)")
 flags.DEFINE_float("top_p", None, "default: config sample.top_p (paper: 0.9)")
-flags.DEFINE_float("window_s", 10.0, "window length in seconds (the trained length)")
-flags.DEFINE_float("context_s", 3.0, "seconds of generated audio carried into each next window")
+flags.DEFINE_float("window_s", None, "window length in seconds (default: config sample.window_s, the trained "
+                   "length: 10 s for paper_7b, 3 s for synthetic)")
+flags.DEFINE_float("context_s", None, "seconds of generated audio carried into each next window (default: config "
+                   "sample.context_s)")
 flags.DEFINE_integer("batch_size", 8, "clips per batch (grouped by duration bucket)")
 flags.DEFINE_float("bucket_s", 2.0, "duration bucket width in seconds")
 flags.DEFINE_integer("seed", 0, "sampling seed (per-clip streams derive from it)")
