@@ -10,8 +10,11 @@ in the spirit of Synchformer's audio-visual pretraining:
 
   * Synchformer tower, per 25 fps frame t: regress the audio of video frame t's 40 ms, summarised as
     log energies in `num_bands` bands and their positive frame-to-frame change (onset strength).
-  * EVA-CLIP tower, per 4 fps frame: regress the clip's mean log band energies over its sounding frames
-    (what the object sounds like: timbre is a property of what is seen).
+  * EVA-CLIP tower (optional, `towers`), per 4 fps frame: regress the clip's mean log band energies over
+    its sounding frames (what the object sounds like). The main job leaves it out: a tower that outputs
+    the timbre outright made the decoder take the timbre from the video and ignore the caption (caption
+    swap moved the timbre toward the caption in 50% of clips vs 94% without it; docs/main_job.md), so
+    EVA trains end to end inside DreamFoley there.
 
 Targets are standardised over the training set; the towers then go into DreamFoley frozen
 (`train.init_from` + `train.frozen_regex`), as the paper uses its encoders. Nothing here reads the
@@ -45,6 +48,7 @@ class PretextConfig:
   fps: int = 25
   clip_fps: int = 4
   seed: int = 0
+  towers: str = "synchformer"      # comma list of towers to pretrain: synchformer[,eva_clip]
 
 
 def audio_frame_targets(audio_N: np.ndarray, num_frames: int, cfg: PretextConfig = PretextConfig()) -> np.ndarray:
@@ -82,12 +86,14 @@ class PretextModel(nn.Module):
   sync_config: Any
   eva_config: Any
   num_bands: int
+  use_clip: bool = True
 
   def setup(self):
     self.synchformer = synchformer.Synchformer(self.sync_config)
-    self.eva_clip = eva_clip.EvaVisionTower(self.eva_config)
     self.sync_head = nn.Dense(1 + self.num_bands, name="sync_head")
-    self.clip_head = nn.Dense(self.num_bands, name="clip_head")
+    if self.use_clip:
+      self.eva_clip = eva_clip.EvaVisionTower(self.eva_config)
+      self.clip_head = nn.Dense(self.num_bands, name="clip_head")
 
   def sync_features(self, frames_BxTxHxWxC):
     """uint8 frames -> (B, T', D) per-frame Synchformer tokens, exactly as DreamFoley.encode_frames."""
@@ -109,6 +115,8 @@ class PretextModel(nn.Module):
 
   def __call__(self, frames_sync, frames_clip):
     s = self.sync_features(frames_sync)
+    if not self.use_clip:
+      return self.sync_head(s), None
     c = self.clip_features(frames_clip)
     return self.sync_head(s), self.clip_head(c)
 
@@ -136,7 +144,7 @@ def _crop_batch(clips, targets, rng, cfg: PretextConfig, clip_frames: int):
 
 def pretrain(sync_config, eva_config, clips: Sequence[Mapping[str, Any]], cfg: PretextConfig = PretextConfig(),
              held: Sequence[Mapping[str, Any]] = (), log: Callable[[str], None] = print) -> tuple[dict, dict]:
-  """Trains the towers on the pretext; returns ({"synchformer": ..., "eva_clip": ...} params, report).
+  """Trains the towers on the pretext; returns ({"synchformer": ...[, "eva_clip": ...]} params, report).
 
   report: final pretext losses and, on `held` clips (if given), how well the Synchformer onset output
   marks the true impact frames (mean predicted onset at impact frames vs elsewhere, in target std units,
@@ -157,7 +165,11 @@ def pretrain(sync_config, eva_config, clips: Sequence[Mapping[str, Any]], cfg: P
   targets = [((t - mu_s) / sd_s, (tc - mu_c) / sd_c) for t, tc in targets]
   clip_frames = int(np.ceil(cfg.frames * cfg.clip_fps / cfg.fps))
 
-  model = PretextModel(sync_config, eva_config, cfg.num_bands)
+  towers_wanted = {t.strip() for t in cfg.towers.split(",") if t.strip()}
+  if not towers_wanted <= {"synchformer", "eva_clip"} or "synchformer" not in towers_wanted:
+    raise ValueError(f"PretextConfig.towers={cfg.towers!r}: 'synchformer' or 'synchformer,eva_clip'")
+  use_clip = "eva_clip" in towers_wanted
+  model = PretextModel(sync_config, eva_config, cfg.num_bands, use_clip)
   rng = np.random.default_rng(cfg.seed)
   fs, fc, _, _ = _crop_batch(clips[:2], targets[:2], rng, cfg, clip_frames)
   params = nn.unbox(model.init(jax.random.key(cfg.seed), fs, fc)["params"])
@@ -169,7 +181,7 @@ def pretrain(sync_config, eva_config, clips: Sequence[Mapping[str, Any]], cfg: P
   def loss_fn(p, fs, fc, ts, tc):
     ps, pc = model.apply({"params": p}, fs, fc)
     ls = jnp.mean((ps - ts) ** 2)
-    lc = jnp.mean((pc - tc[:, None]) ** 2)
+    lc = jnp.mean((pc - tc[:, None]) ** 2) if pc is not None else jnp.zeros(())
     return ls + lc, (ls, lc)
 
   @jax.jit
@@ -193,7 +205,7 @@ def pretrain(sync_config, eva_config, clips: Sequence[Mapping[str, Any]], cfg: P
     report.update(impact_report(model, params, held, mu_s, sd_s, sync_config))
     log(f"  pretext onset output on {len(held)} held-out clips: {report['impact_contrast']:.2f} std higher at "
         f"impact frames; {100 * report['impact_peak_rate']:.0f}% of impacts are a local peak")
-  towers = {"synchformer": params["synchformer"], "eva_clip": params["eva_clip"]}
+  towers = {k: params[k] for k in sorted(towers_wanted)}
   return towers, report
 
 

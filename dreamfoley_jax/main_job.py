@@ -98,8 +98,9 @@ def write_records(train, codec, tokenizer, max_text_len: int, out_dir: pathlib.P
 def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> dict:
   """Pretrains the video towers on the audio-visual pretext, saves them, and points the trainer at them.
 
-  Sets c.train.init_from (synchformer / eva_clip subtrees from `out_dir`) and c.train.frozen_regex so
-  DreamFoley trains with the towers frozen. Returns the pretext report (losses, impact diagnostics).
+  Sets c.train.init_from (the pretrained subtrees from `out_dir`: main.pretext.towers) and
+  c.train.frozen_regex so DreamFoley trains with those towers frozen (the others train end to end).
+  Returns the pretext report (losses, impact diagnostics).
   """
   from dreamfoley_jax import encoder_pretrain
   from dreamfoley_jax.convert import common
@@ -112,8 +113,8 @@ def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> 
   towers, report = encoder_pretrain.pretrain(fcfg.synchformer, fcfg.eva, train_clips, pc, held=held, log=log)
   common.save_params(towers, out_dir, overwrite=True, metadata={"what": "pretext-pretrained video towers",
                                                                 "pretext": dataclasses.asdict(pc)})
-  c.train.init_from = (f"synchformer={out_dir}::synchformer", f"eva_clip={out_dir}::eva_clip")
-  c.train.frozen_regex = r"^(eva_clip|synchformer)/"
+  c.train.init_from = tuple(f"{k}={out_dir}::{k}" for k in sorted(towers))
+  c.train.frozen_regex = r"^(" + "|".join(sorted(towers)) + r")/"
   return report
 
 

@@ -9,10 +9,11 @@ attention) and EVA-CLIP towers run inside the model on uint8 frames, K = 8 codeb
 synthetic RVQ codec, the delay pattern, the real grain pipeline, trainer, checkpoints and jitted CFG
 sampler (with its windowed continuation for clips longer than the trained length).
 
-No encoder weights can be downloaded here, so the job pretrains the two towers first on a
+No encoder weights can be downloaded here, so the job pretrains the Synchformer tower first on a
 self-supervised audio-visual pretext (dreamfoley_jax/encoder_pretrain.py: each frame's audio band
-energies / onset strength, the clip's timbre; never the event labels) and then trains DreamFoley with
-them frozen, as the paper freezes its pretrained encoders (main.pretrain_encoders, main.pretext).
+energies / onset strength; never the event labels) and then trains DreamFoley with it frozen, as the
+paper freezes its pretrained encoders (main.pretrain_encoders, main.pretext); the EVA-CLIP tower trains
+end to end from scratch.
 
 Differences from paper_7b, each for the tiny CPU budget and said here:
   * Synchformer windows of 8 frames with temporal patch 1, stride 8 (MMAudio: 16 frames, patch 2,
@@ -99,6 +100,7 @@ def get_config():
       min_gap=0.2,              # s between impacts
       sample_batch=16,
       pretrain_encoders=True,   # stage 4: self-supervised audio-visual pretext for the towers, then frozen
-      pretext=ml_collections.ConfigDict(dict(steps=300, batch=16, frames=48, lr=3e-3, num_bands=8)),
+      pretext=ml_collections.ConfigDict(dict(steps=300, batch=16, frames=48, lr=3e-3, num_bands=8,
+                                             towers="synchformer")),   # EVA trains end to end (see encoder_pretrain)
   ))
   return c

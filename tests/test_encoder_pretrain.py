@@ -52,7 +52,8 @@ def test_pretrained_towers_drop_into_dreamfoley(world, fcfg):
   """The towers' params have DreamFoley's layout, and the pretext sees exactly what DreamFoley's
   encode_frames computes (same windowing and normalisation) once they are in the model."""
   towers, rep = ep.pretrain(fcfg.synchformer, fcfg.eva, world,
-                            ep.PretextConfig(steps=3, batch=4, frames=24), held=world[:2], log=lambda m: None)
+                            ep.PretextConfig(steps=3, batch=4, frames=24, towers="synchformer,eva_clip"),
+                            held=world[:2], log=lambda m: None)
   assert rep["steps"] == 3 and np.isfinite(rep["frame_loss"]) and 0.0 <= rep["impact_peak_rate"] <= 1.0
   abstract = nn.unbox(foley.abstract_params(fcfg))
   for name in ("synchformer", "eva_clip"):
@@ -78,6 +79,16 @@ def test_pretrained_towers_drop_into_dreamfoley(world, fcfg):
   s_df, c_df, _ = model.apply({"params": full}, batch, method=foley.DreamFoley.encode_frames)
   np.testing.assert_allclose(np.asarray(s_df), np.asarray(s_pre), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(c_df), np.asarray(c_pre), rtol=1e-5, atol=1e-6)
+
+
+def test_synchformer_only_pretext(world, fcfg):
+  """The main job's setting: only the Synchformer tower is pretrained (EVA trains end to end)."""
+  towers, rep = ep.pretrain(fcfg.synchformer, fcfg.eva, world, ep.PretextConfig(steps=2, batch=4, frames=24),
+                            log=lambda m: None)
+  assert set(towers) == {"synchformer"} and rep["timbre_loss"] == 0.0
+  with pytest.raises(ValueError, match="PretextConfig.towers='eva_clip'"):
+    ep.pretrain(fcfg.synchformer, fcfg.eva, world, ep.PretextConfig(steps=1, frames=24, towers="eva_clip"),
+                log=lambda m: None)
 
 
 def test_bad_crop_length_is_a_clear_error(world, fcfg):
