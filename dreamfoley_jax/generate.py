@@ -356,7 +356,19 @@ class HiggsCodec:
 
     cfg, params = convert_higgs.load_orbax(path)
     self.tok = tokenizer.AudioTokenizer(params, cfg)
+    self.path = str(path)
     self.sample_rate = int(cfg.sample_rate)
+    self.frame_rate = float(cfg.frame_rate)
+    self.num_codebooks = int(cfg.num_quantizers)
+    self.codebook_size = int(cfg.codebook_size)
+
+  def encode(self, audio_N):
+    """(N,) float at sample_rate -> (K, T) int32 codes."""
+    return self.tok.encode([np.asarray(audio_N, np.float32).reshape(-1)])[0]
+
+  def encode_many(self, audios):
+    """Batched (bucketed) encode of many clips: list of (K, T_i)."""
+    return self.tok.encode([np.asarray(a, np.float32).reshape(-1) for a in audios])
 
   def decode(self, codes_KxT):
     return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)

@@ -72,12 +72,33 @@ def make_data(m, log=_log):
 
 
 def fit_codec(train, m, workdir: pathlib.Path, log=_log):
+  """The job's audio codec: the weights-free synthetic RVQ codec fitted on `train` (saved as codec.npz),
+  or, with main.codec_checkpoint, the higgs-audio-v2 tokenizer from that converted checkpoint."""
   from dreamfoley_jax.audio import synthetic_codec as sc
 
+  if m.get("codec_checkpoint"):
+    from dreamfoley_jax import generate
+
+    codec = generate.HiggsCodec(m.codec_checkpoint)
+    log(f"  higgs-audio-v2 tokenizer from {m.codec_checkpoint}: K={codec.num_codebooks}, "
+        f"{codec.codebook_size} entries, {codec.frame_rate:g} Hz")
+    return codec
   cfg = sc.CodecConfig(codebook_size=int(m.codec_size), kmeans_iters=int(m.codec_iters), seed=int(m.seed))
   codec = sc.SyntheticCodec.fit([c["audio"] for c in train], cfg)
   codec.save(str(workdir / "codec.npz"))
   return codec
+
+
+def check_codec(codec, c) -> None:
+  """The codec must match the model config and the synthetic world (names the fields to change)."""
+  want = {"sample_rate": synthetic.SAMPLE_RATE, "frame_rate": float(synthetic.FPS),
+          "num_codebooks": int(c.model.num_codebooks), "codebook_size": int(c.model.codebook_size)}
+  bad = {k: (getattr(codec, k, None), v) for k, v in want.items()
+         if getattr(codec, k, None) is None or float(getattr(codec, k)) != float(v)}
+  if bad:
+    raise ValueError("the audio codec does not fit this config: " + ", ".join(
+        f"{k}={got} (config/world needs {need})" for k, (got, need) in bad.items()) +
+        "; for the higgs tokenizer set --config.model.codebook_size=1024 (K = 8, 24 kHz, 25 Hz)")
 
 
 def write_records(train, codec, tokenizer, max_text_len: int, out_dir: pathlib.Path):
@@ -85,10 +106,19 @@ def write_records(train, codec, tokenizer, max_text_len: int, out_dir: pathlib.P
   from dreamfoley_jax.data import writer
 
   ids, mask = text.encode(tokenizer, [c["caption"] for c in train], max_text_len)
+  if hasattr(codec, "encode_many"):
+    codes = codec.encode_many([c["audio"] for c in train])
+  else:
+    codes = [codec.encode(c["audio"]) for c in train]
 
   def examples():
-    for c, i, mk in zip(train, ids, mask):
-      ex = synthetic.to_example(c, codec.encode(c["audio"]))
+    for c, i, mk, cd in zip(train, ids, mask, codes):
+      T = c["frames_sync"].shape[0]
+      if abs(cd.shape[1] - T) > 1:
+        raise ValueError(f"clip {c['clip_id']}: the codec gave {cd.shape[1]} code frames for {T} video frames "
+                         f"(it must run at {synthetic.FPS} Hz)")
+      cd = np.pad(cd, ((0, 0), (0, max(0, T - cd.shape[1]))), mode="edge")[:, :T]
+      ex = synthetic.to_example(c, cd)
       ex["text_ids"] = i[mk]
       yield ex
 
@@ -266,7 +296,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   wd = pathlib.Path(workdir).absolute()
   wd.mkdir(parents=True, exist_ok=True)
   m = c.main
-  if int(c.model.codebook_size) != int(m.codec_size):
+  if not m.get("codec_checkpoint") and int(c.model.codebook_size) != int(m.codec_size):
     raise ValueError(f"model.codebook_size={c.model.codebook_size} must equal main.codec_size={m.codec_size}")
   timings: dict[str, float] = {}
   t_start = time.time()
@@ -277,6 +307,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     train_clips, held = make_data(m, log)
   with Stage("2/8 codec + tokenizer", log, timings):
     codec = fit_codec(train_clips, m, wd, log)
+    check_codec(codec, c)
     tok = text.train_bpe([x["caption"] for x in train_clips], int(m.bpe_vocab))
     tok.save(str(wd / "tokenizer.json"))
     if tok.get_vocab_size() > int(c.model.decoder.vocab_size):
@@ -347,7 +378,8 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       metrics["encoder_pretext"] = pretext_report
     metrics["timings_s"] = timings
     metrics["total_s"] = round(time.time() - t_start, 1)
-    metrics["config"] = {"sample": c.sample.to_dict(), "num_train": int(m.num_train), "num_eval": int(m.num_eval)}
+    metrics["config"] = {"sample": c.sample.to_dict(), "num_train": int(m.num_train), "num_eval": int(m.num_eval),
+                         "codec": getattr(codec, "path", "synthetic codec (codec.npz)")}
     tmp = wd / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
     os.replace(tmp, wd / "metrics.json")

@@ -93,6 +93,8 @@ def get_config():
       num_eval=16,              # held-out clips sampled and scored
       seed=0,
       codec_size=128,           # entries per codebook of the synthetic codec (= model.codebook_size)
+      codec_checkpoint="",      # a converted higgs-audio-v2 tokenizer (convert_checkpoint --family higgs) to use
+                                # instead of the synthetic codec; then also --config.model.codebook_size=1024
       codec_iters=12,           # k-means iterations
       bpe_vocab=384,            # caption tokenizer (<= model.decoder.vocab_size; byte-level BPE has 257 base ids)
       max_eval_seconds=10.0,

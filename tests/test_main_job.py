@@ -83,3 +83,49 @@ def test_generate_tool_on_the_jobs_outputs(job, tmp_path):
   assert r["wav"].exists() and r["mp4"].exists() and r["png"].exists()
   n_gt = sf.info(str(wd / "samples" / f"{n}_groundtruth.wav")).frames
   assert r["codes"].shape == (8, r["frames"]) and abs(r["frames"] - n_gt / 960) <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_higgs_checkpoint(tmp_path_factory, fixtures_dir):
+  """A converted higgs-audio-v2 tokenizer (the golden's tiny random config: 24 kHz, 25 Hz, K = 8, 1024)."""
+  from safetensors.numpy import save_file
+
+  from dreamfoley_jax.convert import higgs as conv
+
+  d = tmp_path_factory.mktemp("higgs")
+  with np.load(fixtures_dir / "higgs_audio_v2_tokenizer_tiny.npz") as f:
+    sd = {k[len("param/"):]: np.ascontiguousarray(f[k]) for k in f.files if k.startswith("param/")}
+  (d / "hf").mkdir()
+  save_file(sd, str(d / "hf" / "model.safetensors"))
+  cfg = json.loads((fixtures_dir / "higgs_audio_v2_tokenizer_config.json").read_text())["tiny_config"]
+  (d / "hf" / "config.json").write_text(json.dumps(cfg["config_to_dict"]))
+  return conv.convert_to_orbax(d / "hf", d / "orbax")
+
+
+def test_main_job_with_the_higgs_tokenizer_by_path(tmp_path, tiny_higgs_checkpoint):
+  """main.codec_checkpoint: the same pipeline with the higgs tokenizer instead of the synthetic codec."""
+  from dreamfoley_jax import generate
+  from dreamfoley_jax.data import records
+
+  c = configs.load_config("experiments/synthetic.py")
+  for k, v in {"train.steps": 1, "train.global_batch": 8, "main.num_train": 8, "main.num_eval": 2,
+               "main.sample_batch": 2, "main.max_eval_seconds": 2.5, "main.pretext.steps": 1,
+               "main.codec_checkpoint": str(tiny_higgs_checkpoint)}.items():
+    configs.set_path(c, k, v)
+  with pytest.raises(ValueError, match=r"codebook_size=1024 \(config/world needs 128\).*model.codebook_size=1024"):
+    main_job.run(c, tmp_path / "bad", log=lambda m: None)
+  configs.set_path(c, "model.codebook_size", 1024)
+  m = main_job.run(c, tmp_path / "job", log=lambda m: None)
+  assert m["config"]["codec"] == str(tiny_higgs_checkpoint) and not (tmp_path / "job" / "codec.npz").exists()
+  assert len(m["per_clip"]) == 2 and (tmp_path / "job" / "samples" / f"{m['per_clip'][0]['clip_id']}.wav").exists()
+  # The training records hold the higgs codes of the clip audio.
+  import grain
+
+  train, _ = main_job.make_data(c.main, log=lambda m: None)
+  codec = generate.HiggsCodec(tiny_higgs_checkpoint)
+  want = codec.encode(train[0]["audio"])
+  src = grain.sources.ArrayRecordDataSource(sorted(str(p) for p in (tmp_path / "job" / "data").glob("train-*")))
+  recs = [records.decode_example(src[i]) for i in range(len(src))]
+  rec = next(r for r in recs if r["clip_id"] == train[0]["clip_id"])
+  np.testing.assert_array_equal(rec["audio_codes"], want[:, :train[0]["frames_sync"].shape[0]])
+  assert rec["audio_codes"].max() < 1024 and rec["audio_codes"].shape[1] == train[0]["frames_sync"].shape[0]
