@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamfoley_jax.models import eva_clip, synchformer
+from dreamfoley_jax.models import eva_clip, foley, synchformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,20 +97,13 @@ class PretextModel(nn.Module):
 
   def sync_features(self, frames_BxTxHxWxC):
     """uint8 frames -> (B, T', D) per-frame Synchformer tokens, exactly as DreamFoley.encode_frames."""
-    sc = self.sync_config
-    B, T = frames_BxTxHxWxC.shape[:2]
-    idx = synchformer.window_index(T, sc.window, sc.stride)
-    x = frames_BxTxHxWxC.astype(jnp.float32) / 127.5 - 1.0
-    feats, _ = self.synchformer(x[:, idx])
-    return feats.reshape(B, -1, feats.shape[-1])
+    feats, _ = self.synchformer(foley.sync_windows_input(frames_BxTxHxWxC, self.sync_config))
+    return feats.reshape(frames_BxTxHxWxC.shape[0], -1, feats.shape[-1])
 
   def clip_features(self, frames_BxTcxHxWxC):
     """uint8 frames -> (B, Tc, O) EVA embeddings, exactly as DreamFoley.encode_frames."""
     B, Tc = frames_BxTcxHxWxC.shape[:2]
-    mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
-    std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
-    x = (frames_BxTcxHxWxC.astype(jnp.float32) / 255.0 - mean) / std
-    emb, _ = self.eva_clip(x.reshape((B * Tc,) + frames_BxTcxHxWxC.shape[2:]))
+    emb, _ = self.eva_clip(foley.clip_pixels_input(frames_BxTcxHxWxC))
     return emb.reshape(B, Tc, -1)
 
   def __call__(self, frames_sync, frames_clip):
@@ -202,14 +195,14 @@ def pretrain(sync_config, eva_config, clips: Sequence[Mapping[str, Any]], cfg: P
   report = {"steps": cfg.steps, "frame_loss": float(ls), "timbre_loss": float(lc),
             "seconds": round(time.time() - t0, 1)}
   if held:
-    report.update(impact_report(model, params, held, mu_s, sd_s, sync_config))
+    report.update(impact_report(model, params, held, sync_config))
     log(f"  pretext onset output on {len(held)} held-out clips: {report['impact_contrast']:.2f} std higher at "
         f"impact frames; {100 * report['impact_peak_rate']:.0f}% of impacts are a local peak")
   towers = {k: params[k] for k in sorted(towers_wanted)}
   return towers, report
 
 
-def impact_report(model, params, held, mu_s, sd_s, sync_config) -> dict:
+def impact_report(model, params, held, sync_config) -> dict:
   """Diagnostics only (the ground-truth event frames are never a training target)."""
   apply = jax.jit(lambda p, f: model.apply({"params": p}, f, method=PretextModel.sync_features))
   head = params["sync_head"]

@@ -262,6 +262,21 @@ def sequence_positions(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int, 
   return jnp.concatenate([pt, pv, pa], axis=1)
 
 
+def sync_windows_input(frames_BxTxHxWxC: Array, sc) -> Array:
+  """uint8 25 fps frames -> Synchformer input (B, S, window, H, W, C): Normalize(0.5, 0.5) on [0, 1], cut
+  into the config's windows. Shared by DreamFoley.encode_frames and encoder_pretrain."""
+  idx = synchformer.window_index(frames_BxTxHxWxC.shape[1], sc.window, sc.stride)   # (S, window)
+  return (frames_BxTxHxWxC.astype(jnp.float32) / 127.5 - 1.0)[:, idx]
+
+
+def clip_pixels_input(frames_BxTcxHxWxC: Array) -> Array:
+  """uint8 4 fps frames -> EVA-CLIP input (B*Tc, H, W, C) normalised with the OpenAI CLIP mean/std."""
+  mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
+  std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
+  x = (frames_BxTcxHxWxC.astype(jnp.float32) / 255.0 - mean) / std
+  return x.reshape((-1,) + frames_BxTcxHxWxC.shape[2:])
+
+
 class DreamFoley(nn.Module):
   config: FoleyConfig
 
@@ -302,8 +317,7 @@ class DreamFoley(nn.Module):
       B, Tf = fr.shape[:2]
       sc = c.synchformer
       idx = synchformer.window_index(Tf, sc.window, sc.stride)             # (S, 16)
-      x = fr.astype(jnp.float32) / 127.5 - 1.0                             # Normalize(0.5, 0.5) on [0,1]
-      feats, _ = self.synchformer(x[:, idx])                                # (B,S,8,D)
+      feats, _ = self.synchformer(sync_windows_input(fr, sc))               # (B,S,8,D)
       S, Tt = feats.shape[1], feats.shape[2]
       sync = feats.reshape(B, S * Tt, feats.shape[-1])
       fmask = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(bool)
@@ -312,10 +326,7 @@ class DreamFoley(nn.Module):
     if c.use_clip:
       fc = batch["frames_clip"]
       B, Tc = fc.shape[:2]
-      mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
-      std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
-      x = (fc.astype(jnp.float32) / 255.0 - mean) / std
-      emb, _ = self.eva_clip(x.reshape((B * Tc,) + fc.shape[2:]))
+      emb, _ = self.eva_clip(clip_pixels_input(fc))
       clip = emb.reshape(B, Tc, -1)
       if mask is None:
         Tv = int(round(Tc * c.sync_rate / c.clip_rate))
