@@ -1,0 +1,264 @@
+"""Decode roofline on an accelerator: the 7B-shaped DreamFoley (Qwen2.5-7B decoder, K = 8 two-layer heads,
+random bf16 weights) sampling 10 s of audio with CFG, steps/s against the device's memory-bandwidth roofline.
+
+  python tools/bench_sample_gpu.py                                  # 7b, batch 1 and 8, both decoder variants
+  python tools/bench_sample_gpu.py --config=small --batches=1 --reps=1   # smoke run (CPU works too)
+
+A decode step must read every decoder-layer and head weight once (plus the KV cache), so the fastest
+possible step takes (weight + KV bytes) / bandwidth. The bandwidth is measured here, on the same device, as
+a large elementwise pass (bytes read + written) and also compared with the datasheet figure (--peak_gbs).
+
+Per-step time is taken by difference, so the prefill and the host transfers drop out: the same compiled
+program (max_frames = 250) samples every clip at the full length (258 decode steps) and at half length
+(133 steps); step = (t_full - t_half) / (258 - 133). The whole-call time is printed too.
+
+Also checks correctness on the device before timing (--check): with temperature 0, the sampler's tokens
+equal the argmax of the teacher-forced guided logits of the full forward (no cache) on a tiny model.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import json
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "7b", ["7b", "small", "tiny"], "model shape")
+flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles the rows)")
+flags.DEFINE_list("variants", ["xla", "fused"], "decoder variants: xla = separate q/k/v and gate/up matmuls; "
+                  "fused = fuse_projections (one q|k|v and one gate|up matmul)")
+flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
+flags.DEFINE_integer("reps", 3, "timed repetitions of each length")
+flags.DEFINE_float("peak_gbs", 3350.0, "datasheet memory bandwidth in GB/s (H100 SXM HBM3: 3350)")
+flags.DEFINE_bool("check", True, "greedy-vs-teacher-forced correctness check on the device first")
+flags.DEFINE_bool("flax_init", False, "build the weights with the model's own init (slow for 7B) instead of "
+                  "random_params")
+flags.DEFINE_string("json_out", "", "write the rows here as JSON")
+
+
+def model_config(name, variant):
+  from dreamfoley_jax.models import foley, qwen2
+
+  opts = dict(fuse_projections=variant == "fused")
+  if name == "7b":   # experiments/paper_7b.py's model, bf16 weights and compute, unscanned layers for decode
+    dec = qwen2.PRESETS["qwen2.5-7b"].replace(dtype="bfloat16", param_dtype="bfloat16", scan_layers=False, **opts)
+    return foley.FoleyConfig(decoder=dec)
+  if name == "small":
+    dec = qwen2.Qwen2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                            num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False,
+                            dtype="bfloat16", param_dtype="bfloat16", **opts)
+    return foley.FoleyConfig(decoder=dec, sync_dim=64, clip_dim=32)
+  return foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"].replace(**opts), codebook_size=64, sync_dim=32,
+                           clip_dim=16, null_text_len=2, null_video_len=2)
+
+
+def random_batch(cfg, B, frames, seed=0):
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  return {"text_ids": rng.integers(0, cfg.decoder.vocab_size, (B, 16)).astype(np.int32),
+          "text_mask": np.ones((B, 16), bool),
+          "sync_feats": rng.normal(size=(B, frames, cfg.sync_dim)).astype(np.float32),
+          "clip_feats": rng.normal(size=(B, frames * 4 // 25 + 1, cfg.clip_dim)).astype(np.float32),
+          "video_mask": np.ones((B, frames), bool)}
+
+
+def init_params(cfg, seed=0):
+  """Random weights made on the device (jitted init: no host copy of 15 GB)."""
+  import flax.linen as nn
+  import jax
+
+  from dreamfoley_jax.models import foley
+
+  model = foley.DreamFoley(cfg)
+  ex = foley.dummy_batch(cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2)
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), ex)["params"])
+
+
+def random_params(cfg, seed=0):
+  """Random weights of the model's shapes and dtypes, drawn leaf by leaf on the device: N(0, 0.02), norm
+  scales 1. Much faster to build than `init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
+  mostly compiling); for timing only."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from dreamfoley_jax.models import foley
+
+  ex = foley.dummy_batch(cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2)
+  shapes = nn.unbox(jax.eval_shape(foley.DreamFoley(cfg).init, jax.random.key(0), ex)["params"])
+  draw = jax.jit(lambda k, shape, dtype: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
+                 static_argnums=(1, 2))
+  flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
+  out = []
+  for i, (path, s) in enumerate(flat):
+    name = jax.tree_util.keystr(path)
+    if "norm" in name:
+      out.append(jnp.ones(s.shape, s.dtype))
+    else:
+      out.append(draw(jax.random.fold_in(jax.random.key(seed), i), s.shape, s.dtype))
+  return jax.tree_util.tree_unflatten(tree, out)
+
+
+def weight_bytes(params):
+  """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
+  import jax
+
+  leaves = [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
+            for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])
+  return sum(x.size * x.dtype.itemsize for x in leaves)
+
+
+def kv_bytes(cfg, rows, slots):
+  """The KV cache read by a decode step's attention (every allocated slot: the mask hides the unfilled)."""
+  import jax
+  import numpy as np
+
+  from dreamfoley_jax.models import qwen2
+
+  c = jax.eval_shape(lambda: qwen2.init_cache(cfg.decoder, rows, slots))
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves([c["k"], c["v"]]))
+
+
+def measured_bandwidth():
+  """(read, copy) GB/s on the default device: a sum over a large array (bytes read; what a decode step does
+  to its weights) and an elementwise pass (bytes read + written). Warmed up (clocks ramp), best of 20."""
+  import jax
+  import jax.numpy as jnp
+
+  n = (1 << 30) if jax.default_backend() != "cpu" else (1 << 26)
+  x = jnp.ones((n,), jnp.bfloat16)
+  out = []
+  for f, moved in ((jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32)), x.nbytes),
+                   (jax.jit(lambda x: x * 1.0001 + 1.0), 2 * x.nbytes)):
+    for _ in range(5):
+      f(x).block_until_ready()
+    best = 0.0
+    for _ in range(20):
+      t = time.perf_counter()
+      f(x).block_until_ready()
+      best = max(best, moved / (time.perf_counter() - t) / 1e9)
+    out.append(best)
+  del x
+  return tuple(out)
+
+
+def check_greedy(variant):
+  """temperature 0 == argmax of the teacher-forced guided logits (full forward, no KV cache), on device."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from dreamfoley_jax import sample as S
+  from dreamfoley_jax.models import foley
+
+  cfg = model_config("tiny", variant)
+  params = init_params(cfg, seed=1)
+  # Sharper heads (as tests/test_sample.py): well-separated logits, so float rounding cannot flip an argmax.
+  params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0
+  b, lengths = random_batch(cfg, 2, 25, seed=3), np.array([25, 17])
+  sc = S.SampleConfig(temperature=0.0, cfg_scale=3.0)
+  with jax.default_matmul_precision("highest"):
+    r = S.sample(cfg, params, b, lengths, sample_cfg=sc)
+    ids = r["delayed"]
+    B = 2
+    fwd = jax.jit(lambda p, x, d: foley.DreamFoley(cfg).apply({"params": p}, x, d, d)[0])
+    full = {k: jnp.asarray(v) for k, v in dict(b, audio_ids=ids, audio_vacant=r["vacant"]).items()}
+    cond = np.asarray(fwd(params, full, jnp.zeros(B, bool)), np.float32)
+    unc = np.asarray(fwd(params, full, jnp.ones(B, bool)), np.float32)
+  g = unc + 3.0 * (cond - unc)
+  g[..., cfg.codebook_size:] = -np.inf
+  want = g.argmax(-1)[:, :-1]                                   # row j predicts column j + 1
+  _, known, _ = S.delayed_layout(cfg, lengths, ids.shape[1])
+  code = ~known[:, 1:]
+  agree = float((ids[:, 1:][code] == want[code]).mean())
+  return agree, int(code.sum())
+
+
+def main(argv):
+  del argv
+  import jax
+  import numpy as np
+
+  from dreamfoley_jax import sample as S
+
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {dev.device_kind} x{jax.device_count()}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+  if FLAGS.check:
+    for v in FLAGS.variants:
+      t = time.perf_counter()
+      agree, n = check_greedy(v)
+      print(f"check [{v}]: greedy sampler tokens == argmax of full-forward guided logits: {100 * agree:.2f}% of "
+            f"{n} code cells ({time.perf_counter() - t:.1f} s)", flush=True)
+  bw, copy_bw = measured_bandwidth()
+  print(f"measured bandwidth: read (sum) {bw:.0f} GB/s, elementwise (read + write) {copy_bw:.0f} GB/s; datasheet "
+        f"{FLAGS.peak_gbs:.0f} GB/s", flush=True)
+  frames = int(round(FLAGS.seconds * 25))
+  half = frames // 2
+  K = 8
+  steps_full, steps_half = S.num_columns(frames, K) - 1, S.num_columns(half, K) - 1
+  sc = S.SampleConfig()                       # paper settings: CFG 3, top-k 25, top-p 0.9, temperature 1
+  rows = []
+  params = None
+  for v in FLAGS.variants:
+    cfg = model_config(FLAGS.config, v)
+    if params is None:                        # the variants share the parameters
+      t = time.perf_counter()
+      params = (init_params if FLAGS.flax_init else random_params)(cfg)
+      jax.block_until_ready(params)
+      print(f"init {FLAGS.config}: {sum(x.size for x in jax.tree.leaves(params)) / 1e9:.2f} B params "
+            f"({time.perf_counter() - t:.1f} s)", flush=True)
+    wb = weight_bytes(params)
+    for B in (int(x) for x in FLAGS.batches):
+      b = random_batch(cfg, B, frames)
+      P = 16 + frames
+      kvb = kv_bytes(cfg, 2 * B, P + S.num_columns(frames, K))
+
+      def run(n):
+        r = S.sample(cfg, params, b, [n] * B, sample_cfg=sc, max_frames=frames, seed=0)
+        return int(r["steps"])
+
+      t = time.perf_counter()
+      assert run(frames) == steps_full
+      first = time.perf_counter() - t
+      assert run(half) == steps_half
+      tf, th = [], []
+      for _ in range(FLAGS.reps):
+        for n, acc in ((frames, tf), (half, th)):
+          t = time.perf_counter()
+          run(n)
+          acc.append(time.perf_counter() - t)
+      mf, mh = statistics.median(tf), statistics.median(th)
+      step = (mf - mh) / (steps_full - steps_half)
+      floor = (wb + kvb) / (bw * 1e9)
+      row = dict(config=FLAGS.config, variant=v, batch=B, rows=2 * B, steps=steps_full, call_s=mf,
+                 step_ms=1e3 * step, steps_per_s=1 / step, weight_gb=wb / 1e9, kv_gb=kvb / 1e9,
+                 achieved_gbs=(wb + kvb) / step / 1e9, roofline_steps_per_s=1 / floor,
+                 pct_of_measured=100 * floor / step, pct_of_datasheet=100 * (wb + kvb) / step / 1e9 / FLAGS.peak_gbs,
+                 first_call_s=first, runs_full=tf, runs_half=th)
+      rows.append(row)
+      print(f"{FLAGS.config} [{v}] B={B}: {row['step_ms']:.2f} ms/step = {row['steps_per_s']:.0f} steps/s, "
+            f"{row['achieved_gbs']:.0f} GB/s = {row['pct_of_measured']:.0f}% of measured bw "
+            f"({row['pct_of_datasheet']:.0f}% of datasheet); whole 10 s call {mf:.2f} s; first call {first:.1f} s; "
+            f"full {[round(x, 3) for x in tf]} half {[round(x, 3) for x in th]}", flush=True)
+  print(f"\ndevice {dev.device_kind}, measured read bandwidth {bw:.0f} GB/s (elementwise read+write {copy_bw:.0f} "
+        f"GB/s), datasheet {FLAGS.peak_gbs:.0f} GB/s; roofline = (weight + KV bytes) / measured read bandwidth")
+  print("| config | variant | batch (x2 CFG) | weights GB | KV GB | ms/step | steps/s | roofline steps/s | "
+        "% of measured bw | % of datasheet | 10 s call s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['config']} | {r['variant']} | {r['batch']} | {r['weight_gb']:.2f} | {r['kv_gb']:.3f} | "
+          f"{r['step_ms']:.2f} | {r['steps_per_s']:.0f} | {r['roofline_steps_per_s']:.0f} | "
+          f"{r['pct_of_measured']:.0f}% | {r['pct_of_datasheet']:.0f}% | {r['call_s']:.2f} |")
+  if FLAGS.json_out:
+    pathlib.Path(FLAGS.json_out).write_text(json.dumps(dict(device=dev.device_kind, read_gbs=bw, copy_gbs=copy_bw, rows=rows),
+                                                       indent=1))
+
+
+if __name__ == "__main__":
+  app.run(main)
