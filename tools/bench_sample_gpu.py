@@ -26,6 +26,8 @@ import time
 
 from absl import app, flags
 
+import bench_common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "7b", ["7b", "small", "tiny"], "model shape")
 flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles the rows)")
@@ -56,15 +58,7 @@ def model_config(name, variant):
                            clip_dim=16, null_text_len=2, null_video_len=2)
 
 
-def random_batch(cfg, B, frames, seed=0):
-  import numpy as np
-
-  rng = np.random.default_rng(seed)
-  return {"text_ids": rng.integers(0, cfg.decoder.vocab_size, (B, 16)).astype(np.int32),
-          "text_mask": np.ones((B, 16), bool),
-          "sync_feats": rng.normal(size=(B, frames, cfg.sync_dim)).astype(np.float32),
-          "clip_feats": rng.normal(size=(B, frames * 4 // 25 + 1, cfg.clip_dim)).astype(np.float32),
-          "video_mask": np.ones((B, frames), bool)}
+random_batch = bench_common.random_prompt_batch
 
 
 def init_params(cfg, seed=0):

@@ -1,0 +1,13 @@
+"""Shared pieces of the sampling benchmarks (tools/bench_sample.py, tools/bench_sample_gpu.py)."""
+
+
+def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
+  """A random [text | video] prompt batch for `sample.sample`: text ids, 25 Hz sync and 4 fps clip features."""
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  return {"text_ids": rng.integers(0, cfg.decoder.vocab_size, (B, text_len)).astype(np.int32),
+          "text_mask": np.ones((B, text_len), bool),
+          "sync_feats": rng.normal(size=(B, frames, cfg.sync_dim)).astype(np.float32),
+          "clip_feats": rng.normal(size=(B, frames * 4 // 25 + 1, cfg.clip_dim)).astype(np.float32),
+          "video_mask": np.ones((B, frames), bool)}
