@@ -439,8 +439,11 @@ def extract_windows(frames_u8):
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
                     eva_ckpt=None, sync_ckpt=None,
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
-                    sample_rate=None, write_mp4=True, write_png=True) -> Generator:
+                    sample_rate=None, write_mp4=True, write_png=True, inference_layout=True) -> Generator:
   """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
+
+  inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
+  bf16-compute config with fp32 weights).
 
   window_s / context_s default to the config's sample.window_s / sample.context_s (else 10 s / 3 s).
   """
@@ -467,6 +470,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     params = common.load_params(checkpoint)
     codec, tokenize = load_codec(codec_checkpoint), bpe_tokenizer(tokenizer)
     feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
+  if inference_layout:
+    cfg, params = foley.inference_layout(cfg, params)
   fr = AUDIO_FRAME_RATE
   window_s = float(exp.get("sample", {}).get("window_s", 10.0)) if window_s is None else float(window_s)
   context_s = float(exp.get("sample", {}).get("context_s", 3.0)) if context_s is None else float(context_s)

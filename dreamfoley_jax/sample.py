@@ -297,8 +297,11 @@ def _sample_jit(params, batch, lengths_B, keys_B, cond_drop_text_B, cond_drop_vi
                         method=prefill)
     _, au = model.apply(variables, x0[B:, keep], m0[B:, keep], pos0[B:, keep],
                         qwen2.init_cache(cfg.decoder, B, P + La), method=prefill)
-    cat = lambda a, b: jnp.concatenate([a, b], axis=0)
-    filled = {k: jax.tree.map(cat, ac["cache"][k], au["cache"][k]) for k in ("k", "v", "mask")}
+    # Rows are axis 0 of the mask and of each per-layer k/v buffer; axis 1 of the stacked (L, B, ...) k/v
+    # of a scan_layers decoder.
+    kv_axis = 1 if cfg.decoder.scan_layers else 0
+    filled = {k: jax.tree.map(lambda a, b, ax=(0 if k == "mask" else kv_axis): jnp.concatenate([a, b], axis=ax),
+                              ac["cache"][k], au["cache"][k]) for k in ("k", "v", "mask")}
     cache = dict(filled, index=jnp.asarray(P + C, jnp.int32))
   else:
     _, aux = model.apply(variables, x0, m0, pos0, qwen2.init_cache(cfg.decoder, nB, P + La), method=prefill)

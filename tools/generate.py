@@ -42,6 +42,9 @@ flags.DEFINE_float("bucket_s", 2.0, "duration bucket width in seconds")
 flags.DEFINE_integer("seed", 0, "sampling seed (per-clip streams derive from it)")
 flags.DEFINE_bool("mp4", True, "write the remuxed mp4")
 flags.DEFINE_bool("png", True, "write the spectrogram png")
+flags.DEFINE_bool("inference_layout", True, "sample with foley.inference_layout: unrolled layers and, for a bf16-compute "
+                  "config with fp32 weights (experiments/paper_7b.py), bf16 weights (half the memory and bytes per "
+                  "step; the same math). --noinference_layout keeps the checkpoint's layout and dtype")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
 
 
@@ -58,7 +61,7 @@ def main(argv):
                           eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
                           window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
                           bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                          write_mp4=FLAGS.mp4, write_png=FLAGS.png)
+                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout)
   for r in gen.run(items, FLAGS.out_dir):
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))

@@ -488,6 +488,45 @@ def abstract_params(cfg: FoleyConfig):
                         jax.random.key(0))["params"]
 
 
+# Params whose every use casts them to the decoder's compute dtype first (qwen2.Linear kernels/biases, the
+# token embedding, RMSNorm scales applied in the activation dtype, the heads, the null embeddings), so storing
+# them in that dtype changes no result. audio_embed / audio_pad are summed over the K codebooks in their own
+# dtype before the cast, and the encoders have their own dtypes: those stay as they are.
+_COMPUTE_DTYPE_PARAMS = ("decoder", "projector", "heads", "null_text", "null_video")
+
+
+def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: bool = True):
+  """(cfg, params) laid out for sampling; the same model:
+  - unscan: a `scan_layers` checkpoint (the training layout) becomes the unrolled layers_0..L-1 layout,
+    whose per-layer KV caches the decode step updates in place (same weights; logits equal up to float
+    reassociation, ~6e-7 on the tiny model);
+  - cast: with a lower-precision compute dtype (experiments/paper_7b.py: bf16 compute, fp32 master weights)
+    the params in `_COMPUTE_DTYPE_PARAMS` are stored in that dtype: half the memory and half the bytes each
+    decode step reads (7B: 13.3 instead of 26.6 GB per step). Every use of them casts to the compute dtype
+    anyway, so the logits are bit-identical when XLA must honour each rounding
+    (XLA_FLAGS=--xla_allow_excess_precision=false; tested). By default XLA may skip some fp32 -> bf16
+    roundings of fp32 weights inside a fused dot, so with fp32 weights the result carries a little excess
+    precision (tiny model: logits differ by <= 0.01, bf16 rounding level).
+  """
+  params = dict(nn.unbox(params))
+  d = cfg.decoder
+  if "decoder" not in params:
+    raise ValueError(f"params have no 'decoder' (keys: {sorted(params)})")
+  scanned = "layers" in params["decoder"]
+  if scanned != d.scan_layers:      # the checkpoint's layout decides (e.g. an HF conversion under paper_7b)
+    d = d.replace(scan_layers=scanned)
+  if unscan and d.scan_layers:
+    params["decoder"] = qwen2.unstack_layers(params["decoder"], d.num_hidden_layers, where="params/decoder")
+    d = d.replace(scan_layers=False)
+  cd = jnp.dtype(d.dtype)
+  if cast and cd != jnp.dtype(d.param_dtype):
+    for k in _COMPUTE_DTYPE_PARAMS:
+      if k in params:
+        params[k] = jax.tree.map(lambda x: x.astype(cd) if jnp.issubdtype(x.dtype, jnp.floating) else x, params[k])
+    d = d.replace(param_dtype=d.dtype)
+  return cfg.replace(decoder=d), params
+
+
 def param_table(params) -> list[tuple[str, int]]:
   """(component, #params) rows; decoder split into embedding / layers / norm."""
   params = nn.unbox(params)

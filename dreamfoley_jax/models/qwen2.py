@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -486,6 +486,22 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dic
   else:
     k, v = [jnp.zeros(kshape, dtype) for _ in range(L)], [jnp.zeros(vshape, dtype) for _ in range(L)]
   return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
+
+
+def unstack_layers(model_params: Mapping, num_layers: int, where: str = "params") -> dict:
+  """Qwen2Model params with `scan_layers` (``layers/layer/...``, a leading layer axis) -> the unscanned
+  layout (``layers_0 ... layers_{L-1}``); the same weights. Other entries are kept as they are."""
+  if "layers" not in model_params or "layer" not in model_params["layers"]:
+    raise ValueError(f"{where}: expected scanned decoder layers under layers/layer, got keys {sorted(model_params)}")
+  stacked = model_params["layers"]["layer"]
+  for path, x in jax.tree_util.tree_leaves_with_path(stacked):
+    if x.shape[:1] != (num_layers,):
+      raise ValueError(f"{where}: layers/layer{jax.tree_util.keystr(path)} has shape {tuple(x.shape)}, expected a "
+                       f"leading axis of num_hidden_layers={num_layers}")
+  out = {k: v for k, v in model_params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out
 
 
 class Qwen2ForCausalLM(nn.Module):
