@@ -27,6 +27,8 @@ flags.DEFINE_list("configs", ["tiny", "small"], "tiny | small")
 flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles them)")
 flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
+flags.DEFINE_bool("scanned", False, "instead of the torch comparison: time the JAX sampler on the scan_layers layout "
+                  "(as paper_7b trains) against foley.inference_layout of the same params (unrolled)")
 flags.DEFINE_list("threads", ["1", "2"], "torch intra-op thread counts to try (0 = os.cpu_count()); the baseline is "
                   "torch's fastest median among them, per config and batch. On an idle 2-core machine 2 threads win "
                   "at batch 8; on oversubscribed cores OpenMP spin-waits and 2 threads can be 30x slower")
@@ -233,6 +235,35 @@ def bandwidth_gbs():
   return best
 
 
+def compare_scanned(sc, frames):
+  """scan_layers params vs their foley.inference_layout (unrolled), same weights, interleaved medians."""
+  import flax.linen as nn
+  import jax
+
+  from dreamfoley_jax import sample as S
+  from dreamfoley_jax.models import foley
+
+  for name in FLAGS.configs:
+    cfg = configs()[name]
+    cfg = cfg.replace(decoder=cfg.decoder.replace(scan_layers=True))
+    params = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(0), foley.dummy_batch(
+        cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    cfg2, p2 = foley.inference_layout(cfg, params)
+    for B in (int(x) for x in FLAGS.batches):
+      b = batch(cfg, B, frames)
+      runs = {"scanned": [], "unrolled": []}
+      for c, p in ((cfg, params), (cfg2, p2)):
+        S.sample(c, p, b, [frames] * B, sample_cfg=sc)            # compile
+      for _ in range(FLAGS.reps):
+        for key, c, p in (("scanned", cfg, params), ("unrolled", cfg2, p2)):
+          t = time.perf_counter()
+          S.sample(c, p, b, [frames] * B, sample_cfg=sc)
+          runs[key].append(time.perf_counter() - t)
+      ms, mu = statistics.median(runs["scanned"]), statistics.median(runs["unrolled"])
+      print(f"{name} B={B}: scan_layers {ms:.2f} s, inference_layout (unrolled) {mu:.2f} s, ratio {ms / mu:.2f}x "
+            f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -253,6 +284,8 @@ def main(argv):
         f"load average {os.getloadavg()[0]:.1f}; torch threads tried {thread_counts} (baseline = fastest), XLA:CPU uses all "
         f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   sc = S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=3.0)
+  if FLAGS.scanned:
+    return compare_scanned(sc, frames)
   rows = []
   for name in FLAGS.configs:
     cfg = configs()[name]
