@@ -32,6 +32,7 @@ so a clip's tokens do not depend on which other clips share its batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Optional
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamfoley_jax import sharding
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
 
@@ -368,17 +370,43 @@ def _pad_text(ids, mask, L):
   return np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
 
 
+def mesh_rules(mesh, batch_size: int):
+  """The logical rules for sampling `batch_size` clips on `mesh`: the trainer's, except that the batch axis
+  stays replicated when the clips do not split evenly over (data, fsdp) (e.g. one clip on a pod)."""
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % dp == 0:
+    return sharding.LOGICAL_RULES
+  return tuple((n, None) if n == "batch" else (n, a) for n, a in sharding.LOGICAL_RULES)
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shardings(cfg: foley.FoleyConfig, mesh, rules):
+  with sharding.use_mesh(mesh, rules):
+    return sharding.shardings_for(foley.abstract_params(cfg), mesh, rules)
+
+
+def place_params(cfg: foley.FoleyConfig, params, mesh, rules=sharding.LOGICAL_RULES):
+  """`params` laid out on `mesh` by their logical axis names (the trainer's layout: layers split over
+  tensor / fsdp), so a model too large for one chip samples across the slice."""
+  try:
+    return sharding.shard_tree(params, _param_shardings(cfg, mesh, rules))
+  except ValueError as e:
+    raise ValueError(f"params do not match the model of this config (after foley.inference_layout?): {e}") from e
+
+
 def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: SampleConfig = SampleConfig(),
            seed: int = 0, item_seeds=None, max_frames: Optional[int] = None, drop_text=None, drop_video=None,
            negative_text_ids=None, negative_text_mask=None, negative=None, prefix_codes=None,
-           return_logits: bool = False) -> dict:
+           return_logits: bool = False, mesh=None) -> dict:
   """Generates audio codes for a batch of clips.
 
   cfg, params: the model (unboxed params). batch: the prompt fields of `DreamFoley.__call__` (text_ids,
   text_mask, sync_feats/clip_feats or video_feats, video_mask). lengths (B,): frames to generate per clip
   (25 per second), each <= max_frames (default max(lengths); pass a bucket size to share compilations).
   drop_text / drop_video (B,) bool: conditional-pass drops (video-only: drop_text; text-only:
-  drop_video). negative_text_ids/_mask (B, Ln) + negative (B,) bool: items whose unconditional pass uses
+  drop_video). mesh: sample sharded over a (data, fsdp, tensor) mesh (sharding.make_mesh): params are laid
+  out as the trainer lays them out (`place_params`), the clips split over (data, fsdp) when they divide
+  evenly. negative_text_ids/_mask (B, Ln) + negative (B,) bool: items whose unconditional pass uses
   the negative text (with null video) instead of null text. prefix_codes (B, K, C): the first C frames
   of every clip are given (windowed continuation); each length must be >= C.
 
@@ -418,8 +446,17 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
   dt = jnp.zeros((B,), bool) if drop_text is None else jnp.asarray(drop_text, bool).reshape(B)
   dv = jnp.zeros((B,), bool) if drop_video is None else jnp.asarray(drop_video, bool).reshape(B)
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  out = _sample_jit(params, batch, jnp.asarray(lengths), keys, dt, dv, neg_ids, neg_mask, neg, prefix_codes,
-                    cfg=cfg, sc=sample_cfg, max_frames=max_frames, return_logits=return_logits)
+  ctx = contextlib.nullcontext()
+  if mesh is not None:
+    rules = mesh_rules(mesh, B)
+    params = place_params(cfg, params, mesh, rules)
+    rows = (lambda a: sharding.data_sharding(mesh, a.ndim)) if rules is sharding.LOGICAL_RULES else (
+        lambda a: sharding.replicated(mesh))
+    batch = {k: jax.device_put(v, rows(v)) for k, v in batch.items()}
+    ctx = sharding.use_mesh(mesh, rules)
+  with ctx:
+    out = _sample_jit(params, batch, jnp.asarray(lengths), keys, dt, dv, neg_ids, neg_mask, neg, prefix_codes,
+                      cfg=cfg, sc=sample_cfg, max_frames=max_frames, return_logits=return_logits)
   return jax.tree.map(np.asarray, out)
 
 

@@ -138,7 +138,6 @@ class TorchFoley:
     warp = [TopKLogitsWarper(sc.top_k), TopPLogitsWarper(sc.top_p)]
     with torch.inference_mode():
       x, mask = self.prompt(b)
-      P = x.shape[1]
       pos = (mask.cumsum(1) - 1).clamp(min=0)
       n_prompt = mask.sum(1)
       cache = DynamicCache()
@@ -205,8 +204,6 @@ def flops_per_step(cfg, params, B, S):
 
 def gemm_gflops():
   """fp32 GEMM throughput of XLA:CPU on this machine now (2048x512 @ 512x1536): the compute roofline."""
-  import numpy as np
-
   import jax
   import jax.numpy as jnp
 

@@ -176,7 +176,6 @@ def check_greedy(variant):
 def main(argv):
   del argv
   import jax
-  import numpy as np
 
   from dreamfoley_jax import sample as S
 

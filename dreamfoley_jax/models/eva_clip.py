@@ -16,8 +16,6 @@ Input pixels are channels-last and already normalised with the OpenAI CLIP mean/
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax.models.vision_layers import LayerNorm, Linear, Mlp, PatchEmbed, l2_normalize, remat
+from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
+                                                 l2_normalize, remat)
 
 Array = jax.Array
 
@@ -74,22 +73,12 @@ PRESETS: dict[str, EvaClipConfig] = {
 
 
 def from_preset(name: str, **overrides) -> EvaClipConfig:
-  if name not in PRESETS:
-    raise KeyError(f"unknown EVA-CLIP preset {name!r}; choose from {sorted(PRESETS)}")
-  return PRESETS[name].replace(**overrides)
+  return from_presets(PRESETS, "EVA-CLIP", name, **overrides)
 
 
 def from_golden_config(path_or_dict, which: str = "tiny_config", **overrides) -> EvaClipConfig:
   """Config from the goldens' eva_clip_g14_config.json ('tiny_config' or 'real_config' section)."""
-  if isinstance(path_or_dict, dict):
-    d, where = path_or_dict, "<dict>"
-  else:
-    where = str(path_or_dict)
-    d = json.loads(pathlib.Path(path_or_dict).read_text())
-  try:
-    r = d[which]["resolved"]
-  except KeyError as e:
-    raise ValueError(f"{where}: no '{which}.resolved' section") from e
+  r, where = golden_resolved(path_or_dict, which)
   if r.get("rope") or r.get("layer_scale"):
     raise ValueError(f"{where}: rope/layer_scale variants are not EVA01 and not supported")
   kw = dict(image_size=int(r["img_size"][0]), patch_size=int(r["patch_size"][0]), width=int(r["embed_dim"]),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax

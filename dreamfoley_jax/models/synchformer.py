@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import pathlib
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -31,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax.models.vision_layers import LayerNorm, Linear, Mlp, PatchEmbed, remat
+from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
+                                                 remat)
 
 Array = jax.Array
 
@@ -89,22 +88,12 @@ PRESETS: dict[str, SynchformerConfig] = {
 
 
 def from_preset(name: str, **overrides) -> SynchformerConfig:
-  if name not in PRESETS:
-    raise KeyError(f"unknown Synchformer preset {name!r}; choose from {sorted(PRESETS)}")
-  return PRESETS[name].replace(**overrides)
+  return from_presets(PRESETS, "Synchformer", name, **overrides)
 
 
 def from_golden_config(path_or_dict, which: str = "tiny_config", **overrides) -> SynchformerConfig:
   """Config from the goldens' synchformer_config.json ('tiny_config' or 'real_config' section)."""
-  if isinstance(path_or_dict, dict):
-    d, where = path_or_dict, "<dict>"
-  else:
-    where = str(path_or_dict)
-    d = json.loads(pathlib.Path(path_or_dict).read_text())
-  try:
-    r = d[which]["resolved"]
-  except KeyError as e:
-    raise ValueError(f"{where}: no '{which}.resolved' section") from e
+  r, where = golden_resolved(path_or_dict, which)
   if r.get("pos_embed") != "separate" or r.get("attn_layer") != "divided":
     raise ValueError(f"{where}: only pos_embed='separate' with attn_layer='divided' is supported, got {r}")
   kt, kh, _ = r["patch_embed_3d_kernel_stride"]

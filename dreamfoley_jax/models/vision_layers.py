@@ -6,7 +6,9 @@ Parameter names match PyTorch (``weight``/``bias`` for LayerNorm, ``kernel``/``b
 """
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import pathlib
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -14,7 +16,28 @@ import jax.numpy as jnp
 
 from dreamfoley_jax.models.qwen2 import Linear  # 2-D-flattened matmul with logical axes
 
-__all__ = ["Linear", "LayerNorm", "Mlp", "PatchEmbed", "remat", "l2_normalize", "patchify"]
+__all__ = ["Linear", "LayerNorm", "Mlp", "PatchEmbed", "remat", "l2_normalize", "patchify", "from_presets",
+           "golden_resolved"]
+
+
+def from_presets(presets: Mapping, kind: str, name: str, **overrides):
+  """presets[name] with `overrides` replaced; a clear error naming the choices for an unknown name."""
+  if name not in presets:
+    raise KeyError(f"unknown {kind} preset {name!r}; choose from {sorted(presets)}")
+  return presets[name].replace(**overrides)
+
+
+def golden_resolved(path_or_dict, which: str) -> tuple[dict, str]:
+  """(the '<which>.resolved' section, where it came from) of a goldens *_config.json file or dict."""
+  if isinstance(path_or_dict, dict):
+    d, where = path_or_dict, "<dict>"
+  else:
+    where = str(path_or_dict)
+    d = json.loads(pathlib.Path(path_or_dict).read_text())
+  try:
+    return d[which]["resolved"], where
+  except KeyError as e:
+    raise ValueError(f"{where}: no '{which}.resolved' section") from e
 
 
 class LayerNorm(nn.Module):
