@@ -180,6 +180,7 @@ class Generator:
   bucket_frames: int = 50             # 2 s duration buckets
   seed: int = 0
   sample_rate: Optional[int] = None   # output rate; None = the codec's (24 kHz)
+  mesh: Optional[object] = None       # sample sharded over this (data, fsdp, tensor) mesh (sample.sample)
   write_mp4: bool = True
   write_png: bool = True
   show_progress: bool = True
@@ -284,7 +285,7 @@ class Generator:
         kw["negative"] = np.array([bool(it.negative) for it in its])
       res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
                                  context_frames=self.context_frames, sample_cfg=self.sample_cfg, seed=self.seed,
-                                 item_seeds=np.asarray(group), progress=bar.update, **kw)
+                                 item_seeds=np.asarray(group), progress=bar.update, mesh=self.mesh, **kw)
       for j, i in enumerate(group):
         codes = res["codes"][j, :, :fr[j]]
         audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
@@ -439,11 +440,13 @@ def extract_windows(frames_u8):
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
                     eva_ckpt=None, sync_ckpt=None,
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
-                    sample_rate=None, write_mp4=True, write_png=True, inference_layout=True) -> Generator:
+                    sample_rate=None, write_mp4=True, write_png=True, inference_layout=True,
+                    mesh=None) -> Generator:
   """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
-  bf16-compute config with fp32 weights).
+  bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
+  a Mesh to sample sharded across devices, e.g. {"tensor": 8} for a 7B model on 16 GB chips.
 
   window_s / context_s default to the config's sample.window_s / sample.context_s (else 10 s / 3 s).
   """
@@ -475,7 +478,11 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   fr = AUDIO_FRAME_RATE
   window_s = float(exp.get("sample", {}).get("window_s", 10.0)) if window_s is None else float(window_s)
   context_s = float(exp.get("sample", {}).get("context_s", 3.0)) if context_s is None else float(context_s)
-  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, window_frames=int(round(window_s * fr)),
+  if isinstance(mesh, dict):
+    from dreamfoley_jax import sharding
+
+    mesh = sharding.make_mesh(mesh)
+  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, mesh=mesh, window_frames=int(round(window_s * fr)),
                    context_frames=int(round(context_s * fr)), batch_size=batch_size,
                    bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed, sample_rate=sample_rate,
                    write_mp4=write_mp4, write_png=write_png,

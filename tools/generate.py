@@ -45,7 +45,23 @@ flags.DEFINE_bool("png", True, "write the spectrogram png")
 flags.DEFINE_bool("inference_layout", True, "sample with foley.inference_layout: unrolled layers and, for a bf16-compute "
                   "config with fp32 weights (experiments/paper_7b.py), bf16 weights (half the memory and bytes per "
                   "step; the same math). --noinference_layout keeps the checkpoint's layout and dtype")
+flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'tensor=8' (a 7B model on 16 GB chips) or "
+                    "'data=-1' (clips split over all devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
+
+
+def parse_mesh(spec: str):
+  """'tensor=8' / 'data=2,tensor=4' -> {axis: size}; empty -> None."""
+  if not spec.strip():
+    return None
+  out = {}
+  for part in spec.split(","):
+    name, _, size = part.partition("=")
+    name = name.strip()
+    if name not in ("data", "fsdp", "tensor") or not size.strip().lstrip("-").isdigit():
+      raise app.UsageError(f"--mesh {spec!r}: expected comma-separated data|fsdp|tensor=SIZE (SIZE -1 = the rest)")
+    out[name] = int(size)
+  return out
 
 
 def main(argv):
@@ -61,7 +77,8 @@ def main(argv):
                           eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
                           window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
                           bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout)
+                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
+                          mesh=parse_mesh(FLAGS.mesh))
   for r in gen.run(items, FLAGS.out_dir):
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
