@@ -67,6 +67,20 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int
   return tuple(sizes)
 
 
+def parse_mesh_spec(spec: str) -> dict[str, int] | None:
+  """'tensor=8' / 'data=-1,tensor=2' (a command-line mesh) -> {axis: size}; empty -> None (one device)."""
+  if not spec.strip():
+    return None
+  out = {}
+  for part in spec.split(","):
+    name, _, size = part.partition("=")
+    name, size = name.strip(), size.strip()
+    if name not in MESH_AXES or not size.lstrip("-").isdigit():
+      raise ValueError(f"mesh {spec!r}: expected comma-separated {'|'.join(MESH_AXES)}=SIZE (SIZE -1 = the rest)")
+    out[name] = int(size)
+  return out
+
+
 def make_mesh(spec: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types (linen constraints need Auto, not Explicit)."""
   devices = list(devices) if devices is not None else jax.devices()

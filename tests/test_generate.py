@@ -1,5 +1,5 @@
 """generate: video file -> features -> sampling -> codec -> wav / remuxed mp4 / spectrogram, end to end."""
-import fractions
+import re
 
 import av
 import flax.linen as nn
@@ -139,15 +139,11 @@ def test_generate_on_mesh_equals_single_device(tmp_path, params):
     np.testing.assert_array_equal(a["codes"], b["codes"])
 
 
-def test_generate_cli_parses_mesh():
-  import importlib.util
-  import pathlib
+def test_parse_mesh_spec():
+  from dreamfoley_jax import sharding
 
-  spec = importlib.util.spec_from_file_location("gen_cli", pathlib.Path(__file__).parents[1] / "tools/generate.py")
-  cli = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cli)
-  assert cli.parse_mesh("") is None
-  assert cli.parse_mesh("tensor=8") == {"tensor": 8}
-  assert cli.parse_mesh("data=-1, tensor=2") == {"data": -1, "tensor": 2}
-  with pytest.raises(Exception, match="expected comma-separated data"):
-    cli.parse_mesh("model=8")
+  assert sharding.parse_mesh_spec("") is None
+  assert sharding.parse_mesh_spec("tensor=8") == {"tensor": 8}
+  assert sharding.parse_mesh_spec("data=-1, tensor=2") == {"data": -1, "tensor": 2}
+  with pytest.raises(ValueError, match=re.escape("expected comma-separated data|fsdp|tensor=SIZE")):
+    sharding.parse_mesh_spec("model=8")

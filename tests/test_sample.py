@@ -32,13 +32,17 @@ def prompt_batch(B=2, Lt=5, Tv=25, seed=0):
           "clip_feats": rng.normal(size=(B, 4, CFG.clip_dim)).astype(np.float32), "video_mask": video_mask}
 
 
-@pytest.fixture(scope="module")
-def params():
+def init_params(cfg):
   b = dict(prompt_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
-  p = nn.unbox(jax.jit(foley.DreamFoley(CFG).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
+  p = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
   # Random init gives near-uniform heads; sharpen them so greedy / CFG differences are far from ties.
   p["heads"]["fc2_kernel"] = p["heads"]["fc2_kernel"] * 30.0
   return p
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG)
 
 
 @jax.jit
@@ -401,10 +405,7 @@ SCAN_CFG = CFG.replace(decoder=CFG.decoder.replace(scan_layers=True))
 
 @pytest.fixture(scope="module")
 def scanned_params():
-  b = dict(prompt_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
-  p = nn.unbox(jax.jit(foley.DreamFoley(SCAN_CFG).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
-  p["heads"]["fc2_kernel"] = p["heads"]["fc2_kernel"] * 30.0
-  return p
+  return init_params(SCAN_CFG)
 
 
 def test_scanned_decoder_samples_like_unrolled(scanned_params):

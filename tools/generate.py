@@ -14,6 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags
 
 from dreamfoley_jax import generate as G
+from dreamfoley_jax import sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "experiments/<name>.py", required=True)
@@ -50,26 +51,16 @@ flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'tensor
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
 
 
-def parse_mesh(spec: str):
-  """'tensor=8' / 'data=2,tensor=4' -> {axis: size}; empty -> None."""
-  if not spec.strip():
-    return None
-  out = {}
-  for part in spec.split(","):
-    name, _, size = part.partition("=")
-    name = name.strip()
-    if name not in ("data", "fsdp", "tensor") or not size.strip().lstrip("-").isdigit():
-      raise app.UsageError(f"--mesh {spec!r}: expected comma-separated data|fsdp|tensor=SIZE (SIZE -1 = the rest)")
-    out[name] = int(size)
-  return out
-
-
 def main(argv):
   del argv
   if bool(FLAGS.video) == bool(FLAGS.csv):
     raise app.UsageError("give exactly one of --video or --csv")
   items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
                                                           negative=FLAGS.negative)]
+  try:
+    mesh = sharding.parse_mesh_spec(FLAGS.mesh)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
                if getattr(FLAGS, k) is not None}
   gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,
@@ -78,7 +69,7 @@ def main(argv):
                           window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
                           bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                           write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
-                          mesh=parse_mesh(FLAGS.mesh))
+                          mesh=mesh)
   for r in gen.run(items, FLAGS.out_dir):
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
