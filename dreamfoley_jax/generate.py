@@ -185,6 +185,11 @@ class Generator:
   write_png: bool = True
   show_progress: bool = True
 
+  def __post_init__(self):
+    if self.mesh is not None:
+      # Once, here: each window's `sample` call then finds the params already in place (no reshard).
+      self.params = sampling.place_params(self.cfg, self.params, self.mesh)
+
   def _text(self, captions: Sequence[str]):
     L = max(self.cfg.null_text_len, 1)
     toks = []

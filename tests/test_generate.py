@@ -134,6 +134,11 @@ def test_generate_on_mesh_equals_single_device(tmp_path, params):
                       sample_cfg=S.SampleConfig(temperature=0.0), window_frames=20, context_frames=6,
                       show_progress=False, write_mp4=False, write_png=False, mesh=mesh)
     out[name] = gen.run(items, tmp_path / name)
+    if mesh is not None:       # placed once at construction: the windows' sample calls reuse these arrays
+      k = gen.params["decoder"]["layers_0"]["mlp"]["up_proj"]["kernel"]
+      assert len(k.sharding.device_set) == 8
+      assert S.place_params(CFG, gen.params, mesh, S.mesh_rules(mesh, 2))["decoder"]["layers_0"]["mlp"][
+          "up_proj"]["kernel"] is k
   for a, b in zip(out["one"], out["mesh"]):
     assert a["frames"] == b["frames"] == 32      # 1.3 s at 25 fps as PyAV probes it: two windows of 20
     np.testing.assert_array_equal(a["codes"], b["codes"])
