@@ -186,9 +186,14 @@ class Generator:
   show_progress: bool = True
 
   def __post_init__(self):
+    # Once, here: each window's `sample` call then finds the params already in place (host numpy params,
+    # e.g. from load_params(host=True), would otherwise be transferred again for every window).
     if self.mesh is not None:
-      # Once, here: each window's `sample` call then finds the params already in place (no reshard).
       self.params = sampling.place_params(self.cfg, self.params, self.mesh)
+    else:
+      import jax
+
+      self.params = jax.device_put(self.params)
 
   def _text(self, captions: Sequence[str]):
     L = max(self.cfg.null_text_len, 1)
@@ -475,7 +480,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
                               ("--tokenizer", tokenizer)) if not v]
     if missing:
       raise GenerateError(f"missing {', '.join(missing)} (or pass --smoke_random for a pipeline check)")
-    params = common.load_params(checkpoint)
+    # To host memory first: any writer's mesh, any size; inference_layout + Generator then place it.
+    params = common.load_params(checkpoint, host=True)
     codec, tokenize = load_codec(codec_checkpoint), bpe_tokenizer(tokenizer)
     feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
   if inference_layout:

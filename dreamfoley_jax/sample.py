@@ -373,6 +373,10 @@ def _pad_text(ids, mask, L):
 def mesh_rules(mesh, batch_size: int):
   """The logical rules for sampling `batch_size` clips on `mesh`: the trainer's, except that the batch axis
   stays replicated when the clips do not split evenly over (data, fsdp) (e.g. one clip on a pod)."""
+  missing = [a for a in sharding.MESH_AXES if a not in mesh.shape]
+  if missing:
+    raise ValueError(f"sampling needs a {sharding.MESH_AXES} mesh (sharding.make_mesh); this one has axes "
+                     f"{tuple(mesh.shape)}, missing {missing}")
   dp = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % dp == 0:
     return sharding.LOGICAL_RULES
@@ -388,10 +392,20 @@ def _param_shardings(cfg: foley.FoleyConfig, mesh, rules):
 def place_params(cfg: foley.FoleyConfig, params, mesh, rules=sharding.LOGICAL_RULES):
   """`params` laid out on `mesh` by their logical axis names (the trainer's layout: layers split over
   tensor / fsdp), so a model too large for one chip samples across the slice."""
-  try:
-    return sharding.shard_tree(params, _param_shardings(cfg, mesh, rules))
-  except ValueError as e:
-    raise ValueError(f"params do not match the model of this config (after foley.inference_layout?): {e}") from e
+  sh = _param_shardings(cfg, mesh, tuple(tuple(r) for r in rules))
+  want, got = jax.tree.structure(sh), jax.tree.structure(params)
+  if want != got:
+    raise ValueError(f"params do not match the model of this config (pass them through foley.inference_layout "
+                     f"with this config first): expected the tree {want}, got {got}")
+
+  def put(path, x, s):
+    try:
+      return jax.device_put(x, s)
+    except ValueError as e:
+      raise ValueError(f"params{jax.tree_util.keystr(path)} {tuple(x.shape)} cannot be laid out as {s.spec} on "
+                       f"mesh {dict(mesh.shape)}: {e}") from e
+
+  return jax.tree_util.tree_map_with_path(put, params, sh)
 
 
 def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: SampleConfig = SampleConfig(),
@@ -534,6 +548,8 @@ def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_
   """
   lengths = np.asarray(lengths, np.int64).reshape(-1)
   B, K = lengths.shape[0], cfg.num_codebooks
+  if kw.get("mesh") is not None:     # once, not in every window's sample call
+    params = place_params(cfg, params, kw["mesh"])
   total = int(lengths.max())
   starts = window_plan(total, window_frames, context_frames)
   frames_mode = cfg.vision_mode == "frames"

@@ -76,7 +76,10 @@ def parse_mesh_spec(spec: str) -> dict[str, int] | None:
     name, _, size = part.partition("=")
     name, size = name.strip(), size.strip()
     if name not in MESH_AXES or not size.lstrip("-").isdigit():
-      raise ValueError(f"mesh {spec!r}: expected comma-separated {'|'.join(MESH_AXES)}=SIZE (SIZE -1 = the rest)")
+      raise ValueError(f"mesh {spec!r}: {part.strip()!r} is not AXIS=SIZE; expected comma-separated "
+                       f"{'|'.join(MESH_AXES)}=SIZE (SIZE -1 = the rest)")
+    if name in out:
+      raise ValueError(f"mesh {spec!r}: axis {name!r} given twice")
     out[name] = int(size)
   return out
 

@@ -31,6 +31,13 @@ def test_synchformer_family_via_cli(tmp_path, fixtures_dir):
   params = common.load_params(tmp_path / "out")
   w = sd["vfeat_extractor.patch_embed_3d.proj.weight"]        # torch (O, I, t, h, w)
   assert params["patch_embed_3d"]["proj"]["kernel"].size == w.size
+  # host=True: the same values as numpy in host memory (any writer's mesh; re-laid out by the caller)
+  on_host = common.load_params(tmp_path / "out", host=True)
+  flat_dev, flat_host = common.flatten(params), common.flatten(on_host)
+  assert flat_dev.keys() == flat_host.keys()
+  for k, v in flat_host.items():
+    assert type(v) is np.ndarray, k
+    np.testing.assert_array_equal(v, np.asarray(flat_dev[k]))
   # A checkpoint with a missing key: one clear error, nothing written.
   del sd["vfeat_extractor.norm.weight"]
   save_file(sd, str(tmp_path / "bad.safetensors"))

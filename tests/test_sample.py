@@ -502,16 +502,17 @@ def test_inference_layout_bf16_weights_same_math(excess_precision):
 # Sampling sharded over a device mesh
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("B", [2, 1])
+@pytest.mark.parametrize("B", [4, 1])
 def test_sample_on_mesh_equals_single_device(params, B):
   """On the (data 2, fsdp 2, tensor 2) mesh of 8 simulated devices the sampler gives the single-device
-  tokens and logits: B = 2 splits the 4 CFG rows over (data, fsdp); B = 1 keeps the batch replicated."""
+  tokens and logits: B = 4 clips split over (data, fsdp) = 4; B = 1 keeps the batch replicated."""
   from dreamfoley_jax import sharding
 
   assert jax.device_count() == 8
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  pb = jax.tree.map(lambda a: a[:B], prompt_batch())
-  lengths = LENGTHS[:B]
+  assert (S.mesh_rules(mesh, B) is sharding.LOGICAL_RULES) == (B == 4)
+  pb = jax.tree.map(lambda a: a[:B], prompt_batch(B=4))
+  lengths = (7, 4, 6, 5)[:B]
   ref = S.sample(CFG, params, pb, lengths, sample_cfg=GREEDY, return_logits=True)
   res = S.sample(CFG, params, pb, lengths, sample_cfg=GREEDY, return_logits=True, mesh=mesh)
   np.testing.assert_array_equal(res["delayed"], ref["delayed"])
@@ -532,3 +533,19 @@ def test_place_params_names_a_mismatch(params):
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   with pytest.raises(ValueError, match="params do not match the model of this config"):
     S.place_params(SCAN_CFG, params, mesh)
+  # a dimension the mesh cannot split names the param: vocab 100 over tensor 8
+  with pytest.raises(ValueError, match=r"params\['decoder'\]\['embed_tokens'\]\['embedding'\] \(100, 32\) cannot "
+                                       r"be laid out as .*tensor.* on mesh \{'data': 1, 'fsdp': 1, 'tensor': 8\}"):
+    S.place_params(CFG, params, sharding.make_mesh({"tensor": 8}))
+  other = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 4), ("dp", "mp"))
+  with pytest.raises(ValueError, match=r"missing \['data', 'fsdp', 'tensor'\]"):
+    S.mesh_rules(other, 2)
+
+
+def test_inference_layout_never_widens(params):
+  """bf16 weights under an fp32 compute dtype stay bf16 (casting is only ever narrowing)."""
+  bf = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  cfg = CFG.replace(decoder=CFG.decoder.replace(param_dtype="bfloat16"))
+  cfg2, p2 = foley.inference_layout(cfg, bf)
+  assert cfg2.decoder.param_dtype == "bfloat16"
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p2))

@@ -188,6 +188,8 @@ def main(argv):
       agree, n = check_greedy(v)
       print(f"check [{v}]: greedy sampler tokens == argmax of full-forward guided logits: {100 * agree:.2f}% of "
             f"{n} code cells ({time.perf_counter() - t:.1f} s)", flush=True)
+      if agree < 1.0:
+        raise SystemExit(f"check [{v}] failed: the sampler disagrees with the full forward on this device")
   bw, copy_bw = measured_bandwidth()
   print(f"measured bandwidth: read (sum) {bw:.0f} GB/s, elementwise (read + write) {copy_bw:.0f} GB/s; datasheet "
         f"{FLAGS.peak_gbs:.0f} GB/s", flush=True)

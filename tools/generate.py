@@ -58,9 +58,10 @@ def main(argv):
   items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
                                                           negative=FLAGS.negative)]
   try:
-    mesh = sharding.parse_mesh_spec(FLAGS.mesh)
+    spec = sharding.parse_mesh_spec(FLAGS.mesh)
+    mesh = None if spec is None else sharding.make_mesh(spec)
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    raise app.UsageError(f"--mesh: {e}") from e
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
                if getattr(FLAGS, k) is not None}
   gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,

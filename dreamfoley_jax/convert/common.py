@@ -265,8 +265,12 @@ def save_params(params, path: PathLike, *, overwrite: bool = False, metadata: di
   return pathlib.Path(path)
 
 
-def load_params(path: PathLike, target=None):
-  """Restores params saved by `save_params`; `target` (abstract tree with shardings) places them."""
+def load_params(path: PathLike, target=None, *, host: bool = False):
+  """Restores params saved by `save_params`; `target` (abstract tree with shardings) places them.
+
+  host=True restores every array as numpy in host memory, whatever devices or mesh wrote it: the way to
+  read a checkpoint written on another slice, or one larger than a single chip, before re-laying it out
+  (foley.inference_layout, sample.place_params)."""
   import orbax.checkpoint as ocp
 
   p = pathlib.Path(path).absolute()
@@ -274,6 +278,12 @@ def load_params(path: PathLike, target=None):
   if not item.exists():
     raise ConversionError(f"{p}: not a dreamfoley_jax params checkpoint (no 'params' directory inside)")
   ckptr = ocp.StandardCheckpointer()
+  if host and target is None:
+    import jax
+
+    meta = ckptr.metadata(item)
+    meta = getattr(meta, "item_metadata", meta)
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)   # calloc: no pages touched
   return ckptr.restore(item, target) if target is not None else ckptr.restore(item)
 
 

@@ -501,7 +501,7 @@ def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: boo
     whose per-layer KV caches the decode step updates in place (same weights; logits equal up to float
     reassociation, ~6e-7 on the tiny model);
   - cast: with a lower-precision compute dtype (experiments/paper_7b.py: bf16 compute, fp32 master weights)
-    the params in `_COMPUTE_DTYPE_PARAMS` are stored in that dtype: half the memory and half the bytes each
+    the params in `_COMPUTE_DTYPE_PARAMS` are stored in that dtype (only ever narrowed): half the memory and half the bytes each
     decode step reads (7B: 13.3 instead of 26.6 GB per step). Every use of them casts to the compute dtype
     anyway, so the logits are bit-identical when XLA must honour each rounding
     (XLA_FLAGS=--xla_allow_excess_precision=false; tested). By default XLA may skip some fp32 -> bf16
@@ -515,14 +515,20 @@ def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: boo
   scanned = "layers" in params["decoder"]
   if scanned != d.scan_layers:      # the checkpoint's layout decides (e.g. an HF conversion under paper_7b)
     d = d.replace(scan_layers=scanned)
-  if unscan and d.scan_layers:
-    params["decoder"] = qwen2.unstack_layers(params["decoder"], d.num_hidden_layers, where="params/decoder")
-    d = d.replace(scan_layers=False)
   cd = jnp.dtype(d.dtype)
-  if cast and cd != jnp.dtype(d.param_dtype):
+  # Only ever narrower (fp32 -> bf16), never widening bf16 weights into an fp32 compute dtype.
+  narrow = cast and cd.itemsize < jnp.dtype(d.param_dtype).itemsize
+  to_cd = ((lambda x: x.astype(cd) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != cd else x)
+           if narrow else (lambda x: x))
+  if unscan and d.scan_layers:
+    # Slice and cast each layer in one step (works on host numpy too): no full-size unstacked copy.
+    params["decoder"] = qwen2.unstack_layers(params["decoder"], d.num_hidden_layers, where="params/decoder",
+                                             fn=to_cd)
+    d = d.replace(scan_layers=False)
+  if narrow:
     for k in _COMPUTE_DTYPE_PARAMS:
       if k in params:
-        params[k] = jax.tree.map(lambda x: x.astype(cd) if jnp.issubdtype(x.dtype, jnp.floating) else x, params[k])
+        params[k] = jax.tree.map(to_cd, params[k])
     d = d.replace(param_dtype=d.dtype)
   return cfg.replace(decoder=d), params
 

@@ -488,9 +488,10 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dic
   return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
 
 
-def unstack_layers(model_params: Mapping, num_layers: int, where: str = "params") -> dict:
+def unstack_layers(model_params: Mapping, num_layers: int, where: str = "params", fn=None) -> dict:
   """Qwen2Model params with `scan_layers` (``layers/layer/...``, a leading layer axis) -> the unscanned
-  layout (``layers_0 ... layers_{L-1}``); the same weights. Other entries are kept as they are."""
+  layout (``layers_0 ... layers_{L-1}``); the same weights. Other entries are kept as they are.
+  fn (optional) is applied to each layer's slice (e.g. a dtype cast), so no full-size copy is made."""
   if "layers" not in model_params or "layer" not in model_params["layers"]:
     raise ValueError(f"{where}: expected scanned decoder layers under layers/layer, got keys {sorted(model_params)}")
   stacked = model_params["layers"]["layer"]
@@ -500,7 +501,7 @@ def unstack_layers(model_params: Mapping, num_layers: int, where: str = "params"
                        f"leading axis of num_hidden_layers={num_layers}")
   out = {k: v for k, v in model_params.items() if k != "layers"}
   for i in range(num_layers):
-    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: (fn or (lambda y: y))(x[i]), stacked)
   return out
 
 
