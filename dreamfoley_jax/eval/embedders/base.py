@@ -38,6 +38,25 @@ def find_checkpoint(name: str, path: str | os.PathLike | None, expected: Sequenc
                             f"no weights are ever downloaded")
 
 
+def checkpoint_source(ckpt: pathlib.Path) -> str:
+  """path:size:mtime of a checkpoint: part of an embedder's fingerprint (changes when the file does)."""
+  st = ckpt.stat()
+  return f"{ckpt}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def resolve_variables(name: str, path, files: Sequence[str], *, variables=None, seed: int | None = None,
+                      random_fn=None, checkpoint_fn=None) -> tuple[Any, str, pathlib.Path | None]:
+  """(variables, source, checkpoint path or None) of a native embedder, from the first that applies:
+  the given `variables`; `random_fn(seed)` (random weights: tests and smoke runs only); or
+  `checkpoint_fn(path)` on the checkpoint `find_checkpoint(name, path, files)` finds."""
+  if variables is not None:
+    return variables, "<given variables>", None
+  if seed is not None:
+    return random_fn(seed), f"<random seed {seed}>", None
+  ckpt = find_checkpoint(name, path, files)
+  return checkpoint_fn(ckpt), checkpoint_source(ckpt), ckpt
+
+
 def require(package: str, pip_name: str, embedder: str):
   """Imports `package` or raises MissingPackageError saying what to install."""
   import importlib

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import pathlib
 import re
 from typing import Mapping
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from dreamfoley_jax.convert.common import ConversionError, TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, random_state_dict, resolve_variables
 from dreamfoley_jax.eval.embedders.roberta_bpe import RobertaBPE, find_tokenizer
 
 CHECKPOINT_FILES = ("music_speech_audioset_epoch_15_esc_89.98.pt",)
@@ -556,15 +555,10 @@ class ClapEmbedder(Embedder):
     # fp32 matmuls as in the reference: TPU/GPU defaults (bf16 passes, TF32) would move the scores
     self.matmul_precision = matmul_precision
     self.model = Clap(config)
-    ckpt = None
-    if variables is not None:
-      self.variables, self.source = variables, "<given variables>"
-    elif random_weights is not None:  # tests and smoke runs only
-      self.variables, self.source = random_variables(config, random_weights), f"<random seed {random_weights}>"
-    else:
-      ckpt = find_checkpoint("clap", path, CHECKPOINT_FILES)
-      self.variables = convert_clap(read_checkpoint(ckpt), config)
-      self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
+    self.variables, self.source, ckpt = resolve_variables(
+        "clap", path, CHECKPOINT_FILES, variables=variables, seed=random_weights,
+        random_fn=lambda s: random_variables(config, s),
+        checkpoint_fn=lambda c: convert_clap(read_checkpoint(c), config))
     self._tokenizer_path, self._ckpt, self._tokenizer = tokenizer, ckpt, None
     self._audio = jax.jit(self._precise(lambda v, x: self.model.apply(v, x, method=Clap.encode_audio)[0]))
     self._text = jax.jit(self._precise(lambda v, i, m: self.model.apply(v, i, m, method=Clap.encode_text)[0]))

@@ -35,7 +35,7 @@ import numpy as np
 
 from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, random_state_dict, resolve_variables
 from dreamfoley_jax.models.vision_layers import LayerNorm, Linear, Mlp, l2_normalize, patchify
 
 CHECKPOINT_FILES = ("imagebind_huge.pth",)
@@ -391,14 +391,10 @@ class ImageBindEmbedder(Embedder):
     super().__init__(name="imagebind", native=True, needs_video=True)
     self.config = config
     self.model = ImageBind(config)
-    if variables is not None:
-      self.variables, self.source = variables, "<given variables>"
-    elif seed is not None:
-      self.variables, self.source = random_variables(config, seed), f"<random seed {seed}>"
-    else:
-      ckpt = find_checkpoint("imagebind", path, CHECKPOINT_FILES)
-      self.variables = convert_imagebind(TensorSource(ckpt), config)
-      self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
+    self.variables, self.source, _ = resolve_variables(
+        "imagebind", path, CHECKPOINT_FILES, variables=variables, seed=seed,
+        random_fn=lambda s: random_variables(config, s),
+        checkpoint_fn=lambda ckpt: convert_imagebind(TensorSource(ckpt), config))
     self.variables = jax.tree.map(jnp.asarray, self.variables)
     self._vision = jax.jit(lambda v, x: self.model.apply(v, x, method=ImageBind.vision)[0])
     self._audio = jax.jit(lambda v, x: self.model.apply(v, x, method=ImageBind.audio)[0])

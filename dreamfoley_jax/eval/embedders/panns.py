@@ -16,7 +16,7 @@ import numpy as np
 
 from dreamfoley_jax.convert.common import ConversionError, TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, random_state_dict, resolve_variables
 
 CHECKPOINT_FILES = ("Cnn14_16k_mAP=0.438.pth", "Cnn14_16k_mAP%3D0.438.pth", "cnn14_16k.pth")
 
@@ -169,16 +169,10 @@ class PannsEmbedder(Embedder):
     super().__init__(name="panns", native=True)
     self.config = config
     self.model = Cnn14(config)
-    if variables is not None:
-      self.variables = variables
-      self.source = "<given variables>"
-    elif seed is not None:  # random weights: tests and smoke runs only
-      self.variables = convert_cnn14(random_state_dict(torch_shapes(config), seed), config)
-      self.source = f"<random seed {seed}>"
-    else:
-      ckpt = find_checkpoint("panns", path, CHECKPOINT_FILES)
-      self.variables = convert_cnn14(TensorSource(ckpt), config)
-      self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
+    self.variables, self.source, _ = resolve_variables(
+        "panns", path, CHECKPOINT_FILES, variables=variables, seed=seed,
+        random_fn=lambda s: convert_cnn14(random_state_dict(torch_shapes(config), s), config),
+        checkpoint_fn=lambda ckpt: convert_cnn14(TensorSource(ckpt), config))
     self._apply = jax.jit(lambda v, x: self.model.apply(v, x)[0])
 
   def fingerprint(self) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 
 from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, random_state_dict, resolve_variables
 from dreamfoley_jax.models.vision_layers import LayerNorm, Linear, Mlp
 
 CHECKPOINT_FILES = ("passt-s-f128-p16-s10-ap.476-swa.pt",)
@@ -225,17 +225,10 @@ class PasstEmbedder(Embedder):
     super().__init__(name="passt", native=True)
     self.config = config
     self.model = Passt(config)
-    if variables is not None:
-      self.variables = variables
-      self.source = "<given variables>"
-    elif seed is not None:  # random weights: tests and smoke runs only
-      self.variables = convert_passt(random_state_dict(torch_shapes(config), seed), config)
-      self.source = f"<random seed {seed}>"
-    else:
-      ckpt = find_checkpoint("passt", path, CHECKPOINT_FILES)
-      self.variables = convert_passt(TensorSource(ckpt), config)
-      st = ckpt.stat()
-      self.source = f"{ckpt}:{st.st_size}:{int(st.st_mtime)}"
+    self.variables, self.source, _ = resolve_variables(
+        "passt", path, CHECKPOINT_FILES, variables=variables, seed=seed,
+        random_fn=lambda s: convert_passt(random_state_dict(torch_shapes(config), s), config),
+        checkpoint_fn=lambda ckpt: convert_passt(TensorSource(ckpt), config))
     self._apply = jax.jit(lambda v, x: self.model.apply(v, x)[0])
 
   def fingerprint(self) -> str:

@@ -15,7 +15,7 @@ from dreamfoley_jax.convert import synchformer as video_convert
 from dreamfoley_jax.convert.common import TensorSource
 from dreamfoley_jax.eval import metrics
 from dreamfoley_jax.eval.embedders import sync_audio, sync_head
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, checkpoint_source, find_checkpoint, random_state_dict
 from dreamfoley_jax.eval.embedders.torch_ref import check_sync_audio, sync_windows
 from dreamfoley_jax.models import synchformer as video_model
 
@@ -61,7 +61,7 @@ class SynchformerEmbedder(Embedder):
       ckpt = find_checkpoint("synchformer", path, CHECKPOINT_FILES)
       src = TensorSource(ckpt)
       vsrc = TensorSource(ckpt, strip_prefix="vfeat_extractor.")
-      self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
+      self.source = checkpoint_source(ckpt)
     self.video_params = jax.tree.map(np.asarray, video_convert.convert_state_dict(vsrc, c.video))
     self.audio_vars = sync_audio.convert_sync_audio(src, c.audio)
     self.head_vars = sync_head.convert_sync_head(src, c.head)

@@ -16,7 +16,7 @@ import numpy as np
 
 from dreamfoley_jax.convert.common import TensorSource, check_keys, conv_to_jax, linear_to_jax
 from dreamfoley_jax.eval import frontends
-from dreamfoley_jax.eval.embedders.base import Embedder, find_checkpoint, random_state_dict
+from dreamfoley_jax.eval.embedders.base import Embedder, random_state_dict, resolve_variables
 
 CHECKPOINT_FILES = ("vggish-10086976.pth", "vggish.pth")
 
@@ -112,15 +112,10 @@ class VGGishEmbedder(Embedder):
     super().__init__(name="vggish", native=True)
     self.config = config
     self.model = VGGish(config)
-    if variables is not None:
-      self.variables, self.source = variables, "<given variables>"
-    elif seed is not None:
-      self.variables = convert_vggish(random_state_dict(torch_shapes(config), seed), config)
-      self.source = f"<random seed {seed}>"
-    else:
-      ckpt = find_checkpoint("vggish", path, CHECKPOINT_FILES)
-      self.variables = convert_vggish(TensorSource(ckpt), config)
-      self.source = f"{ckpt}:{ckpt.stat().st_size}:{int(ckpt.stat().st_mtime)}"
+    self.variables, self.source, _ = resolve_variables(
+        "vggish", path, CHECKPOINT_FILES, variables=variables, seed=seed,
+        random_fn=lambda s: convert_vggish(random_state_dict(torch_shapes(config), s), config),
+        checkpoint_fn=lambda ckpt: convert_vggish(TensorSource(ckpt), config))
     # Two jitted halves: one XLA:CPU program holding both the convolutions and the 12288x4096 matmul ran
     # ~7x slower than the halves run separately (4.5 s vs 0.7 s per 8 s clip, measured on this machine).
     feats = jax.jit(lambda v, x: self.model.apply(v, x, method=VGGish.features))
