@@ -61,18 +61,19 @@ class _TorchPasst(tnn.Module):
     return self.head(feats), feats
 
 
-def full_signal(n: int = 320000, sr: int = 32000) -> np.ndarray:
-  """Same formula as tools/goldens/make_passt_golden.py (the golden stores its head and sum to check)."""
-  i = np.arange(n, dtype=np.uint64)
-  h = i * np.uint64(0x9E3779B97F4A7C15)
-  h ^= h >> np.uint64(33)
-  h *= np.uint64(0xFF51AFD7ED558CCD)
-  h ^= h >> np.uint64(33)
-  noise = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) - 0.5
-  t = np.arange(n, dtype=np.float64) / sr
-  x = 0.3 * np.sin(2 * np.pi * (100.0 * t + 700.0 * t * t)) + 0.05 * np.sin(2 * np.pi * 440.0 * t) + 0.1 * noise
-  x[int(4.0 * sr):int(4.5 * sr)] = 0.0
-  return x.astype(np.float32)
+def _golden_script():
+  """tools/goldens/make_passt_golden.py (numpy-only at import): the test rebuilds its 10 s signal from it."""
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "tools/goldens/make_passt_golden.py"
+  spec = importlib.util.spec_from_file_location("make_passt_golden", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+full_signal = _golden_script().full_signal
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ Flax is faster) and the max abs difference of the embeddings.
 """
 import pathlib
 import sys
-import time
 
 from absl import app, flags
+
+import bench_common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,14 +23,6 @@ sys.path.insert(0, str(ROOT / "tools/goldens"))
 
 _DIR = flags.DEFINE_string("laion_clap_dir", "/tmp/clapsrc/laion_clap", "unzipped laion_clap package directory")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per side (after one warm-up)")
-
-
-def _time(fn, n):
-  fn()
-  t = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - t) / n * 1e3
 
 
 def main(argv):
@@ -69,7 +62,7 @@ def main(argv):
 
   n = _REPEATS.value
   # torch first, before JAX starts its CPU client: XLA's idle worker threads would slow torch down
-  torch_ms = {"audio": _time(torch_audio, n), "text": _time(torch_text, n)}
+  torch_ms = {"audio": bench_common.time_ms(torch_audio, n), "text": bench_common.time_ms(torch_text, n)}
   torch_out = {"audio": torch_audio(), "text": torch_text()}
   variables = C.convert_clap({k: v.numpy() for k, v in ref.state_dict().items()}, C.ClapConfig())
   emb = C.ClapEmbedder(variables=variables)
@@ -78,7 +71,7 @@ def main(argv):
   print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}, 2 threads")
   for name, what in (("audio", "10 s clip"), ("text", "77 tokens")):
     diff = np.abs(torch_out[name] - flax_fns[name]()).max()
-    t_ms, f_ms = torch_ms[name], _time(flax_fns[name], n)
+    t_ms, f_ms = torch_ms[name], bench_common.time_ms(flax_fns[name], n)
     print(f"{name} ({what}): torch {t_ms:8.1f} ms  flax {f_ms:8.1f} ms  torch/flax {t_ms / f_ms:5.2f}x  "
           f"max|diff| {diff:.1e}")
 

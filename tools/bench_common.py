@@ -1,4 +1,6 @@
-"""Shared pieces of the sampling benchmarks (tools/bench_sample.py, tools/bench_sample_gpu.py)."""
+"""Shared pieces of the benchmark scripts in tools/."""
+import time
+
 
 
 def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
@@ -11,3 +13,12 @@ def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
           "sync_feats": rng.normal(size=(B, frames, cfg.sync_dim)).astype(np.float32),
           "clip_feats": rng.normal(size=(B, frames * 4 // 25 + 1, cfg.clip_dim)).astype(np.float32),
           "video_mask": np.ones((B, frames), bool)}
+
+
+def time_ms(fn, n):
+  """Mean ms per call of `fn` over `n` calls, after one warm-up call (compile / first-touch)."""
+  fn()
+  t = time.perf_counter()
+  for _ in range(n):
+    fn()
+  return (time.perf_counter() - t) / n * 1e3

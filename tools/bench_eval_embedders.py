@@ -10,9 +10,10 @@ ratio (torch / flax; > 1 means Flax is faster). `--only passt` runs one row.
 """
 import pathlib
 import sys
-import time
 
 from absl import app, flags
+
+import bench_common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -29,20 +30,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per side (after one w
 _ONLY = flags.DEFINE_list("only", ["panns", "vggish", "passt"], "rows to run")
 
 
-def _time(fn, n):
-  fn()
-  t = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - t) / n * 1e3
-
-
 def _pair(ref, emb, x):
   """ms per call of the torch module and the jitted Flax apply on the same float32 input."""
   xt = torch.tensor(x)
   with torch.no_grad():
-    t_ms = _time(lambda: ref(xt), _REPEATS.value)
-  j_ms = _time(lambda: jax.block_until_ready(emb._apply(emb.variables, x)), _REPEATS.value)
+    t_ms = bench_common.time_ms(lambda: ref(xt), _REPEATS.value)
+  j_ms = bench_common.time_ms(lambda: jax.block_until_ready(emb._apply(emb.variables, x)), _REPEATS.value)
   return t_ms, j_ms
 
 

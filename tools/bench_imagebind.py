@@ -12,9 +12,10 @@ checkout (see tools/goldens/make_imagebind_golden.py); nothing is downloaded.
 """
 import pathlib
 import sys
-import time
 
 from absl import app, flags
+
+import bench_common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "goldens"))
@@ -23,14 +24,6 @@ _SRC = flags.DEFINE_string("imagebind_src", None, "directory holding the fetched
 _TOWERS = flags.DEFINE_list("towers", ["audio", "vision"], "towers to compare")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "timed calls per side (after one warm-up)")
 _THREADS = flags.DEFINE_integer("threads", 2, "torch intra-op threads")
-
-
-def _time(fn, n):
-  fn()
-  t = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - t) / n * 1e3
 
 
 def main(argv):
@@ -75,9 +68,9 @@ def main(argv):
       label = "vision (3 clips x 257 tokens, 32 x 1280)"
     with torch.no_grad():
       want = ref({tower: xt})[tower].numpy()
-      t_ms = _time(lambda: ref({tower: xt}), _REPEATS.value)
+      t_ms = bench_common.time_ms(lambda: ref({tower: xt}), _REPEATS.value)
     got = np.asarray(fn(variables, x))
-    j_ms = _time(lambda: jax.block_until_ready(fn(variables, x)), _REPEATS.value)
+    j_ms = bench_common.time_ms(lambda: jax.block_until_ready(fn(variables, x)), _REPEATS.value)
     err = float(np.abs(got - want).max())
     cos = float(np.sum(got * want) / np.linalg.norm(got) / np.linalg.norm(want))
     rows.append((label, err, float(np.abs(want).max()), cos, t_ms, j_ms))
