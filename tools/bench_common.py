@@ -22,3 +22,11 @@ def time_ms(fn, n):
   for _ in range(n):
     fn()
   return (time.perf_counter() - t) / n * 1e3
+
+
+def decode_weights(params) -> list:
+  """The arrays every decode step reads: decoder layers + final norm (not the token embedding) + heads."""
+  import jax
+
+  return [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
+          for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])

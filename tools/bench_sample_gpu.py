@@ -100,11 +100,7 @@ def random_params(cfg, seed=0):
 
 def weight_bytes(params):
   """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
-  import jax
-
-  leaves = [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
-            for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])
-  return sum(x.size * x.dtype.itemsize for x in leaves)
+  return sum(x.size * x.dtype.itemsize for x in bench_common.decode_weights(params))
 
 
 def kv_bytes(cfg, rows, slots):
