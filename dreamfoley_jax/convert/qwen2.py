@@ -216,11 +216,10 @@ def state_dict_to_params(state_dict: Mapping[str, Any], cfg: qwen2.Qwen2Config) 
 # --------------------------------------------------------------------------------------------------
 
 def _detect_scan(decoder_params: Mapping) -> bool:
-  if "layers" in decoder_params and "layer" in decoder_params["layers"]:
-    return True
-  if "layers_0" in decoder_params:
-    return False
-  raise ConversionError(f"decoder params have neither layers_0 nor layers/layer (keys: {sorted(decoder_params)})")
+  try:
+    return qwen2.is_scanned(decoder_params)
+  except ValueError as e:
+    raise ConversionError(str(e)) from e
 
 
 def decoder_hf_tensors(decoder_params: Mapping, cfg: qwen2.Qwen2Config, *, lm_head: Optional[Mapping] = None,

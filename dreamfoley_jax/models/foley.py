@@ -512,7 +512,7 @@ def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: boo
   d = cfg.decoder
   if "decoder" not in params:
     raise ValueError(f"params have no 'decoder' (keys: {sorted(params)})")
-  scanned = "layers" in params["decoder"]
+  scanned = qwen2.is_scanned(params["decoder"], "params/decoder")
   if scanned != d.scan_layers:      # the checkpoint's layout decides (e.g. an HF conversion under paper_7b)
     d = d.replace(scan_layers=scanned)
   cd = jnp.dtype(d.dtype)

@@ -488,11 +488,20 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dic
   return {"k": k, "v": v, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.asarray(0, jnp.int32)}
 
 
+def is_scanned(model_params: Mapping, where: str = "decoder params") -> bool:
+  """Whether Qwen2Model params are in the `scan_layers` layout (layers/layer) or unrolled (layers_0...)."""
+  if "layers" in model_params and "layer" in model_params["layers"]:
+    return True
+  if "layers_0" in model_params:
+    return False
+  raise ValueError(f"{where} have neither layers_0 nor layers/layer (keys: {sorted(model_params)})")
+
+
 def unstack_layers(model_params: Mapping, num_layers: int, where: str = "params", fn=None) -> dict:
   """Qwen2Model params with `scan_layers` (``layers/layer/...``, a leading layer axis) -> the unscanned
   layout (``layers_0 ... layers_{L-1}``); the same weights. Other entries are kept as they are.
   fn (optional) is applied to each layer's slice (e.g. a dtype cast), so no full-size copy is made."""
-  if "layers" not in model_params or "layer" not in model_params["layers"]:
+  if not is_scanned(model_params, where):
     raise ValueError(f"{where}: expected scanned decoder layers under layers/layer, got keys {sorted(model_params)}")
   stacked = model_params["layers"]["layer"]
   for path, x in jax.tree_util.tree_leaves_with_path(stacked):
