@@ -30,3 +30,81 @@ def decode_weights(params) -> list:
 
   return [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
           for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])
+
+
+def _best_rate(f, moved_bytes, warm=5, reps=20):
+  """Best GB/s of `f()` (blocking) moving `moved_bytes` per call, after `warm` calls (clocks ramp)."""
+  for _ in range(warm):
+    f()
+  best = 0.0
+  for _ in range(reps):
+    t = time.perf_counter()
+    f()
+    best = max(best, moved_bytes / (time.perf_counter() - t) / 1e9)
+  return best
+
+
+def measured_bandwidth(dtype=None):
+  """(read, copy) GB/s on the default device: a jitted sum over a large array (bytes read: what a decode
+  step does to its weights) and a copy (bytes read + written: an elementwise jitted pass on accelerators,
+  `numpy.copyto` on CPU, where XLA's elementwise loop runs far below the memory system). Best of 20 after
+  a warm-up. `dtype` defaults to bf16 on accelerators (1 Gi elements) and fp32 on CPU (256 MiB)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  cpu = jax.default_backend() == "cpu"
+  dtype = dtype or (jnp.float32 if cpu else jnp.bfloat16)
+  x = jnp.ones(((1 << 26) if cpu else (1 << 30),), dtype)
+  read = jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))
+  out = [_best_rate(lambda: read(x).block_until_ready(), x.nbytes)]
+  if cpu:
+    a = np.ones(x.shape, x.dtype)
+    b = np.empty_like(a)
+    out.append(_best_rate(lambda: np.copyto(b, a), 2 * a.nbytes, warm=1, reps=5))
+  else:
+    write = jax.jit(lambda x: x * 1.0001 + 1.0)
+    out.append(_best_rate(lambda: write(x).block_until_ready(), 2 * x.nbytes))
+  return tuple(out)
+
+
+def gemv_gbs(rows, dtype="float32", k=512, n=1536, total_mb=96, torch_threads=None):
+  """Weight-streaming rate (GB/s of weights read) of a chain of distinct (rows, k) @ (k, n) matmuls whose
+  weights (`total_mb` in all) do not fit in the CPU's last-level cache: what a decode step's GEMVs reach.
+  XLA (jitted loop of the chain), or torch eager with `torch_threads` intra-op threads when given."""
+  import numpy as np
+
+  layers = max(2, int(total_mb * 2 ** 20 / (k * n * 4)))
+  rng = np.random.default_rng(0)
+  ws = [rng.standard_normal((k, n), np.float32) * 0.05 for _ in range(layers)]
+  x = rng.standard_normal((rows, k), np.float32)
+  itemsize = 2 if dtype == "bfloat16" else 4
+  moved = 10 * layers * k * n * itemsize
+  if torch_threads is not None:
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    tdt = getattr(torch, dtype)
+    tws, tx = [torch.from_numpy(w).to(tdt) for w in ws], torch.from_numpy(x).to(tdt)
+
+    def run_torch():
+      with torch.no_grad():
+        for _ in range(10):
+          y = tx
+          for w in tws:
+            y = torch.tanh(y @ w)[:, :k]
+      return y
+    return _best_rate(run_torch, moved, warm=1, reps=3)
+  import jax
+  import jax.numpy as jnp
+
+  jws, jx = [jnp.asarray(w, dtype) for w in ws], jnp.asarray(x, dtype)
+
+  @jax.jit
+  def chain(x, ws):
+    def body(i, y):
+      for w in ws:
+        y = jnp.tanh(y @ w)[:, :k]
+      return y
+    return jax.lax.fori_loop(0, 10, body, x)
+  return _best_rate(lambda: chain(jx, jws).block_until_ready(), moved, warm=1, reps=5)

@@ -7,8 +7,11 @@ DynamicCache, the same embeddings / heads / CFG / top-k -> top-p -> temperature)
 10 s of audio = 250 frames -> 258 decode steps (+ K - 1 staircase + EOS) after a prefill of
 [text 16 | video 250]; CFG doubles the batch. JAX and torch runs are interleaved (the CPU is shared) and
 medians are reported, with each side's process CPU time. Also prints the decode rooflines: weight + KV
-bytes read per step / step time against the machine's memory bandwidth (a large numpy copy), and matmul
-FLOPs per step / step time against XLA's fp32 GEMM throughput measured in the same run.
+bytes read per step / step time against the machine's read bandwidth (a jitted sum over 256 MiB), matmul
+FLOPs per step / step time against XLA's fp32 GEMM throughput, and the GEMV-stream floor: the step's
+weights at the rate a chain of XLA matmuls with the step's row count streams them (+ the KV cache at the
+read bandwidth), all measured in the same run. `--kernels` (default on) prints that GEMV probe for XLA
+and torch in fp32 and bf16.
 """
 import pathlib
 import sys
@@ -29,6 +32,10 @@ flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
 flags.DEFINE_bool("scanned", False, "instead of the torch comparison: time the JAX sampler on the scan_layers layout "
                   "(as paper_7b trains) against foley.inference_layout of the same params (unrolled)")
+flags.DEFINE_bool("kernels", True, "also print the GEMV probe: weight-streaming GB/s of XLA and torch matmul chains "
+                  "at 2 and 16 rows, fp32 and bf16 (what bounds a decode step on this CPU)")
+flags.DEFINE_integer("probe_mb", 96, "MB of distinct weights in the GEMV probe's chain (more than the CPU's "
+                     "last-level cache, so they stream from memory as a decode step's do)")
 flags.DEFINE_list("threads", ["1", "2"], "torch intra-op thread counts to try (0 = os.cpu_count()); the baseline is "
                   "torch's fastest median among them, per config and batch. On an idle 2-core machine 2 threads win "
                   "at batch 8; on oversubscribed cores OpenMP spin-waits and 2 threads can be 30x slower")
@@ -205,20 +212,6 @@ def gemm_gflops():
   return best
 
 
-def bandwidth_gbs():
-  import numpy as np
-
-  a = np.ones(64 * 1024 * 1024, np.float64)       # 512 MiB
-  b = np.empty_like(a)
-  best = 0.0
-  for _ in range(5):
-    t = time.perf_counter()
-    np.copyto(b, a)
-    dt = time.perf_counter() - t
-    best = max(best, 2 * a.nbytes / dt / 1e9)    # read + write
-  return best
-
-
 def compare_scanned(sc, frames):
   """scan_layers params vs their foley.inference_layout (unrolled), same weights, interleaved medians."""
   import flax.linen as nn
@@ -261,15 +254,27 @@ def main(argv):
 
   thread_counts = [int(t) or os.cpu_count() for t in FLAGS.threads]
   frames = int(round(FLAGS.seconds * 25))
-  bw = bandwidth_gbs()
+  bw, copy_bw = bench_common.measured_bandwidth()
   peak = gemm_gflops()
-  print(f"machine: {os.cpu_count()} cpus, measured memory bandwidth (numpy copy, read+write) {bw:.1f} GB/s; "
-        f"XLA fp32 GEMM {peak:.0f} GFLOP/s (2048x512x1536); "
+  print(f"machine: {os.cpu_count()} cpus, measured memory bandwidth: read (XLA sum) {bw:.1f} GB/s, copy (numpy, read+write) "
+        f"{copy_bw:.1f} GB/s; XLA fp32 GEMM {peak:.0f} GFLOP/s (2048x512x1536); "
         f"load average {os.getloadavg()[0]:.1f}; torch threads tried {thread_counts} (baseline = fastest), XLA:CPU uses all "
-        f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   sc = S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=3.0)
   if FLAGS.scanned:
     return compare_scanned(sc, frames)
+  batches = [int(x) for x in FLAGS.batches]
+  # The decode floor on a CPU: the step's weights streamed at the rate XLA's matmuls reach for its row count.
+  stream = {2 * B: bench_common.gemv_gbs(2 * B, total_mb=FLAGS.probe_mb) for B in batches}
+  if FLAGS.kernels:
+    print(f"GEMV probe (chain of distinct 512x1536 kernels, {FLAGS.probe_mb} MB; GB/s of weights read):")
+    for rows in sorted(stream):
+      rates = {"XLA fp32": stream[rows], "XLA bf16": bench_common.gemv_gbs(rows, "bfloat16", total_mb=FLAGS.probe_mb)}
+      for n in thread_counts:
+        for dt, short in (("float32", "fp32"), ("bfloat16", "bf16")):
+          rates[f"torch {short} {n}t"] = bench_common.gemv_gbs(rows, dt, total_mb=FLAGS.probe_mb,
+                                                                      torch_threads=n)
+      print(f"  {rows:2d} rows: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()), flush=True)
   rows = []
   for name in FLAGS.configs:
     cfg = configs()[name]
@@ -283,7 +288,7 @@ def main(argv):
     gt = tm.sample(gb, gl, sc.replace(temperature=0.0)).numpy()
     agree = float((g == gt).mean())
     print(f"{name}: greedy JAX vs torch token agreement {100 * agree:.1f}% ({g.size} cells)", flush=True)
-    for B in (int(x) for x in FLAGS.batches):
+    for B in batches:
       b = batch(cfg, B, frames)
       lengths = [frames] * B
       steps = S.num_columns(frames, cfg.num_codebooks) - 1
@@ -315,21 +320,22 @@ def main(argv):
       torch_runs = {n: [round(x, 2) for x in v] for n, v in tt.items()}
       wb, kvb = bytes_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2)
       gbs = (wb + kvb) / (mj / steps) / 1e9
+      floor_ms = 1e3 * (wb / stream[2 * B] + kvb / bw) / 1e9
       gfs = flops_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2) / (mj / steps) / 1e9
       rows.append((name, B, steps, mj, mt, best_n, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, mct / mcj, gfs,
-                   100 * gfs / peak))
+                   100 * gfs / peak, floor_ms, 1e3 * mt / 3 / steps))
       print(f"{name:6s} B={B}: jax {mj:6.2f} s  torch {mt:6.2f} s ({best_n} threads)  ratio {mt / mj:5.2f}x  "
             f"(process cpu s: jax {mcj:.2f} torch {mct:.2f}, ratio {mct / mcj:.2f}x)  "
             f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw, {gfs:.1f} GFLOP/s = "
-            f"{100 * gfs / peak:.0f}% of GEMM; first call "
+            f"{100 * gfs / peak:.0f}% of GEMM; GEMV-stream floor {floor_ms:.2f} ms/step; first call "
             f"{compile_s:.1f} s)  jax runs {[round(x, 2) for x in tj]} torch runs by thread count {torch_runs}",
             flush=True)
   print("\n| config | batch (x2 CFG) | steps | JAX s | torch s (threads) | torch/JAX | cpu-time ratio | JAX ms/step | "
-        "weight+KV GB/s | % of bw | GFLOP/s | % of GEMM |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for n, B, st, mj, mt, th, r, ms, g, pct, cr, gf, gpct in rows:
+        "weight+KV GB/s | % of read bw | GFLOP/s | % of GEMM | GEMV-stream floor ms/step | 3x needs ms/step |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for n, B, st, mj, mt, th, r, ms, g, pct, cr, gf, gpct, fl, need in rows:
     print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} ({th}) | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% | "
-          f"{gf:.1f} | {gpct:.0f}% |")
+          f"{gf:.1f} | {gpct:.0f}% | {fl:.2f} | {need:.2f} |")
 
 
 if __name__ == "__main__":

@@ -114,29 +114,6 @@ def kv_bytes(cfg, rows, slots):
   return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves([c["k"], c["v"]]))
 
 
-def measured_bandwidth():
-  """(read, copy) GB/s on the default device: a sum over a large array (bytes read; what a decode step does
-  to its weights) and an elementwise pass (bytes read + written). Warmed up (clocks ramp), best of 20."""
-  import jax
-  import jax.numpy as jnp
-
-  n = (1 << 30) if jax.default_backend() != "cpu" else (1 << 26)
-  x = jnp.ones((n,), jnp.bfloat16)
-  out = []
-  for f, moved in ((jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32)), x.nbytes),
-                   (jax.jit(lambda x: x * 1.0001 + 1.0), 2 * x.nbytes)):
-    for _ in range(5):
-      f(x).block_until_ready()
-    best = 0.0
-    for _ in range(20):
-      t = time.perf_counter()
-      f(x).block_until_ready()
-      best = max(best, moved / (time.perf_counter() - t) / 1e9)
-    out.append(best)
-  del x
-  return tuple(out)
-
-
 def check_greedy(variant):
   """temperature 0 == argmax of the teacher-forced guided logits (full forward, no KV cache), on device."""
   import jax
@@ -186,7 +163,7 @@ def main(argv):
             f"{n} code cells ({time.perf_counter() - t:.1f} s)", flush=True)
       if agree < 1.0:
         raise SystemExit(f"check [{v}] failed: the sampler disagrees with the full forward on this device")
-  bw, copy_bw = measured_bandwidth()
+  bw, copy_bw = bench_common.measured_bandwidth()
   print(f"measured bandwidth: read (sum) {bw:.0f} GB/s, elementwise (read + write) {copy_bw:.0f} GB/s; datasheet "
         f"{FLAGS.peak_gbs:.0f} GB/s", flush=True)
   frames = int(round(FLAGS.seconds * 25))
@@ -208,7 +185,7 @@ def main(argv):
     for B in (int(x) for x in FLAGS.batches):
       b = random_batch(cfg, B, frames)
       P = 16 + frames
-      kvb = kv_bytes(cfg, 2 * B, P + S.num_columns(frames, K))
+      kvb = kv_bytes(cfg, 2 * B, S.cache_slots(P, S.num_columns(frames, K)))
 
       def run(n):
         r = S.sample(cfg, params, b, [n] * B, sample_cfg=sc, max_frames=frames, seed=0)
