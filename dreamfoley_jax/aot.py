@@ -1,4 +1,5 @@
-"""Ahead-of-time compilation of the real train step for a named TPU topology (no TPUs needed).
+"""Ahead-of-time compilation of the real train step, and of the CFG sampling loop, for a named TPU topology
+(no TPUs needed).
 
 Uses libtpu from PyPI (`pip install 'jax[tpu]'`) and `jax.experimental.topologies`; every argument is
 abstract (jax.eval_shape), so no array is ever allocated.
@@ -10,7 +11,6 @@ import math
 import time
 
 import jax
-from absl import logging
 
 # name -> (topology_name, chip_config_name, chips, HBM GiB per chip)
 _FAMILIES = {
@@ -23,6 +23,10 @@ _FAMILIES = {
     "v5e": ("v5e", "default", 16.0, {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
                                      256: "16x16"}),
 }
+
+
+# Datasheet HBM bandwidth per chip, GB/s: the decode-step ceiling of `compile_sample`.
+_HBM_GBS = {"v5p": 2765.0, "v4": 1228.0, "v5e": 819.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,100 @@ def compile_train_step(c, topology: str) -> dict:
       "xla_flops_per_chip": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "model_flops_per_step": train.step_flops(fcfg, n_mm, B, S), "compile_s": secs,
   }
+
+
+def default_sample_mesh(cfg, chips: int) -> dict:
+  """Sampling mesh: the layers split over `tensor` = the largest divisor of the chip count that divides the KV
+  heads (whole heads per chip, no attention collectives beyond the two all-reduces per layer), the rest of
+  the chips over `data` (clips)."""
+  kv = cfg.decoder.num_key_value_heads
+  tensor = max(d for d in range(1, chips + 1) if chips % d == 0 and kv % d == 0)
+  return {"data": chips // tensor, "fsdp": 1, "tensor": tensor}
+
+
+def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh: dict | None = None,
+                   text_len: int = 32) -> dict:
+  """Compiles the jitted CFG sampling loop (`sample._sample_jit`, the program `sample.sample(mesh=...)` and
+  tools/generate.py --mesh run) for `c`'s model in its inference layout (`foley.inference_layout`: unrolled
+  layers, weights in the compute dtype) on `topology`, for `batch` clips of `seconds` of audio. Returns
+  per-chip memory and the weight-streaming ceiling of one decode step (weight bytes per chip / datasheet
+  HBM bandwidth; KV-cache reads and collectives come on top)."""
+  import numpy as np
+
+  from dreamfoley_jax import sample, sharding, train
+  from dreamfoley_jax.models import foley
+
+  t = parse_topology(topology)
+  devices = topology_devices(t)
+  cfg = train.model_config(c)
+  holder = {}
+
+  def layout(p):
+    holder["cfg"], out = foley.inference_layout(cfg, p)
+    return out
+  a_params = jax.eval_shape(layout, foley.abstract_params(cfg))
+  icfg = holder["cfg"]
+  mesh_spec = dict(mesh) if mesh else default_sample_mesh(icfg, t.chips)
+  m = sharding.make_mesh(mesh_spec, devices=devices)
+  rules = sample.mesh_rules(m, batch)
+  p_sh = sample._param_shardings(icfg, m, tuple(tuple(r) for r in rules))
+  if jax.tree.structure(p_sh) != jax.tree.structure(a_params):
+    raise ValueError("the inference-layout params do not match the model of the inference config")
+  a_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), a_params, p_sh)
+  frames = int(round(seconds * icfg.sync_rate))
+  rows = ((lambda nd: sharding.data_sharding(m, nd)) if rules is sharding.LOGICAL_RULES
+          else (lambda nd: sharding.replicated(m)))
+  prompt = {k: v for k, v in jax.eval_shape(lambda: foley.dummy_batch(
+      icfg, batch, text_len=text_len, video_frames=frames)).items() if not k.startswith("audio_")}
+  sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows(len(x.shape)))
+  a_batch = {k: sds(v) for k, v in prompt.items()}
+  a_keys = sds(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
+  a_lengths = sds(jax.ShapeDtypeStruct((batch,), np.int32))
+  a_flag = sds(jax.ShapeDtypeStruct((batch,), np.bool_))
+  sc = sample.sample_config_from_dict(c.get("sample", {}))
+  t0 = time.time()
+  with sharding.use_mesh(m, rules):
+    lowered = sample._sample_jit.lower(a_params, a_batch, a_lengths, a_keys, a_flag, a_flag, None, None, None,
+                                       None, cfg=icfg, sc=sc, max_frames=frames, return_logits=False)
+    compiled = lowered.compile()
+  secs = time.time() - t0
+  mem = compiled.memory_analysis()
+  gib = 1024 ** 3
+  per_chip = lambda x: math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+  w_chip = sum(per_chip(x) for x in jax.tree.leaves(a_params))
+  step_w = sum(per_chip(x) for x in sample.decode_weights(a_params))
+  args, temps = mem.argument_size_in_bytes / gib, mem.temp_size_in_bytes / gib
+  outs, alias = mem.output_size_in_bytes / gib, mem.alias_size_in_bytes / gib
+  total = args + temps + outs - alias
+  hbm_gbs = _HBM_GBS[topology.partition("-")[0]]
+  return {
+      "topology": t.name, "tpu_topology": t.topology, "chips": t.chips, "mesh": dict(m.shape),
+      "batch": batch, "cfg_rows": 2 * batch if sc.cfg_scale is not None else batch, "seconds": seconds,
+      "frames": frames, "decode_steps": sample.num_columns(frames, icfg.num_codebooks) - 1,
+      "params": sum(math.prod(x.shape) for x in jax.tree.leaves(a_params)),
+      "param_dtype": str(icfg.decoder.param_dtype), "params_gib_per_chip": w_chip / gib,
+      "step_weight_gib_per_chip": step_w / gib, "clips_split": rules is sharding.LOGICAL_RULES,
+      "args_gib": args, "temps_gib": temps, "outputs_gib": outs, "alias_gib": alias, "total_gib": total,
+      "hbm_gib": t.hbm_gib, "fits": total < t.hbm_gib, "headroom_gib": t.hbm_gib - total,
+      "hbm_gbs": hbm_gbs, "ceiling_steps_per_s": hbm_gbs * 1e9 / step_w, "compile_s": secs,
+  }
+
+
+def format_sample_report(r: dict) -> str:
+  return "\n".join([
+      f"sampling on {r['topology']} ({r['tpu_topology']}, {r['chips']} chips), mesh {r['mesh']}; "
+      f"{r['batch']} clips x {r['seconds']:g} s ({r['frames']} frames, {r['decode_steps']} decode steps, "
+      f"{r['cfg_rows']} rows with CFG), clips {'split over data x fsdp' if r['clips_split'] else 'replicated'}",
+      f"model {r['params']:,} params in the inference layout ({r['param_dtype']}): "
+      f"{r['params_gib_per_chip']:.2f} GiB per chip, {r['step_weight_gib_per_chip']:.2f} GiB read per decode step",
+      f"per chip: arguments {r['args_gib']:.2f} GiB, temporaries {r['temps_gib']:.2f} GiB (KV cache, activations), "
+      f"outputs {r['outputs_gib']:.2f} GiB; total {r['total_gib']:.2f} GiB of {r['hbm_gib']:.0f} GiB HBM -> "
+      f"{'FITS' if r['fits'] else 'DOES NOT FIT'} (headroom {r['headroom_gib']:.2f} GiB)",
+      f"decode ceiling (weights per chip / {r['hbm_gbs']:.0f} GB/s datasheet HBM, before KV reads and "
+      f"collectives): {r['ceiling_steps_per_s']:.0f} steps/s = {r['decode_steps'] / r['ceiling_steps_per_s']:.2f} s "
+      f"per {r['seconds']:g} s batch",
+      f"compile time {r['compile_s']:.0f} s",
+  ])
 
 
 def format_report(r: dict) -> str:

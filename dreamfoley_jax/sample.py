@@ -212,6 +212,13 @@ def frames_from_delayed(cfg: foley.FoleyConfig, ids_BxLaxK, lengths_B, max_frame
 # Decode-step heads: the K codebook MLPs with their weights laid out once, outside the loop
 # --------------------------------------------------------------------------------------------------
 
+def decode_weights(params) -> list:
+  """The param arrays every decode step reads: the decoder layers + final norm (not the token embedding)
+  and the codebook heads (what bounds a decode step on memory bandwidth)."""
+  return [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
+          for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])
+
+
 def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
   """`CodebookHeads` params re-laid out for a decode step: the K first layers fused into one (D, K*H)
   matmul. Done once before the loop (XLA:CPU otherwise re-transposes the stacked kernels every step)."""

@@ -24,14 +24,6 @@ def time_ms(fn, n):
   return (time.perf_counter() - t) / n * 1e3
 
 
-def decode_weights(params) -> list:
-  """The arrays every decode step reads: decoder layers + final norm (not the token embedding) + heads."""
-  import jax
-
-  return [x for k, v in params["decoder"].items() if k not in ("embed_tokens", "lm_head")
-          for x in jax.tree.leaves(v)] + jax.tree.leaves(params["heads"])
-
-
 def _best_rate(f, moved_bytes, warm=5, reps=20):
   """Best GB/s of `f()` (blocking) moving `moved_bytes` per call, after `warm` calls (clocks ramp)."""
   for _ in range(warm):

@@ -183,14 +183,18 @@ def torch_gelu(x):
 
 def bytes_per_step(cfg, params, B, S):
   """Weights read per decode step (decoder layers + norm + heads) + the KV cache at mean length, fp32."""
+  from dreamfoley_jax import sample
+
   d = cfg.decoder
   kv = 2 * d.num_hidden_layers * (2 * B) * S * d.num_key_value_heads * d.head_size
-  return sum(x.size * x.dtype.itemsize for x in bench_common.decode_weights(params)), 4 * kv
+  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params)), 4 * kv
 
 
 def flops_per_step(cfg, params, B, S):
   """Matmul FLOPs of one decode step for 2B rows: every decoder/head weight once per row + attention."""
-  n = sum(x.size for x in bench_common.decode_weights(params))
+  from dreamfoley_jax import sample
+
+  n = sum(x.size for x in sample.decode_weights(params))
   d = cfg.decoder
   attn = 2 * 2 * d.num_hidden_layers * d.num_attention_heads * d.head_size * S
   return 2 * B * (2 * n + attn)

@@ -100,7 +100,9 @@ def random_params(cfg, seed=0):
 
 def weight_bytes(params):
   """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
-  return sum(x.size * x.dtype.itemsize for x in bench_common.decode_weights(params))
+  from dreamfoley_jax import sample
+
+  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params))
 
 
 def kv_bytes(cfg, rows, slots):
