@@ -123,6 +123,20 @@ def default_sample_mesh(cfg, chips: int) -> dict:
   return {"data": chips // tensor, "fsdp": 1, "tensor": tensor}
 
 
+def check_sample_args(topology: str, batch: int, seconds: float, mesh: dict | None) -> Topology:
+  """Validates `compile_sample`'s arguments (clear ValueErrors, before any compile)."""
+  from dreamfoley_jax import sharding
+
+  t = parse_topology(topology)
+  if batch < 1:
+    raise ValueError(f"batch must be >= 1 clip, got {batch}")
+  if seconds <= 0:
+    raise ValueError(f"seconds must be > 0, got {seconds}")
+  if mesh:
+    sharding.mesh_shape(mesh, t.chips)        # raises if the sizes do not multiply to the chip count
+  return t
+
+
 def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh: dict | None = None,
                    text_len: int = 32) -> dict:
   """Compiles the jitted CFG sampling loop (`sample._sample_jit`, the program `sample.sample(mesh=...)` and
@@ -135,7 +149,7 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   from dreamfoley_jax import sample, sharding, train
   from dreamfoley_jax.models import foley
 
-  t = parse_topology(topology)
+  t = check_sample_args(topology, batch, seconds, mesh)
   devices = topology_devices(t)
   cfg = train.model_config(c)
   holder = {}
@@ -148,7 +162,9 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   mesh_spec = dict(mesh) if mesh else default_sample_mesh(icfg, t.chips)
   m = sharding.make_mesh(mesh_spec, devices=devices)
   rules = sample.mesh_rules(m, batch)
-  p_sh = sample._param_shardings(icfg, m, tuple(tuple(r) for r in rules))
+  boxed = foley.abstract_params(icfg)          # outside the mesh: no array may touch the topology's devices
+  with sharding.use_mesh(m, rules):
+    p_sh = sharding.shardings_for(boxed, m, rules)
   if jax.tree.structure(p_sh) != jax.tree.structure(a_params):
     raise ValueError("the inference-layout params do not match the model of the inference config")
   a_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), a_params, p_sh)
@@ -191,15 +207,19 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   }
 
 
+def _size(gib: float) -> str:
+  return f"{gib:.2f} GiB" if gib >= 0.1 else f"{gib * 1024:.2f} MiB"
+
+
 def format_sample_report(r: dict) -> str:
   return "\n".join([
       f"sampling on {r['topology']} ({r['tpu_topology']}, {r['chips']} chips), mesh {r['mesh']}; "
       f"{r['batch']} clips x {r['seconds']:g} s ({r['frames']} frames, {r['decode_steps']} decode steps, "
       f"{r['cfg_rows']} rows with CFG), clips {'split over data x fsdp' if r['clips_split'] else 'replicated'}",
       f"model {r['params']:,} params in the inference layout ({r['param_dtype']}): "
-      f"{r['params_gib_per_chip']:.2f} GiB per chip, {r['step_weight_gib_per_chip']:.2f} GiB read per decode step",
-      f"per chip: arguments {r['args_gib']:.2f} GiB, temporaries {r['temps_gib']:.2f} GiB (KV cache, activations), "
-      f"outputs {r['outputs_gib']:.2f} GiB; total {r['total_gib']:.2f} GiB of {r['hbm_gib']:.0f} GiB HBM -> "
+      f"{_size(r['params_gib_per_chip'])} per chip, {_size(r['step_weight_gib_per_chip'])} read per decode step",
+      f"per chip: arguments {_size(r['args_gib'])}, temporaries {_size(r['temps_gib'])} (KV cache, activations), "
+      f"outputs {_size(r['outputs_gib'])}; total {_size(r['total_gib'])} of {r['hbm_gib']:.0f} GiB HBM -> "
       f"{'FITS' if r['fits'] else 'DOES NOT FIT'} (headroom {r['headroom_gib']:.2f} GiB)",
       f"decode ceiling (weights per chip / {r['hbm_gbs']:.0f} GB/s datasheet HBM, before KV reads and "
       f"collectives): {r['ceiling_steps_per_s']:.0f} steps/s = {r['decode_steps'] / r['ceiling_steps_per_s']:.2f} s "
