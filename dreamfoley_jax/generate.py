@@ -456,7 +456,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
-  a Mesh to sample sharded across devices, e.g. {"tensor": 8} for a 7B model on 16 GB chips.
+  a Mesh to sample sharded across devices, e.g. {"data": -1, "tensor": 4} for a 7B model on 16 GB chips.
 
   window_s / context_s default to the config's sample.window_s / sample.context_s (else 10 s / 3 s).
   """

@@ -46,8 +46,9 @@ flags.DEFINE_bool("png", True, "write the spectrogram png")
 flags.DEFINE_bool("inference_layout", True, "sample with foley.inference_layout: unrolled layers and, for a bf16-compute "
                   "config with fp32 weights (experiments/paper_7b.py), bf16 weights (half the memory and bytes per "
                   "step; the same math). --noinference_layout keeps the checkpoint's layout and dtype")
-flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'tensor=8' (a 7B model on 16 GB chips) or "
-                    "'data=-1' (clips split over all devices; -1 = the rest); empty: one device")
+flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-1,tensor=4' (a 7B model on 16 GB "
+                    "chips: whole KV heads per chip, clips split over the rest) or 'data=-1' (clips split over all "
+                    "devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
 
 
