@@ -108,7 +108,7 @@ def test_timm_and_baai_layouts_convert_identically(golden, tiny_cfg, tmp_path):
       np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{path.name}: {k}")
 
 
-def test_real_manifest_maps_to_flax_shapes(fixtures_dir):
+def test_real_manifest_maps_to_flax_shapes(fixtures_dir, shape_only_source):
   """Every key of the real open_clip manifest maps onto the real model's eval_shape params (no weights)."""
   manifest = json.loads((fixtures_dir / "eva_clip_g14_real_shapes.json").read_text())
   assert len(manifest) == 528
@@ -117,13 +117,7 @@ def test_real_manifest_maps_to_flax_shapes(fixtures_dir):
   assert conv.torch_shapes(cfg) == shapes
   assert conv.infer_config(shapes) == cfg
 
-  class _ZeroSource:  # stride-0 arrays: shapes without memory
-    path = "<real manifest>"
-
-    def get(self, key):
-      return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shapes[key], (0,) * len(shapes[key]))
-
-  got = {p: v.shape for p, v in conv.iter_converted(_ZeroSource(), cfg)}
+  got = {p: v.shape for p, v in conv.iter_converted(shape_only_source(shapes), cfg)}
   abstract = jax.eval_shape(lambda x: eva_clip.EvaVisionTower(cfg).init(jax.random.key(0), x),
                             jax.ShapeDtypeStruct((1, 224, 224, 3), np.float32))
   want = {p: v.shape for p, v in common.flatten(nn.unbox(abstract)["params"]).items()}

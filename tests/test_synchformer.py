@@ -129,7 +129,7 @@ def test_bare_motionformer_and_npz_layouts(golden, tiny_cfg, tmp_path):
                            base=synchformer.PRESETS["tiny"]) == synchformer.PRESETS["tiny"]
 
 
-def test_real_manifest_maps_to_flax_shapes(fixtures_dir):
+def test_real_manifest_maps_to_flax_shapes(fixtures_dir, shape_only_source):
   manifest = json.loads((fixtures_dir / "synchformer_real_shapes.json").read_text())
   assert len(manifest) == 238
   shapes = {k[len("vfeat_extractor."):]: tuple(v) for k, v in manifest.items()}
@@ -137,13 +137,7 @@ def test_real_manifest_maps_to_flax_shapes(fixtures_dir):
   assert conv.torch_shapes(cfg) == shapes
   assert conv.infer_config(shapes) == cfg
 
-  class _ZeroSource:  # stride-0 arrays: shapes without memory
-    path = "<real manifest>"
-
-    def get(self, key):
-      return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shapes[key], (0,) * len(shapes[key]))
-
-  got = {p: v.shape for p, v in conv.iter_converted(_ZeroSource(), cfg)}
+  got = {p: v.shape for p, v in conv.iter_converted(shape_only_source(shapes), cfg)}
   abstract = jax.eval_shape(lambda x: synchformer.Synchformer(cfg).init(jax.random.key(0), x),
                             jax.ShapeDtypeStruct((1, 1, 16, 224, 224, 3), np.float32))
   want = {p: v.shape for p, v in common.flatten(nn.unbox(abstract)["params"]).items()}
