@@ -180,9 +180,13 @@ def test_passt_and_clap_input_rules():
   np.testing.assert_array_equal(F.clap_input(long, seed=3), F.clap_input(long, seed=3))
 
 
-def test_resample_agrees_with_audio_resample_module():
-  """eval/frontends.resample (float64) duplicates dreamfoley_jax/audio/resample.py (float32): same numbers."""
+def test_resample_float64_agrees_with_float32():
+  """eval/frontends.resample is the audio loader's resampler in float64: float64 output, the float32 numbers
+  (torchaudio's, tests/test_audio_io.py) to float32 rounding, and one channel at a time the same."""
   R = pytest.importorskip("dreamfoley_jax.audio.resample")
   x = _noise(2 * 44100, seed=9).reshape(2, 44100)
   for o, n in [(44100, 16000), (48000, 32000), (16000, 48000)]:
-    np.testing.assert_allclose(F.resample(x, o, n), R.resample_np(x, o, n), atol=5e-5)
+    y = F.resample(x, o, n)
+    assert y.dtype == np.float64 and y.shape == (2, R.output_length(44100, o, n))
+    np.testing.assert_allclose(y, R.resample_np(x, o, n), atol=5e-5)
+    np.testing.assert_allclose(F.resample(x[1], o, n), y[1], rtol=0, atol=1e-12)

@@ -18,42 +18,17 @@ from fractions import Fraction
 
 import numpy as np
 
+from dreamfoley_jax.audio.resample import resample_np
+
 # --------------------------------------------------------------------------------------------------
 # Loading rule and resampling
 # --------------------------------------------------------------------------------------------------
 
 
-def sinc_resample_kernel(orig: int, new: int, *, width: int = 6, rolloff: float = 0.99
-                         ) -> tuple[np.ndarray, int]:
-  """Polyphase kernels (new, 2*pad+orig) and padding for rates already divided by their gcd."""
-  base = min(orig, new) * rolloff
-  pad = math.ceil(width * orig / base)
-  idx = np.arange(-pad, pad + orig, dtype=np.float64)[None, :] / orig
-  t = (np.arange(0, -new, -1, dtype=np.float64)[:, None] / new + idx) * base
-  t = np.clip(t, -width, width)
-  window = np.cos(t * math.pi / width / 2) ** 2
-  t = t * math.pi
-  safe = np.where(t == 0, 1.0, t)
-  sinc = np.where(t == 0, 1.0, np.sin(safe) / safe)
-  return sinc * window * (base / orig), pad
-
-
 def resample(x, orig_sr: int, new_sr: int, *, width: int = 6, rolloff: float = 0.99) -> np.ndarray:
-  """Band-limited sinc resampling of the last axis, as torchaudio.functional.resample (hann)."""
-  x = np.asarray(x, dtype=np.float64)
-  if orig_sr == new_sr:
-    return x
-  g = math.gcd(int(orig_sr), int(new_sr))
-  orig, new = int(orig_sr) // g, int(new_sr) // g
-  kernel, pad = sinc_resample_kernel(orig, new, width=width, rolloff=rolloff)
-  lead = x.shape[:-1]
-  flat = x.reshape(-1, x.shape[-1])
-  length = flat.shape[-1]
-  xp = np.pad(flat, ((0, 0), (pad, pad + orig)))
-  frames = np.lib.stride_tricks.sliding_window_view(xp, kernel.shape[1], axis=-1)[:, ::orig]
-  y = (frames @ kernel.T).reshape(flat.shape[0], -1)
-  target = math.ceil(new * length / orig)
-  return y[:, :target].reshape(lead + (-1,))
+  """Band-limited sinc resampling of the last axis, as torchaudio.functional.resample (hann), in float64
+  (`audio.resample.resample_np`, the resampler the audio loader uses in float32)."""
+  return resample_np(x, orig_sr, new_sr, dtype=np.float64, lowpass_filter_width=width, rolloff=rolloff)
 
 
 def to_mono(wav_CxT) -> np.ndarray:
