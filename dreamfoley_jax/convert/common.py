@@ -160,6 +160,43 @@ class TensorSource:
       return h.get_tensor(k)
 
 
+def prefixed_source(src, detect_prefix: Callable[[Iterable[str]], str], strip_prefix: str | None = None
+                    ) -> "TensorSource":
+  """A TensorSource over `src` (a mapping, a checkpoint path or a TensorSource, returned as is) with the key
+  prefix `strip_prefix` removed, or, when it is None, the prefix `detect_prefix(keys)` finds (it raises a
+  ConversionError naming the keys it looked for)."""
+  if isinstance(src, TensorSource):
+    return src
+  if isinstance(src, Mapping):
+    prefix = detect_prefix(src.keys()) if strip_prefix is None else strip_prefix
+    return TensorSource.from_dict(src, strip_prefix=prefix)
+  raw = TensorSource(src)
+  prefix = detect_prefix(raw.keys()) if strip_prefix is None else strip_prefix
+  return TensorSource(src, strip_prefix=prefix) if prefix else raw
+
+
+def iter_block_tables(source: "TensorSource", top_table: Mapping[str, tuple[str, Callable]],
+                      block_table: Callable[[int], Mapping[str, tuple[str, Callable]]], depth: int,
+                      param_dtype) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (flax path, numpy array in `param_dtype`) one tensor at a time for a ViT-style tower: the
+  {flax path: (torch key, transform)} `top_table`, then `block_table(i)` under unscanned ``blocks_{i}/``."""
+  dt = np.dtype(param_dtype)
+  for path, (key, fn) in top_table.items():
+    yield path, fn(source.get(key)).astype(dt)
+  for i in range(depth):
+    for path, (key, fn) in block_table(i).items():
+      yield f"blocks_{i}/{path}", fn(source.get(key)).astype(dt)
+
+
+def stack_blocks(flat: dict[str, Any], depth: int, prefix: str = "blocks") -> dict[str, Any]:
+  """Unscanned ``blocks_{i}/...`` leaves -> scanned ``blocks/block/...`` with a leading layer axis."""
+  out = {k: v for k, v in flat.items() if not k.startswith(prefix + "_")}
+  inner = sorted({k.split("/", 1)[1] for k in flat if k.startswith(prefix + "_0/")})
+  for p in inner:
+    out[f"{prefix}/block/{p}"] = np.stack([flat.pop(f"{prefix}_{i}/{p}") for i in range(depth)])
+  return out
+
+
 def check_keys(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], *,
                source: PathLike, ignore: Callable[[str], bool] = lambda k: False) -> None:
   """Raises one ConversionError naming every missing, unexpected and mis-shaped key."""

@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dreamfoley_jax.convert.common import (ConversionError, TensorSource, check_keys, conv_to_jax,
-                                           linear_to_jax, load_converted, save_converted,
-                                           unflatten)
+                                           iter_block_tables, linear_to_jax, load_converted, prefixed_source,
+                                           save_converted, stack_blocks, unflatten)
 from dreamfoley_jax.models.eva_clip import EvaClipConfig, PRESETS
 
 # Prefixes tried in order; the first whose pos_embed is present wins.
@@ -92,36 +92,9 @@ def detect_prefix(keys) -> str:
                         f"{sorted(keys)[:8]}")
 
 
-def _as_source(src, strip_prefix=None) -> TensorSource:
-  if isinstance(src, TensorSource):
-    return src
-  if isinstance(src, Mapping):
-    prefix = detect_prefix(src.keys()) if strip_prefix is None else strip_prefix
-    return TensorSource.from_dict(src, strip_prefix=prefix)
-  raw = TensorSource(src)
-  prefix = detect_prefix(raw.keys()) if strip_prefix is None else strip_prefix
-  if not prefix:
-    return raw
-  return TensorSource(src, strip_prefix=prefix)
-
-
 def iter_converted(source: TensorSource, cfg: EvaClipConfig):
   """Yields (flax path with unscanned ``blocks_{i}``, numpy array) one tensor at a time."""
-  dt = np.dtype(cfg.param_dtype)
-  for path, (key, fn) in top_table().items():
-    yield path, fn(source.get(key)).astype(dt)
-  for i in range(cfg.depth):
-    for path, (key, fn) in block_table(i).items():
-      yield f"blocks_{i}/{path}", fn(source.get(key)).astype(dt)
-
-
-def stack_blocks(flat: dict[str, Any], depth: int, prefix: str = "blocks") -> dict[str, Any]:
-  """Unscanned ``blocks_{i}/...`` leaves -> scanned ``blocks/block/...`` with a leading layer axis."""
-  out = {k: v for k, v in flat.items() if not k.startswith(prefix + "_")}
-  inner = sorted({k.split("/", 1)[1] for k in flat if k.startswith(prefix + "_0/")})
-  for p in inner:
-    out[f"{prefix}/block/{p}"] = np.stack([flat.pop(f"{prefix}_{i}/{p}") for i in range(depth)])
-  return out
+  return iter_block_tables(source, top_table(), block_table, cfg.depth, cfg.param_dtype)
 
 
 def convert_state_dict(src, cfg: EvaClipConfig | str = "eva01-g-14", *, strip_prefix: str | None = None
@@ -131,7 +104,7 @@ def convert_state_dict(src, cfg: EvaClipConfig | str = "eva01-g-14", *, strip_pr
   Raises one ConversionError listing every missing, unexpected and mis-shaped key.
   """
   cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
-  source = _as_source(src, strip_prefix)
+  source = prefixed_source(src, detect_prefix, strip_prefix)
   check_keys(torch_shapes(cfg), source.shapes(), source=source.path, ignore=lambda k: bool(_IGNORED.search(k)))
   flat = dict(iter_converted(source, cfg))
   if cfg.scan_layers:
@@ -165,7 +138,7 @@ def convert_to_orbax(input_path, output_dir, *, overwrite: bool = False, config:
   Writes ``output_dir/params`` (the tree for ``EvaVisionTower(cfg).apply({'params': tree}, x)``) and
   ``dreamfoley_meta.json`` with the config, atomically. Returns (output_dir, config).
   """
-  source = _as_source(input_path)
+  source = prefixed_source(input_path, detect_prefix)
   if config is None:
     cfg = infer_config(source.shapes())
   else:

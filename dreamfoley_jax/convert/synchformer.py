@@ -14,9 +14,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from dreamfoley_jax.convert.common import (ConversionError, TensorSource, check_keys, conv_to_jax,
-                                           linear_to_jax, load_converted, save_converted,
-                                           unflatten)
-from dreamfoley_jax.convert.eva_clip import stack_blocks
+                                           iter_block_tables, linear_to_jax, load_converted, prefixed_source,
+                                           save_converted, stack_blocks, unflatten)
 from dreamfoley_jax.models.synchformer import PRESETS, SynchformerConfig
 
 PREFIXES = ("vfeat_extractor.", "module.vfeat_extractor.", "")
@@ -105,25 +104,9 @@ def detect_prefix(keys) -> str:
                         f"weight' (or unprefixed 'patch_embed_3d.proj.weight') key; first keys: {sorted(keys)[:8]}")
 
 
-def _as_source(src, strip_prefix=None) -> TensorSource:
-  if isinstance(src, TensorSource):
-    return src
-  if isinstance(src, Mapping):
-    prefix = detect_prefix(src.keys()) if strip_prefix is None else strip_prefix
-    return TensorSource.from_dict(src, strip_prefix=prefix)
-  raw = TensorSource(src)
-  prefix = detect_prefix(raw.keys()) if strip_prefix is None else strip_prefix
-  return TensorSource(src, strip_prefix=prefix) if prefix else raw
-
-
 def iter_converted(source: TensorSource, cfg: SynchformerConfig):
   """Yields (flax path with unscanned ``blocks_{i}``, numpy array) one tensor at a time."""
-  dt = np.dtype(cfg.param_dtype)
-  for path, (key, fn) in top_table().items():
-    yield path, fn(source.get(key)).astype(dt)
-  for i in range(cfg.depth):
-    for path, (key, fn) in block_table(i).items():
-      yield f"blocks_{i}/{path}", fn(source.get(key)).astype(dt)
+  return iter_block_tables(source, top_table(), block_table, cfg.depth, cfg.param_dtype)
 
 
 def convert_state_dict(src, cfg: SynchformerConfig | str = "synchformer", *, strip_prefix: str | None = None
@@ -133,7 +116,7 @@ def convert_state_dict(src, cfg: SynchformerConfig | str = "synchformer", *, str
   Raises one ConversionError listing every missing, unexpected and mis-shaped key.
   """
   cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
-  source = _as_source(src, strip_prefix)
+  source = prefixed_source(src, detect_prefix, strip_prefix)
   found = source.shapes()
   expected = torch_shapes(cfg, with_2d_patch_embed=False)
   expected.update({k: v for k, v in torch_shapes(cfg).items() if k in found and _OPTIONAL.match(k)})
@@ -169,7 +152,7 @@ def convert_to_orbax(input_path, output_dir, *, overwrite: bool = False,
   Writes ``output_dir/params`` (the tree for ``Synchformer(cfg).apply({'params': tree}, windows)``) and
   ``dreamfoley_meta.json`` with the config, atomically. Returns (output_dir, config).
   """
-  source = _as_source(input_path)
+  source = prefixed_source(input_path, detect_prefix)
   cfg = infer_config(source.shapes()) if config is None else (PRESETS[config] if isinstance(config, str)
                                                                else config)
   cfg = cfg.replace(scan_layers=scan_layers, param_dtype=param_dtype)
