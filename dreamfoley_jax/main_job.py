@@ -25,7 +25,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

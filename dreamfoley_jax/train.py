@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
-import os
 import pathlib
 import sys
 import time

@@ -83,7 +83,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(runs, tmp_path):
 
 def test_initial_weights_from_converted_checkpoint(runs, tmp_path):
   """A converted Qwen2ForCausalLM tree {'model': ..., 'lm_head': ...} initialises params['decoder']."""
-  c = runs["c"]
   ref = jax.device_get(runs["full"].state.params)
   qwen = {"model": ref["decoder"], "lm_head": {"kernel": np.ones((32, 64), np.float32)}}
   common.save_params(qwen, tmp_path / "qwen")

@@ -54,7 +54,7 @@ def by_step(workdir):
 
 
 def final_params(cfg_path, workdir):
-  from dreamfoley_jax import configs, train
+  from dreamfoley_jax import train
 
   import importlib.util
   spec = importlib.util.spec_from_file_location("cfgmod", cfg_path)
