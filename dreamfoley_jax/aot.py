@@ -130,8 +130,8 @@ def check_sample_args(topology: str, batch: int, seconds: float, mesh: dict | No
   t = parse_topology(topology)
   if batch < 1:
     raise ValueError(f"batch must be >= 1 clip, got {batch}")
-  if seconds <= 0:
-    raise ValueError(f"seconds must be > 0, got {seconds}")
+  if round(seconds * 25) < 1:
+    raise ValueError(f"seconds must cover at least one 25 Hz audio frame, got {seconds}")
   if mesh:
     sharding.mesh_shape(mesh, t.chips)        # raises if the sizes do not multiply to the chip count
   return t
@@ -175,9 +175,11 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
       icfg, batch, text_len=text_len, video_frames=frames)).items() if not k.startswith("audio_")}
   sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows(len(x.shape)))
   a_batch = {k: sds(v) for k, v in prompt.items()}
-  a_keys = sds(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
-  a_lengths = sds(jax.ShapeDtypeStruct((batch,), np.int32))
-  a_flag = sds(jax.ShapeDtypeStruct((batch,), np.bool_))
+  # sample.sample hands lengths, keys and the drop flags over uncommitted: replicated on the mesh
+  rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(m))
+  a_keys = rep(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
+  a_lengths = rep(jax.ShapeDtypeStruct((batch,), np.int32))
+  a_flag = rep(jax.ShapeDtypeStruct((batch,), np.bool_))
   sc = sample.sample_config_from_dict(c.get("sample", {}))
   t0 = time.time()
   with sharding.use_mesh(m, rules):

@@ -50,6 +50,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
   """Resolves a {data, fsdp, tensor} spec where at most one entry is -1 (= fill the rest)."""
+  unknown = sorted(set(spec) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"mesh spec {dict(spec)}: unknown axes {unknown}; the axes are {MESH_AXES}")
   sizes = [int(spec.get(a, 1)) for a in MESH_AXES]
   fills = [i for i, s in enumerate(sizes) if s == -1]
   if len(fills) > 1:

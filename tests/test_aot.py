@@ -43,8 +43,10 @@ def test_check_sample_args_names_the_bad_argument():
     aot.check_sample_args("v5e-6", 8, 10.0, None)
   with pytest.raises(ValueError, match="batch must be >= 1"):
     aot.check_sample_args("v5e-8", 0, 10.0, None)
-  with pytest.raises(ValueError, match="seconds must be > 0"):
-    aot.check_sample_args("v5e-8", 1, 0.0, None)
+  with pytest.raises(ValueError, match="seconds must cover at least one 25 Hz audio frame"):
+    aot.check_sample_args("v5e-8", 1, 0.01, None)
+  with pytest.raises(ValueError, match=r"unknown axes \['model'\]"):
+    aot.check_sample_args("v5e-8", 8, 10.0, {"model": 4})
   with pytest.raises(ValueError, match="needs 16 devices, have 8"):
     aot.check_sample_args("v5e-8", 8, 10.0, {"tensor": 4, "data": 4})
 
@@ -60,7 +62,7 @@ def test_tiny_sampler_compiles_for_v5e_4(monkeypatch):
   cfg = train.model_config(c)
   kv = cfg.decoder.num_key_value_heads
   assert r["mesh"]["tensor"] == max(d for d in (1, 2, 4) if kv % d == 0) and r["chips"] == 4 and r["fits"]
-  assert r["clips_split"] == (4 % (r["mesh"]["data"] * r["mesh"]["fsdp"]) == 0)
+  assert r["mesh"]["data"] == 2 and r["clips_split"]            # 4 clips over data = 2: split
   assert (r["frames"], r["decode_steps"], r["cfg_rows"]) == (50, sample.num_columns(50, 8) - 1, 8)
   # The per-chip weights really are split: the whole model's bytes over the tensor axis (+ replicated norms)
   whole = r["params"] * 4          # tiny: fp32 params

@@ -6,10 +6,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_bench_sample_tiny_cpu():
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   r = subprocess.run([sys.executable, str(ROOT / "tools/bench_sample.py"), "--configs=tiny", "--batches=1",
                       "--reps=1", "--seconds=1", "--probe_mb=8", "--threads=1"],
@@ -25,4 +29,4 @@ def test_bench_sample_tiny_cpu():
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert len(cells) == 14 and cells[2] == "33"                 # 25 frames + K staircase = 33 decode steps
   ratio, floor_ms, need_ms = float(cells[5].rstrip("x")), float(cells[12]), float(cells[13])
-  assert ratio > 0 and floor_ms > 0 and need_ms > 0
+  assert ratio > 0 and need_ms > 0 and floor_ms >= 0      # (tiny's floor rounds to 0.00 on a fast machine)

@@ -99,3 +99,8 @@ def test_params_really_sharded():
   specs = jax.tree.leaves(sharding.logical_specs(jax.eval_shape(lambda: lm.init(jax.random.key(0), ids))),
                           is_leaf=lambda s: isinstance(s, P))
   assert specs and all(isinstance(s, P) and len(s) > 0 for s in specs)
+
+
+def test_mesh_shape_rejects_unknown_axes():
+  with pytest.raises(ValueError, match=r"unknown axes \['model'\]"):
+    sharding.mesh_shape({"model": 4, "data": 2}, 8)

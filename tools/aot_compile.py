@@ -35,6 +35,9 @@ def main(argv):
 
   from dreamfoley_jax import sharding
 
+  stray = [f"--{f.name}" for f in (_BATCH, _SECONDS, _MESH) if flags.FLAGS[f.name].present]
+  if stray and not _SAMPLE.value:
+    raise app.UsageError(f"{', '.join(stray)}: only with --sample (they size the sampling loop)")
   try:
     if _SAMPLE.value:
       mesh = sharding.parse_mesh_spec(_MESH.value)

@@ -62,15 +62,15 @@ def measured_bandwidth(dtype=None):
 
 def gemv_gbs(rows, dtype="float32", k=512, n=1536, total_mb=96, torch_threads=None):
   """Weight-streaming rate (GB/s of weights read) of a chain of distinct (rows, k) @ (k, n) matmuls whose
-  weights (`total_mb` in all) do not fit in the CPU's last-level cache: what a decode step's GEMVs reach.
+  weights (`total_mb` MiB in all, in `dtype`) do not fit in the CPU's last-level cache: what a decode step's GEMVs reach.
   XLA (jitted loop of the chain), or torch eager with `torch_threads` intra-op threads when given."""
   import numpy as np
 
-  layers = max(2, int(total_mb * 2 ** 20 / (k * n * 4)))
+  itemsize = 2 if dtype == "bfloat16" else 4
+  layers = max(2, int(total_mb * 2 ** 20 / (k * n * itemsize)))
   rng = np.random.default_rng(0)
   ws = [rng.standard_normal((k, n), np.float32) * 0.05 for _ in range(layers)]
   x = rng.standard_normal((rows, k), np.float32)
-  itemsize = 2 if dtype == "bfloat16" else 4
   moved = 10 * layers * k * n * itemsize
   if torch_threads is not None:
     import torch

@@ -9,8 +9,8 @@ DynamicCache, the same embeddings / heads / CFG / top-k -> top-p -> temperature)
 medians are reported, with each side's process CPU time. Also prints the decode rooflines: weight + KV
 bytes read per step / step time against the machine's read bandwidth (a jitted sum over 256 MiB), matmul
 FLOPs per step / step time against XLA's fp32 GEMM throughput, and the GEMV-stream floor: the step's
-weights at the rate a chain of XLA matmuls with the step's row count streams them (+ the KV cache at the
-read bandwidth), all measured in the same run. `--kernels` (default on) prints that GEMV probe for XLA
+weights at the rate a chain of XLA matmuls with the step's row count streams them (+ every slot of the KV
+cache at the read bandwidth), all measured in the same run. `--kernels` (default on) prints that GEMV probe for XLA
 and torch in fp32 and bf16.
 """
 import pathlib
@@ -33,9 +33,9 @@ flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
 flags.DEFINE_bool("scanned", False, "instead of the torch comparison: time the JAX sampler on the scan_layers layout "
                   "(as paper_7b trains) against foley.inference_layout of the same params (unrolled)")
 flags.DEFINE_bool("kernels", True, "also print the GEMV probe: weight-streaming GB/s of XLA and torch matmul chains "
-                  "at 2 and 16 rows, fp32 and bf16 (what bounds a decode step on this CPU)")
-flags.DEFINE_integer("probe_mb", 96, "MB of distinct weights in the GEMV probe's chain (more than the CPU's "
-                     "last-level cache, so they stream from memory as a decode step's do)")
+                  "at each batch's row count (2B with CFG), fp32 and bf16 (what bounds a decode step on a CPU)")
+flags.DEFINE_integer("probe_mb", 96, "MiB of distinct weights in the GEMV probe's chain, whatever the dtype (more "
+                     "than the CPU's last-level cache, so they stream from memory as a decode step's do)")
 flags.DEFINE_list("threads", ["1", "2"], "torch intra-op thread counts to try (0 = os.cpu_count()); the baseline is "
                   "torch's fastest median among them, per config and batch. On an idle 2-core machine 2 threads win "
                   "at batch 8; on oversubscribed cores OpenMP spin-waits and 2 threads can be 30x slower")
@@ -182,7 +182,7 @@ def torch_gelu(x):
 
 
 def bytes_per_step(cfg, params, B, S):
-  """Weights read per decode step (decoder layers + norm + heads) + the KV cache at mean length, fp32."""
+  """Weights read per decode step (decoder layers + norm + heads) + an S-slot KV cache, fp32."""
   from dreamfoley_jax import sample
 
   d = cfg.decoder
@@ -271,7 +271,7 @@ def main(argv):
   # The decode floor on a CPU: the step's weights streamed at the rate XLA's matmuls reach for its row count.
   stream = {2 * B: bench_common.gemv_gbs(2 * B, total_mb=FLAGS.probe_mb) for B in batches}
   if FLAGS.kernels:
-    print(f"GEMV probe (chain of distinct 512x1536 kernels, {FLAGS.probe_mb} MB; GB/s of weights read):")
+    print(f"GEMV probe (chain of distinct 512x1536 kernels, {FLAGS.probe_mb} MiB; GB/s of weights read):")
     for rows in sorted(stream):
       rates = {"XLA fp32": stream[rows], "XLA bf16": bench_common.gemv_gbs(rows, "bfloat16", total_mb=FLAGS.probe_mb)}
       for n in thread_counts:
@@ -322,7 +322,9 @@ def main(argv):
       mj, mt = statistics.median(tj), statistics.median(tt[best_n])
       mcj, mct = statistics.median(cj), statistics.median(ct[best_n])
       torch_runs = {n: [round(x, 2) for x in v] for n, v in tt.items()}
-      wb, kvb = bytes_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2)
+      # the KV cache the step's attention reads: every allocated slot (the mask hides the unfilled ones)
+      slots = S.cache_slots(b["text_ids"].shape[1] + frames, steps + 1)
+      wb, kvb = bytes_per_step(cfg, params, B, slots)
       gbs = (wb + kvb) / (mj / steps) / 1e9
       floor_ms = 1e3 * (wb / stream[2 * B] + kvb / bw) / 1e9
       gfs = flops_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2) / (mj / steps) / 1e9
