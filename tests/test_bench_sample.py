@@ -27,6 +27,9 @@ def test_bench_sample_tiny_cpu():
   assert probe and all(float(x) > 0 for x in probe.groups()), out
   (row,) = [line for line in out.splitlines() if line.startswith("| tiny | 1 |")]
   cells = [c.strip() for c in row.strip("|").split("|")]
-  assert len(cells) == 14 and cells[2] == "33"                 # 25 frames + K staircase = 33 decode steps
-  ratio, floor_ms, need_ms = float(cells[5].rstrip("x")), float(cells[12]), float(cells[13])
-  assert ratio > 0 and need_ms > 0 and floor_ms >= 0      # (tiny's floor rounds to 0.00 on a fast machine)
+  assert len(cells) == 16 and cells[2] == "33"                 # 25 frames + K staircase = 33 decode steps
+  ratio, step_ms, prefill_s = float(cells[5].rstrip("x")), float(cells[12]), float(cells[13])
+  floor_ms = float(cells[14])
+  # (step_ms is a difference of two ~10 ms timings here: its sign is noise at this size, not asserted;
+  # tiny's floor can round to 0.00)
+  assert ratio > 0 and prefill_s >= 0 and floor_ms >= 0 and step_ms == step_ms

@@ -10,8 +10,9 @@ medians are reported, with each side's process CPU time. Also prints the decode 
 bytes read per step / step time against the machine's read bandwidth (a jitted sum over 256 MiB), matmul
 FLOPs per step / step time against XLA's fp32 GEMM throughput, and the GEMV-stream floor: the step's
 weights at the rate a chain of XLA matmuls with the step's row count streams them (+ every slot of the KV
-cache at the read bandwidth), all measured in the same run. `--kernels` (default on) prints that GEMV probe for XLA
-and torch in fp32 and bf16.
+cache at the read bandwidth), next to the decode step measured by difference (the same program at full
+and half length) and what 3x against torch leaves for it after the measured prefill, all in the same run.
+`--kernels` (default on) prints that GEMV probe for XLA and torch in fp32 and bf16.
 """
 import pathlib
 import sys
@@ -297,14 +298,20 @@ def main(argv):
       lengths = [frames] * B
       steps = S.num_columns(frames, cfg.num_codebooks) - 1
 
-      def run_jax():
-        return S.sample(cfg, params, b, lengths, sample_cfg=sc, seed=0)
+      def run_jax(ls=lengths):
+        return S.sample(cfg, params, b, ls, sample_cfg=sc, seed=0, max_frames=frames)
+
+      # Same program at half the length (the loop stops when every clip is done): the difference gives the
+      # decode step alone, and the rest of the full call is prefill + launch.
+      half = [frames // 2] * B
+      steps_half = S.num_columns(frames // 2, cfg.num_codebooks) - 1
 
       t0 = time.perf_counter()
       r = run_jax()
       compile_s = time.perf_counter() - t0
       assert int(r["steps"]) == steps
-      tj, cj = [], []
+      assert int(run_jax(half)["steps"]) == steps_half
+      tj, cj, th = [], [], []
       tt = {n: [] for n in thread_counts}
       ct = {n: [] for n in thread_counts}
       for _ in range(FLAGS.reps):
@@ -312,6 +319,9 @@ def main(argv):
         run_jax()
         tj.append(time.perf_counter() - t0)
         cj.append(time.process_time() - c0)
+        t0 = time.perf_counter()
+        run_jax(half)
+        th.append(time.perf_counter() - t0)
         for n in thread_counts:
           torch.set_num_threads(n)
           t0, c0 = time.perf_counter(), time.process_time()
@@ -327,21 +337,26 @@ def main(argv):
       wb, kvb = bytes_per_step(cfg, params, B, slots)
       gbs = (wb + kvb) / (mj / steps) / 1e9
       floor_ms = 1e3 * (wb / stream[2 * B] + kvb / bw) / 1e9
+      step_ms = 1e3 * (mj - statistics.median(th)) / (steps - steps_half)     # decode step, by difference
+      prefill_s = max(0.0, mj - steps * step_ms / 1e3)
+      need_ms = 1e3 * (mt / 3 - prefill_s) / steps       # the decode step 3x needs, given this prefill
       gfs = flops_per_step(cfg, params, B, b["text_ids"].shape[1] + frames + steps // 2) / (mj / steps) / 1e9
       rows.append((name, B, steps, mj, mt, best_n, mt / mj, 1e3 * mj / steps, gbs, 100 * gbs / bw, mct / mcj, gfs,
-                   100 * gfs / peak, floor_ms, 1e3 * mt / 3 / steps))
+                   100 * gfs / peak, step_ms, prefill_s, floor_ms, need_ms))
       print(f"{name:6s} B={B}: jax {mj:6.2f} s  torch {mt:6.2f} s ({best_n} threads)  ratio {mt / mj:5.2f}x  "
             f"(process cpu s: jax {mcj:.2f} torch {mct:.2f}, ratio {mct / mcj:.2f}x)  "
             f"({1e3 * mj / steps:.2f} ms/step, {gbs:.1f} GB/s = {100 * gbs / bw:.0f}% of bw, {gfs:.1f} GFLOP/s = "
-            f"{100 * gfs / peak:.0f}% of GEMM; GEMV-stream floor {floor_ms:.2f} ms/step; first call "
+            f"{100 * gfs / peak:.0f}% of GEMM; decode step by difference {step_ms:.2f} ms, prefill + launch "
+            f"{prefill_s:.2f} s; GEMV-stream floor {floor_ms:.2f} ms/step, 3x needs {need_ms:.2f}; first call "
             f"{compile_s:.1f} s)  jax runs {[round(x, 2) for x in tj]} torch runs by thread count {torch_runs}",
             flush=True)
   print("\n| config | batch (x2 CFG) | steps | JAX s | torch s (threads) | torch/JAX | cpu-time ratio | JAX ms/step | "
-        "weight+KV GB/s | % of read bw | GFLOP/s | % of GEMM | GEMV-stream floor ms/step | 3x needs ms/step |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for n, B, st, mj, mt, th, r, ms, g, pct, cr, gf, gpct, fl, need in rows:
+        "weight+KV GB/s | % of read bw | GFLOP/s | % of GEMM | decode ms/step (by difference) | prefill s | "
+        "GEMV-stream floor ms/step | 3x needs decode ms/step |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for n, B, st, mj, mt, th, r, ms, g, pct, cr, gf, gpct, dms, pre, fl, need in rows:
     print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} ({th}) | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% | "
-          f"{gf:.1f} | {gpct:.0f}% | {fl:.2f} | {need:.2f} |")
+          f"{gf:.1f} | {gpct:.0f}% | {dms:.2f} | {pre:.2f} | {fl:.2f} | {need:.2f} |")
 
 
 if __name__ == "__main__":
