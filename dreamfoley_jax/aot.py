@@ -59,6 +59,16 @@ def topology_devices(t: Topology):
   return desc.devices
 
 
+def memory_figures(mem, t: Topology) -> dict:
+  """Per-chip GiB of a compiled program's `memory_analysis()` against the topology's HBM."""
+  gib = 1024 ** 3
+  args, temps = mem.argument_size_in_bytes / gib, mem.temp_size_in_bytes / gib
+  outs, alias = mem.output_size_in_bytes / gib, mem.alias_size_in_bytes / gib
+  total = args + temps + outs - alias
+  return {"args_gib": args, "temps_gib": temps, "outputs_gib": outs, "alias_gib": alias, "total_gib": total,
+          "hbm_gib": t.hbm_gib, "fits": total < t.hbm_gib, "headroom_gib": t.hbm_gib - total}
+
+
 def compile_train_step(c, topology: str) -> dict:
   """Compiles train.make_train_step for `c` on `topology`; returns memory / FLOPs figures per chip."""
   import flax.linen as nn  # noqa: F401
@@ -97,18 +107,11 @@ def compile_train_step(c, topology: str) -> dict:
   B = int(c.train.global_batch)
   n_mm = train.matmul_params(ap)
   n_all = sum(math.prod(x.shape) for x in jax.tree.leaves(train.unbox_abstract(ap)))
-  gib = 1024 ** 3
-  args = mem.argument_size_in_bytes / gib
-  temps = mem.temp_size_in_bytes / gib
-  outs = mem.output_size_in_bytes / gib
-  alias = mem.alias_size_in_bytes / gib
-  total = args + temps + outs - alias
   return {
       "topology": t.name, "tpu_topology": t.topology, "chips": t.chips, "mesh": dict(mesh.shape),
       "params": n_all, "global_batch": B, "grad_accum": int(c.train.get("grad_accum", 1)), "seq_len": S,
       "remat": fcfg.decoder.remat_policy, "scan_layers": fcfg.decoder.scan_layers,
-      "args_gib": args, "temps_gib": temps, "outputs_gib": outs, "alias_gib": alias, "total_gib": total,
-      "hbm_gib": t.hbm_gib, "fits": total < t.hbm_gib, "headroom_gib": t.hbm_gib - total,
+      **memory_figures(mem, t),
       "xla_flops_per_chip": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "model_flops_per_step": train.step_flops(fcfg, n_mm, B, S), "compile_s": secs,
   }
@@ -162,19 +165,15 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   mesh_spec = dict(mesh) if mesh else default_sample_mesh(icfg, t.chips)
   m = sharding.make_mesh(mesh_spec, devices=devices)
   rules = sample.mesh_rules(m, batch)
-  boxed = foley.abstract_params(icfg)          # outside the mesh: no array may touch the topology's devices
-  with sharding.use_mesh(m, rules):
-    p_sh = sharding.shardings_for(boxed, m, rules)
+  p_sh = sample._param_shardings(icfg, m, tuple(tuple(r) for r in rules))
   if jax.tree.structure(p_sh) != jax.tree.structure(a_params):
     raise ValueError("the inference-layout params do not match the model of the inference config")
   a_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), a_params, p_sh)
   frames = int(round(seconds * icfg.sync_rate))
-  rows = ((lambda nd: sharding.data_sharding(m, nd)) if rules is sharding.LOGICAL_RULES
-          else (lambda nd: sharding.replicated(m)))
   prompt = {k: v for k, v in jax.eval_shape(lambda: foley.dummy_batch(
       icfg, batch, text_len=text_len, video_frames=frames)).items() if not k.startswith("audio_")}
-  sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows(len(x.shape)))
-  a_batch = {k: sds(v) for k, v in prompt.items()}
+  a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sample.clip_sharding(m, rules, v.ndim))
+             for k, v in prompt.items()}
   # sample.sample hands lengths, keys and the drop flags over uncommitted: replicated on the mesh
   rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(m))
   a_keys = rep(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
@@ -192,9 +191,6 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   per_chip = lambda x: math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
   w_chip = sum(per_chip(x) for x in jax.tree.leaves(a_params))
   step_w = sum(per_chip(x) for x in sample.decode_weights(a_params))
-  args, temps = mem.argument_size_in_bytes / gib, mem.temp_size_in_bytes / gib
-  outs, alias = mem.output_size_in_bytes / gib, mem.alias_size_in_bytes / gib
-  total = args + temps + outs - alias
   hbm_gbs = _HBM_GBS[topology.partition("-")[0]]
   return {
       "topology": t.name, "tpu_topology": t.topology, "chips": t.chips, "mesh": dict(m.shape),
@@ -203,8 +199,7 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
       "params": sum(math.prod(x.shape) for x in jax.tree.leaves(a_params)),
       "param_dtype": str(icfg.decoder.param_dtype), "params_gib_per_chip": w_chip / gib,
       "step_weight_gib_per_chip": step_w / gib, "clips_split": rules is sharding.LOGICAL_RULES,
-      "args_gib": args, "temps_gib": temps, "outputs_gib": outs, "alias_gib": alias, "total_gib": total,
-      "hbm_gib": t.hbm_gib, "fits": total < t.hbm_gib, "headroom_gib": t.hbm_gib - total,
+      **memory_figures(mem, t),
       "hbm_gbs": hbm_gbs, "ceiling_steps_per_s": hbm_gbs * 1e9 / step_w, "compile_s": secs,
   }
 

@@ -460,9 +460,6 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
 
   window_s / context_s default to the config's sample.window_s / sample.context_s (else 10 s / 3 s).
   """
-  import flax.linen as nn
-  import jax
-
   from dreamfoley_jax import configs
   from dreamfoley_jax.convert import common
 
@@ -470,9 +467,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   cfg = foley.config_from_dict(exp.model)
   sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**(sample_overrides or {}))
   if smoke_random:
-    model = foley.DreamFoley(cfg)
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(seed), foley.dummy_batch(
-        cfg, text_len=cfg.null_text_len, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    params = foley.init_params(cfg, seed)
     codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
     tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
   else:

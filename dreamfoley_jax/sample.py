@@ -401,6 +401,14 @@ def mesh_rules(mesh, batch_size: int):
   return tuple((n, None) if n == "batch" else (n, a) for n, a in sharding.LOGICAL_RULES)
 
 
+def clip_sharding(mesh, rules, ndim: int):
+  """Sharding of a clip-leading (B, ...) prompt array under `mesh_rules`: split over (data, fsdp) when the
+  rules split the batch, else replicated."""
+  if rules is sharding.LOGICAL_RULES:
+    return sharding.data_sharding(mesh, ndim)
+  return sharding.replicated(mesh)
+
+
 @functools.lru_cache(maxsize=8)
 def _param_shardings(cfg: foley.FoleyConfig, mesh, rules):
   with sharding.use_mesh(mesh, rules):
@@ -482,9 +490,7 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
   if mesh is not None:
     rules = mesh_rules(mesh, B)
     params = place_params(cfg, params, mesh, rules)
-    rows = (lambda a: sharding.data_sharding(mesh, a.ndim)) if rules is sharding.LOGICAL_RULES else (
-        lambda a: sharding.replicated(mesh))
-    batch = {k: jax.device_put(v, rows(v)) for k, v in batch.items()}
+    batch = {k: jax.device_put(v, clip_sharding(mesh, rules, v.ndim)) for k, v in batch.items()}
     ctx = sharding.use_mesh(mesh, rules)
   with ctx:
     out = _sample_jit(params, batch, jnp.asarray(lengths), keys, dt, dv, neg_ids, neg_mask, neg, prefix_codes,
