@@ -2,7 +2,6 @@
 import time
 
 
-
 def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
   """A random [text | video] prompt batch for `sample.sample`: text ids, 25 Hz sync and 4 fps clip features."""
   import numpy as np
@@ -22,6 +21,25 @@ def time_ms(fn, n):
   for _ in range(n):
     fn()
   return (time.perf_counter() - t) / n * 1e3
+
+
+def weight_bytes(params) -> int:
+  """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
+  from dreamfoley_jax import sample
+
+  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params))
+
+
+def kv_bytes(cfg, rows, slots) -> int:
+  """The KV cache a decode step's attention reads for `rows` rows and `slots` slots (every allocated slot:
+  the mask hides the unfilled ones), in the cache's dtype."""
+  import jax
+  import numpy as np
+
+  from dreamfoley_jax.models import qwen2
+
+  c = jax.eval_shape(lambda: qwen2.init_cache(cfg.decoder, rows, slots))
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves([c["k"], c["v"]]))
 
 
 def _best_rate(f, moved_bytes, warm=5, reps=20):

@@ -182,15 +182,6 @@ def torch_gelu(x):
   return torch.nn.functional.gelu(x)
 
 
-def bytes_per_step(cfg, params, B, S):
-  """Weights read per decode step (decoder layers + norm + heads) + an S-slot KV cache, fp32."""
-  from dreamfoley_jax import sample
-
-  d = cfg.decoder
-  kv = 2 * d.num_hidden_layers * (2 * B) * S * d.num_key_value_heads * d.head_size
-  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params)), 4 * kv
-
-
 def flops_per_step(cfg, params, B, S):
   """Matmul FLOPs of one decode step for 2B rows: every decoder/head weight once per row + attention."""
   from dreamfoley_jax import sample
@@ -219,17 +210,13 @@ def gemm_gflops():
 
 def compare_scanned(sc, frames):
   """scan_layers params vs their foley.inference_layout (unrolled), same weights, interleaved medians."""
-  import flax.linen as nn
-  import jax
-
   from dreamfoley_jax import sample as S
   from dreamfoley_jax.models import foley
 
   for name in FLAGS.configs:
     cfg = configs()[name]
     cfg = cfg.replace(decoder=cfg.decoder.replace(scan_layers=True))
-    params = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(0), foley.dummy_batch(
-        cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    params = foley.init_params(cfg, 0)
     cfg2, p2 = foley.inference_layout(cfg, params)
     for B in (int(x) for x in FLAGS.batches):
       b = batch(cfg, B, frames)
@@ -249,7 +236,6 @@ def compare_scanned(sc, frames):
 def main(argv):
   del argv
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  import flax.linen as nn
   import jax
   import numpy as np
   import torch
@@ -283,9 +269,7 @@ def main(argv):
   rows = []
   for name in FLAGS.configs:
     cfg = configs()[name]
-    model = foley.DreamFoley(cfg)
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), foley.dummy_batch(
-        cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2))["params"])
+    params = foley.init_params(cfg, 0)
     tm = TorchFoley(cfg, jax.tree.map(np.asarray, params))
     # Same computation: greedy tokens of a short clip agree between the two implementations.
     gb, gl = batch(cfg, 2, 25, seed=1), [25, 20]
@@ -334,7 +318,7 @@ def main(argv):
       torch_runs = {n: [round(x, 2) for x in v] for n, v in tt.items()}
       # the KV cache the step's attention reads: every allocated slot (the mask hides the unfilled ones)
       slots = S.cache_slots(b["text_ids"].shape[1] + frames, steps + 1)
-      wb, kvb = bytes_per_step(cfg, params, B, slots)
+      wb, kvb = bench_common.weight_bytes(params), bench_common.kv_bytes(cfg, 2 * B, slots)
       gbs = (wb + kvb) / (mj / steps) / 1e9
       floor_ms = 1e3 * (wb / stream[2 * B] + kvb / bw) / 1e9
       step_ms = 1e3 * (mj - statistics.median(th)) / (steps - steps_half)     # decode step, by difference

@@ -6,7 +6,8 @@ random bf16 weights) sampling 10 s of audio with CFG, steps/s against the device
 
 A decode step must read every decoder-layer and head weight once (plus the KV cache), so the fastest
 possible step takes (weight + KV bytes) / bandwidth. The bandwidth is measured here, on the same device, as
-a large elementwise pass (bytes read + written) and also compared with the datasheet figure (--peak_gbs).
+a jitted sum over a large array (bytes read; `bench_common.measured_bandwidth`) and also compared with the
+datasheet figure (--peak_gbs).
 
 Per-step time is taken by difference, so the prefill and the host transfers drop out: the same compiled
 program (max_frames = 250) samples every clip at the full length (258 decode steps) and at half length
@@ -37,8 +38,8 @@ flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions of each length")
 flags.DEFINE_float("peak_gbs", 3350.0, "datasheet memory bandwidth in GB/s (H100 SXM HBM3: 3350)")
 flags.DEFINE_bool("check", True, "greedy-vs-teacher-forced correctness check on the device first")
-flags.DEFINE_bool("flax_init", False, "build the weights with the model's own init (slow for 7B) instead of "
-                  "random_params")
+flags.DEFINE_bool("flax_init", False, "build the weights with the model's own init (foley.init_params; slow for "
+                  "7B) instead of random_params")
 flags.DEFINE_string("json_out", "", "write the rows here as JSON")
 
 
@@ -61,21 +62,9 @@ def model_config(name, variant):
 random_batch = bench_common.random_prompt_batch
 
 
-def init_params(cfg, seed=0):
-  """Random weights made on the device (jitted init: no host copy of 15 GB)."""
-  import flax.linen as nn
-  import jax
-
-  from dreamfoley_jax.models import foley
-
-  model = foley.DreamFoley(cfg)
-  ex = foley.dummy_batch(cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2)
-  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), ex)["params"])
-
-
 def random_params(cfg, seed=0):
   """Random weights of the model's shapes and dtypes, drawn leaf by leaf on the device: N(0, 0.02), norm
-  scales 1. Much faster to build than `init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
+  scales 1. Much faster to build than `foley.init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
   mostly compiling); for timing only."""
   import flax.linen as nn
   import jax
@@ -83,8 +72,7 @@ def random_params(cfg, seed=0):
 
   from dreamfoley_jax.models import foley
 
-  ex = foley.dummy_batch(cfg, text_len=16, video_frames=cfg.null_video_len, audio_cols=cfg.num_codebooks + 2)
-  shapes = nn.unbox(jax.eval_shape(foley.DreamFoley(cfg).init, jax.random.key(0), ex)["params"])
+  shapes = nn.unbox(foley.abstract_params(cfg))
   draw = jax.jit(lambda k, shape, dtype: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
                  static_argnums=(1, 2))
   flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
@@ -98,24 +86,6 @@ def random_params(cfg, seed=0):
   return jax.tree_util.tree_unflatten(tree, out)
 
 
-def weight_bytes(params):
-  """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
-  from dreamfoley_jax import sample
-
-  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params))
-
-
-def kv_bytes(cfg, rows, slots):
-  """The KV cache read by a decode step's attention (every allocated slot: the mask hides the unfilled)."""
-  import jax
-  import numpy as np
-
-  from dreamfoley_jax.models import qwen2
-
-  c = jax.eval_shape(lambda: qwen2.init_cache(cfg.decoder, rows, slots))
-  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves([c["k"], c["v"]]))
-
-
 def check_greedy(variant):
   """temperature 0 == argmax of the teacher-forced guided logits (full forward, no KV cache), on device."""
   import jax
@@ -126,7 +96,7 @@ def check_greedy(variant):
   from dreamfoley_jax.models import foley
 
   cfg = model_config("tiny", variant)
-  params = init_params(cfg, seed=1)
+  params = foley.init_params(cfg, seed=1)
   # Sharper heads (as tests/test_sample.py): well-separated logits, so float rounding cannot flip an argmax.
   params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0
   b, lengths = random_batch(cfg, 2, 25, seed=3), np.array([25, 17])
@@ -153,6 +123,7 @@ def main(argv):
   import jax
 
   from dreamfoley_jax import sample as S
+  from dreamfoley_jax.models import foley
 
   dev = jax.devices()[0]
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {dev.device_kind} x{jax.device_count()}; "
@@ -179,15 +150,15 @@ def main(argv):
     cfg = model_config(FLAGS.config, v)
     if params is None:                        # the variants share the parameters
       t = time.perf_counter()
-      params = (init_params if FLAGS.flax_init else random_params)(cfg)
+      params = (foley.init_params if FLAGS.flax_init else random_params)(cfg)
       jax.block_until_ready(params)
       print(f"init {FLAGS.config}: {sum(x.size for x in jax.tree.leaves(params)) / 1e9:.2f} B params "
             f"({time.perf_counter() - t:.1f} s)", flush=True)
-    wb = weight_bytes(params)
+    wb = bench_common.weight_bytes(params)
     for B in (int(x) for x in FLAGS.batches):
       b = random_batch(cfg, B, frames)
       P = 16 + frames
-      kvb = kv_bytes(cfg, 2 * B, S.cache_slots(P, S.num_columns(frames, K)))
+      kvb = bench_common.kv_bytes(cfg, 2 * B, S.cache_slots(P, S.num_columns(frames, K)))
 
       def run(n):
         r = S.sample(cfg, params, b, [n] * B, sample_cfg=sc, max_frames=frames, seed=0)
