@@ -10,9 +10,10 @@ Definitions (all on the standardised clip: audio float32 at 44.1 kHz, 0 dBFS = a
                   (paper: 10%). The -0.1 dBFS margin keeps the ratio of a hard-clipped 48 kHz source
                   within 0.002 after resampling to 44.1 kHz (tests/test_build_dataset_stages.py).
   static shot     frames sampled at `fps` (4) from the standardised video, luma (BT.601) at `size` px on
-                  the short side; d_i = mean |Y_i - Y_(i-1)| in grey levels (0-255). A pair with d_i >
-                  `cut_threshold` is a cut and is left out; motion = the median of the other d_i. Rejected
-                  as static when motion < `threshold` (a still image, a slideshow: two stills and a cut).
+                  the short side; d_i = mean |Y_i - Y_(i-1)| in grey levels (0-255). A pair is a cut when
+                  d_i > `cut_threshold` and d_i > `cut_ratio` x the median of all d (a spike, not a fast
+                  pan); cuts are left out and motion = the median of the other d_i. Rejected as static
+                  when motion < `threshold` (a still image; a slideshow: stills joined by cuts).
 """
 from __future__ import annotations
 
@@ -117,9 +118,11 @@ def frame_differences(frames_luma: np.ndarray) -> np.ndarray:
   return np.abs(np.diff(f, axis=0)).mean(axis=(1, 2))
 
 
-def motion_stats(diffs: np.ndarray, cut_threshold: float) -> tuple[float, int]:
+def motion_stats(diffs: np.ndarray, cut_threshold: float, cut_ratio: float = 3.0) -> tuple[float, int]:
   """(motion = median of the non-cut differences, number of cuts)."""
-  cuts = diffs > cut_threshold
+  if diffs.size == 0:
+    return 0.0, 0
+  cuts = (diffs > cut_threshold) & (diffs > cut_ratio * np.median(diffs))
   rest = diffs[~cuts]
   return (float(np.median(rest)) if rest.size else 0.0), int(cuts.sum())
 
@@ -129,7 +132,8 @@ class StaticConfig:
   fps: float = 4.0              # OUR CHOICE (the CLIP rate)
   size: int = 128               # OUR CHOICE
   threshold: float = 1.0        # OUR CHOICE: grey levels per 0.25 s
-  cut_threshold: float = 40.0   # OUR CHOICE
+  cut_threshold: float = 30.0   # OUR CHOICE
+  cut_ratio: float = 3.0        # OUR CHOICE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +148,7 @@ class StaticStage:
     tf = lambda img: luma_small(img, self.cfg.size)  # noqa: E731
     with standardise.MediaFile(clip.video_mp4) as path:
       (frames,), _ = vio.sample_frames(path, [self.cfg.fps], transforms=[tf])
-    motion, cuts = motion_stats(frame_differences(frames), self.cfg.cut_threshold)
+    motion, cuts = motion_stats(frame_differences(frames), self.cfg.cut_threshold, self.cfg.cut_ratio)
     if motion < self.cfg.threshold:
       return _reject(self.name, clip, "static", motion, f"median frame difference {motion:.3f} grey levels "
                      f"< {self.cfg.threshold:g} ({cuts} cut{'s' if cuts != 1 else ''} left out)")
