@@ -227,17 +227,15 @@ class PipelineSpec:
   share_model: bool = False
 
 
-def build(p: beam.Pipeline, spec: PipelineSpec):
-  """Adds the build to pipeline `p`; returns the PCollection of written-shard summaries."""
+def clip_stages(root, spec: PipelineSpec):
+  """inputs -> (kept clips, [rejection PCollections], file summaries): everything before the write."""
   pd = spec.progress_dir
-  hashed = (p | "Inputs" >> beam.Create(list(spec.items))
+  hashed = (root | "Inputs" >> beam.Create(list(spec.items))
             | "Spread" >> beam.Reshuffle()
             | "Hash" >> beam.ParDo(HashFn(spec.cfg_hash, pd)).with_outputs(REJECTED, main="ok"))
   uniq = (hashed.ok | "ByContent" >> beam.GroupByKey()
           | "Dedupe" >> beam.ParDo(DedupeFn(spec.cfg_hash, spec.done, pd)).with_outputs(REJECTED, main="todo"))
-  todo = uniq.todo
-  num_files = todo | "CountFiles" >> beam.combiners.Count.Globally()
-  std = (todo | "Reshuffle files" >> beam.Reshuffle()
+  std = (uniq.todo | "Reshuffle files" >> beam.Reshuffle()
          | "Standardise" >> beam.ParDo(StandardiseFn(spec.std, pd)).with_outputs(REJECTED, FILES, main="clips"))
   rejected = [hashed[REJECTED], uniq[REJECTED], std[REJECTED]]
   clips = std.clips
@@ -249,6 +247,13 @@ def build(p: beam.Pipeline, spec: PipelineSpec):
       out = clips | f"{st.name}" >> beam.ParDo(StageFn(st, pd)).with_outputs(REJECTED, main="kept")
     clips = out.kept
     rejected.append(out[REJECTED])
+  return clips, rejected, std[FILES], uniq.todo
+
+
+def build(p: beam.Pipeline, spec: PipelineSpec):
+  """Adds the build to pipeline `p`; returns the PCollection of written-shard summaries."""
+  clips, rejected, files, todo = clip_stages(p, spec)
+  num_files = todo | "CountFiles" >> beam.combiners.Count.Globally()
   recs = clips | "Record" >> beam.Map(to_record)
   n_shards = beam.pvalue.AsSingleton(
       num_files | "Shards" >> beam.Map(lambda n, fps: max(1, math.ceil(n / fps)), spec.files_per_shard))
@@ -256,11 +261,23 @@ def build(p: beam.Pipeline, spec: PipelineSpec):
       (recs | "Tag records" >> beam.Map(lambda r: (r[1], ("r", r))),
        rejected | "All rejections" >> beam.Flatten()
        | "Tag rejections" >> beam.Map(lambda r: (r.file_key, ("x", r.to_json()))),
-       std[FILES] | "Tag files" >> beam.Map(lambda f: (f["file_key"], ("f", f))))
+       files | "Tag files" >> beam.Map(lambda f: (f["file_key"], ("f", f))))
       | "Outcomes" >> beam.Flatten()
       | "Key by shard" >> beam.Map(lambda kv, n: (_shard_of(kv[0], n), kv[1]), n_shards))
   return tagged | "ByShard" >> beam.GroupByKey() | "Write" >> beam.ParDo(
-      WriteShardFn(spec.out_dir, spec.name, spec.cfg_hash, pd))
+      WriteShardFn(spec.out_dir, spec.name, spec.cfg_hash, spec.progress_dir))
+
+
+class KeptRecords(beam.PTransform):
+  """pipeline root -> (clip_id, record bytes) of every kept clip (the TFDS builder's examples)."""
+
+  def __init__(self, spec: PipelineSpec):
+    super().__init__()
+    self.spec = spec
+
+  def expand(self, root):
+    clips, _, _, _ = clip_stages(root, self.spec)
+    return clips | "Record" >> beam.Map(lambda c: (c.clip_id, to_record(c)[2], c.duration_sec))
 
 
 def pipeline_options(runner: str, extra: Iterable[str] = (), num_workers: int = 0):

@@ -109,6 +109,26 @@ def write_report(report: dict, out_dir: str) -> tuple[str, str]:
   return js, png
 
 
+THRESHOLDS = {"silence/silence_ratio": ("silence", "max_ratio"), "clipping/clipping_ratio": ("clipping", "max_ratio"),
+              "static/static": ("static", "threshold"), "speech/speech_ratio": ("speech", "max_ratio"),
+              "asr/asr_words": ("asr", "max_words"), "standardise/short_tail": ("standardise", "min_clip_seconds"),
+              "standardise/too_short": ("standardise", "min_clip_seconds")}
+
+
+def threshold_of(report: dict, key: str) -> float | None:
+  """The configured threshold a rejection reason was judged against (from report['config'])."""
+  if key not in THRESHOLDS or "config" not in report:
+    return None
+  stage, field = THRESHOLDS[key]
+  conf = report["config"]
+  if stage == "standardise":
+    return conf["standardise"].get(field)
+  for st in conf["stages"]:
+    if st["name"] == stage:
+      return st["config"].get(field)
+  return None
+
+
 def plot_page(report: dict) -> bytes:
   import io
 
@@ -145,6 +165,10 @@ def plot_page(report: dict) -> bytes:
       kind, key = p.split(":", 1)
       h = report["rejections"][key]["histogram"] if kind == "rej" else report["scores"][key]
       ax.stairs(h["counts"], h["edges"], fill=True, alpha=0.7)
+      thr = threshold_of(report, key) if kind == "rej" else None
+      if thr is not None:
+        ax.axvline(thr, color="k", ls="--", lw=1, label=f"threshold {thr:g}")
+        ax.legend(fontsize=7)
       ax.set_title(f"{'rejected: ' + key if kind == 'rej' else 'kept clips: ' + key} (n={h['n']})", fontsize=9)
     ax.tick_params(labelsize=7)
   fig.tight_layout()
