@@ -60,7 +60,7 @@ flags.DEFINE_bool("share_model", False, "One copy of each model per machine (Bea
                   "accelerator host, so a single process owns the TPU/GPU.")
 flags.DEFINE_bool("progress", True, "Per-stage progress bars (local runs).")
 flags.DEFINE_string("tfds_data_dir", None, "Build a TFDS dataset here instead (no resume, no report).")
-flags.DEFINE_string("tfds_config_name", "default", "TFDS builder config name for --tfds_data_dir.")
+flags.DEFINE_string("tfds_config_name", "clips", "TFDS builder config name for --tfds_data_dir (not \"default\").")
 
 
 def build_config(f=F):
