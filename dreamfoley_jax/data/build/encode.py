@@ -26,7 +26,7 @@ class EncodeConfig:
   sync_ckpt: str = ""          # converted Synchformer ("" = no sync_feats)
   text_tokenizer: str = ""     # Qwen2.5 tokenizer.json (or its folder) for text_ids ("" = none)
   store_frames: bool = False   # also frames_clip / frames_sync uint8 224x224 (frames-mode configs)
-  mesh: str = "data=-1"        # over this worker's local devices
+  mesh: str = "data=-1"        # over this worker's local devices ("data=1": its first device only)
   clip_seconds: float = 10.0   # the full clip length (sets the fixed device batch shapes)
 
 
@@ -62,7 +62,11 @@ class EncodeStage(ModelStage):
     if not c.codec_ckpt:
       raise ValueError("the encode stage needs --codec_ckpt (the converted higgs tokenizer): records need "
                        "audio_codes")
-    self.mesh = sharding.make_mesh(parse_mesh(c.mesh), devices=jax.local_devices())
+    spec = parse_mesh(c.mesh)
+    devices = jax.local_devices()
+    if -1 not in spec.values():   # e.g. "data=1": the first N local devices
+      devices = devices[:math.prod(spec.values())]
+    self.mesh = sharding.make_mesh(spec, devices=devices)
     frames = int(round(c.clip_seconds * vpre.SYNC_FPS))
     ecfg = extract.ExtractConfig(clip_batch=math.ceil(c.clip_seconds * vpre.CLIP_FPS),
                                  sync_batch=max(1, vpre.num_sync_windows(frames)))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
+import threading
 from typing import Any, Sequence
 
 from dreamfoley_jax.data.build.clip import Clip, Rejection
@@ -21,6 +22,7 @@ class ModelStage:
   def __init__(self, cfg, batch_size: int = 4):
     self.cfg, self.batch_size = cfg, int(batch_size)
     self._loaded = False
+    self._lock = threading.Lock()   # Beam may call one shared copy from several threads
 
   def __getstate__(self):
     return {"cfg": self.cfg, "batch_size": self.batch_size}
@@ -40,8 +42,10 @@ class ModelStage:
 
   def process_batch(self, clips: Sequence[Clip]) -> list[Clip | Rejection]:
     if not self._loaded:
-      self.load()
-      self._loaded = True
+      with self._lock:
+        if not self._loaded:
+          self.load()
+          self._loaded = True
     return [self.process(c) for c in clips]
 
   def __call__(self, clip: Clip) -> Clip | Rejection:

@@ -100,17 +100,15 @@ def read_csv(path: str) -> list[InputItem]:
     rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
   if not rows:
     raise ValueError(f"{path}: empty CSV (rows: path[,caption][,id])")
-  cols = ["path", "caption", "id"]
+  cols, first = ["path", "caption", "id"], 1
   head = [c.strip().lower() for c in rows[0]]
-  if head[0] in ("path", "video", "file"):
+  if {"path", "video", "file"} & set(head):   # a header row names the columns
     names = {"video": "path", "file": "path", "clip_id": "id"}
-    cols = [names.get(c, c) for c in head]
-    if "path" not in cols:
-      raise ValueError(f"{path}: header {rows[0]} has no 'path' column")
+    cols, first = [names.get(c, c) for c in head], 2
     rows = rows[1:]
   base = os.path.dirname(os.path.abspath(path))
   items = []
-  for n, r in enumerate(rows, start=2 if cols != ["path", "caption", "id"] else 1):
+  for n, r in enumerate(rows, start=first):
     d = dict(zip(cols, (c.strip() for c in r)))
     p = d.get("path", "")
     if not p:
