@@ -16,7 +16,7 @@ import uuid
 _lock = threading.Lock()
 _counts: dict[str, dict[str, collections.Counter]] = {}   # progress_dir -> stage -> outcome counts
 _last_flush: dict[str, float] = {}
-_me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_tag = uuid.uuid4().hex[:8]
 
 
 def tick(progress_dir: str | None, stage: str, outcome: str, n: int = 1):
@@ -37,7 +37,7 @@ def flush(progress_dir: str, data: dict | None = None):
   if data is None:
     with _lock:
       data = {k: dict(v) for k, v in _counts.get(progress_dir, {}).items()}
-  path = os.path.join(progress_dir, f"{_me}.json")
+  path = os.path.join(progress_dir, f"{os.getpid()}-{_tag}.json")
   tmp = f"{path}.{threading.get_ident()}.tmp"
   try:
     with open(tmp, "w") as f:

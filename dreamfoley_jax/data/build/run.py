@@ -96,6 +96,7 @@ def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *,
 
   bars = progress.Bars(pdir, ["standardise"] + [s.name for s in stage_objs] + ["write"], len(items)) \
       if pdir else None
+  processes = None
   try:
     th = threading.Thread(target=go, daemon=True)
     th.start()
@@ -104,13 +105,14 @@ def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *,
     if bars is not None:
       bars.close()
     if pdir:
+      processes = len({f.split("-")[0] for f in os.listdir(pdir) if f.endswith(".json")})
       shutil.rmtree(pdir, ignore_errors=True)
   if "error" in outcome:
     raise outcome["error"]
   res = outcome["result"]
   run = {"inputs": len(items), "skipped_done": _counter(res, "input", "skipped_done"),
          "duplicates": _counter(res, "input", "duplicates"), "seconds": round(time.time() - t0, 2),
-         "runner": runner, "config_hash": cfg_hash}
+         "runner": runner, "config_hash": cfg_hash, "worker_processes": processes}
   rep = report_lib.build_report(out_dir, name, [s.name for s in stage_objs], ident, run)
   report_lib.write_report(rep, out_dir)
   return rep

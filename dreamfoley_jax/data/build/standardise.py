@@ -17,6 +17,7 @@ For one source file:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import io
@@ -135,13 +136,17 @@ def list_inputs(spec: str) -> list[InputItem]:
     paths = [p for p in _match(pattern) if not folder or p.lower().endswith(vio.VIDEO_EXTENSIONS)]
     if not paths:
       raise FileNotFoundError(f"--input {spec!r} matches no files")
+    stems = {os.path.splitext(p)[0] for p in paths if not p.endswith(".txt")}
+    paths = [p for p in paths if not (p.endswith(".txt") and os.path.splitext(p)[0] in stems)]  # sidecars
     base = _glob_base(pattern)
+    rels = [p[len(base):].lstrip("/") if base and p.startswith(base) else os.path.basename(p) for p in paths]
+    n_stem = collections.Counter(os.path.splitext(r)[0] for r in rels)
     items = []
-    for p in paths:
-      rel = p[len(base):].lstrip("/") if base and p.startswith(base) else os.path.basename(p)
+    for p, rel in zip(paths, rels):   # a.mp4 + a.mkv: the ids keep their extensions
       side = os.path.splitext(p)[0] + ".txt"
       cap = open(side).read().strip() if "://" not in p and os.path.isfile(side) else ""
-      items.append(InputItem(p, cap, safe_id(os.path.splitext(rel)[0])))
+      stem = os.path.splitext(rel)[0]
+      items.append(InputItem(p, cap, safe_id(stem if n_stem[stem] == 1 else rel)))
   seen: dict[str, str] = {}
   dups = []
   for it in items:
@@ -325,6 +330,15 @@ def _probe(path: str) -> dict[str, Any] | str:
       info["video"] = {"codec": v.codec_context.name, "width": v.codec_context.width,
                        "height": v.codec_context.height, "fps": None if rate is None else round(float(rate), 3),
                        "frames": v.frames or None}
+      try:   # frame intervals from the packets' timestamps (demuxing only: no decoding)
+        pts = sorted(float(pk.pts * pk.time_base) for _, pk in zip(range(3000), c.demux(v)) if pk.pts is not None)
+      except (av.FFmpegError, ValueError):
+        pts = []
+      iv = np.diff(pts)
+      if iv.size >= 4:
+        lo, med, hi = np.percentile(iv, [5, 50, 95])
+        info["video"]["interval_ms"] = [round(1000 * lo, 1), round(1000 * med, 1), round(1000 * hi, 1)]
+        info["video"]["vfr"] = bool(med > 0 and (hi - lo) / med > 0.2)
     if c.streams.audio:
       a = c.streams.audio[0]
       info["audio"] = {"codec": a.codec_context.name, "rate": a.rate, "channels": a.channels,
@@ -383,8 +397,9 @@ def standardise(item: InputItem, file_key: str, cfg: StandardiseConfig
     notes.append(f"rotation {meta.rotation} deg{' + mirror' if meta.flipped else ''} applied")
   if src_fps and abs(src_fps - cfg.fps) > 1e-3:
     notes.append(f"video {src_fps:g} fps -> {cfg.fps} fps")
-  if meta.duration_sec > 0 and src_fps and abs(meta.num_frames / meta.duration_sec - src_fps) > 0.05 * src_fps:
-    notes.append(f"variable frame rate: {meta.num_frames} frames in {meta.duration_sec:.2f} s")
+  if info["video"].get("vfr"):
+    lo, _, hi = info["video"]["interval_ms"]
+    notes.append(f"variable frame rate (frame intervals {lo:g}-{hi:g} ms), sampled at {cfg.fps} fps by timestamp")
   if info["duration_sec"] and info["duration_sec"] > cfg.max_source_seconds:
     notes.append(f"only the first {cfg.max_source_seconds:g} s used")
   notes.append(f"video {meta.width}x{meta.height} -> {enc.size[1]}x{enc.size[0]}" if enc.size else "")

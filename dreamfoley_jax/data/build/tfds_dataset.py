@@ -33,6 +33,7 @@ class ClipsConfig(tfds.core.BuilderConfig):
   short_side: int = 360
   audio_channels: int = 1
   batch_size: int = 4
+  mesh: str = "data=-1"
 
   def build_config(self):
     from dreamfoley_jax.data.build import encode, stages, standardise
@@ -40,7 +41,7 @@ class ClipsConfig(tfds.core.BuilderConfig):
     std = standardise.StandardiseConfig(clip_seconds=self.clip_seconds, min_clip_seconds=self.min_clip_seconds,
                                         short_side=self.short_side, audio_channels=self.audio_channels)
     enc = encode.EncodeConfig(codec_ckpt=self.codec_ckpt, eva_ckpt=self.eva_ckpt, sync_ckpt=self.sync_ckpt,
-                              text_tokenizer=self.text_tokenizer)
+                              text_tokenizer=self.text_tokenizer, mesh=self.mesh)
     return stages.BuildConfig(standardise=std, stages=stages.parse_stages(self.stages),
                               stage_configs=(("encode", enc),), batch_size=self.batch_size)
 
