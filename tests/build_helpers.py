@@ -35,3 +35,21 @@ def make_tiny_checkpoints(root: pathlib.Path) -> dict[str, str]:
   higgs.convert_to_orbax(st, root / "codec", config=tiny)
   out["codec_ckpt"] = str(root / "codec")
   return out
+
+
+def shared_assets(tmp_path_factory) -> dict[str, str]:
+  """Tiny checkpoints + a word-level tokenizer.json at one path per test session, so every test module's
+  encode stage has the same config and the process compiles the tiny encoders once."""
+  root = tmp_path_factory.getbasetemp() / "dreamfoley_build_assets"
+  if not (root / "done").exists():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    out = make_tiny_checkpoints(root)
+    vocab = {w: i for i, w in enumerate(["[UNK]", "rain", "on", "a", "roof"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.save(str(root / "tokenizer.json"))
+    out["text_tokenizer"] = str(root / "tokenizer.json")
+    (root / "assets.json").write_text(json.dumps(out))
+    (root / "done").write_text("")
+  return json.loads((root / "assets.json").read_text())

@@ -47,6 +47,13 @@ def test_sample_frames_sink_sees_exactly_the_collected_frames(tmp_path):
   np.testing.assert_array_equal(n4, ref4)
 
 
+def test_standardise_is_bit_identical_run_to_run(tmp_path):
+  # 84 px wide: a width where x264's default lookahead gave a different stream on 3 of 8 runs
+  p = ms.write_media(tmp_path / "a.mp4", seconds=1.0, audio=ms.noise(1.0), shift_px=0.4)
+  outs = {(c.video_mp4, c.audio.tobytes()) for _ in range(6) for c in _std(p)[0]}
+  assert len(outs) == 1
+
+
 def test_downmix_matrix():
   g = 1 / np.sqrt(2)
   m = st.downmix_matrix(["FL", "FR", "FC", "LFE", "BL", "BR"], 1)
@@ -228,20 +235,21 @@ def test_static_shot_detection(tmp_path):
   cases = {
       "static": (lambda k: a, "static", 0),
       "pan": (lambda k: ms.gradient_frame(k, 48, 64, shift_px=0.2), None, 0),
-      "stills_cut": (lambda k: a if k < 12 else b, "static", 1),
-      "pans_cut": (lambda k: ms.gradient_frame(k, 48, 64, 0.2) if k < 12 else
+      "stills_cut": (lambda k: a if k < 25 else b, "static", 1),
+      "pans_cut": (lambda k: ms.gradient_frame(k, 48, 64, 0.2) if k < 25 else
                    255 - ms.gradient_frame(k, 48, 64, 0.2), None, 1),
   }
   stage = quality.StaticStage()
-  for name, (frames, reason, cuts) in cases.items():
-    p = ms.write_media(tmp_path / f"{name}.mp4", seconds=1.0, frames=frames, audio=ms.tone(1.0))
-    clips, _, _ = _std(p)
+  two = dataclasses.replace(SMALL, clip_seconds=2.0)
+  for name, (frames, reason, cuts) in cases.items():   # 2 s clips: 8 frames at 4 fps, 7 differences
+    p = ms.write_media(tmp_path / f"{name}.mp4", seconds=2.0, frames=frames, audio=ms.tone(2.0))
+    clips, _, _ = _std(p, two)
     out = stage(clips[0])
     if reason:
-      assert isinstance(out, Rejection) and out.reason == "static" and out.value < 1.0, name
+      assert isinstance(out, Rejection) and out.reason == "static" and out.value < 2.0, name
       assert f"{cuts} cut" in out.detail, name
     else:
-      assert isinstance(out, Clip) and out.scores["motion"] > 2.0 and out.scores["cuts"] == cuts, name
+      assert isinstance(out, Clip) and out.scores["motion"] > 4.0 and out.scores["cuts"] == cuts, name
 
 
 # ------------------------------------------------------------------------------------------ speech
@@ -364,7 +372,7 @@ def test_asr_hook_tiny_random_whisper(tmp_path, speech_audio):
 def tiny_ckpts(tmp_path_factory):
   import build_helpers
 
-  return build_helpers.make_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
+  return build_helpers.shared_assets(tmp_path_factory)
 
 
 def test_encode_stage_matches_direct_encoders_and_is_batch_invariant(tmp_path, tiny_ckpts):
@@ -390,6 +398,8 @@ def test_encode_stage_matches_direct_encoders_and_is_batch_invariant(tmp_path, t
   ecfg, eparams = conv_eva.load_orbax(tiny_ckpts["eva_ckpt"])
   scfg, sparams = conv_sync.load_orbax(tiny_ckpts["sync_ckpt"])
   hcfg, hparams = conv_higgs.load_orbax(tiny_ckpts["codec_ckpt"])
+  for o, c in zip(outs, clips):
+    assert list(o.fields["text_ids"]) == [0] * len(c.caption.split())   # no caption words in the vocab
   eva = jax.jit(lambda x: eva_clip.EvaVisionTower(ecfg).apply({"params": eparams}, x)[0])
   syn = jax.jit(lambda x: synchformer.Synchformer(scfg).apply({"params": sparams}, x)[0])
   tok = AudioTokenizer(jax.device_get(hparams), hcfg, buckets_s=(2.0,), batch_size=2)

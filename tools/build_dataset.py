@@ -40,7 +40,7 @@ flags.DEFINE_float("max_silence_ratio", 0.8, "Reject clips whose silence ratio i
 flags.DEFINE_float("silence_dbfs", -60.0, "A 50 ms window below this RMS level is silent.")
 flags.DEFINE_float("max_clipping_ratio", 0.1, "Reject clips whose clipped-sample ratio is above this.")
 flags.DEFINE_float("clip_level_dbfs", -0.1, "A sample at or above this level is clipped.")
-flags.DEFINE_float("static_threshold", 1.0, "Reject as static below this median frame difference.")
+flags.DEFINE_float("static_threshold", 2.0, "Reject as static below this median frame difference.")
 flags.DEFINE_float("max_speech_ratio", 0.3, "Reject clips whose Silero speech ratio is above this.")
 flags.DEFINE_float("vad_threshold", 0.5, "Silero probability counted as speech.")
 flags.DEFINE_string("vad_weights", "", "silero_vad_16k.safetensors (default: the installed silero-vad's).")

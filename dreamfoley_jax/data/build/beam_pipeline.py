@@ -133,9 +133,6 @@ class StageFn(beam.DoFn):
       progress.flush(self.progress_dir)
 
 
-_LOADED: dict = {}
-
-
 class StageModelHandler(ModelHandler):
   """Beam RunInference handler for a ModelStage: `load_model` builds its weights once per worker
   (`share_model=True`: once per machine, for an accelerator one process must own), batches of up
@@ -148,14 +145,9 @@ class StageModelHandler(ModelHandler):
   def load_model(self):
     import copy
 
-    from dreamfoley_jax.data.build.model_stage import stable_json
-
-    # one loaded copy per process and config, reused by later pipelines in the same process; the stage
-    # loads its weights on its first batch, so a worker that gets no clip loads nothing
-    key = (type(self.stage).__name__, stable_json(dataclasses.asdict(self.stage.cfg)))
-    if key not in _LOADED:
-      _LOADED[key] = copy.deepcopy(self.stage)
-    return _LOADED[key]
+    # the stage loads its weights on its first batch (once per process and config, model_stage.py), so a
+    # worker that gets no clip loads nothing
+    return copy.deepcopy(self.stage)
 
   def run_inference(self, batch: Sequence[Clip], model, inference_args=None):
     try:

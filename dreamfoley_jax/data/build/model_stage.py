@@ -16,6 +16,9 @@ from typing import Any, Sequence
 from dreamfoley_jax.data.build.clip import Clip, Rejection
 
 
+_MODELS: dict = {}   # (stage class, config) -> what `load` built: one copy per process and config
+
+
 class ModelStage:
   name = "model"
 
@@ -44,12 +47,28 @@ class ModelStage:
     if not self._loaded:
       with self._lock:
         if not self._loaded:
-          self.load()
+          self._load_shared()
           self._loaded = True
     return [self.process(c) for c in clips]
 
   def __call__(self, clip: Clip) -> Clip | Rejection:
     return self.process_batch([clip])[0]
+
+  def _load_shared(self):
+    """`load`, or the models an earlier copy of this stage with the same config loaded in this process
+    (Beam builds a new DoFn, hence a new stage copy, per pipeline and per worker thread)."""
+    import dataclasses
+
+    key = (type(self).__qualname__, stable_json(dataclasses.asdict(self.cfg)))
+    with _LOCK:
+      if key not in _MODELS:
+        before = set(vars(self))
+        self.load()
+        _MODELS[key] = {k: v for k, v in vars(self).items() if k not in before}
+      vars(self).update(_MODELS[key])
+
+
+_LOCK = threading.Lock()
 
 
 def path_fingerprint(path: str | os.PathLike | None) -> str:

@@ -280,7 +280,11 @@ class _ChunkEncoder:
     self._out = av.open(self._buf, "w", format="mp4")
     s = self._out.add_stream("libx264", rate=self.cfg.fps)
     s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-    s.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset}
+    # x264's macroblock-tree lookahead gave different bytes run to run for identical frames of some widths
+    # (84, 88, 478 px; asm=0 cures it too, so a SIMD path): off, for bit-identical records. One thread:
+    # Beam already runs a process per core.
+    s.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset, "threads": "1",
+                 "x264-params": "no-mbtree=1:rc-lookahead=0"}
     self._stream, self._n = s, 0
 
   def __call__(self, img_HxWx3: np.ndarray):
