@@ -47,8 +47,8 @@ class StandardiseConfig:
   short_side: int = 360             # paper 4.1
   audio_rate: int = 44100           # paper 4.1
   audio_channels: int = 1           # 1 (mono) or 2 (stereo)
-  crf: int = 20                     # H.264 quality of the standardised video
-  preset: str = "veryfast"
+  crf: int = 18                     # H.264 quality of the standardised video (an intermediate: near lossless)
+  preset: str = "superfast"
   max_source_seconds: float = 3600.0  # longer sources: the rest is ignored (noted in the report)
 
   def __post_init__(self):
@@ -265,9 +265,7 @@ class _ChunkEncoder:
   """Receives standardised frames one by one; every `clip_frames` frames closes one H.264 mp4 (bytes)."""
 
   def __init__(self, cfg: StandardiseConfig):
-    from PIL import Image
-
-    self.cfg, self.Image = cfg, Image
+    self.cfg = cfg
     self.chunks: list[tuple[bytes, int]] = []    # (mp4 bytes, frames)
     self._out = self._stream = self._buf = None
     self._n = 0
@@ -295,9 +293,9 @@ class _ChunkEncoder:
     h, w = self.size
     if self._out is None:
       self._open(h, w)
-    if img_HxWx3.shape[:2] != (h, w):
-      img_HxWx3 = np.asarray(self.Image.fromarray(img_HxWx3).resize((w, h), self.Image.Resampling.BICUBIC))
     f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img_HxWx3), format="rgb24")
+    # libswscale's bicubic resize + YUV conversion in one pass (Pillow's resize was 4x the encode time)
+    f = f.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
     f.pts = self._n
     for p in self._stream.encode(f):
       self._out.mux(p)
