@@ -151,6 +151,19 @@ def _small_inputs(d: pathlib.Path, n: int):
   return str(d / "*.mp4")
 
 
+def test_csv_input_captions_by_id_and_a_missing_file(tmp_path):
+  _small_inputs(tmp_path / "v", 2)
+  (tmp_path / "list.csv").write_text("path,caption,id\nv/v1.mp4,second clip,b\nv/v0.mp4,first clip,a\n"
+                                     "v/gone.mp4,lost,c\n")
+  rep = run.build_dataset(str(tmp_path / "list.csv"), str(tmp_path / "o"), _filter_cfg(clip_seconds=1.0,
+                          min_clip_seconds=0.64), beam_options=IN_PROCESS, show_progress=False)
+  got = {k: records.decode_example(v) for k, v in _ids(tmp_path / "o").items()}
+  assert {k: r["caption"] for k, r in got.items()} == {"a-000": "first clip", "b-000": "second clip"}
+  assert got["a-000"]["source"].endswith("v0.mp4")                 # joined by id, never by row order
+  gone = [r for r in rep["per_file"] if r["source"].endswith("gone.mp4")][0]
+  assert gone["status"] == "rejected" and gone["reason"] == "unreadable" and "No such file" in gone["detail"]
+
+
 def test_killed_run_loses_no_finished_shard_and_resumes(tmp_path, monkeypatch):
   inputs = _small_inputs(tmp_path / "in", 5)
   cfg = _filter_cfg(clip_seconds=1.0, min_clip_seconds=0.64)
