@@ -305,3 +305,30 @@ def test_object_store_paths_in_and_out(tmp_path, monkeypatch):
   rep2 = run.build_dataset("fakegs://bucket/videos/*.mp4", "fakegs://bucket/out", cfg, beam_options=IN_PROCESS,
                            show_progress=False)
   assert rep2["last_run"]["skipped_done"] == 2
+
+
+@pytest.mark.slow
+def test_tools_train_reads_built_records_unchanged(tmp_path, assets):
+  import train_helpers as th
+
+  d = tmp_path / "in"
+  d.mkdir()
+  for i in range(2):
+    ms.write_media(d / f"s{i}.mp4", seconds=8.0, audio=ms.noise(8.0, amp=0.2, seed=i), shift_px=0.4)
+    (d / f"s{i}.txt").write_text("rain on a roof")
+  enc = encode.EncodeConfig(mesh="data=1", **assets)
+  cfg = stages.BuildConfig(standardise=standardise.StandardiseConfig(clip_seconds=2.0, short_side=64),
+                           stages=("silence", "clipping", "encode"), stage_configs=(("encode", enc),))
+  rep = run.build_dataset(str(d / "*.mp4"), str(tmp_path / "clips"), cfg, beam_options=IN_PROCESS,
+                          show_progress=False)
+  assert rep["records"] == 8
+  conf = th.config_file(tmp_path / "cfg.py", str(tmp_path / "clips" / "train-*.array_record"), **{
+      "model.codebook_size": 1024, "model.sync_dim": 64, "model.clip_dim": 32, "train.steps": 2,
+      "train.ckpt_every": 2})
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), f"--config={conf}",
+                      f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  losses = [row["loss"] for row in rows if "loss" in row]
+  assert len(losses) == 2 and all(np.isfinite(losses))
