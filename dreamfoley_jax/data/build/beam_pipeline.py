@@ -12,10 +12,11 @@ Every step catches its own failures: an exception on one file or clip becomes th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import traceback
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
@@ -50,7 +51,7 @@ class HashFn(beam.DoFn):
     try:
       yield standardise.content_hash(item.path), item
     except Exception as e:  # missing / permission denied: the file ends in the report
-      fk = file_key("nohash" + __import__("hashlib").sha256(item.path.encode()).hexdigest(), self.cfg_hash)
+      fk = file_key("nohash" + hashlib.sha256(item.path.encode()).hexdigest(), self.cfg_hash)
       r = Rejection(INPUT, "unreadable", None, item.path, fk, None, f"{type(e).__name__}: {e}"[:300])
       progress.tick(self.progress_dir, "standardise", "rejected")
       yield beam.pvalue.TaggedOutput(REJECTED, r)
@@ -189,8 +190,6 @@ def to_record(clip: Clip):
 
 
 def _shard_of(key: str, num_shards: int) -> int:
-  import hashlib
-
   return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % max(1, num_shards)
 
 

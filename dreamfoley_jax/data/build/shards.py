@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pathlib
 import tempfile
 import uuid
-from typing import Any, Iterable
+from typing import Iterable
 
 INDEX_SUFFIX = ".index.json"
 SHARD_SUFFIX = ".array_record"
