@@ -113,7 +113,7 @@ def test_end_to_end_bad_inputs_report_trainer_resume(tmp_path, assets):
   r = got["good-000"]
   assert r["caption"] == "rain on a roof" and list(r["text_ids"]) == [1, 2, 3, 4]
   assert r["audio_codes"].shape == (8, 25) and r["audio_codes"].dtype == np.int16
-  assert r["sync_feats"].shape == (16, 64) and r["clip_feats"].shape == (4, 32)
+  assert r["sync_feats"].shape == (25, 64) and r["clip_feats"].shape == (4, 32)
   assert 0 <= float(r["score_speech_ratio"]) <= 0.3 and float(r["score_motion"]) >= 1.0
   assert r["source"].endswith("good.mp4") and float(r["start_sec"]) == 0.0
   assert float(got["good-001"]["start_sec"]) == 1.0

@@ -64,7 +64,7 @@ def encoder_flops_per_clip(clip_seconds: float) -> dict[str, float]:
   from dreamfoley_jax.video import preprocess as vpre
 
   n_img = int(np.ceil(clip_seconds * vpre.CLIP_FPS))
-  n_win = vpre.num_sync_windows(int(round(clip_seconds * vpre.SYNC_FPS)))
+  n_win = vpre.sync_cover_indices(int(round(clip_seconds * vpre.SYNC_FPS))).shape[0]   # the length rule
   out = {}
 
   def by_depth(build, full_depth, x):

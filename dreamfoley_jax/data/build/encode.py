@@ -3,8 +3,8 @@ the higgs tokenizer's 8 codebooks, with the project's Flax ports restored from c
 
 Frames come from the standardised clip by exact-timestamp sampling (video/preprocess.py, each stream
 resized as its reference does); audio is the clip's mono mix resampled 44.1 -> 24 kHz (audio/resample.py).
-Every clip goes through fixed-shape device calls of its own (a 10 s clip: 40 CLIP images, 30 Synchformer
-windows, one 10 s tokenizer bucket; shorter tails are padded into the same shapes and masked), so a
+Every clip goes through fixed-shape device calls of its own (a 10 s clip: 40 CLIP images, 32 Synchformer
+windows giving 250 tokens, one per frame (video/preprocess.py's length rule), one 10 s tokenizer bucket; shorter tails are padded into the same shapes and masked), so a
 clip's features never depend on which clips shared its batch: records are bit-identical run to run.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ class EncodeStage(ModelStage):
     self.mesh = sharding.make_mesh(spec, devices=devices)
     frames = int(round(c.clip_seconds * vpre.SYNC_FPS))
     ecfg = extract.ExtractConfig(clip_batch=math.ceil(c.clip_seconds * vpre.CLIP_FPS),
-                                 sync_batch=max(1, vpre.num_sync_windows(frames)))
+                                 sync_batch=vpre.sync_cover_indices(frames).shape[0])
     self.clip_enc = self.sync_enc = None
     if c.eva_ckpt or c.sync_ckpt:
       if not (c.eva_ckpt and c.sync_ckpt):
@@ -95,8 +95,9 @@ class EncodeStage(ModelStage):
                          clip.clip_id, str(e).split(": ", 1)[-1])
       if self.clip_enc is not None:
         fields["clip_feats"] = np.asarray(self.clip_enc(fr.clip_u8)).astype(np.float16)
-        sync = np.asarray(self.sync_enc(vpre.sync_windows(fr.sync_u8)))
-        fields["sync_feats"] = sync.reshape(-1, sync.shape[-1]).astype(np.float16)
+        # the project's length rule: one Synchformer token per 25 fps frame (vpre.sync_cover_indices)
+        sync = np.asarray(self.sync_enc(vpre.sync_cover_windows(fr.sync_u8)))
+        fields["sync_feats"] = sync.reshape(-1, sync.shape[-1])[:fr.sync_u8.shape[0]].astype(np.float16)
       if self.cfg.store_frames:
         fields["frames_clip"], fields["frames_sync"] = fr.clip_u8, fr.sync_u8
     x24 = resample_np(clip.mono(), clip.audio_rate, self.codec.cfg.sample_rate)
