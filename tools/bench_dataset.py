@@ -146,11 +146,12 @@ def measure_stages(args, tmp, cfg) -> dict:
       for c in clips:
         st(c)
     rows.append((name, args.reps * len(clips) / (time.perf_counter() - t)))
-  print(f"\n{len(clips)} clips of {cfg.clip_seconds:g} s from {len(srcs)} sources, one process:\n")
-  print("| stage | clips/s here | core-hours for 1M clips |")
-  print("|---|---:|---:|")
+  print(f"\n{len(clips)} clips of {cfg.clip_seconds:g} s from {len(srcs)} sources, one process "
+        f"(load average now {os.getloadavg()[0]:.1f}):\n")
+  print("| stage | clips/s | s per clip | process-hours for 1M clips at this rate |")
+  print("|---|---:|---:|---:|")
   for name, r in rows:
-    print(f"| {name} | {r:.2f} | {1e6 / r / 3600:,.0f} |")
+    print(f"| {name} | {r:.2f} | {1 / r:.2f} | {1e6 / r / 3600:,.0f} |")
   return {"clips": len(clips), "clips_per_s": dict(rows)}
 
 
