@@ -205,18 +205,21 @@ def test_multiprocess_runner_equals_in_process(tmp_path):
       [ms.noise(3.0, 48000, amp=0.2, seed=s) for s in range(6)]), audio_rate=48000, layout="5.1", shift_px=0.4)
   ms.write_media(d / "rot.mp4", seconds=2.5, rotation=270, audio=ms.noise(2.5, amp=0.2), shift_px=0.4)
   (d / "zero.mp4").write_bytes(b"")
-  cfg = _filter_cfg()
+  cfg = stages.BuildConfig(standardise=standardise.StandardiseConfig(short_side=64),
+                           stages=("silence", "clipping", "static", "speech"))
   a, b = tmp_path / "a", tmp_path / "b"
   ra = run.build_dataset(str(d / "*"), str(a), cfg, beam_options=IN_PROCESS, files_per_shard=2, show_progress=False)
+  # two worker processes; the VAD model shared by them (Beam's large_model: one copy per machine)
   rb = run.build_dataset(str(d / "*"), str(b), cfg, beam_options=["--direct_running_mode=multi_processing",
                                                                    "--direct_num_workers=2"],
-                         files_per_shard=2, show_progress=True)
+                         files_per_shard=2, show_progress=True, share_model=True)
   assert rb["last_run"]["worker_processes"] == 2                   # the work ran in two Beam workers
   ids_a, ids_b = _ids(a), _ids(b)
   assert ids_a == ids_b                                            # identical records, byte for byte
   assert sorted(p.name for p in a.glob("train-*")) == sorted(p.name for p in b.glob("train-*"))
   assert sorted(ids_a) == [f"long45-{k:03d}" for k in range(5)] + ["rot-000", "surround-000"]
   assert float(records.decode_example(ids_a["long45-004"])["duration"]) == 5.0
+  assert float(records.decode_example(ids_a["long45-000"])["score_speech_ratio"]) < 0.05
   rows = {pathlib.Path(r["source"]).name: r for r in rb["per_file"]}
   assert rows["zero.mp4"]["reason"] == "unreadable"
   assert rows["rot.mp4"]["clips_kept"] == 1 and "rotation" in " ".join(rows["rot.mp4"]["notes"])

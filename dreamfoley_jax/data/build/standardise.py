@@ -228,13 +228,14 @@ def downmix_matrix(channel_names: Sequence[str], out_channels: int) -> np.ndarra
   return stereo if out_channels == 2 else stereo.mean(axis=0, keepdims=True)
 
 
-def decode_audio(path: str, stream_index: int = 0):
-  """(float32 (C, n) at the stream's rate, rate, start seconds, channel names); raises av errors."""
+def decode_audio(path: str, stream_index: int = 0, max_seconds: float | None = None):
+  """(float32 (C, n) at the stream's rate, rate, start seconds, channel names); raises av errors.
+  Stops after `max_seconds` of audio (the rest of a very long file is not held in memory)."""
   import av
 
   with av.open(path) as container:
     stream = container.streams.audio[stream_index]
-    chunks, start, rate, names = [], None, None, None
+    chunks, start, rate, names, total = [], None, None, None, 0
     for frame in container.decode(stream):
       if start is None:
         start = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
@@ -245,9 +246,14 @@ def decode_audio(path: str, stream_index: int = 0):
         a = a.reshape(len(frame.layout.channels), -1)
       else:   # packed: (1, n * C)
         a = a.reshape(-1, len(frame.layout.channels)).T
-      if a.dtype.kind in "iu":
+      if a.dtype == np.uint8:   # offset binary
+        a = (a.astype(np.float32) - 128.0) / 128.0
+      elif a.dtype.kind == "i":
         a = a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
       chunks.append(a.astype(np.float32))
+      total += a.shape[1]
+      if max_seconds is not None and total >= max_seconds * rate:
+        break
   if not chunks:
     return np.zeros((1, 0), np.float32), int(stream.rate or 0), 0.0, ["FC"]
   return np.concatenate(chunks, axis=1), int(rate), float(start), names
@@ -369,7 +375,7 @@ def standardise(item: InputItem, file_key: str, cfg: StandardiseConfig
     notes = []
     # audio
     try:
-      raw, rate, a_start, names = decode_audio(local)
+      raw, rate, a_start, names = decode_audio(local, max_seconds=cfg.max_source_seconds + 1.0)
     except av.FFmpegError as e:
       return [], [reject("decode_error", None, f"audio stream: {e}")], None
     if raw.shape[1] == 0:
