@@ -164,6 +164,30 @@ def test_csv_input_captions_by_id_and_a_missing_file(tmp_path):
   assert gone["status"] == "rejected" and gone["reason"] == "unreadable" and "No such file" in gone["detail"]
 
 
+class _Boom:
+  """A stage that fails on one clip: the failure must become that clip's rejection, nothing more."""
+  name = "boom"
+  cfg = quality.SilenceConfig()
+
+  def __call__(self, clip):
+    if clip.clip_id == "v1-000":
+      raise RuntimeError("decoder exploded")
+    return clip.with_scores(boom=1.0)
+
+
+def test_a_failing_stage_rejects_only_its_clip(tmp_path, monkeypatch):
+  monkeypatch.setitem(stages.STAGES, "boom", (quality.SilenceConfig, lambda c, b: _Boom()))
+  inputs = _small_inputs(tmp_path / "in", 3)
+  cfg = stages.BuildConfig(standardise=SMALL, stages=("silence", "boom"))
+  rep = run.build_dataset(inputs, str(tmp_path / "o"), cfg, beam_options=IN_PROCESS, show_progress=False)
+  assert sorted(_ids(tmp_path / "o")) == ["v0-000", "v2-000"]
+  err = [r for r in rep["per_file"] if r["source"].endswith("v1.mp4")][0]
+  assert dict(err["clips_rejected"]) == {"boom/error": 1, "standardise/short_tail": 1}
+  idx = shards.read_indexes(str(tmp_path / "o"), "train")
+  [rej] = [r for i in idx for r in i["rejections"] if r["stage"] == "boom"]
+  assert "RuntimeError: decoder exploded" in rej["detail"]
+
+
 def test_killed_run_loses_no_finished_shard_and_resumes(tmp_path, monkeypatch):
   inputs = _small_inputs(tmp_path / "in", 5)
   cfg = _filter_cfg(clip_seconds=1.0, min_clip_seconds=0.64)

@@ -134,9 +134,21 @@ def measure_stages(args, tmp, cfg) -> dict:
   rows.append(("standardise (720p30 H.264 + 48 kHz AAC -> 360p + 44.1 kHz)", (time.perf_counter() - t) / len(clips),
                (time.process_time() - c0) / len(clips)))
   ck = build_helpers.make_tiny_checkpoints(tmp / "ckpt")
+
+  class HostPrep:   # what the encode stage does on the host before its device calls
+    def __call__(self, clip):
+      from dreamfoley_jax.audio.resample import resample_np
+      from dreamfoley_jax.video import preprocess as vpre
+
+      with standardise.MediaFile(clip.video_mp4) as path:
+        fr = vpre.load_video_frames(path, max_duration_sec=clip.duration_sec)
+      vpre.sync_cover_windows(fr.sync_u8)
+      resample_np(clip.mono(), clip.audio_rate, 24000)
+
   stage_list = [("silence", quality.SilenceStage()), ("clipping", quality.ClippingStage()),
                 ("static (4 fps luma differences)", quality.StaticStage()),
                 ("speech (Silero VAD, Flax, real weights)", speech.SpeechStage(speech.SpeechConfig())),
+                ("encode: host-side input (224 px frames at 4 + 25 fps, 24 kHz audio)", HostPrep()),
                 ("encode (TINY encoders at real geometry; real FLOPs below)",
                  encode.EncodeStage(encode.EncodeConfig(mesh="data=1", clip_seconds=cfg.clip_seconds, **ck)))]
   for name, st in stage_list:
