@@ -410,6 +410,9 @@ def standardise(item: InputItem, file_key: str, cfg: StandardiseConfig
     notes.append(f"variable frame rate (frame intervals {lo:g}-{hi:g} ms), sampled at {cfg.fps} fps by timestamp")
   if info["duration_sec"] and info["duration_sec"] > cfg.max_source_seconds:
     notes.append(f"only the first {cfg.max_source_seconds:g} s used")
+  elif info["duration_sec"] and meta.duration_sec < info["duration_sec"] - 0.5:
+    notes.append(f"truncated? {meta.duration_sec:.2f} s of video decoded, the container announces "
+                 f"{info['duration_sec']:.2f} s")
   notes.append(f"video {meta.width}x{meta.height} -> {enc.size[1]}x{enc.size[0]}" if enc.size else "")
   notes = [n for n in notes if n]
   # alignment: time 0 = first video frame; clip where both streams exist
