@@ -486,15 +486,17 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
 
     # Prompts: [conditional; unconditional] as one doubled batch. Unconditional = null text + null video, or the
     # negative text + null video for the `negative` items.
+    # Text regions are padded (masked out) to hold the null text: a short caption needs no padding by the caller,
+    # and padding changes no result (masked keys, positions count real tokens only).
+    as_mask = lambda m, ids: torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
+    L = max(text_ids.shape[1], c.null_text_len, 0 if negative_text_ids is None else negative_text_ids.shape[1])
+    pad = lambda a, v: F.pad(a, (0, L - a.shape[1]), value=v)
+    text_ids, text_mask = pad(text_ids, 0), pad(as_mask(text_mask, text_ids), False)
     drop_t = torch.ones(B, dtype=torch.bool, device=dev)
     ut, um = text_ids, text_mask
     if negative_text_ids is not None:
       if not guided:
         raise ValueError("a negative prompt needs cfg_scale (it replaces the unconditional text)")
-      L = max(text_ids.shape[1], negative_text_ids.shape[1])
-      as_mask = lambda m, ids: torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
-      pad = lambda a, v: F.pad(a, (0, L - a.shape[1]), value=v)
-      text_ids, text_mask = pad(text_ids, 0), pad(as_mask(text_mask, text_ids), False)
       ut, um = pad(negative_text_ids, 0), pad(as_mask(negative_text_mask, negative_text_ids), False)
       drop_t = torch.zeros(B, dtype=torch.bool, device=dev) if negative is None else ~negative.bool().to(dev)
     Lt = text_ids.shape[1]
