@@ -406,3 +406,53 @@ def test_cli_trained_checkpoint_to_hf_and_back(tmp_path):
   # ...and with the experiment named: the same tensors as from the training run
   cd.export_from_orbax(tmp_path / "bare", tmp_path / "x", config=str(REPO / "experiments/tiny.py"))
   _bitwise(_tensors(tmp_path / "hf"), _tensors(tmp_path / "x"))
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/convert.md's PyTorch example, as written
+# --------------------------------------------------------------------------------------------------
+
+def test_docs_generate_example(tmp_path, monkeypatch, fixtures_dir):
+  import re
+
+  from transformers import PreTrainedTokenizerFast
+
+  from dreamfoley_jax import text
+
+  section = (REPO / "docs/convert.md").read_text().split("## Generating a clip in PyTorch", 1)[1].split("\n## ")[0]
+  generate_block, decode_block = re.findall(r"```python\n(.*?)```", section, re.S)
+  cfg = TINY.replace(num_codebooks=8, loss_weights=foley.PAPER_LOSS_WEIGHTS,
+                     decoder=TINY.decoder.replace(vocab_size=320))
+  cd.save_hf(random_params(cfg), cfg, tmp_path / "model")
+  tok = text.train_bpe(["a dog barks twice, then a car passes by", "a metal ball bounces", "rain on a roof"], 300)
+  PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "tokenizer")
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "clip.npz", sync_feats=rng.normal(size=(50, cfg.sync_dim)).astype(np.float32),
+           clip_feats=rng.normal(size=(8, cfg.clip_dim)).astype(np.float32))
+  code = generate_block
+  for literal, path in (('"/ckpt/dreamfoley_hf"', "model"), ('"/ckpt/Qwen2.5-7B"', "tokenizer"),
+                        ('"clip.npz"', "clip.npz")):
+    assert literal in code
+    code = code.replace(literal, repr(str(tmp_path / path)))
+  monkeypatch.chdir(tmp_path)
+  ns: dict = {}
+  exec(compile(code, "docs/convert.md", "exec"), ns)
+  codes = ns["codes"].numpy()
+  assert codes.shape == (1, 8, 50) and codes.min() >= 0 and codes.max() < cfg.codebook_size
+  np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), codes)
+  assert len(set(codes.ravel().tolist())) > 8                  # sampled, not a constant
+  try:
+    import torchaudio  # noqa: F401  (transformers' higgs tokenizer needs it; no build exists for torch 2.13)
+  except Exception:
+    print("decode block not run: torchaudio does not import here")
+    return
+  from transformers import HiggsAudioV2TokenizerConfig, HiggsAudioV2TokenizerModel
+
+  kw = json.loads((fixtures_dir / "higgs_audio_v2_tokenizer_config.json").read_text())["tiny_config"]
+  HiggsAudioV2TokenizerModel(HiggsAudioV2TokenizerConfig(**kw["constructor_kwargs"])).save_pretrained(
+      tmp_path / "codec")
+  code = decode_block.replace('"/ckpt/higgs-audio-v2-tokenizer"', repr(str(tmp_path / "codec")))
+  exec(compile(code, "docs/convert.md", "exec"), ns)
+  import soundfile as sf
+
+  assert sf.info(str(tmp_path / "clip.wav")).frames == 50 * 960

@@ -14,6 +14,27 @@ def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
           "video_mask": np.ones((B, frames), bool)}
 
 
+def torch_dreamfoley(cfg, params=None, dtype=None):
+  """The PyTorch DreamFoley users run: the model directory `--family dreamfoley --direction to_hf` writes
+  (with `params`, or randomly initialised without), loaded by transformers with trust_remote_code."""
+  import tempfile
+
+  import transformers
+
+  from dreamfoley_jax.convert import dreamfoley
+
+  with tempfile.TemporaryDirectory(prefix="dreamfoley_hf_") as d:
+    if params is None:
+      dreamfoley.write_model_files(cfg, d)
+      config = transformers.AutoConfig.from_pretrained(d, trust_remote_code=True)
+      model = transformers.AutoModel.from_config(config, trust_remote_code=True, dtype=dtype)
+    else:
+      dreamfoley.save_hf(params, cfg, f"{d}/model")
+      model = transformers.AutoModel.from_pretrained(f"{d}/model", trust_remote_code=True, use_safetensors=True,
+                                                     dtype=dtype)
+  return model.eval()
+
+
 def time_ms(fn, n):
   """Mean ms per call of `fn` over `n` calls, after one warm-up call (compile / first-touch)."""
   fn()
