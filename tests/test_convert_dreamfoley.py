@@ -39,22 +39,10 @@ SMALL = foley.FoleyConfig(
 CONFIGS = {"tiny": TINY, "small": SMALL}
 
 
-def random_params(cfg, seed=0):
-  """Init params with every leaf redrawn (biases, norms, nulls too) so each tensor matters."""
-  import flax.linen as nn
+sys.path.insert(0, str(REPO / "tools"))
+import bench_common  # noqa: E402  (random_params: one definition for the tests and tools/torch_parity.py)
 
-  shapes = nn.unbox(foley.abstract_params(cfg))        # no init compile: every leaf is drawn here
-  rng = np.random.default_rng(seed + 1)
-  leaves, tdef = jax.tree_util.tree_flatten_with_path(shapes)
-  new = []
-  for path, x in leaves:
-    name = jax.tree_util.keystr(path)
-    scale = 0.5 if ("audio_embed" in name or "null" in name or "audio_pad" in name) else 0.08
-    if "heads" in name and "kernel" in name:
-      scale = 2.0 / np.sqrt(x.shape[-2])       # logits of a trained model's size: max |logit| ~13, std ~2.7
-    v = (1.0 + 0.1 * rng.standard_normal(x.shape)) if "norm" in name else scale * rng.standard_normal(x.shape)
-    new.append(np.asarray(v, np.float32))
-  return jax.tree_util.tree_unflatten(tdef, new)
+random_params = bench_common.random_params
 
 
 def make_batch(cfg, lengths=(6, 4, 5), Lt=6, Tv=25, seed=0):

@@ -32,6 +32,7 @@ top-k kept, then temperature, then a Gumbel-max draw (`choose_tokens`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from fractions import Fraction
 from typing import Optional
 
@@ -45,6 +46,8 @@ from transformers.utils import ModelOutput
 from .configuration_dreamfoley import DreamFoleyConfig
 
 Tensor = torch.Tensor
+# transformers renamed Qwen2Model.forward's `past_key_values` to `cache` (5.2x); both work.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,8 +404,8 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
 
   def decode(self, x_BxTxD, mask_BxS, positions_BxT, cache=None) -> Tensor:
     """Qwen2 hidden states; mask_BxS covers every key slot (cached + new), True = real token."""
-    out = self.model(inputs_embeds=x_BxTxD, attention_mask=mask_BxS, position_ids=positions_BxT, cache=cache,
-                     use_cache=cache is not None)
+    out = self.model(inputs_embeds=x_BxTxD, attention_mask=mask_BxS, position_ids=positions_BxT,
+                     use_cache=cache is not None, **{_CACHE_ARG: cache})
     return out.last_hidden_state
 
   # -- training forward -------------------------------------------------------------------------------
