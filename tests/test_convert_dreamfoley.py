@@ -215,6 +215,29 @@ def test_filter_logits_matches_jax_and_transformers_warpers(exported):
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref.numpy()))
 
 
+def test_torch_train_step_and_random_init(exported):
+  """The PyTorch model trains (every parameter gets a gradient, bf16 autocast keeps fp32 logits) and builds
+  from its config alone (randomly initialised, as a benchmark at 7B size would)."""
+  cfg, _, model, _ = exported["tiny"]
+  b = to_torch(make_batch(cfg))
+  model.train()
+  try:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+      out = model(**b, drop_text=torch.tensor([False, True, False]), drop_video=torch.tensor([True, False, False]))
+    assert out.logits.dtype == torch.float32
+    out.loss.backward()
+    for n, p in model.named_parameters():
+      assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+  finally:
+    model.zero_grad(set_to_none=True)
+    model.eval()
+  fresh = bench_common.torch_dreamfoley(cfg)
+  assert sorted(fresh.state_dict()) == sorted(model.state_dict())
+  for n, p in fresh.named_parameters():
+    assert torch.isfinite(p).all() and (p.std() > 0 or "bias" in n or "norm" in n), n
+  assert 0.01 < float(fresh.audio_embed.std()) < 0.03          # initializer_range 0.02
+
+
 # --------------------------------------------------------------------------------------------------
 # The directory: layouts, dtypes, Qwen2 keys, bad input
 # --------------------------------------------------------------------------------------------------
@@ -269,7 +292,8 @@ def test_bf16_export_round_trip_and_loads_in_torch(tmp_path):
   _bitwise(common.flatten(jax.tree.map(np.asarray, params)), common.flatten(back))
   assert cfg2.decoder.param_dtype == "bfloat16"
   m = transformers.AutoModel.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16)
-  w = m.heads.fc2.weight.detach().float().numpy()
+  assert m.heads.fc1.weight.dtype == torch.bfloat16 and m.heads.fc2.weight.dtype == torch.float32  # as JAX keeps it
+  w = m.heads.fc2.weight.detach().numpy()
   np.testing.assert_array_equal(w, np.swapaxes(np.asarray(params["heads"]["fc2_kernel"], np.float32), -1, -2))
   with torch.no_grad():
     out = m(**to_torch(make_batch(cfg)))

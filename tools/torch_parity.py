@@ -10,7 +10,7 @@ compute), PyTorch loaded with `dtype=` (bf16 weights). Prints, for --batch clips
     logits equals JAX's at every trained cell, and the largest logit difference;
   greedy: the share of equal codes when each side runs on its own outputs, and each clip's first differing
     column (from there on the two read different inputs);
-  compiled (--compile): PyTorch's torch.compile'd static-cache decode gives the eager codes.
+  compiled (--compile): PyTorch's torch.compile'd static-cache decode against its eager codes.
 fp32 runs use full-precision matmuls on both sides (no TF32).
 """
 import pathlib
@@ -121,9 +121,14 @@ def main(argv):
     t_first = time.perf_counter() - t0
     t0 = time.perf_counter()
     rc = tm.generate(**tb, lengths=lengths, sampling=sampling, compile=True)
-    same = bool((rc.delayed == rt.delayed).all())
-    print(f"compiled static-cache generate == eager: {same}; first call {t_first:.1f} s, then "
-          f"{time.perf_counter() - t0:.2f} s", flush=True)
+    t_c = time.perf_counter() - t0
+    ct = rc.delayed.cpu().numpy()
+    first_c = [int(np.argmax((ct[i] != gt[i]).any(-1))) if (ct[i] != gt[i]).any() else -1 for i in range(B)]
+    # Inductor fuses elementwise chains (one rounding where eager rounds each op): bitwise equal only in fp32,
+    # up to near-ties.
+    print(f"compiled static-cache generate vs eager: codes equal "
+          f"{100 * float((rc.codes == rt.codes).float().mean()):.2f}%, first differing column per clip {first_c}; "
+          f"first call {t_first:.1f} s, then {t_c:.2f} s", flush=True)
 
 
 if __name__ == "__main__":

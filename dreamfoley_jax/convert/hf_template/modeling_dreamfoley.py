@@ -275,7 +275,8 @@ class StackedLinear(nn.Module):
 
 
 class CodebookHeads(nn.Module):
-  """K independent MLP heads (h -> fc1 -> GELU -> fc2 per codebook); the last projection always in fp32."""
+  """K independent MLP heads (h -> fc1 -> GELU -> fc2 per codebook); the last projection always in fp32 (its
+  input and weights cast up, autocast off), as dreamfoley_jax's foley.logits_fp32."""
 
   def __init__(self, num_codebooks: int, width: int, hidden: int, vocab: int, depth: int):
     super().__init__()
@@ -324,6 +325,9 @@ class DreamFoleyPreTrainedModel(PreTrainedModel):
   config_class = DreamFoleyConfig
   config: DreamFoleyConfig
   base_model_prefix = "model"
+  # The heads' last projection keeps fp32 weights when the rest loads in bf16, as dreamfoley_jax's
+  # inference layout keeps them (its fp32 logits are computed from them). head_depth 1: heads.fc1.
+  _keep_in_fp32_modules_strict = ["heads.fc2"]
   supports_gradient_checkpointing = True
   _no_split_modules = ["Qwen2DecoderLayer"]
   _supports_sdpa = True
@@ -356,6 +360,8 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
     self.null_text = nn.Parameter(torch.empty(c.null_text_len, D))
     self.null_video = nn.Parameter(torch.empty(c.null_video_len, D))
     self.heads = CodebookHeads(K, D, c.head_hidden or D, V, c.head_depth)
+    if c.head_depth == 1:
+      self._keep_in_fp32_modules_strict = ["heads.fc1"]
     self._compiled_step = None
     self.post_init()
 
@@ -450,6 +456,31 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
                     pos_Bx1, cache)
     return self.heads(h[:, 0])
 
+  def _prompts(self, guided, text_ids, text_mask, sync_feats, clip_feats, video_feats, video_mask, drop_text,
+               drop_video, negative_text_ids, negative_text_mask, negative):
+    """(x (nB, P, D), mask (nB, P), Lt): [conditional; unconditional] prompts as one doubled batch (nB = 2B) when
+    guided. Unconditional = null text + null video, or the negative text + null video for `negative` items.
+    Text regions are padded (masked out) to hold the null text: a short caption needs no padding by the caller,
+    and padding changes no result (masked keys; positions count real tokens only)."""
+    c, B, dev = self.config, text_ids.shape[0], text_ids.device
+    as_mask = lambda m, ids: torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
+    L = max(text_ids.shape[1], c.null_text_len, 0 if negative_text_ids is None else negative_text_ids.shape[1])
+    pad = lambda a, v: F.pad(a, (0, L - a.shape[1]), value=v)
+    text_ids, text_mask = pad(text_ids, 0), pad(as_mask(text_mask, text_ids), False)
+    x, pmask = self.embed_prompt(text_ids, text_mask, sync_feats, clip_feats, video_feats, video_mask,
+                                 drop_text, drop_video)
+    if not guided:
+      if negative_text_ids is not None:
+        raise ValueError("a negative prompt needs cfg_scale (it replaces the unconditional text)")
+      return x, pmask, L
+    ut, um, drop_t = text_ids, text_mask, torch.ones(B, dtype=torch.bool, device=dev)
+    if negative_text_ids is not None:
+      ut, um = pad(negative_text_ids, 0), pad(as_mask(negative_text_mask, negative_text_ids), False)
+      drop_t = torch.zeros(B, dtype=torch.bool, device=dev) if negative is None else ~negative.bool().to(dev)
+    xu, mu = self.embed_prompt(ut, um, sync_feats, clip_feats, video_feats, video_mask, drop_t,
+                               torch.ones(B, dtype=torch.bool, device=dev))
+    return torch.cat([x, xu]), torch.cat([pmask, mu]), L
+
   @torch.no_grad()
   def generate(self, text_ids: Tensor, text_mask: Optional[Tensor] = None, sync_feats: Optional[Tensor] = None,
                clip_feats: Optional[Tensor] = None, video_feats: Optional[Tensor] = None,
@@ -475,6 +506,8 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
     c = self.config
     s = {**c.sampling, **(sampling or {})}
     dev, K = self.device, c.num_codebooks
+    if cache_implementation not in ("static", "dynamic"):
+      raise ValueError(f"cache_implementation must be 'static' or 'dynamic', got {cache_implementation!r}")
     lengths = torch.as_tensor(lengths, dtype=torch.long, device=dev).reshape(-1)
     B = lengths.shape[0]
     T = int(max_frames or lengths.max())
@@ -487,28 +520,8 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
     ids, known, vacant = delayed_layout(c, lengths, La, None if prefix_codes is None else prefix_codes.to(dev))
     guided = s["cfg_scale"] is not None
 
-    # Prompts: [conditional; unconditional] as one doubled batch. Unconditional = null text + null video, or the
-    # negative text + null video for the `negative` items.
-    # Text regions are padded (masked out) to hold the null text: a short caption needs no padding by the caller,
-    # and padding changes no result (masked keys, positions count real tokens only).
-    as_mask = lambda m, ids: torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
-    L = max(text_ids.shape[1], c.null_text_len, 0 if negative_text_ids is None else negative_text_ids.shape[1])
-    pad = lambda a, v: F.pad(a, (0, L - a.shape[1]), value=v)
-    text_ids, text_mask = pad(text_ids, 0), pad(as_mask(text_mask, text_ids), False)
-    drop_t = torch.ones(B, dtype=torch.bool, device=dev)
-    ut, um = text_ids, text_mask
-    if negative_text_ids is not None:
-      if not guided:
-        raise ValueError("a negative prompt needs cfg_scale (it replaces the unconditional text)")
-      ut, um = pad(negative_text_ids, 0), pad(as_mask(negative_text_mask, negative_text_ids), False)
-      drop_t = torch.zeros(B, dtype=torch.bool, device=dev) if negative is None else ~negative.bool().to(dev)
-    Lt = text_ids.shape[1]
-    x, pmask = self.embed_prompt(text_ids, text_mask, sync_feats, clip_feats, video_feats, video_mask,
-                                 drop_text, drop_video)
-    if guided:
-      xu, mu = self.embed_prompt(ut, um, sync_feats, clip_feats, video_feats, video_mask, drop_t,
-                                 torch.ones(B, dtype=torch.bool, device=dev))
-      x, pmask = torch.cat([x, xu]), torch.cat([pmask, mu])
+    x, pmask, Lt = self._prompts(guided, text_ids, text_mask, sync_feats, clip_feats, video_feats, video_mask,
+                                 drop_text, drop_video, negative_text_ids, negative_text_mask, negative)
     dup = (lambda a: torch.cat([a, a])) if guided else (lambda a: a)
     nB, P = x.shape[:2]
     a0 = audio_position_offset(c, pmask, Lt)                                       # (nB,) column 0's position
@@ -521,12 +534,11 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
     if C:
       x = torch.cat([x, self.embed_audio(dup(ids[:, :C]), dup(vacant[:, :C])).to(x.dtype)], 1)
     static = cache_implementation == "static"
-    if cache_implementation not in ("static", "dynamic"):
-      raise ValueError(f"cache_implementation must be 'static' or 'dynamic', got {cache_implementation!r}")
     cache = StaticCache(config=c, max_cache_len=slots) if static else DynamicCache(config=c)
     self.decode(x, mask[:, :P + C], sequence_positions(c, pmask, Lt, C), cache)
 
-    # Decode column s, predict column s + 1; every clip is complete after column length + K.
+    # Decode column col, predict column col + 1 (drawn where not known); every clip is complete after column
+    # length + K.
     step = self._decode_step
     if compile:
       if self._compiled_step is None:
