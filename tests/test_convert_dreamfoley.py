@@ -108,7 +108,7 @@ def test_logits_and_loss_equal(exported, name):
   diff = np.abs(lt - lj)[valid].max()
   print(f"{name}: max |logit diff| {diff:.2e} (max |logit| {np.abs(lj[valid]).max():.2f}); loss jax "
         f"{float(loss_j):.7f} torch {float(out.loss):.7f}")
-  assert np.abs(lj[valid]).max() > 8.0          # logits of a trained model's size, so 1e-5 is a real bound
+  assert np.abs(lj[valid]).max() > 5.0          # logits up to ~7: 1e-5 is ~1e-6 of them, a real bound
   assert diff <= 1e-5
   assert abs(float(out.loss) - float(loss_j)) <= 1e-6 * float(loss_j)
   np.testing.assert_allclose(out.ce_per_codebook.numpy(), np.asarray(aux["ce_per_codebook"]), rtol=1e-6)
@@ -298,6 +298,17 @@ def test_bf16_export_round_trip_and_loads_in_torch(tmp_path):
   with torch.no_grad():
     out = m(**to_torch(make_batch(cfg)))
   assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)   # fp32 logits from bf16 weights
+
+
+def test_torch_save_pretrained_comes_back_bitwise(exported, tmp_path):
+  """A model PyTorch users fine-tune and save with save_pretrained (its own config.json: rope_parameters,
+  dtype, generation_config.json) converts back to the same JAX params."""
+  cfg, params, model, _ = exported["tiny"]
+  model.save_pretrained(tmp_path / "resaved")
+  assert {"modeling_dreamfoley.py", "configuration_dreamfoley.py"} <= {p.name for p in (tmp_path / "resaved").iterdir()}
+  back, cfg2 = cd.load_hf(tmp_path / "resaved")
+  _bitwise(common.flatten(params), common.flatten(back))
+  assert cfg2 == cfg
 
 
 def test_decoder_loads_as_plain_qwen2(exported):

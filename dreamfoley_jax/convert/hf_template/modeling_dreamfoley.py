@@ -12,7 +12,7 @@ P prompt (= Lt + Tv), La delayed audio columns, C prefix frames, K codebooks, V 
 
 The sequence is [text | video | audio], one causal Qwen2 pass:
   * text: caption token embeddings (the decoder's own table);
-  * video: F_v = concat(Synchformer feats @ 25 Hz, CLIP feats @ 4 fps repeated to 25 Hz) (paper eq. 1) through the
+  * video: F_v = concat(Synchformer feats @ 25 Hz, CLIP feats @ 4 fps upsampled to 25 Hz) (paper eq. 1) through the
     projector MLP, one position per 25 Hz frame;
   * audio: delayed column j is the sum over codebooks k of audio_embed[k, id[j, k]] (one table per codebook);
     vacant staircase cells take the learnable audio_pad[k] instead (eq. 2). Column j predicts column j + 1
