@@ -292,7 +292,9 @@ def test_bf16_export_round_trip_and_loads_in_torch(tmp_path):
   _bitwise(common.flatten(jax.tree.map(np.asarray, params)), common.flatten(back))
   assert cfg2.decoder.param_dtype == "bfloat16"
   m = transformers.AutoModel.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16)
-  assert m.heads.fc1.weight.dtype == torch.bfloat16 and m.heads.fc2.weight.dtype == torch.float32  # as JAX keeps it
+  # as foley.inference_layout keeps them: the last head projection and the audio tables in fp32
+  assert m.heads.fc1.weight.dtype == m.model.norm.weight.dtype == torch.bfloat16
+  assert m.heads.fc2.weight.dtype == m.audio_embed.dtype == m.audio_pad.dtype == torch.float32
   w = m.heads.fc2.weight.detach().numpy()
   np.testing.assert_array_equal(w, np.swapaxes(np.asarray(params["heads"]["fc2_kernel"], np.float32), -1, -2))
   with torch.no_grad():

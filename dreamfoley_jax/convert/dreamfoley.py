@@ -348,18 +348,21 @@ def resolve_config(ckpt_dir, config=None) -> tuple[foley.FoleyConfig, Optional[d
     p = pathlib.Path(text)
     if not p.exists():
       raise ConversionError(f"{p}: no such model config")
-    d = json.loads(p.read_text())
+    try:
+      d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{p}: not valid JSON ({e})") from e
     if d.get("model_type") == FAMILY:
       return config_from_hf(d, where=p), d.get("sampling")
     return common.config_from_dict(foley.FoleyConfig, d), None
   try:
     exp = configs.load_config(text)
   except (FileNotFoundError, AttributeError) as e:
-    raise ConversionError(f"--model_config {text}: {e}") from e
+    raise ConversionError(f"model config {text}: {e} (pass --model_config experiments/<name>.py)") from e
   try:
     cfg = foley.config_from_dict(exp.model)
   except (ValueError, TypeError, KeyError) as e:
-    raise ConversionError(f"--model_config {text}: model section: {e}") from e
+    raise ConversionError(f"model config {text}: model section: {e}") from e
   sampling = dict(exp.sample.to_dict()) if "sample" in exp else None
   return cfg, sampling
 

@@ -325,9 +325,9 @@ class DreamFoleyPreTrainedModel(PreTrainedModel):
   config_class = DreamFoleyConfig
   config: DreamFoleyConfig
   base_model_prefix = "model"
-  # The heads' last projection keeps fp32 weights when the rest loads in bf16, as dreamfoley_jax's
-  # inference layout keeps them (its fp32 logits are computed from them). head_depth 1: heads.fc1.
-  _keep_in_fp32_modules_strict = ["heads.fc2"]
+  # Loaded in bf16, these keep fp32 weights, as dreamfoley_jax's inference layout keeps them: the heads' last
+  # projection (fp32 logits; head_depth 1: heads.fc1) and the audio tables (summed over K in fp32, then cast).
+  _keep_in_fp32_modules_strict = ["heads.fc2", "audio_embed", "audio_pad"]
   supports_gradient_checkpointing = True
   _no_split_modules = ["Qwen2DecoderLayer"]
   _supports_sdpa = True
@@ -361,7 +361,7 @@ class DreamFoleyModel(DreamFoleyPreTrainedModel):
     self.null_video = nn.Parameter(torch.empty(c.null_video_len, D))
     self.heads = CodebookHeads(K, D, c.head_hidden or D, V, c.head_depth)
     if c.head_depth == 1:
-      self._keep_in_fp32_modules_strict = ["heads.fc1"]
+      self._keep_in_fp32_modules_strict = ["heads.fc1", "audio_embed", "audio_pad"]
     self._compiled_step = None
     self.post_init()
 
