@@ -30,6 +30,8 @@ setuptools.setup(
     description=__doc__,
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["dreamfoley_jax", "dreamfoley_jax.*"]),
+    # The PyTorch model code that convert/dreamfoley copies into exported HF directories (never imported).
+    package_data={"dreamfoley_jax.convert": ["hf_template/*.py"]},
     install_requires=RUNTIME,
     extras_require={
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
