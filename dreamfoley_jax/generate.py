@@ -452,7 +452,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True, inference_layout=True,
                     mesh=None) -> Generator:
-  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
+  """A Generator from an experiment config (a path or a ConfigDict) and checkpoint paths (what tools/generate.py
+  calls; `model_dir.build_generator` fills the paths from a model directory).
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
@@ -463,7 +464,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   from dreamfoley_jax import configs
   from dreamfoley_jax.convert import common
 
-  exp = configs.load_config(config)
+  exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
   cfg = foley.config_from_dict(exp.model)
   sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**(sample_overrides or {}))
   if smoke_random:

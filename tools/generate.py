@@ -1,5 +1,7 @@
 """Generate a soundtrack for silent video(s): wav + remuxed mp4 + spectrogram png per clip.
 
+  python tools/generate.py --model runs/synthetic/model --video clip.mp4 --caption "a metal ball bounces" \
+      --out_dir out/        # a model directory (dreamfoley_jax/model_dir.py): the main job's, or export_model's
   python tools/generate.py --config experiments/paper_7b.py --checkpoint ckpt/dreamfoley_7b \
       --codec_checkpoint ckpt/higgs_audio_v2_tokenizer --tokenizer ckpt/qwen2.5-7b \
       --video clip.mp4 --caption "a dog barks twice" --out_dir out/
@@ -14,10 +16,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags
 
 from dreamfoley_jax import generate as G
-from dreamfoley_jax import sharding
+from dreamfoley_jax import model_dir, sharding
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "experiments/<name>.py", required=True)
+flags.DEFINE_string("model", None, "a model directory (model.json + params + codec + tokenizer [+ encoders]: the main "
+                    "job's runs/synthetic/model or tools/export_model.py's output); the flags below override its parts")
+flags.DEFINE_string("config", None, "experiments/<name>.py (required without --model)")
 flags.DEFINE_string("checkpoint", None, "DreamFoley params checkpoint (convert.common.save_params layout)")
 flags.DEFINE_string("codec_checkpoint", None, "audio decoder: a converted higgs-audio-v2 tokenizer checkpoint "
                     "directory, or a fitted synthetic codec .npz (the main job's workdir/codec.npz)")
@@ -65,13 +69,20 @@ def main(argv):
     raise app.UsageError(f"--mesh: {e}") from e
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
                if getattr(FLAGS, k) is not None}
-  gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,
-                          tokenizer=FLAGS.tokenizer, smoke_random=FLAGS.smoke_random, sample_overrides=overrides,
-                          eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
-                          window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
-                          bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
-                          mesh=mesh)
+  if not FLAGS.model and not FLAGS.config:
+    raise app.UsageError("give --model DIR (a model directory) or --config with the checkpoint flags")
+  kw = dict(checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint, tokenizer=FLAGS.tokenizer,
+            sample_overrides=overrides, eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
+            window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
+            bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
+            write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout, mesh=mesh)
+  if FLAGS.model:
+    try:
+      gen = model_dir.build_generator(FLAGS.model, config=FLAGS.config, **kw)
+    except model_dir.ModelDirError as e:
+      raise SystemExit(f"error: --model {e}") from e
+  else:
+    gen = G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw)
   for r in gen.run(items, FLAGS.out_dir):
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
