@@ -44,7 +44,8 @@ def main(argv):
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,
                               captions_csv=c.captions_csv or None, gt_audio_dir=c.gt_audio_dir or None,
                               duration_s=c.duration_s, cache_dir=c.cache_dir or None,
-                              ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method)
+                              ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method,
+                              pairing=c.get("pairing", "stem"))
   result = harness.evaluate(inputs, built)
   out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
   table = harness.write_outputs(result, out, row_name=c.row_name, ib_scale=c.ib_scale)
