@@ -42,6 +42,7 @@ class Item:
   negative: str = ""                   # negative prompt (replaces the unconditional text)
   duration: Optional[float] = None     # seconds; default: the video's duration
   name: Optional[str] = None           # output stem; default: the video's stem / "clip<i>"
+  seed: Optional[int] = None           # the clip's sampling stream; default: its position in the run
 
 
 class GenerateError(ValueError):
@@ -295,7 +296,8 @@ class Generator:
         kw["negative"] = np.array([bool(it.negative) for it in its])
       res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
                                  context_frames=self.context_frames, sample_cfg=self.sample_cfg, seed=self.seed,
-                                 item_seeds=np.asarray(group), progress=bar.update, mesh=self.mesh, **kw)
+                                 item_seeds=np.asarray([i if items[i].seed is None else items[i].seed for i in group]),
+                                 progress=bar.update, mesh=self.mesh, **kw)
       for j, i in enumerate(group):
         codes = res["codes"][j, :, :fr[j]]
         audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)

@@ -2,14 +2,14 @@
 schemes it handles, and what it does to other names), KL_PANNs by exact stem, ISC_PaSST on the paired set,
 ISC_PANNs on all generated clips, KL_PANNs / KL_PaSST beside their mean, IB-score x100 in the table."""
 import pathlib
-import zlib
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from dreamfoley_jax.eval import harness, metrics
-from dreamfoley_jax.eval.embedders import base
+from eval_helpers import NameEmbedder
+from eval_helpers import vec as _vec
 
 DUR = 1.0
 # generated stem -> the video av-benchmark pairs it with (None: unpaired there)
@@ -56,26 +56,6 @@ def test_pairing_rules_on_handmade_names():
   assert s.gen_to_ref == STEM and s.kl_panns == STEM
   with pytest.raises(ValueError, match=r"pairing='mmaudio': expected one of \('av-benchmark', 'stem'\)"):
     harness.pair(gen, refs, None, "mmaudio")
-
-
-def _vec(name, key, dim, scale=3.0):
-  """A fixed pseudo-random vector per (clip name, feature)."""
-  return np.random.default_rng(zlib.crc32(f"{name}|{key}".encode())).normal(size=dim) * scale
-
-
-class NameEmbedder(base.Embedder):
-  """Features that depend only on the file's stem and role: the metrics can be recomputed by hand."""
-
-  def __init__(self, name, keys):
-    super().__init__(name=name, native=False)
-    self.keys = keys
-
-  def audio_features(self, wav, sr, dur, path):
-    p = pathlib.Path(path)
-    return {k: _vec(f"{p.parent.name}/{p.stem}", k, d) for k, d in self.keys.items()}
-
-  def fingerprint(self):
-    return f"name-{self.name}"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@
       --codec_checkpoint ckpt/higgs_audio_v2_tokenizer --tokenizer ckpt/qwen2.5-7b \
       --video clip.mp4 --caption "a dog barks twice" --out_dir out/
   python tools/generate.py ... --csv clips.csv --out_dir out/ --sample_rate 48000   # video,caption[,negative,duration,name]
+      (--csv also writes out/generated.csv; run the same command on every host of a slice with --distributed,
+      or --coordinator_address/--num_processes/--process_id: each host generates every n-th row)
   python tools/generate.py --config experiments/tiny.py --smoke_random --video clip.mp4 --out_dir /tmp/o
       (random weights, random video features, a tone codec: checks the pipeline without any checkpoint)
 """
@@ -16,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags
 
 from dreamfoley_jax import generate as G
-from dreamfoley_jax import model_dir, sharding
+from dreamfoley_jax import hosts, model_dir, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "a model directory (model.json + params + codec + tokenizer [+ encoders]: the main "
@@ -54,6 +56,11 @@ flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-
                     "chips: whole KV heads per chip, clips split over the rest) or 'data=-1' (clips split over all "
                     "devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
+# Many hosts (dreamfoley_jax/hosts.py): every host runs this command and takes every n-th row of --csv.
+flags.DEFINE_bool("distributed", False, "join a multi-host JAX job found by cluster detection (TPU slice, SLURM)")
+flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (with the two flags below)")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 
 
 def main(argv):
@@ -62,9 +69,11 @@ def main(argv):
     raise app.UsageError("give exactly one of --video or --csv")
   items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
                                                           negative=FLAGS.negative)]
+  n_hosts = hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
   try:
     spec = sharding.parse_mesh_spec(FLAGS.mesh)
-    mesh = None if spec is None else sharding.make_mesh(spec)
+    local = __import__("jax").local_devices() if n_hosts > 1 else None   # each host samples its own clips
+    mesh = None if spec is None else sharding.make_mesh(spec, devices=local)
   except ValueError as e:
     raise app.UsageError(f"--mesh: {e}") from e
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
@@ -83,7 +92,8 @@ def main(argv):
       raise SystemExit(f"error: --model {e}") from e
   else:
     gen = G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw)
-  for r in gen.run(items, FLAGS.out_dir):
+  results = hosts.generate(gen, items, FLAGS.out_dir) if FLAGS.csv else gen.run(items, FLAGS.out_dir)
+  for r in results:
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
 

@@ -19,10 +19,12 @@ import json
 import logging
 import pathlib
 import re
+import uuid
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from dreamfoley_jax import hosts
 from dreamfoley_jax.eval import media, metrics
 from dreamfoley_jax.eval.embedders.base import Embedder
 
@@ -166,7 +168,7 @@ class FeatureCache:
     out = {k: np.asarray(v) for k, v in fn().items()}
     if self.root is not None:
       p.parent.mkdir(parents=True, exist_ok=True)
-      tmp = p.with_name(p.name + ".tmp.npz")
+      tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex}.tmp.npz")   # unique: hosts may share the cache
       np.savez(tmp, __key__=np.array(key), **out)
       tmp.replace(p)
     return out
@@ -233,25 +235,35 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     return gen_cache.get_or_compute("gen", e, g, tag(gen[g]),
                                     lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
 
-  def gen_audio_feats(emb):
-    out = {}
-    for g in _progress(sorted(gen), f"{emb.name}: generated audio"):
-      out[g] = gen_audio(emb, g)
+  def spread(names, fn, desc):
+    """{name: fn(name)}: with several hosts each computes its share (hosts.map_features), all get all."""
+    bar = _progress(range(len(hosts.share(list(names)))), desc)
+    it = iter(bar)
+
+    def step(n):
+      out = fn(n)
+      next(it, None)
+      return out
+
+    out = hosts.map_features(list(names), step)
+    getattr(bar, "close", lambda: None)()
     return out
+
+  def gen_audio_feats(emb, names=None):
+    return spread(sorted(gen) if names is None else names, lambda g: gen_audio(emb, g), f"{emb.name}: generated audio")
 
   def ref_audio_feats(emb):
-    out = {}
-    for r in _progress(sorted(gt), f"{emb.name}: reference audio"):
-      out[r] = ref_cache.get_or_compute("gt", emb, r, tag(gt[r]),
-                                        lambda r=r: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))
-    return out
+    return spread(sorted(gt), lambda r: ref_cache.get_or_compute(
+        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r]))),
+        f"{emb.name}: reference audio")
+
+  def video_feat(emb, key, loader, r):
+    return ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
+                                    lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
 
   def video_feats(emb, key, loader):
-    out = {}
-    for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video"):
-      out[r] = ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
-                                        lambda r=r: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
-    return out
+    return spread(sorted(set(pairing.gen_to_ref.values()) & set(videos)),
+                  lambda r: video_feat(emb, key, loader, r), f"{emb.name}: video")
 
   paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
   m: dict[str, float] = {}
@@ -303,8 +315,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     e = embedders["imagebind"]
     fv = video_feats(e, "ib_crops", media.imagebind_video_input)
     pp = [(g, r) for g, r in paired if r in fv]
-    fa = {g: gen_audio(e, g)
-          for g, _ in pp}
+    fa = gen_audio_feats(e, [g for g, _ in pp])
     if pp:
       m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
                                           np.stack([fa[g]["ib_audio"] for g, _ in pp]))
@@ -312,23 +323,22 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
 
   if "synchformer" in embedders and videos:
     e = embedders["synchformer"]
-    fv = video_feats(e, "sync_frames", media.sync_video_input)
-    pp = [(g, r) for g, r in paired if r in fv]
-    logits = []
-    for g, r in _progress(pp, "synchformer: DeSync"):
-      a = gen_audio(e, g)
-      logits.append(e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
-    if logits:
-      m["DeSync"] = metrics.desync_from_logits(np.stack(logits))
+    pp = [(g, r) for g, r in paired if r in videos]
+    # Per pair on the host that owns it: only the (2, 21) logits travel, not the (S, 8, 768) features.
+    pair_of = dict(pp)
+    lg = spread([g for g, _ in pp], lambda g: {"logits": e.sync_logits(
+        video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])["sync_video"], gen_audio(e, g)["sync_audio"])},
+        "synchformer: DeSync")
+    if lg:
+      m["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp]))
     counts["DeSync"] = len(pp)
 
   if "clap" in embedders and captions is not None:
     e = embedders["clap"]
     pp = [(g, r) for g, r in paired if r in captions]
-    ft = {r: ref_cache.get_or_compute("text", e, r, "caption=" + captions[r], lambda r=r: e.text_features(captions[r]))
-          for _, r in pp}
-    fa = {g: gen_audio(e, g)
-          for g, _ in pp}
+    ft = spread(sorted({r for _, r in pp}), lambda r: ref_cache.get_or_compute(
+        "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r])), "clap: captions")
+    fa = gen_audio_feats(e, [g for g, _ in pp])
     if pp:
       m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
                                                   np.stack([fa[g]["clap_audio"] for g, _ in pp]))
@@ -338,8 +348,12 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if kl is not None:
     m["KL"] = kl
   counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos))
+  cache = {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses}
+  per_host = hosts.allgather_json(cache)
+  if len(per_host) > 1:   # this host's own counts first, then every host's
+    cache = dict(cache, hosts=per_host)
   return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
-          "cache": {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses},
+          "cache": cache,
           "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
 
 
