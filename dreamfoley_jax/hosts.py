@@ -138,4 +138,10 @@ def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv"
       w.writerows(merged)
     os.replace(tmp, out)
   by_index = dict(zip(idx, local))
-  return [dict(r, **({"codes": by_index[r["index"]]["codes"]} if r["index"] in by_index else {})) for r in merged]
+  out = []
+  for r in merged:       # Generator.run's result form; "codes" only for this host's clips
+    d = {k: v for k, v in r.items() if v != "" or k not in ("mp4", "png")}
+    d["frames"] = int(round(r["seconds"] * G.AUDIO_FRAME_RATE))
+    d.update({k: by_index[r["index"]][k] for k in ("codes",) if r["index"] in by_index})
+    out.append(d)
+  return out
