@@ -25,6 +25,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  try:
+    import gradio  # noqa: F401
+  except ImportError as e:
+    raise SystemExit("error: the demo needs gradio: pip install -e '.[demo]'") from e
   from dreamfoley_jax import sharding
 
   try:
