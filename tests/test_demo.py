@@ -207,9 +207,20 @@ def test_bad_uploads_show_a_message(server, browser, tmp_path):
   # A text file named like a video passes the type check and reaches the demo's own validation.
   (tmp_path / "holiday.mp4").write_text("this is not really a video\n")
   _open(drv, url).send_keys(str(tmp_path / "holiday.mp4"))
-  time.sleep(1.0)
+  _wait(lambda: drv.find_elements(By.CSS_SELECTOR, "#in_video video") or "not playable" in _toasts(drv), 30,
+        "the upload to finish")                        # the browser's preview cannot play it either
   drv.find_element(By.CSS_SELECTOR, "#generate").click()
   msg = _wait(lambda: "not a video" in _toasts(drv) and _toasts(drv), 60, "the demo's error message")
   assert "holiday.mp4: not a video this demo can read (Invalid data found when processing input); upload an mp4" in msg, msg
   assert not drv.find_elements(By.CSS_SELECTOR, "#out_audio a[download]")
   _shot(drv, "demo_error", full=False)
+
+
+def test_demo_cli_names_a_missing_model(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  p = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py")], capture_output=True, text=True, cwd=tmp_path,
+                     env=env, timeout=120)
+  assert p.returncode == 1
+  assert p.stderr.strip().splitlines()[-1] == (
+      "error: --model runs/synthetic/model: no such model directory (the main job writes runs/synthetic/model; "
+      "tools/export_model.py makes one from a training workdir)")
