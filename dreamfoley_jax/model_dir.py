@@ -177,7 +177,8 @@ def check_parts(exp, *, params=None, codec=None, tokenizer=None, encoders=None, 
         problems.append(f"a features-mode model needs the {name} encoder ({flag_name}: a tools/convert_checkpoint.py "
                         f"--family {name} output)")
       elif common.read_metadata(e).get("family") != name:
-        problems.append(f"{flag_name} {e}: not a converted {name} checkpoint (tools/convert_checkpoint.py --family {name})")
+        problems.append(f"{flag_name} {e}: not a converted {name} checkpoint "
+                        f"(tools/convert_checkpoint.py --family {name})")
   if problems:
     raise ModelDirError((f"{where}: " if where else "") + "; ".join(problems))
 

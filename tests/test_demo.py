@@ -186,7 +186,8 @@ def test_generate_in_the_browser(server, browser, tmp_path):
   dur, sr, peak = drv.execute_async_script(AUDIO_JS, link)
   assert abs(dur - 2.0) < 0.01 and sr == 24000 and peak > 0.01, (dur, sr, peak)
   vd, w, h, vbytes, abytes, err = drv.execute_async_script(VIDEO_JS)
-  assert err is None and abs(vd - 2.0) < 0.1 and (w, h) == (256, 256) and vbytes > 0 and abytes > 0, (vd, w, h, vbytes, abytes, err)
+  assert err is None and abs(vd - 2.0) < 0.1 and (w, h) == (256, 256), (vd, w, h, err)
+  assert vbytes > 0 and abytes > 0, (vbytes, abytes)          # chromium decoded both tracks
   status = drv.find_element(By.CSS_SELECTOR, "#status").text
   assert "2.00 s generated" in status and "CFG 1.5" in status and "seed 0" in status
   assert (root / "out" / "00001" / "dreamfoley.mp4").exists()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -36,7 +37,7 @@ def test_layout_and_manifest(parts):
                         "frame_rate": 25.0}
   assert m["tokenizer"] == {"vocab_size": 300}
   assert m["sampling"] == {k: exp.sample[k] for k in model_dir.SAMPLING_KEYS}
-  assert m["num_params"] == sum(int(np.prod(np.shape(x))) for x in __import__("jax").tree.leaves(params))
+  assert m["num_params"] == sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
   assert md.exp.model.to_dict() == json.loads(json.dumps(exp.model.to_dict()))   # the model section, whole
   assert not list(root.glob(".model.tmp-*"))                                        # no temp dir left behind
 

@@ -15,6 +15,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
 from absl import app, flags
 
 from dreamfoley_jax import generate as G
@@ -72,7 +73,7 @@ def main(argv):
   n_hosts = hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
   try:
     spec = sharding.parse_mesh_spec(FLAGS.mesh)
-    local = __import__("jax").local_devices() if n_hosts > 1 else None   # each host samples its own clips
+    local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
     mesh = None if spec is None else sharding.make_mesh(spec, devices=local)
   except ValueError as e:
     raise app.UsageError(f"--mesh: {e}") from e
