@@ -150,10 +150,16 @@ def test_model_directory_of_the_job_and_its_export(job, tmp_path):
   trained = common.flatten(common.load_params(wd / "params"))
   for k, v in common.flatten(common.load_params(wd / "model" / "params")).items():
     np.testing.assert_array_equal(np.asarray(v), np.asarray(trained[k]), err_msg=k)
+  # --model gives what the separate flags give (the windows of experiments/synthetic.py, the clip and caption of
+  # test_generate_tool_on_the_jobs_outputs: the sampler it compiled is reused).
   n = metrics["per_clip"][0]["clip_id"]
-  gen = model_dir.build_generator(wd / "model", batch_size=1, write_png=False)
-  r = gen.run([generate.Item(video=str(wd / "samples" / f"{n}.mp4"), caption="a metal ball bounces")], tmp_path)[0]
-  assert r["codes"].shape == (8, r["frames"]) and r["mp4"].exists()
+  item = generate.Item(video=str(wd / "samples" / f"{n}.mp4"), caption="a metal ball bounces once")
+  a = model_dir.build_generator(wd / "model", batch_size=2, window_s=3.0, context_s=1.0, write_png=False)
+  b = generate.build_generator("experiments/synthetic.py", checkpoint=str(wd / "params"), batch_size=2,
+                               codec_checkpoint=str(wd / "codec.npz"), tokenizer=str(wd / "tokenizer.json"))
+  ra, rb = a.run([item], tmp_path / "a")[0], b.run([item], tmp_path / "b")[0]
+  assert ra["codes"].shape == (8, ra["frames"]) and ra["mp4"].exists()
+  np.testing.assert_array_equal(ra["codes"], rb["codes"])
 
   root = pathlib.Path(__file__).resolve().parents[1]
   out = tmp_path / "exported"
