@@ -37,8 +37,10 @@ setuptools.setup(
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
         # librosa: reference for the eval front-end tests only. torchlibrosa: laion_clap's front end, for
         # tools/bench_clap.py (the laion_clap source itself pins numpy<2: unzip its wheel, see that tool).
+        # gradio: tools/demo.py; selenium drives Debian's chromium in tests/test_demo.py.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50",
-                 "librosa>=0.10", "torchlibrosa==0.1.0"],
+                 "librosa>=0.10", "torchlibrosa==0.1.0", "gradio>=6.31,<7", "selenium>=4.51"],
+        "demo": ["gradio>=6.31,<7"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },
