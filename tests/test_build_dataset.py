@@ -85,7 +85,7 @@ def _bad_folder(d: pathlib.Path, with_speech=True):
 
 
 def test_end_to_end_bad_inputs_report_trainer_resume(tmp_path, assets):
-  expect = _bad_folder(tmp_path / "media")
+  expect = _bad_folder(tmp_path / "media", with_speech=shutil.which("espeak-ng") is not None)
   enc = encode.EncodeConfig(mesh="data=1", **assets)
   cfg = stages.BuildConfig(standardise=SMALL, stage_configs=(("encode", enc),))
   out = tmp_path / "out"
@@ -101,10 +101,11 @@ def test_end_to_end_bad_inputs_report_trainer_resume(tmp_path, assets):
   per_clip = {k: dict(v["clips_rejected"]) for k, v in rows.items()}
   assert per_clip["still.mp4"] == {"static/static": 1} and per_clip["quiet.mp4"] == {"silence/silence_ratio": 1}
   assert per_clip["loud.mkv"] == {"clipping/clipping_ratio": 1}
-  assert per_clip["talk.mp4"]["speech/speech_ratio"] == 1
   st = {s["stage"]: s for s in rep["stages"]}
+  if "talk.mp4" in expect:
+    assert per_clip["talk.mp4"]["speech/speech_ratio"] == 1 and st["speech"]["rejected"] >= 1
   assert st["silence"]["rejected"] == 1 and st["clipping"]["rejected"] == 1 and st["static"]["rejected"] == 1
-  assert st["speech"]["rejected"] >= 1 and st["encode"]["kept"] == rep["records"] == 6
+  assert st["encode"]["kept"] == rep["records"] == 6
   assert all(s["in"] == s["kept"] + s["rejected"] for s in rep["stages"])
   assert rep["rejections"]["silence/silence_ratio"]["histogram"]["max"] == 1.0
   # the shards: what the trainer reads, through its own pipeline, unchanged
