@@ -96,6 +96,10 @@ def test_prompt_tokenisation_as_msclap(tmp_path):
   want0 = [vocab[w] for w in ("the", "Ġsound", "Ġis", "Ġclear", "Ġand", "Ġclean", ".", "Ġ", "<|endoftext|>")]
   assert ids[0].tolist() == want0 + [0] * 3 and mask[0].tolist() == [1] * 9 + [0] * 3
   assert ids[1, 5:8].tolist() == [vocab["Ġwith"], vocab["Ġartifacts"], vocab["."]]
+  # the golden's prompt ids are these (the pipeline stage's test relies on it)
+  from make_pam_golden import PAM_IDS
+
+  assert M.Gpt2Prompts(tmp_path, length=24)(list(M.PROMPTS))[0].tolist() == PAM_IDS
   with pytest.raises(ValueError, match="over 4"):
     M.Gpt2Prompts(tmp_path, length=4)(["the sound is clear"])
   with pytest.raises(FileNotFoundError, match="nothing is downloaded"):

@@ -33,6 +33,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 SECONDS, RATE = 10.0, 44100
+PAM_IDS = [[1, 2, 3, 4, 5, 6, 7, 8, 12] + [0] * 15, [1, 2, 3, 9, 5, 10, 11, 7, 8, 12] + [0] * 14]
 
 
 def signal(seconds=SECONDS, rate=RATE) -> np.ndarray:
@@ -106,7 +107,9 @@ def main():
 
   wav = signal()
   wins = torch.from_numpy(M.pam_windows(wav, c.window_samples))           # (2, 308700): [0, 7) s and [3, 10) s
-  ids = torch.tensor([[5, 9, 12, 3, 7, 2, 63] + [0] * 17, [5, 9, 12, 30, 31, 44, 45, 2, 63] + [0] * 15])
+  # PAM's two prompts as the word-level stand-in GPT-2 tokenizer of tests/test_msclap_pam.py encodes them
+  # ('the sound is clear and clean.' + ' <|endoftext|>', '!'-padded), so the pipeline stage reproduces PAM_IDS
+  ids = torch.tensor(PAM_IDS)
   mask = (ids != 0).long()
   with torch.no_grad():
     h = model.audio_encoder.base.htsat

@@ -1,0 +1,319 @@
+"""Part 2's model stages (paper 4.2-4.3) as pipeline stages: PAM, AST labels, ImageBind alignment, captions
+(a fake OpenAI-compatible endpoint on 127.0.0.1: timeouts, malformed replies, retries, rejections), the
+join by clip id, the stage switches and the scores in the record."""
+import base64
+import dataclasses
+import http.server
+import json
+import pathlib
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import media_synth as ms
+from dreamfoley_jax.data.build import alignment, captions, pam, stages, tags
+from dreamfoley_jax.data.build import standardise as st
+from dreamfoley_jax.data.build.clip import Clip, Rejection
+
+FIX = pathlib.Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "goldens"))
+
+
+def _clip(audio, rate=44100, mp4=b"", duration=None, cid="c-000", caption=""):
+  audio = np.asarray(audio, np.float32)
+  audio = audio[None] if audio.ndim == 1 else audio
+  return Clip(cid, "k", "src.mp4", 0, 0.0, duration or audio.shape[1] / rate, caption, mp4, audio, rate, 25)
+
+
+# ------------------------------------------------------------------------------------------------ PAM
+
+@pytest.fixture(scope="module")
+def pam_assets(tmp_path_factory):
+  from safetensors.numpy import save_file
+
+  from test_msclap_pam import _tiny_gpt2_tokenizer
+
+  d = tmp_path_factory.mktemp("pam")
+  with np.load(FIX / "msclap_tiny.npz") as f:
+    save_file({k[len("param/"):]: f[k].astype(np.float32) for k in f.files if k.startswith("param/")},
+              str(d / "clap_tiny.safetensors"))
+  _tiny_gpt2_tokenizer(d / "tokenizer.json")
+  return str(d / "clap_tiny.safetensors"), str(d)
+
+
+def test_pam_stage_is_pam_on_the_reference(pam_assets, fixtures_dir):
+  """The stage (checkpoint file + GPT-2 tokenizer files by path, PAM's prompts, 7 s windows, mean) gives
+  the file score msclap's classes gave for the golden signal (tools/goldens/make_pam_golden.py)."""
+  from make_pam_golden import signal
+
+  model, tok = pam_assets
+  with np.load(pathlib.Path(fixtures_dir) / "msclap_tiny.npz") as f:
+    want_windows, want = f["output/pam"], float(f["output/file_score"])
+  stage = pam.PamStage(pam.PamConfig(model=model, tokenizer=tok, min_score=0.0, geometry="tiny"))
+  clip = _clip(signal())
+  np.testing.assert_allclose(stage.window_scores(clip), want_windows, atol=1e-6)   # [0, 7) s and [3, 10) s
+  out = stage(clip)
+  assert out.scores["pam"] == pytest.approx(want, abs=1e-6)
+  assert stage.identity()["model"] and stage.identity()["tokenizer"]
+  # the threshold: a score below min_score is a rejection carrying the value
+  strict = pam.PamStage(pam.PamConfig(model=model, tokenizer=tok, min_score=want + 1e-3, geometry="tiny"))
+  strict.__dict__.update({k: v for k, v in vars(stage).items() if k.startswith("pam_")}, _loaded=True)
+  rej = strict(clip)
+  assert isinstance(rej, Rejection) and rej.reason == "pam" and rej.value == pytest.approx(want, abs=1e-6)
+  with pytest.raises(ValueError, match="needs --pam_model"):
+    pam.PamStage(pam.PamConfig())(clip)
+  assert pam.PamConfig().min_score == 0.3
+
+
+# ------------------------------------------------------------------------------------------------ AST
+
+@pytest.fixture(scope="module")
+def tiny_ast(tmp_path_factory):
+  torch = pytest.importorskip("torch")
+  from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
+
+  d = tmp_path_factory.mktemp("ast")
+  torch.manual_seed(0)
+  # the published geometry (128 mels x 1024 frames, 16x16 patches, stride 10, 527 AudioSet classes) at tiny width
+  cfg = ASTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  num_labels=527, id2label={i: f"class_{i}" for i in range(527)},
+                  label2id={f"class_{i}": i for i in range(527)})
+  m = ASTForAudioClassification(cfg).eval()
+  with torch.no_grad():
+    m.classifier.dense.weight.normal_(0, 1.0)   # spread the random logits so the top class is well defined
+  m.save_pretrained(d)
+  ASTFeatureExtractor().save_pretrained(d)
+  return str(d), m
+
+
+def test_ast_stage_matches_transformers_and_records_labels(tiny_ast):
+  import torch
+  from transformers import ASTFeatureExtractor
+
+  from dreamfoley_jax.audio.resample import resample_np
+
+  path, ref = tiny_ast
+  stage = tags.TagsStage(tags.TagsConfig(model=path), batch_size=2)
+  a = ms.tone(3.0, rate=48000, freq=500)[0] + ms.noise(3.0, rate=48000, amp=0.2, seed=2)[0]
+  b = ms.noise(10.0, amp=0.3, seed=5)[0]
+  out = stage.process_batch([_clip(a, rate=48000, cid="a-000"), _clip(b, cid="b-000")])
+  fe = ASTFeatureExtractor()
+  for clip, wav, rate in ((out[0], a, 48000), (out[1], b, 44100)):
+    x = fe(resample_np(wav, rate, 16000), sampling_rate=16000, return_tensors="pt").input_values
+    with torch.no_grad():
+      p = torch.sigmoid(ref(x).logits)[0].numpy()
+    assert int(clip.fields["ast_class"]) == int(np.argmax(p))
+    assert clip.fields["ast_label"] == f"class_{int(np.argmax(p))}"
+    np.testing.assert_array_equal(clip.fields["ast_top"], np.argsort(-p, kind="stable")[:5])
+    assert clip.scores["ast_prob"] == pytest.approx(float(p.max()), abs=1e-5)
+  assert out[0].fields["ast_class"] != out[1].fields["ast_class"] or out[0].scores != out[1].scores
+  rec = out[0].to_record()
+  assert rec["ast_class"].dtype == np.int16 and "score_ast_prob" in rec
+
+
+# ------------------------------------------------------------------------------------------ ImageBind
+
+@pytest.fixture(scope="module")
+def tiny_imagebind(tmp_path_factory):
+  torch = pytest.importorskip("torch")
+  from dreamfoley_jax.eval.embedders import imagebind as ib
+  from dreamfoley_jax.eval.embedders.base import random_state_dict
+
+  sd = random_state_dict(ib.torch_shapes(ib.ImageBindConfig.tiny()), seed=3)
+  sd["modality_postprocessors.audio.1.log_logit_scale"] = np.asarray(np.log(20.0), np.float32)
+  path = tmp_path_factory.mktemp("ib") / "imagebind_huge.pth"
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, path)
+  return str(path)
+
+
+def test_imagebind_stage_is_the_ib_score_with_a_threshold(tmp_path, tiny_imagebind):
+  from dreamfoley_jax.eval import media, metrics
+
+  p = ms.write_media(tmp_path / "v.mp4", seconds=5.0, audio=ms.tone(5.0, freq=300) + ms.noise(5.0, seed=1),
+                     shift_px=1.0, size=(240, 320))
+  clips, _, _ = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=240))
+  clip = clips[0]
+  stage = alignment.AlignmentStage(alignment.AlignmentConfig(model=tiny_imagebind, min_score=-1.0, geometry="tiny"))
+  out = stage(clip)
+  # by hand: the harness' IB-score inputs from the standardised clip
+  with st.MediaFile(clip.video_mp4) as f:
+    crops = media.imagebind_video_input(f, clip.duration_sec)
+  assert crops.shape[:2] == (3, 2)
+  v = stage.ib.video_features({"ib_crops": crops}, "v")["ib_video"]
+  a = stage.ib.audio_features(clip.audio, clip.audio_rate, clip.duration_sec, "v")["ib_audio"]
+  want = metrics.mean_cosine(v[None], a[None])
+  assert out.scores["imagebind"] == pytest.approx(want, abs=1e-6) and -1 <= want <= 1
+  strict = alignment.AlignmentStage(alignment.AlignmentConfig(model=tiny_imagebind, min_score=want + 1e-3,
+                                                              geometry="tiny"))
+  strict.ib, strict._loaded = stage.ib, True
+  rej = strict(clip)
+  assert isinstance(rej, Rejection) and rej.reason == "imagebind" and rej.value == pytest.approx(want, abs=1e-6)
+  # a 2 s tail (one 0.5 fps frame) is scored too: the frame paired with itself
+  short = dataclasses.replace(clip, duration_sec=2.0, audio=clip.audio[:, :2 * 44100])
+  assert "imagebind" in stage(short).scores
+
+
+# ------------------------------------------------------------------------------------------- captions
+
+class FakeEndpoint:
+  """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 whose replies follow a script keyed by the
+  media it receives (a clip is recognised by its audio bytes' digest)."""
+
+  def __init__(self):
+    self.calls, self.script, self.lock = [], {}, threading.Lock()
+    outer = self
+
+    class H(http.server.BaseHTTPRequestHandler):
+      def log_message(self, *a):
+        pass
+
+      def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = body["messages"][0]["content"]
+        text = next(c["text"] for c in content if c["type"] == "text")
+        kinds = [c["type"] for c in content if c["type"] != "text"]
+        key = ""
+        for c in content:
+          if c["type"] in ("audio_url", "video_url"):
+            key = str(len(base64.b64decode(c[c["type"]]["url"].split(",", 1)[1])))
+        with outer.lock:
+          outer.calls.append((kinds, text, key, body["model"]))
+          n = sum(1 for k in outer.calls if k[:3] == (kinds, text, key))
+        action = outer.script.get((tuple(kinds), key, n)) or outer.script.get((tuple(kinds), "*", n))
+        if action == "sleep":
+          time.sleep(1.5)
+          reply = {"choices": [{"message": {"content": "too late"}}]}
+        elif action == "garbage":
+          self.send_response(200)
+          self.end_headers()
+          self.wfile.write(b"<html>not json")
+          return
+        elif action == "nochoices":
+          reply = {"error": "overloaded"}
+        elif action == "http500":
+          self.send_response(500)
+          self.end_headers()
+          return
+        elif kinds == ["audio_url"]:
+          reply = {"choices": [{"message": {"content": f"rain falls on a tin roof ({key})"}}]}
+        elif kinds == ["video_url"]:
+          reply = {"choices": [{"message": {"content": "a tin roof in the rain"}}]}
+        elif "yes or no" in text:
+          verdict = action if action in ("No.", "maybe") else "Yes."
+          reply = {"choices": [{"message": {"content": verdict}}]}
+        else:
+          reply = {"choices": [{"message": {"content": "Rain drums on a tin roof."}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+    threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+  def close(self):
+    self.server.shutdown()
+
+
+@pytest.fixture
+def endpoint():
+  e = FakeEndpoint()
+  yield e
+  e.close()
+
+
+def _caption_stage(url, **kw):
+  cfg = captions.CaptionConfig(audio_endpoint=url, audio_model="qwen2-audio", video_endpoint=url,
+                               video_model="qwen2.5-vl", llm_endpoint=url, llm_model="qwen2.5-7b-instruct",
+                               timeout_s=0.5, retries=2, backoff_s=0.01, **kw)
+  return captions.CaptionStage(cfg, batch_size=4)
+
+
+def _wav_len(clip):
+  return str(len(captions.wav_bytes(captions.resample_np(clip.mono(), clip.audio_rate, 16000), 16000)))
+
+
+def test_captions_over_http_retry_reject_and_keep_provenance(endpoint):
+  clips = [_clip(ms.noise(1.0 + 0.25 * i, seed=i)[0], mp4=b"\0" * (100 + i), cid=f"c-{i:03d}",
+                 caption="user caption" if i == 0 else "") for i in range(5)]
+  k = [_wav_len(c) for c in clips]
+  endpoint.script = {
+      (("audio_url",), k[1], 1): "sleep",        # a timeout, then a good reply
+      (("audio_url",), k[2], 1): "garbage", (("audio_url",), k[2], 2): "nochoices",   # two bad replies, then good
+      (("audio_url",), k[3], 1): "http500", (("audio_url",), k[3], 2): "garbage", (("audio_url",), k[3], 3): "sleep",
+  }
+  stage = _caption_stage(endpoint.url)
+  out = stage.process_batch(clips)
+  assert [getattr(o, "clip_id") for o in out] == [c.clip_id for c in clips]   # joined by id, in the clips' order
+  ok = [o for o in out if isinstance(o, Clip)]
+  assert [o.clip_id for o in ok] == ["c-000", "c-001", "c-002", "c-004"]
+  for o in ok:
+    prov = json.loads(o.fields["captions_json"])
+    roles = [p["role"] for p in prov]
+    assert roles[-4:] == ["audio", "video", "consistency", "integrated"]
+    assert o.caption == "Rain drums on a tin roof." == prov[-1]["text"]
+    a = prov[roles.index("audio")]
+    assert a["model"] == f"qwen2-audio@{endpoint.url}" and a["prompt"] == "audio_caption@1"
+    assert a["text"] == f"rain falls on a tin roof ({_wav_len(o)})"           # this clip's own audio caption
+    assert prov[roles.index("integrated")]["model"].startswith("qwen2.5-7b-instruct@")
+  assert json.loads(ok[0].fields["captions_json"])[0] == {"role": "input", "model": "", "prompt": "",
+                                                           "text": "user caption"}
+  rej = out[3]
+  assert isinstance(rej, Rejection) and rej.reason == "caption_failed" and rej.clip_id == "c-003"
+  assert "after 3 attempts" in rej.detail and ("timed out" in rej.detail or "Timeout" in rej.detail)
+  audio_calls = [c for c in endpoint.calls if c[0] == ["audio_url"]]
+  assert sum(1 for c in audio_calls if c[2] == k[3]) == 3 and sum(1 for c in audio_calls if c[2] == k[2]) == 3
+
+
+def test_caption_consistency_rejects_and_malformed_verdict_is_retried(endpoint):
+  clips = [_clip(ms.noise(1.0 + 0.25 * i, seed=i)[0], mp4=b"\0" * 10, cid=f"c-{i:03d}") for i in range(2)]
+  endpoint.script = {((), "*", 1): "maybe", ((), "*", 2): "No."}   # both clips: 'maybe' (retried), then 'No.'
+  out = _caption_stage(endpoint.url).process_batch(clips)
+  assert all(isinstance(o, Rejection) and o.reason == "caption_inconsistent" for o in out)
+  assert [o.clip_id for o in out] == ["c-000", "c-001"]
+  # switched off: kept, and the audio caption is the caption when integration is off too
+  endpoint.script = {((), "*", n): "No." for n in range(1, 9)}
+  out = _caption_stage(endpoint.url, check_consistency=False, integrate=False).process_batch(clips)
+  assert all(isinstance(o, Clip) and o.caption.startswith("rain falls on a tin roof") for o in out)
+
+
+def test_join_by_id_checks_count_and_ids():
+  clips = [_clip(np.zeros(10), cid=i) for i in ("b", "a", "c")]
+  assert captions.join_by_id(clips, {"a": 1, "c": 3, "b": 2}) == [2, 1, 3]
+  with pytest.raises(ValueError, match=r"2 results for 3 clips; missing \['c'\]"):
+    captions.join_by_id(clips, {"a": 1, "b": 2})
+  with pytest.raises(ValueError, match=r"unexpected \['d'\]"):
+    captions.join_by_id(clips, {"a": 1, "b": 2, "d": 4})
+  with pytest.raises(ValueError, match="duplicate"):
+    captions.join_by_id(clips + clips[:1], {"a": 1, "b": 2, "c": 3})
+
+
+def test_verdict_parsing():
+  assert captions.verdict("Yes.") and captions.verdict("yes, both describe rain")
+  assert not captions.verdict("**No**")
+  for bad in ("", "maybe", "Both describe rain."):
+    with pytest.raises(captions.ReplyError):
+      captions.verdict(bad)
+
+
+# ------------------------------------------------------------------------------------ switches + records
+
+def test_part2_stages_are_off_by_default_and_switchable():
+  assert not {"separation", "pam", "ast", "imagebind", "caption"} & set(stages.DEFAULT_STAGES)
+  on = stages.parse_stages("+separation,+pam,+ast,+imagebind,+caption")
+  assert on == ("silence", "clipping", "static", "speech", "separation", "pam", "ast", "imagebind", "caption",
+                "encode")
+  assert "pam" not in stages.parse_stages("+separation,+pam,-pam")
+  ident = stages.identity(stages.BuildConfig(stages=("pam",), stage_configs=(("pam", pam.PamConfig(min_score=0.5)),)))
+  assert ident["stages"][0]["config"]["min_score"] == 0.5
+  h1 = stages.config_hash(ident)
+  h2 = stages.config_hash(stages.identity(stages.BuildConfig(stages=("pam",))))
+  assert h1 != h2                                    # a changed threshold is a new config
+  rec = _clip(np.zeros(10)).with_scores(speech_ratio=0.1, pam=0.6, ast_prob=0.9, imagebind=0.3).to_record()
+  assert {"score_speech_ratio", "score_pam", "score_ast_prob", "score_imagebind"} <= set(rec)
