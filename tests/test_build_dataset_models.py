@@ -38,7 +38,8 @@ def pam_assets(tmp_path_factory):
 
   d = tmp_path_factory.mktemp("pam")
   with np.load(FIX / "msclap_tiny.npz") as f:
-    save_file({k[len("param/"):]: f[k].astype(np.float32) for k in f.files if k.startswith("param/")},
+    # contiguous: safetensors writes a Fortran-ordered array (the npz keeps melW transposed) as raw memory
+    save_file({k[len("param/"):]: np.array(f[k], np.float32, order="C") for k in f.files if k.startswith("param/")},
               str(d / "clap_tiny.safetensors"))
   _tiny_gpt2_tokenizer(d / "tokenizer.json")
   return str(d / "clap_tiny.safetensors"), str(d)

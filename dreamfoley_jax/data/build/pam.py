@@ -63,6 +63,8 @@ class PamStage(ModelStage):
   def window_scores(self, clip: Clip) -> np.ndarray:
     from dreamfoley_jax.eval.embedders import msclap
 
+    if not self._loaded:
+      self.process_batch([])   # loads once
     x = clip.mono()
     if clip.audio_rate != self.pam_cfg.sample_rate:
       x = resample_np(x, clip.audio_rate, self.pam_cfg.sample_rate)
