@@ -55,6 +55,9 @@ class PipelineConfig:
   # encoder features; frame_size = H = W of the stored frames.
   vision_mode: str = "features"
   frame_size: int = 0
+  # class balancing (data/balance.py): a record field holding a class id, e.g. 'ast_class'; "" = off
+  balance_by: str = ""
+  balance_power: float = 1.0
 
   def __post_init__(self):
     b = tuple(sorted(float(x) for x in self.bucket_seconds))
@@ -117,7 +120,8 @@ def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
       crop_min_s=float(d.crop_min_s), crop_max_s=float(d.crop_max_s),
       bucket_seconds=tuple(float(x) for x in d.get("bucket_seconds", (4.0, 7.0, 10.0))),
       text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed), vision_mode=fcfg.vision_mode,
-      frame_size=_frame_size(fcfg))
+      frame_size=_frame_size(fcfg), balance_by=str(d.get("balance_by", "")),
+      balance_power=float(d.get("balance_power", 1.0)))
 
 
 def _frame_size(fcfg) -> int:
@@ -269,6 +273,12 @@ def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index
   if n < process_count:
     raise ValueError(f"{n} records cannot be split over {process_count} hosts")
   ds = grain.MapDataset.source(src)[process_index::process_count]
+  if p.balance_by:   # this host's records, redrawn class-balanced (data/balance.py)
+    from dreamfoley_jax.data import balance
+
+    labels = balance.record_labels(ds, p.balance_by)
+    ds = grain.MapDataset.source(balance.Reindexed(ds, balance.balanced_indices(
+        labels, p.seed * 1000003 + process_index, p.balance_power)))
   if len(ds) < p.batch_size:
     raise ValueError(f"host {process_index}: {len(ds)} records, fewer than one batch of {p.batch_size}")
   if shuffle:
