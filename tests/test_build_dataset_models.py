@@ -318,3 +318,49 @@ def test_part2_stages_are_off_by_default_and_switchable():
   assert h1 != h2                                    # a changed threshold is a new config
   rec = _clip(np.zeros(10)).with_scores(speech_ratio=0.1, pam=0.6, ast_prob=0.9, imagebind=0.3).to_record()
   assert {"score_speech_ratio", "score_pam", "score_ast_prob", "score_imagebind"} <= set(rec)
+
+
+def test_beam_build_with_labels_and_captions(tmp_path, tiny_ast, endpoint):
+  """The Beam pipeline with the ast and caption stages: scores and provenance in the records, every
+  rejection (reason, value, detail) in the report, the bad clip's neighbours kept."""
+  from dreamfoley_jax.data import records
+  from dreamfoley_jax.data.build import run, shards
+
+  d = tmp_path / "in"
+  d.mkdir()
+  for i, s in enumerate((0.7, 0.8, 0.9)):
+    ms.write_media(d / f"v{i}.mp4", seconds=s, size=(48, 64), audio=ms.noise(s, amp=0.2, seed=i), shift_px=0.4)
+  small = st.StandardiseConfig(clip_seconds=1.0, min_clip_seconds=0.64, short_side=64)
+  bad = str(len(captions.wav_bytes(np.zeros(int(round(0.8 * 16000)), np.float32), 16000)))
+  endpoint.script = {(("audio_url",), bad, n): "http500" for n in (1, 2, 3)}    # v1's audio captions always fail
+  cap = _caption_stage(endpoint.url).cfg
+  cfg = stages.BuildConfig(standardise=small, stages=("silence", "ast", "caption"),
+                           stage_configs=(("ast", tags.TagsConfig(model=tiny_ast[0])), ("caption", cap)))
+  rep = run.build_dataset(str(d / "*.mp4"), str(tmp_path / "out"), cfg,
+                          beam_options=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+                          show_progress=False)
+  rows = {r["stage"]: r for r in rep["stages"]}
+  assert (rows["ast"]["in"], rows["ast"]["kept"]) == (3, 3)
+  assert (rows["caption"]["in"], rows["caption"]["kept"], rows["caption"]["rejected"]) == (3, 2, 1)
+  r = rep["rejections"]["caption/caption_failed"]
+  assert r["count"] == 1
+  pf = {pathlib.Path(p["source"]).name: p for p in rep["per_file"]}
+  assert pf["v1.mp4"]["status"] == "all_clips_rejected" and pf["v1.mp4"]["clips_rejected"] == {
+      "caption/caption_failed": 1}
+  idx = shards.read_indexes(str(tmp_path / "out"), "train")
+  rej = [x for i in idx for x in i["rejections"]]
+  assert len(rej) == 1 and "HTTP 500" in rej[0]["detail"] and "after 3 attempts" in rej[0]["detail"]
+  assert "ast_prob" in rep["scores"] and rep["scores"]["ast_prob"]["n"] == 2
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  recs = []
+  for p in shards.shard_paths(str(tmp_path / "out"), "train"):
+    rd = ArrayRecordReader(p)
+    recs += [records.decode_example(b) for b in rd.read_all()]
+    rd.close()
+  assert sorted(x["clip_id"] for x in recs) == ["v0-000", "v2-000"]
+  for x in recs:
+    assert x["caption"] == "Rain drums on a tin roof." and "score_ast_prob" in x and "score_silence_ratio" in x
+    assert int(x["ast_class"]) == int(x["ast_top"][0])
+    prov = json.loads(x["captions_json"])
+    assert [p["role"] for p in prov] == ["audio", "video", "consistency", "integrated"]
