@@ -364,3 +364,50 @@ def test_beam_build_with_labels_and_captions(tmp_path, tiny_ast, endpoint):
     assert int(x["ast_class"]) == int(x["ast_top"][0])
     prov = json.loads(x["captions_json"])
     assert [p["role"] for p in prov] == ["audio", "video", "consistency", "integrated"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+  """A tiny random Qwen2 causal LM + a word-level tokenizer with a Qwen-style chat template, saved as a
+  local transformers directory."""
+  torch = pytest.importorskip("torch")
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+  d = tmp_path_factory.mktemp("llm")
+  words = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n", "yes", "no", "rain", "roof", "a",
+           "tin", "on", "falls", "the", "sound"] + [f"w{i}" for i in range(48)]
+  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
+                                additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+  tok.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+  tok.save_pretrained(d)
+  torch.manual_seed(0)
+  cfg = Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                    eos_token_id=2, pad_token_id=0, bos_token_id=1, tie_word_embeddings=False)
+  Qwen2ForCausalLM(cfg).eval().save_pretrained(d)
+  return str(d)
+
+
+def test_local_llm_backend_is_transformers_generate(tiny_llm):
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+
+  cfg = captions.CaptionConfig(max_new_tokens=6, retries=1, backoff_s=0.0)
+  chat = captions.make_backend("", tiny_llm, "text", cfg)
+  assert isinstance(chat, captions.LocalChat)
+  text = "the sound rain on a tin roof"
+  got = chat(text)
+  tok, m = AutoTokenizer.from_pretrained(tiny_llm), AutoModelForCausalLM.from_pretrained(tiny_llm).eval()
+  ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                return_tensors="pt", return_dict=True)
+  with torch.no_grad():
+    out = m.generate(**ids, max_new_tokens=6, do_sample=False)
+  assert got == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() and got
+  # a random model is no yes/no discriminator: its verdict is a malformed reply, retried, then an error
+  if got.split()[0] not in ("yes", "no"):
+    with pytest.raises(captions.ReplyError, match="neither yes nor no.*after 2 attempts"):
+      captions.ask(chat, cfg, text, captions.verdict)
