@@ -411,3 +411,60 @@ def test_local_llm_backend_is_transformers_generate(tiny_llm):
   if got.split()[0] not in ("yes", "no"):
     with pytest.raises(captions.ReplyError, match="neither yes nor no.*after 2 attempts"):
       captions.ask(chat, cfg, text, captions.verdict)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_audio(tmp_path_factory):
+  """A tiny random Qwen2-Audio (Whisper-style encoder + Qwen2 decoder) with its processor (128-mel Whisper
+  features, the processor's own chat template, <|AUDIO|> expansion), saved as a local directory."""
+  torch = pytest.importorskip("torch")
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import (PreTrainedTokenizerFast, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                            Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+  d = tmp_path_factory.mktemp("qwen2_audio")
+  sp = ["<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+  words = ["<unk>"] + sp + ["user", "assistant", "system", "\n", "rain", "roof"] + [f"w{i}" for i in range(50)]
+  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
+                                additional_special_tokens=sp)
+  Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok).save_pretrained(d)
+  torch.manual_seed(0)
+  cfg = Qwen2AudioConfig(
+      audio_config={"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+                    "num_mel_bins": 128},
+      text_config={"model_type": "qwen2", "vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32,
+                   "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "eos_token_id": 2,
+                   "pad_token_id": 0},
+      audio_token_index=words.index("<|AUDIO|>"))
+  Qwen2AudioForConditionalGeneration(cfg).eval().save_pretrained(d)
+  return str(d)
+
+
+def test_local_audio_captioner_in_the_stage(tiny_qwen2_audio, endpoint):
+  """Audio captions from a local Qwen2-Audio directory (video and LLM from the endpoint): the caption is
+  what transformers' processor + generate give for the clip's 16 kHz audio, with its provenance."""
+  import torch
+  from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+  from dreamfoley_jax.audio.resample import resample_np
+
+  cfg = dataclasses.replace(_caption_stage(endpoint.url).cfg, audio_endpoint="", audio_model=tiny_qwen2_audio,
+                            max_new_tokens=5, integrate=False, check_consistency=False)
+  x = ms.noise(1.5, amp=0.2, seed=4)[0]
+  out = captions.CaptionStage(cfg)(_clip(x, mp4=b"\0" * 8))
+  prov = json.loads(out.fields["captions_json"])
+  assert prov[0]["role"] == "audio" and prov[0]["model"] == f"{tiny_qwen2_audio} (transformers)"
+  proc = AutoProcessor.from_pretrained(tiny_qwen2_audio)
+  m = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_qwen2_audio).eval()
+  msgs = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": captions.caption_prompts.get(
+      "audio_caption@1")}]}]
+  inputs = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False),
+                audio=[resample_np(x, 44100, 16000)], sampling_rate=16000, return_tensors="pt")
+  assert int((inputs["input_ids"] == m.config.audio_token_index).sum()) > 10   # the audio went in as tokens
+  with torch.no_grad():
+    ids = m.generate(**inputs, max_new_tokens=5, do_sample=False)
+  want = proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+  assert out.caption == prov[0]["text"] == want and want
+  assert prov[1]["role"] == "video" and prov[1]["model"].startswith("qwen2.5-vl@")
