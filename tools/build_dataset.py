@@ -128,6 +128,21 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   extra = [o.strip() for o in F.beam_pipeline_options.split(",") if o.strip()]
+  # the model stages' weights, checked here: a missing one would otherwise reject every clip in the workers
+  need = {"separation": ["separation_model"], "pam": ["pam_model", "pam_tokenizer"], "ast": ["ast_model"],
+          "imagebind": ["imagebind_model"],
+          "caption": ["caption_audio_model", "caption_video_model"] + (
+              ["caption_llm_model"] if F.caption_consistency else [])}
+  for stage, names in need.items():
+    if stage not in cfg.stages:
+      continue
+    for n in names:
+      v = getattr(F, n)
+      if not v:
+        raise app.UsageError(f"--stages includes {stage}: --{n} is required (docs/data.md \"Model stages\")")
+      local = not n.startswith("caption_") or not getattr(F, n.replace("_model", "_endpoint"))
+      if local and not pathlib.Path(v).expanduser().exists():
+        raise app.UsageError(f"--{n}={v}: no such file or directory (weights are read by local path)")
   if "encode" in cfg.stages and not F.codec_ckpt:
     raise app.UsageError("--codec_ckpt is required: records need audio_codes (or leave out the encode stage "
                          "with --stages=-encode to only filter)")

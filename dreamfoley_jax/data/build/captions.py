@@ -4,7 +4,8 @@ Each of the three roles (audio captioner, video captioner, LLM) is either
   * an OpenAI-compatible HTTP endpoint the user runs (vLLM, SGLang, llama.cpp, ...; `/chat/completions`,
     media as base64 data URLs: `audio_url` (16 kHz wav) / `video_url` (the standardised mp4)), or
   * a local transformers directory (`from_pretrained(..., local_files_only=True)`): Qwen2-Audio /
-    Qwen2.5-Omni thinker for audio, Qwen2.5-VL for video, a causal LM (Qwen2.5-Instruct) for the LLM.
+    Qwen2.5-Omni thinker for audio, Qwen2.5-VL for video (transformers' video processor needs
+    torchvision), a causal LM (Qwen2.5-Instruct) for the LLM.
 Prompts live in caption_prompts.py; every caption keeps its provenance (role, model, prompt id) in the
 record's `captions_json`, and `caption` becomes the integrated caption (the input's own caption, if any,
 is kept in the provenance as role "input").
@@ -269,7 +270,9 @@ class CaptionStage(ModelStage):
   def process_batch(self, clips):
     if not self._loaded:
       super().process_batch([])   # loads once
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(self.cfg.concurrency, len(clips)))) as ex:
+    local = any(isinstance(b, LocalChat) for b in (self.audio_cap, self.video_cap, self.llm))
+    n = 1 if local else max(1, min(self.cfg.concurrency, len(clips)))   # a local model: one generate at a time
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
       futs = {ex.submit(self.caption_one, c): c.clip_id for c in clips}
       results = {futs[f]: f.result() for f in concurrent.futures.as_completed(futs)}
     return join_by_id(clips, results)
