@@ -66,12 +66,11 @@ def pam_stage(tmp):
 
   c = M.MsClapConfig()
   st = pam.PamStage(pam.PamConfig(model="<random>", tokenizer="<random>"))
-  model = M.MsClap(c)
   ids = np.zeros((2, c.text_len), np.int32)
   ids[:, :10] = np.arange(1, 11)
   st.pam_cfg, st.pam_variables = c, jax.tree.map(jnp.asarray, M.random_variables(c, 0))
   st.pam_prompts = (jnp.asarray(ids), jnp.asarray((ids != 0).astype(np.int32)))
-  st.pam_fn = jax.jit(lambda v, w, i, m: model.apply(v, w, i, m)[0])
+  st.pam_fn = M.jitted_pam(c)
   st._loaded = True
   return st
 

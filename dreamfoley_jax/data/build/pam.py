@@ -52,10 +52,9 @@ class PamStage(ModelStage):
     mc = model_config(c.geometry)
     variables = jax.tree.map(jnp.asarray, msclap.convert_msclap(msclap.read_checkpoint(c.model), mc))
     ids, mask = msclap.Gpt2Prompts(c.tokenizer, length=mc.text_len)(list(msclap.PROMPTS))
-    model = msclap.MsClap(mc)
     self.pam_cfg, self.pam_variables = mc, variables
     self.pam_prompts = (jnp.asarray(ids), jnp.asarray(mask))
-    self.pam_fn = jax.jit(lambda v, w, i, m: model.apply(v, w, i, m)[0])
+    self.pam_fn = msclap.jitted_pam(mc)
 
   def identity(self):
     return {"model": path_fingerprint(self.cfg.model), "tokenizer": path_fingerprint(self.cfg.tokenizer)}
@@ -69,7 +68,7 @@ class PamStage(ModelStage):
     if clip.audio_rate != self.pam_cfg.sample_rate:
       x = resample_np(x, clip.audio_rate, self.pam_cfg.sample_rate)
     wins = msclap.pam_windows(x, self.pam_cfg.window_samples)
-    return np.asarray(self.pam_fn(self.pam_variables, wins, *self.pam_prompts), np.float64)
+    return np.asarray(self.pam_fn(self.pam_variables, wins, *self.pam_prompts)[0], np.float64)
 
   def process(self, clip: Clip) -> Clip | Rejection:
     score = float(np.mean(self.window_scores(clip)))

@@ -18,6 +18,7 @@ Flax names: `htsat/...` as clap.HTSAT's, `audio_projection`, `gpt2/h_{i}/attn_c_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from typing import Mapping
@@ -163,6 +164,14 @@ class MsClap(nn.Module):
 
   def __call__(self, wav_BxN, ids_BxS, mask_BxS):
     return self.pam(wav_BxN, ids_BxS, mask_BxS)
+
+
+@functools.lru_cache(maxsize=4)
+def jitted_pam(c: MsClapConfig):
+  """jit(MsClap(c).apply): (variables, wav_WxN, ids_2xS, mask_2xS) -> (PAM per window, aux); one compiled
+  function per config and shape in a process (the data stage and the tests share it)."""
+  model = MsClap(c)
+  return jax.jit(lambda v, w, i, m: model.apply(v, w, i, m))
 
 
 def pam_windows(wav_N: np.ndarray, n: int) -> np.ndarray:
