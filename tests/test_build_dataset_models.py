@@ -468,3 +468,58 @@ def test_local_audio_captioner_in_the_stage(tiny_qwen2_audio, endpoint):
   want = proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
   assert out.caption == prov[0]["text"] == want and want
   assert prov[1]["role"] == "video" and prov[1]["model"].startswith("qwen2.5-vl@")
+
+
+def test_ast_default_config_is_the_published_audioset_geometry():
+  """ASTConfig() (what a saved MIT/ast-finetuned-audioset-10-10-0.4593 config.json holds, besides its
+  labels) at real size on the meta device: 12 x 768, 16x16 patches at stride 10 over 128 x 1024 ->
+  12 x 101 patches + cls + distillation tokens, 527 outputs."""
+  torch = pytest.importorskip("torch")
+  from transformers import ASTConfig, ASTForAudioClassification
+
+  with torch.device("meta"):
+    m = ASTForAudioClassification(ASTConfig(num_labels=527))
+  sd = m.state_dict()
+  assert tuple(sd["audio_spectrogram_transformer.embeddings.position_embeddings"].shape) == (1, 1214, 768)
+  assert tuple(sd["audio_spectrogram_transformer.embeddings.patch_embeddings.projection.weight"].shape) == (768, 1, 16, 16)
+  assert tuple(sd["classifier.dense.weight"].shape) == (527, 768)
+  assert sum(1 for k in sd if k.endswith("attention.q_proj.weight")) == 12
+  assert 86e6 < sum(p.numel() for p in m.parameters()) < 88e6
+
+
+# transformers 4.x names (the published AST checkpoints' keys) of this transformers' AST keys
+_AST_OLD = ((r"\.layers\.(\d+)\.", r".encoder.layer.\1."), (r"attention\.q_proj", "attention.attention.query"),
+            (r"attention\.k_proj", "attention.attention.key"), (r"attention\.v_proj", "attention.attention.value"),
+            (r"attention\.o_proj", "attention.output.dense"), (r"mlp\.fc1", "intermediate.dense"),
+            (r"mlp\.fc2", "output.dense"))
+
+
+def test_ast_stage_loads_the_published_key_layout(tmp_path, tiny_ast):
+  """A checkpoint saved with the published (transformers 4.x) key names loads into the stage's model with
+  every weight (the same logits as the original), not silently re-initialised."""
+  import re
+  import shutil
+
+  import torch
+  from safetensors.torch import save_file
+
+  path, ref = tiny_ast
+  old = {}
+  for k, v in ref.state_dict().items():
+    for a, b in _AST_OLD:
+      k = re.sub(a, b, k)
+    old[k] = v.contiguous()
+  assert "audio_spectrogram_transformer.encoder.layer.1.attention.attention.query.weight" in old
+  d = tmp_path / "ast_v4"
+  d.mkdir()
+  for f in ("config.json", "preprocessor_config.json"):
+    shutil.copy(pathlib.Path(path) / f, d / f)
+  save_file(old, str(d / "model.safetensors"), metadata={"format": "pt"})
+  stage = tags.TagsStage(tags.TagsConfig(model=str(d)))
+  clip = _clip(ms.noise(2.0, amp=0.2, seed=7)[0])
+  got = stage(clip)
+  want = tags.TagsStage(tags.TagsConfig(model=path))(clip)
+  assert got.scores["ast_prob"] == pytest.approx(want.scores["ast_prob"], abs=1e-6)
+  np.testing.assert_array_equal(got.fields["ast_top"], want.fields["ast_top"])
+  for (k, v), (k2, v2) in zip(sorted(stage.tagger.state_dict().items()), sorted(ref.state_dict().items())):
+    assert k == k2 and torch.equal(v, v2), k
