@@ -523,3 +523,17 @@ def test_ast_stage_loads_the_published_key_layout(tmp_path, tiny_ast):
   np.testing.assert_array_equal(got.fields["ast_top"], want.fields["ast_top"])
   for (k, v), (k2, v2) in zip(sorted(stage.tagger.state_dict().items()), sorted(ref.state_dict().items())):
     assert k == k2 and torch.equal(v, v2), k
+
+
+def test_local_video_captioner_frames(tmp_path):
+  """The frames a local Qwen2.5-VL gets: 2 fps from the standardised clip, an even count (its temporal
+  patch is 2 frames). (The model call itself needs torchvision for transformers' video processor.)"""
+  p = ms.write_media(tmp_path / "v.mp4", seconds=3.0, size=(48, 64), audio=ms.noise(3.0), shift_px=1.0)
+  clip = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=48))[0][0]
+  with st.MediaFile(clip.video_mp4) as f:
+    fr = captions._frames_2fps(f)
+  assert fr.shape == (6, 48, 64, 3) and fr.dtype == np.uint8
+  short = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=48,
+                                                                                 clip_seconds=2.48))[0][0]
+  with st.MediaFile(short.video_mp4) as f:
+    assert captions._frames_2fps(f).shape[0] == 4   # 2.48 s: 4 frames at 2 fps (4.96 -> 4, even)
