@@ -316,6 +316,13 @@ def test_part2_stages_are_off_by_default_and_switchable():
   h1 = stages.config_hash(ident)
   h2 = stages.config_hash(stages.identity(stages.BuildConfig(stages=("pam",))))
   assert h1 != h2                                    # a changed threshold is a new config
+  # the report draws each threshold on its rejected and kept histograms
+  from dreamfoley_jax.data.build import report
+
+  rep = {"config": stages.identity(stages.BuildConfig(stages=("pam", "imagebind"), stage_configs=(
+      ("imagebind", alignment.AlignmentConfig(min_score=0.25)),)))}
+  assert report.threshold_of(rep, "imagebind/imagebind") == report.threshold_of(rep, "imagebind") == 0.25
+  assert report.threshold_of(rep, "pam/pam") == 0.3
   rec = _clip(np.zeros(10)).with_scores(speech_ratio=0.1, pam=0.6, ast_prob=0.9, imagebind=0.3).to_record()
   assert {"score_speech_ratio", "score_pam", "score_ast_prob", "score_imagebind"} <= set(rec)
 
