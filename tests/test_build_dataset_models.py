@@ -316,6 +316,11 @@ def test_part2_stages_are_off_by_default_and_switchable():
   h1 = stages.config_hash(ident)
   h2 = stages.config_hash(stages.identity(stages.BuildConfig(stages=("pam",))))
   assert h1 != h2                                    # a changed threshold is a new config
+  # how a stage runs (endpoint address, timeouts, device) is not part of the hash: a rerun may change it
+  cap = lambda **kw: stages.config_hash(stages.identity(stages.BuildConfig(stages=("caption",), stage_configs=(  # noqa: E731
+      ("caption", captions.CaptionConfig(audio_model="a", video_model="v", llm_model="l", audio_endpoint="http://x",
+                                         video_endpoint="http://x", llm_endpoint="http://x", **kw)),))))
+  assert cap(timeout_s=5.0, retries=9) == cap() != cap(integrate=False)
   # the report draws each threshold on its rejected and kept histograms
   from dreamfoley_jax.data.build import report
 

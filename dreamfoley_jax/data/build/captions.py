@@ -42,6 +42,9 @@ class ReplyError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class CaptionConfig:
+  # how it runs, not what it produces: a rerun may change these and resume into the same folder
+  NOT_IN_HASH = ("audio_endpoint", "video_endpoint", "llm_endpoint", "api_key_env", "timeout_s", "retries",
+                 "backoff_s", "concurrency")
   audio_endpoint: str = ""      # e.g. http://127.0.0.1:8000/v1 ; empty: audio_model is a local directory
   audio_model: str = ""         # the endpoint's model name, or a local Qwen2-Audio / Qwen2.5-Omni directory
   video_endpoint: str = ""
@@ -237,7 +240,7 @@ class CaptionStage(ModelStage):
     out = {}
     for role, ep, m in (("audio", c.audio_endpoint, c.audio_model), ("video", c.video_endpoint, c.video_model),
                         ("llm", c.llm_endpoint, c.llm_model)):
-      out[role] = f"{m}@{ep}" if ep else path_fingerprint(m) if m else ""
+      out[role] = m if ep else path_fingerprint(m) if m else ""   # an endpoint: its served model name
     out["prompts"] = {p: caption_prompts.get(p) for p in (c.audio_prompt, c.video_prompt, c.consistency_prompt,
                                                           c.integrate_prompt)}
     return out

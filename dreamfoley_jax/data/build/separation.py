@@ -122,6 +122,7 @@ def check_state(expected, found, where) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SeparationConfig:
+  NOT_IN_HASH = ("device",)   # a rerun may change these and resume
   model: str = ""                  # demucs htdemucs model file (955717e8-8726e21a.th)
   stem: str = "vocals"             # the stem removed
   overlap: float = 0.25            # demucs' default split overlap

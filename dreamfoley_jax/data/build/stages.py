@@ -84,7 +84,8 @@ def identity(cfg: BuildConfig, stages: Sequence | None = None) -> dict:
   stages = build_stages(cfg) if stages is None else stages
   out = {"format": FORMAT_VERSION, "standardise": dataclasses.asdict(cfg.standardise), "stages": []}
   for st in stages:
-    d = {"name": st.name, "config": dataclasses.asdict(st.cfg)}
+    skip = getattr(type(st.cfg), "NOT_IN_HASH", ())   # how it runs, not what it produces (devices, timeouts)
+    d = {"name": st.name, "config": {k: v for k, v in dataclasses.asdict(st.cfg).items() if k not in skip}}
     if isinstance(st, ModelStage):
       d["weights"] = st.identity()
     out["stages"].append(d)

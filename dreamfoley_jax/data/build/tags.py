@@ -21,6 +21,7 @@ RATE = 16000
 
 @dataclasses.dataclass(frozen=True)
 class TagsConfig:
+  NOT_IN_HASH = ("device",)   # a rerun may change these and resume
   model: str = ""          # a local AST directory (config.json, model.safetensors, preprocessor_config.json)
   top_k: int = 5
   device: str = "cpu"      # torch device
