@@ -21,7 +21,7 @@ def data_dir(tmp_path_factory):
 
 
 def _batch(c, fcfg, index=0, n=8):
-  p = train.pipeline_config(c, fcfg, local_batch=n)
+  p = train.pipeline_config(c, fcfg, batch_size=n)
   raw = [records.encode_example(e) for e in th.make_examples(n, seed=index)]
   return pipeline.BatchTransform(p)(index, raw)
 
