@@ -12,6 +12,7 @@ Exit status: 0 finished or preempted (SIGTERM on any host: all hosts checkpoint 
 4 lost another process. If a process dies, JAX ends the others after --heartbeat_timeout_s.
 """
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +30,9 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
                                   "a process silent this long is declared dead and the job ends")
 _INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300, "how long processes wait for each other at start")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+_LOST_PEER = r"Gloo|Connection (closed|reset)|UNAVAILABLE|[Cc]oordination service|heartbeat|unhealthy"
 
 
 def _fail(code, msg):
@@ -51,7 +55,8 @@ def main(argv):
   except train.NonFiniteLossError as e:
     _fail(3, str(e))
   except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() > 1:   # a peer died mid-collective: JAX's shutdown barrier would wait for it
+    # A peer died mid-collective: exit at once (JAX's shutdown barrier at exit would wait for the dead).
+    if jax.process_count() > 1 and re.search(_LOST_PEER, str(e)):
       print(f"ERROR: lost contact with another process ({str(e).splitlines()[0][:200]}); restart the job, it "
             "resumes from the last checkpoint", file=sys.stderr, flush=True)
       os._exit(4)
