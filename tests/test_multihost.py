@@ -143,6 +143,36 @@ def test_grain_workers_exit_with_a_sigkilled_trainer(ref, tmp_path):
     job.kill()
 
 
+SLURM_PROBE = """
+import numpy as np
+from jax.experimental import multihost_utils
+from dreamfoley_jax import train
+print(train.init_distributed(heartbeat_timeout_s=10))
+print("ids", multihost_utils.process_allgather(np.int32(__import__("jax").process_index())).tolist())
+"""
+
+
+def test_slurm_environment_is_auto_detected(tmp_path):
+  """Under srun (faked: the SLURM_* variables srun sets) no flag is needed: jax.distributed finds the job."""
+  import subprocess
+  import sys
+
+  port = lh.free_port()
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", SLURM_PROCID=str(i),
+               SLURM_LOCALID="0", JAX_COORDINATOR_PORT=str(port),
+               PYTHONPATH=os.pathsep.join([str(lh.ROOT), os.environ.get("PYTHONPATH", "")]))
+    procs.append(subprocess.Popen([sys.executable, "-c", SLURM_PROBE], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, cwd=lh.ROOT))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for i, out in enumerate(outs):
+    assert procs[i].returncode == 0, out[-3000:]
+    assert f"jax.distributed: process {i} of 2 (auto-detected SlurmCluster)" in out, out[-3000:]
+    assert "ids [0, 1]" in out
+
+
 # --------------------------------------------------------------------------------------------------
 # Slow: bitwise restarts, kill -9, 4 processes
 # --------------------------------------------------------------------------------------------------
