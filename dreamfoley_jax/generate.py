@@ -407,7 +407,7 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   centre-cropped to the encoders' image size. features mode: EVA-CLIP / Synchformer features from
   converted checkpoints (`--eva_ckpt`, `--sync_ckpt`), exactly as tools/extract_features.py makes them.
   """
-  from dreamfoley_jax.video import load_video_frames
+  from dreamfoley_jax.video import load_video_frames, sync_cover_windows
 
   if cfg.vision_mode == "frames":
     size = (cfg.synchformer if cfg.use_sync else cfg.eva).image_size
@@ -430,21 +430,15 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   def features_fn(path):
     v = load_video_frames(path)
     out = {}
-    if cfg.use_sync:
-      win = extract_windows(v.sync_u8)
-      out["sync_feats"] = np.asarray(enc.sync(win)).reshape(-1, cfg.sync_dim)
+    if cfg.use_sync:   # one token per 25 fps frame, as the training records (video.sync_cover_windows)
+      win = sync_cover_windows(v.sync_u8)
+      out["sync_feats"] = np.asarray(enc.sync(win)).reshape(-1, cfg.sync_dim)[:v.sync_u8.shape[0]]
       out["video_mask"] = np.ones(out["sync_feats"].shape[0], bool)
     if cfg.use_clip:
       out["clip_feats"] = np.asarray(enc.clip(v.clip_u8))
     return out
 
   return features_fn
-
-
-def extract_windows(frames_u8):
-  from dreamfoley_jax.models import synchformer
-
-  return frames_u8[synchformer.window_index(frames_u8.shape[0])]
 
 
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,

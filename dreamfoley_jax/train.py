@@ -471,6 +471,9 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
   seed = int(t.seed)
   G = int(t.global_batch)
 
+  # Initial weights (a fresh run only): one-line errors for a missing checkpoint before anything compiles.
+  init_entries = [] if ckptlib.has_checkpoint(workdir) else ckptlib.initial_weight_entries(t)
+
   # --- mesh ---------------------------------------------------------------------------------------
   mesh = mesh or sharding.make_mesh(dict(c.mesh))
   validate(c, mesh)
@@ -522,9 +525,8 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
       else:
         latest = None
         state = nn.unbox(jax.jit(init_fn, out_shardings=state_sh)())
-        if t.get("init_from"):
-          params = ckptlib.load_initial_weights(state.params, state_sh.params, list(t.init_from))
-          state = state.replace(params=params)
+        if init_entries:
+          state = state.replace(params=ckptlib.load_initial_weights(state.params, state_sh.params, init_entries))
       start = int(jax.device_get(state.step))
       start_example = _start_example(position, start, G, data_seed(c), num_records)
       dataset = pipeline.make_dataset(pcfg, c.data.train_records, rows=rows, start_batch=start,
