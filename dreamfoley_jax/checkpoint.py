@@ -14,6 +14,7 @@ Also: preemption (SIGTERM) handling and initial weights from converted orbax che
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pathlib
 import re
@@ -91,7 +92,7 @@ def _path(p) -> str:
 
 def checksums(state) -> tuple[dict[str, list[int]], dict[str, bool]]:
   """({leaf path: [sum, weighted sum]}, {'params'/'opt_state': all finite}) of a pytree of global arrays."""
-  sums, finite = jax.device_get(_sums_and_finite(state))
+  sums, finite = jax.device_get(run_aligned(_sums_and_finite, state))
   flat = jax.tree_util.tree_flatten_with_path(sums)[0]
   return {_path(p): [int(v[0]), int(v[1])] for p, v in flat}, {k: bool(v) for k, v in finite.items()}
 
@@ -100,20 +101,37 @@ def _json_sha(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+_BARRIER_COUNT = itertools.count()
+_ALIGNED: set = set()
+
+
+def sync_processes(name: str, timeout_s: int = 900):
+  """Barrier through the coordination service, not a device collective: CPU (gloo) collectives give a
+  new device group only 30 s to assemble, which a slower process (compiling, loading) can exceed."""
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=f"dreamfoley_{name}_{next(_BARRIER_COUNT)}", timeout_ms=timeout_s * 1000)
+
+
+def run_aligned(jitted, *args):
+  """`jitted(*args)`; with several processes, each new signature is compiled first and entered together."""
+  if jax.process_count() > 1:
+    key = (id(jitted), jax.tree.structure(args),
+           tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args)))
+    if key not in _ALIGNED:
+      jitted.lower(*args).compile()
+      sync_processes("compiled")
+      _ALIGNED.add(key)
+  return jitted(*args)
+
+
 def _all_hosts_ok(ok: bool) -> bool:
   """True only if `ok` on every process (so all hosts take the same branch)."""
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils
 
+  sync_processes("agree")
   return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
-
-
-def _barrier(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +255,7 @@ class Checkpointer:
         except OSError:   # object stores: copy, then delete
           shutil.copytree(str(src), str(dst))
           shutil.rmtree(str(src))
-    _barrier(f"dreamfoley_discard_{step}")
+    sync_processes(f"discard_{step}")
     self.manager.reload()
 
   def prune(self, keep_from: int | None = None):

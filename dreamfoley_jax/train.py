@@ -502,6 +502,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
   ckpt = ckptlib.Checkpointer(workdir, every=int(t.get("ckpt_every", 1000)), keep=int(t.get("keep_ckpts", 3)),
                               async_save=bool(t.get("async_ckpt", True)))
   data_iter, writer, guard = None, None, None
+  ckptlib.sync_processes("start")     # processes start seconds apart; later steps run in lockstep
   try:
     with sharding.use_mesh(mesh):
       # --- eval_shape -> shardings -> jit(init) -----------------------------------------------------
@@ -524,7 +525,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
         logging.info("resuming from %s/%d", ckpt.directory, latest)
       else:
         latest = None
-        state = nn.unbox(jax.jit(init_fn, out_shardings=state_sh)())
+        state = nn.unbox(ckptlib.run_aligned(jax.jit(init_fn, out_shardings=state_sh)))
         if init_entries:
           state = state.replace(params=ckptlib.load_initial_weights(state.params, state_sh.params, init_entries))
       start = int(jax.device_get(state.step))
@@ -586,7 +587,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
         S = seq_len({k: v.shape for k, v in local.items()})
         tokens = S * G
         flops_since += step_flops(fcfg, n_mm, G, S)
-        state, metrics = p_update(state, batch)
+        state, metrics = ckptlib.run_aligned(p_update, state, batch)
         step += 1
         steps_since += 1
         tokens_since += tokens

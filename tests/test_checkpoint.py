@@ -229,6 +229,9 @@ def test_no_intact_checkpoint_is_an_error_naming_each(runs, tmp_path):
   (work / "checkpoints" / "4" / "state" / "_METADATA").unlink()
   with pytest.raises(ckptlib.CheckpointError, match=r"no intact checkpoint in .*step 8: .*step 4: "):
     train.load_checkpoint(runs["c"], str(work))
+  with pytest.raises(ckptlib.CheckpointError, match=r"no intact checkpoint"):   # a restart fails again:
+    train.train(runs["c"], str(work))                                              # nothing starts afresh
+  assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8] and not (work / "rejected_checkpoints").exists()
 
 
 # --------------------------------------------------------------------------------------------------
