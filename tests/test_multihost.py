@@ -2,8 +2,9 @@
 
 Default suite: one 2-process job (launched by flags and by JAX_* variables) that resumes a 1-process
 checkpoint, matches the 1-process loss curve, is stopped by SIGTERM to ONE process and resumes on
-one process; grain workers of a SIGKILLed trainer exit. Slow (`-m slow`): bitwise restart after SIGTERM
-and after kill -9 of one process, 4 processes, 2 processes from scratch.
+one process; SLURM auto-detection; grain workers of a SIGKILLed reader exit. Slow (`-m slow`): bitwise
+restart after SIGTERM and after kill -9 of either process, 4 processes, 2 processes from scratch,
+grain workers of a SIGKILLed trainer.
 """
 import os
 import re
@@ -123,24 +124,66 @@ def test_two_process_checkpoint_resumes_on_one_process(ref, two):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6), st.params, ref["state"].params)
 
 
+READER = """
+import sys
+from absl import app
+sys.path.insert(0, {root!r})
+from dreamfoley_jax.data import pipeline
+
+def main(_):
+  p = pipeline.PipelineConfig(batch_size=4, num_codebooks=8, codebook_size=64, sync_dim=32, clip_dim=16, max_text_len=4,
+                              null_text_len=2, null_video_len=2, crop_min_s=1.0, crop_max_s=2.0,
+                              bucket_seconds=(1.5, 2.0))
+  for i, _ in enumerate(pipeline.make_dataset(p, {pattern!r}, num_workers=2)):
+    print("BATCH", i, flush=True)
+
+if __name__ == "__main__":
+  app.run(main)
+"""
+
+
+def _kill_and_watch_children(proc, ready, timeout=900):
+  kids = set()
+
+  def up():
+    kids.update(lh.descendants(proc.pid))
+    return proc.poll() is not None or (len(lh.alive(kids)) >= 2 and ready())
+
+  assert lh.wait_for(up, timeout=timeout) and proc.poll() is None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  t = time.time()
+  assert lh.wait_for(lambda: not lh.alive(kids), timeout=10, poll=0.05), lh.alive(kids)
+  return kids, time.time() - t
+
+
+def test_grain_workers_exit_with_a_sigkilled_reader(tmp_path):
+  """The trainer's pipeline (2 grain workers) in a process that is SIGKILLed: its children exit."""
+  import subprocess
+  import sys
+
+  pattern, _ = th.write_dataset(tmp_path / "data", n=8)
+  script = tmp_path / "reader.py"
+  script.write_text(READER.format(root=str(lh.ROOT), pattern=pattern))
+  log = tmp_path / "reader.log"
+  proc = subprocess.Popen([sys.executable, "-u", str(script)], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+  try:
+    kids, took = _kill_and_watch_children(proc, lambda: "BATCH 3" in log.read_text())
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  print(f"{len(kids)} children of the reader gone {took:.2f} s after SIGKILL")
+
+
+@pytest.mark.slow
 def test_grain_workers_exit_with_a_sigkilled_trainer(ref, tmp_path):
   job = lh.launch(ref["cfg"], tmp_path / "w", processes=1, devices=1, cache=ref["cache"],
-                  extra=["--config.data.num_workers=2", "--config.mesh.data=1"])
+                  extra=["--config.data.num_workers=2"])
   try:
-    kids = set()
-
-    def two_workers():   # grain starts them when the first batch is asked for
-      kids.update(lh.descendants(job.procs[0].pid))
-      return job.procs[0].poll() is not None or len(lh.alive(kids)) >= 2
-
-    assert lh.wait_for(two_workers, timeout=900) and job.procs[0].poll() is None, job.log()[-3000:]
-    job.procs[0].send_signal(signal.SIGKILL)
-    job.procs[0].wait()
-    t = time.time()
-    assert lh.wait_for(lambda: not lh.alive(kids), timeout=20, poll=0.1), lh.alive(kids)
-    print(f"{len(kids)} children of the trainer gone {time.time() - t:.1f} s after SIGKILL")
+    kids, took = _kill_and_watch_children(job.procs[0], lambda: bool(lh.metrics(tmp_path / "w")))
   finally:
     job.kill()
+  print(f"{len(kids)} children of the trainer gone {took:.2f} s after SIGKILL")
 
 
 SLURM_PROBE = """
