@@ -53,6 +53,10 @@ def ref(tmp_path_factory):
 
 def assert_same_curve(got, want, steps):
   """Same global batches (num_targets exact), same losses to fp32 reduction-order tolerance."""
+  steps = list(steps)
+  rel = max(abs(got[s]["loss"] - want[s]["loss"]) / abs(want[s]["loss"]) for s in steps)
+  print(f"steps {steps[0]}-{steps[-1]}: max relative loss difference {rel:.2e}, "
+        f"{sum(got[s]['loss'] == want[s]['loss'] for s in steps)} of {len(steps)} bit-equal")
   for s in steps:
     assert got[s]["num_targets"] == want[s]["num_targets"], s
     np.testing.assert_allclose(got[s]["loss"], want[s]["loss"], rtol=2e-5, err_msg=f"step {s}")
