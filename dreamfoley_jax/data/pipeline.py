@@ -244,7 +244,9 @@ class _ReadRows:
 
   def __call__(self, j: int, idx_G: np.ndarray) -> dict[str, Any]:
     idx = [int(idx_G[r]) for r in self.rows]
-    return {"index": self.first_index + int(j), "rows": self.rows, "raw": list(self.source.__getitems__(idx))}
+    get = getattr(self.source, "__getitems__", None)        # ArrayRecord: one batched read
+    raw = list(get(idx)) if get is not None else [self.source[i] for i in idx]
+    return {"index": self.first_index + int(j), "rows": self.rows, "raw": raw}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,10 +302,20 @@ def expand_paths(pattern: str | Sequence[str]) -> list[str]:
   return paths
 
 
-def count_records(paths: str | Sequence[str]) -> int:
+def records_source(paths: str | Sequence[str]):
+  """ArrayRecord shards (globs, comma-separated), or 'tfds:DIR[:split]': a TFDS dataset written by
+  tools/build_dataset.py --tfds_data_dir (its `record` feature holds these same records)."""
+  if isinstance(paths, str) and paths.startswith("tfds:"):
+    from dreamfoley_jax.data import tfds_source
+
+    return tfds_source.TfdsRecordSource.from_spec(paths)
   import grain
 
-  return len(grain.sources.ArrayRecordDataSource(expand_paths(paths)))
+  return grain.sources.ArrayRecordDataSource(expand_paths(paths))
+
+
+def count_records(paths: str | Sequence[str]) -> int:
+  return len(records_source(paths))
 
 
 def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index: int = 0, process_count: int = 1,
@@ -324,7 +336,7 @@ def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index
   rows = tuple(int(r) for r in (host_rows(G, process_index, process_count) if rows is None else rows))
   if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= G:
     raise ValueError(f"rows {rows[:8]}...: need sorted distinct rows of the global batch of {G}")
-  src = grain.sources.ArrayRecordDataSource(expand_paths(paths))
+  src = records_source(paths)
   n = len(src)
   if n < G:
     raise ValueError(f"data.train_records: {n} records, fewer than one global batch of {G} "
