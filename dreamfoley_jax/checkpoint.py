@@ -264,6 +264,25 @@ class Checkpointer:
     for s in steps[:-self.keep]:
       self.manager.delete(s)
 
+  def verify_part(self, step: int, prefix: str, tree) -> bool:
+    """Checks `tree` (e.g. params read by other means) against step's checksums of the `prefix/...` arrays.
+
+    True if verified, False if the step has no checksums (written before they existed); raises
+    CorruptCheckpointError naming the arrays that differ."""
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
+    except Exception:  # no checksums item (an older checkpoint)
+      meta = None
+    if not isinstance(meta, dict) or "arrays" not in meta:
+      return False
+    want = {k: v for k, v in meta["arrays"].items() if k.split("/")[0] == prefix}
+    sums, _ = checksums({prefix: tree})
+    bad = sorted(k for k in set(sums) | set(want) if sums.get(k) != want.get(k))
+    if bad:
+      raise CorruptCheckpointError(f"checksum mismatch in {len(bad)} of {len(want)} {prefix} arrays "
+                                   f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})")
+    return True
+
   def wait(self):
     self.manager.wait_until_finished()
 

@@ -268,3 +268,33 @@ def test_after_divergence_the_kept_checkpoint_is_good_and_trains_on(runs, tmp_pa
   res = train.train(sane, str(work))
   assert res.step == 11 and res.status == "finished"
   assert all(np.isfinite(losses_by_step(work)[s]) for s in (9, 10, 11))
+
+
+def _rewrite_param(step):
+  """One weight matrix rewritten through orbax: the files are well formed, only the checksums can tell."""
+  import orbax.checkpoint as ocp
+
+  tree = ocp.StandardCheckpointer().restore(step / "state")
+  tree["params"]["audio_embed"] = tree["params"]["audio_embed"] * 1.5
+  shutil.rmtree(step / "state")
+  ck = ocp.StandardCheckpointer()
+  ck.save(step / "state", tree)
+  ck.wait_until_finished()
+
+
+def test_exported_params_are_verified(runs, tmp_path, caplog):
+  """model_dir.train_params (tools/export_model.py) checks the params against the trainer's checksums:
+  a rewritten newest step falls back to the previous intact one; asking for it by number is an error."""
+  from dreamfoley_jax import model_dir
+
+  work = _copy(runs, tmp_path)
+  step, params = model_dir.train_params(work)
+  assert step == 8
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(runs["full"].state.params))
+  _rewrite_param(work / "checkpoints" / "8")
+  with caplog.at_level("WARNING"):
+    step, _ = model_dir.train_params(work)
+  assert step == 4 and "step 8: CorruptCheckpointError: checksum mismatch in 1 of" in caplog.text, caplog.text
+  assert "previous intact checkpoint step 4" in caplog.text
+  with pytest.raises(model_dir.ModelDirError, match=r"no intact checkpoint \(step 8: .*checksum mismatch.*audio_embed"):
+    model_dir.train_params(work, 8)
