@@ -83,7 +83,7 @@ def test_dataset_is_deterministic_sharded_and_resumable(shards):
   p = _cfg()
   ds = pipeline.make_dataset(p, shards)
   it = iter(ds)
-  first = [next(it) for _ in range(5)]
+  first = [next(it) for _ in range(6)]
   again = [next(iter(pipeline.make_dataset(p, shards))) for _ in range(1)]
   for k in first[0]:
     np.testing.assert_array_equal(first[0][k], again[0][k])
@@ -97,9 +97,12 @@ def test_dataset_is_deterministic_sharded_and_resumable(shards):
   for a, b in zip(nxt, [next(it2) for _ in range(3)]):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  # Epochs: 12 records / batch 4 = 3 batches per epoch; every record once per epoch, reshuffled.
-  ids = [sorted(int(x) for x in b["sync_feats"][:, 0, 1]) for b in first[:3]]
-  assert sorted(sum(ids, [])) == list(range(12))
+  # Epochs: 12 records / batch 4 = 3 batches per epoch; every record once per epoch, reshuffled: the
+  # second epoch holds all 12 again, in another order.
+  order = [int(x) for b in first for x in b["sync_feats"][:, 0, 1]]
+  ep1, ep2 = order[:12], order[12:24]
+  assert sorted(ep1) == sorted(ep2) == list(range(12))
+  assert ep1 != ep2, "the second epoch repeats the first one's order"
   # Two hosts: disjoint halves of every global batch (all 12 records in 3 batches), same bucket.
   h0 = iter(pipeline.make_dataset(p, shards, process_index=0, process_count=2))
   h1 = iter(pipeline.make_dataset(p, shards, process_index=1, process_count=2))
