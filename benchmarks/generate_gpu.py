@@ -53,6 +53,7 @@ flags.DEFINE_float("long_seconds", 60.0, "the windowed clip of the 'long' entry 
 flags.DEFINE_integer("long_batch", 1, "clips of the windowed run")
 flags.DEFINE_bool("check", True, "JAX: greedy sampler == argmax of the teacher-forced guided logits on a tiny model, "
                   "on this device, first")
+flags.DEFINE_bool("check_flops", True, "JAX: the floors' FLOP count vs the dot ops of the lowered sampler (batch 1)")
 flags.DEFINE_bool("check_torch", False, "greedy codes of JAX and PyTorch with the same fp32 weights (both "
                   "frameworks in this process; CPU smoke)")
 flags.DEFINE_string("batches_from", "", "a JSON of a JAX run: its 'max' batch (PyTorch side)")
@@ -141,17 +142,38 @@ class Ceilings:
                 datasheet_gbs=self.datasheet_gbs, datasheet_bf16_flops=self.datasheet_flops)
 
 
+def sampler_dot_flops(cfg, params, B, frames):
+  """FLOPs of the dot ops of the sampler program (`sample._sample_jit` lowered as sample_long calls it for one
+  window, not compiled): its prefill, plus one decode step (the loop body appears once)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from dreamfoley_jax import sample as S
+
+  b = prompt(cfg, B, frames)
+  v, m = S.fused_video(cfg, b)
+  batch = {"text_ids": jnp.asarray(b["text_ids"]), "text_mask": jnp.asarray(b["text_mask"]),
+           "video_feats": jnp.asarray(v), "video_mask": jnp.asarray(m)}
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B, dtype=jnp.uint32))
+  z = jnp.zeros((B,), bool)
+  lowered = S._sample_jit.lower(params, batch, jnp.full((B,), frames, jnp.int32), keys, z, z, None, None, None, None,
+                                cfg=cfg, sc=S.SampleConfig(), max_frames=frames, return_logits=False)
+  return gpu_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
+
+
 def floors(cfg, ceil, B, frames, weight_bytes, kv_bytes, slots):
   """Per-step and prefill floors (s) of B clips with CFG (2B rows)."""
   rows = 2 * B
   bf, f32 = gpu_common.decode_flops(cfg, slots)
+  pbf, _ = gpu_common.prefill_flops(cfg, TEXT_LEN + frames, TEXT_LEN + cfg.null_video_len, frames, slots)
   bw = (weight_bytes + kv_bytes) / (ceil.read_gbs * 1e9)
   compute = rows * (bf / ceil.bf16 + f32 / ceil.fp32)
-  pbf, _ = gpu_common.prefill_flops(cfg, TEXT_LEN + frames, TEXT_LEN + cfg.null_video_len, frames, slots)
   prefill = max(B * pbf / ceil.bf16, weight_bytes / (ceil.read_gbs * 1e9))
   return dict(bw_floor_s=bw, compute_floor_s=compute, floor_s=max(bw, compute), bw_floor_ms=1e3 * bw,
               compute_floor_ms=1e3 * compute, bound="compute" if compute > bw else "bandwidth",
-              decode_flops_per_row=bf + f32, prefill_floor_s=prefill, prefill_floor_ms=1e3 * prefill)
+              decode_flops_per_row=bf + f32, decode_fp32_flops_per_row=f32, prefill_flops_per_clip=pbf,
+              prefill_floor_s=prefill, prefill_floor_ms=1e3 * prefill)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,6 +213,14 @@ def run_jax(res, deadline, log):
   frames = int(round(FLAGS.seconds * 25))
   K = cfg0.num_codebooks
   slots = S.cache_slots(TEXT_LEN + frames, S.num_columns(frames, K))
+  if FLAGS.check_flops:
+    t = time.perf_counter()
+    dots = sampler_dot_flops(cfg0, params, 1, frames)
+    fl = floors(cfg0, ceil, 1, frames, wb, 0, slots)
+    want = fl["prefill_flops_per_clip"] + 2 * fl["decode_flops_per_row"]
+    res.doc["flops_check"] = {"batch": 1, "xla_dot_flops": dots, "model_flops": want, "ratio": dots / want}
+    log(f"FLOPs of the sampler program at batch 1 (prefill + one decode step): its dot ops {dots:.6g}, the floors' "
+        f"count {want:.6g}: ratio {dots / want:.6f} ({time.perf_counter() - t:.0f} s)")
   limit = (dev.memory_stats() or {}).get("bytes_limit")
   st = {"per_clip": None, "last": None, "max": None}   # HBM per clip of the largest batch so far; last row
 
@@ -431,7 +461,8 @@ def main(argv):
   if "jax" not in fw:
     os.environ["JAX_PLATFORMS"] = "cpu"     # host-side helpers only: no JAX allocation on the GPU PyTorch uses
   deadline = gpu_common.Deadline(FLAGS.deadline_s)
-  res = gpu_common.Results(FLAGS.json_out, bench="generate_gpu", argv=sys.argv[1:])
+  res = gpu_common.Results(FLAGS.json_out, bench="generate_gpu", argv=sys.argv[1:], config=FLAGS.config,
+                           seconds=FLAGS.seconds)
   if "jax" in fw:
     run_jax(res, deadline, log)
   if "torch" in fw:

@@ -161,44 +161,49 @@ def decode_flops(cfg, slots: int) -> tuple[float, float]:
 
 def prefill_flops(cfg, n_cond: int, n_uncond: int, n_video: int, slots: int) -> tuple[float, float]:
   """(compute-dtype, fp32) FLOPs of one clip's CFG prefill: the conditional row over its n_cond prompt
-  positions, the unconditional row over its compacted n_uncond, attention against `slots` cache slots; the
-  heads do not run in prefill. The projector runs on the video of both rows."""
+  positions, the unconditional row over its compacted n_uncond, attention against `slots` cache slots, the
+  projector on the video of both rows. Prefill keeps only the KV cache, so the last layer computes just its
+  keys and values (JAX drops the rest as dead code) and the heads do not run."""
   d = cfg.decoder
+  L, D, E, H, K = d.num_hidden_layers, d.hidden_size, d.head_size, d.num_attention_heads, d.num_key_value_heads
   p1, p2 = projector_weights(cfg)
   n = n_cond + n_uncond
-  bf = 2 * n * d.num_hidden_layers * layer_matmul_weights(d) + \
-      4 * d.num_hidden_layers * n * slots * d.num_attention_heads * d.head_size + 2 * 2 * n_video * (p1 + p2)
+  bf = 2 * n * ((L - 1) * layer_matmul_weights(d) + 2 * D * K * E) + 4 * (L - 1) * n * slots * H * E + \
+      2 * 2 * n_video * (p1 + p2)
   return float(bf), 0.0
 
 
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?(%?[\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_DOT = re.compile(r"=\s*\w+\[([\d,]*)\][^ ]*\s+dot\((.*?)\),.*?lhs_contracting_dims=\{([\d,]*)\}")
+_DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\((.*?)\),.*?lhs_contracting_dims=\{([\d,]*)\}")
+_INLINE = re.compile(r"^\s*\w+\[([\d,]*)\]")
+
+
+def _dims(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x]
 
 
 def hlo_dot_flops(hlo_text: str) -> float:
-  """2 x output size x contracted size, summed over the dot ops of an HLO module's text: the matmul share of
-  what XLA computes (cost analysis adds every elementwise op on top)."""
+  """2 x output size x contracted size, summed over the dot ops of an HLO module's text (each op once: a loop
+  body counts once): the matmul share of what XLA computes (cost analysis adds every elementwise op)."""
   shapes = {}
   for line in hlo_text.splitlines():
     m = _DEF.match(line)
     if m:
-      shapes[m.group(1)] = [int(x) for x in m.group(2).split(",") if x]
+      shapes[m.group(1)] = _dims(m.group(2))
   total = 0.0
   for line in hlo_text.splitlines():
     m = _DOT.search(line)
     if not m:
       continue
-    out = [int(x) for x in m.group(1).split(",") if x]
-    lhs = m.group(2).split(",")[0].strip()
-    inline = re.match(r"\w+\[([\d,]*)\]", lhs)           # some HLO printers give operand shapes inline
-    lhs_shape = ([int(x) for x in inline.group(1).split(",") if x] if inline else shapes[lhs.split()[-1]])
-    k = 1
-    for i in (int(x) for x in m.group(3).split(",") if x):
-      k *= lhs_shape[i]
+    operands = m.group(2)
+    inline = _INLINE.match(operands)           # some HLO printers give operand shapes inline
+    lhs = _dims(inline.group(1)) if inline else shapes[operands.split(",")[0].strip()]
     n = 1
-    for x in out:
+    for x in _dims(m.group(1)):
       n *= x
-    total += 2.0 * n * k
+    for i in _dims(m.group(3)):
+      n *= lhs[i]
+    total += 2.0 * n
   return total
 
 

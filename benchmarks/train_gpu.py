@@ -220,6 +220,13 @@ def peak_bytes_in_use():
   return s.get("peak_bytes_in_use")
 
 
+def batch_that_fits(planned: float, args: float, fixed: float, b0: int, budget: float, multiple: int = 8):
+  """(bytes per example, the largest multiple of `multiple` that fits `budget`) from a compile at batch b0 that
+  plans `planned` bytes, of which `args` are arguments and `fixed` temporaries independent of the batch."""
+  per_ex = max((planned - args - fixed) / b0, 1.0)
+  return per_ex, int((budget - args - fixed) // per_ex) // multiple * multiple
+
+
 def choose_batch(c, fcfg, trainer_for, deadline, log):
   """(batch, remat, compiled, b_sh, notes) for batch=auto: the largest multiple of 8 whose step fits."""
   limit = device_limit_bytes()
@@ -231,12 +238,9 @@ def choose_batch(c, fcfg, trainer_for, deadline, log):
     tr = trainer_for(policy)
     b0 = FLAGS.probe_batch
     comp, _, ct = tr.compile(random_batch(c, tr.fcfg, b0))
-    m = comp.memory_analysis()
-    args = m.argument_size_in_bytes
-    # Temporaries that do not grow with the batch: fp32 gradients and the bf16 weight copies.
-    fixed = tr.n_params * (4 + 2)
-    per_ex = max((mem_bytes(comp) - args - fixed) / b0, 1.0)
-    est = int((budget - args - fixed) // per_ex) // 8 * 8
+    args = comp.memory_analysis().argument_size_in_bytes
+    fixed = tr.n_params * (4 + 2)    # temporaries that do not grow with the batch: fp32 grads, bf16 weights
+    per_ex, est = batch_that_fits(mem_bytes(comp), args, fixed, b0, budget)
     log(f"  probe [{policy}] batch {b0}: {mem_bytes(comp) / 2**30:.1f} GiB planned (args {args / 2**30:.1f}), "
         f"~{per_ex / 2**20:.0f} MiB per example -> batch {est} (budget {budget / 2**30:.1f} GiB; compile {ct:.0f} s)")
     if est < FLAGS.min_batch_no_remat and policy != policies[-1]:
