@@ -379,6 +379,7 @@ def run_torch(res, deadline, log, jax_rows):
   K = cfg.num_codebooks
   sampling = {"temperature": 1.0, "top_k": 25, "top_p": 0.9, "cfg_scale": 3.0}
   last = None
+  compile_ok = [True]
   for b in FLAGS.batches:
     if b == "long":
       continue
@@ -397,10 +398,11 @@ def run_torch(res, deadline, log, jax_rows):
       continue
     tb = torch_inputs(prompt(cfg, B, frames), device)
     gen = torch.Generator(device=device).manual_seed(0)
+    state = {"compile": device.type == "cuda" and compile_ok[0], "error": None}
 
     def run(n):
       out = model.generate(**tb, lengths=[n] * B, max_frames=frames, sampling=sampling, generator=gen,
-                           cache_implementation="static", compile=device.type == "cuda")
+                           cache_implementation="static", compile=state["compile"])
       if device.type == "cuda":
         torch.cuda.synchronize()
       return out.codes
@@ -408,19 +410,32 @@ def run_torch(res, deadline, log, jax_rows):
     if device.type == "cuda":
       torch.cuda.reset_peak_memory_stats()
     try:
-      tm = time_lengths(run, frames, K, FLAGS.reps)
+      try:
+        tm = time_lengths(run, frames, K, FLAGS.reps)
+      except torch.OutOfMemoryError:
+        raise
+      except Exception as e:                # torch.compile failing is a finding: report it, time eager instead
+        if not state["compile"]:
+          raise
+        state.update(compile=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        compile_ok[0] = False
+        log(f"  torch.compile'd generate failed ({state['error']}); timing the eager static-cache decode")
+        model._compiled_step = None
+        tm = time_lengths(run, frames, K, FLAGS.reps)
     except torch.OutOfMemoryError as e:
       torch.cuda.empty_cache()
       res.skip(what, f"out of memory: {str(e).splitlines()[0][:200]}")
       continue
     last = tm["first_s"]
     row = dict(framework="torch", config=FLAGS.config, batch=B, rows=2 * B, frames=frames,
-               steps=steps_for(frames, K), **tm, clips_per_s=B / tm["full_s"], compiled=device.type == "cuda",
+               steps=steps_for(frames, K), **tm, clips_per_s=B / tm["full_s"], compiled=state["compile"],
+               compile_error=state["error"],
                hbm_peak_gib=(torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None),
                torch_version=torch.__version__)
     res.add(row)
     log(f"{what}: {row['clips_per_s']:.2f} clips/s (call {tm['full_s']:.2f} s), decode {1e3 * tm['step_s']:.2f} "
-        f"ms/step, prefill {1e3 * tm['prefill_s']:.0f} ms; first call {tm['first_s']:.1f} s")
+        f"ms/step, prefill {1e3 * tm['prefill_s']:.0f} ms; first call {tm['first_s']:.1f} s; compiled "
+        f"{row['compiled']}")
 
 
 def check_torch(log):

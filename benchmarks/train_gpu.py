@@ -336,7 +336,7 @@ def jax_one(size, attn, peak, peak_src, res, deadline, log):
              loss_first=losses[0], loss_last=losses[-1], wall_s=time.perf_counter() - t0)
   pk = peak_bytes_in_use()
   row["peak_mem_gib"] = None if pk is None else pk / 2**30
-  if FLAGS.check_flops and deadline.fits(60):
+  if FLAGS.check_flops and attn == FLAGS.attention[0] and deadline.fits(60):
     t = time.perf_counter()
     x, dots = xla_flops(c, tr.fcfg, batch)
     row.update(xla_flops=x, xla_over_model=x / flops, xla_dot_flops=dots, xla_dots_over_model=dots / flops)
@@ -414,9 +414,10 @@ def run_torch(sizes, res, deadline, log, chosen):
     else:
       res.skip(what, "batch=auto needs --batches_from (the JAX run's choice) on the PyTorch side")
       continue
+    compile_layers, error = FLAGS.torch_compile, None
     while True:
       try:
-        row = torch_one(size, B, policy, device, peak, peak_src, log)
+        row = torch_one(size, B, policy, device, peak, peak_src, log, compile_layers)
         break
       except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -424,6 +425,14 @@ def run_torch(sizes, res, deadline, log, chosen):
           raise
         log(f"  torch {size}: batch {B} out of memory; trying {B // 2}")
         B //= 2
+      except Exception as e:              # torch.compile failing is a finding: report it, time eager instead
+        if not compile_layers:
+          raise
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        log(f"  torch {size}: torch.compile'd layers failed ({error}); timing eager")
+        compile_layers = False
+        torch._dynamo.reset()
+    row["compile_error"] = error
     res.add(row)
     log(f"{what}: batch {row['batch']} x {row['seq']} tokens, checkpointing {row['remat']}, compile "
         f"{row['torch_compile']}: {row['step_ms']:.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, MFU "
@@ -431,7 +440,7 @@ def run_torch(sizes, res, deadline, log, chosen):
         f"loss {row['loss_first']:.3f} -> {row['loss_last']:.3f}")
 
 
-def torch_one(size, B, policy, device, peak, peak_src, log):
+def torch_one(size, B, policy, device, peak, peak_src, log, compile_layers):
   import torch
 
   c, fcfg = experiment(size, FLAGS.dtype)
@@ -439,7 +448,7 @@ def torch_one(size, B, policy, device, peak, peak_src, log):
   model = torch_model(fcfg, device)
   if policy != "none":
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-  if FLAGS.torch_compile:
+  if compile_layers:
     for layer in model.model.layers:
       layer.compile()
   opt, lr_sched = torch_optimizer(model, c, device)
@@ -481,7 +490,7 @@ def torch_one(size, B, policy, device, peak, peak_src, log):
   n = sum(p.numel() for p in model.parameters())
   row = dict(framework="torch", size=size, attention="sdpa", remat=policy, dtype=FLAGS.dtype, params=n, batch=B,
              seq=Lt + Tv + La, seq_parts=[Lt, Tv, La], tokens_per_step=B * (Lt + Tv + La),
-             torch_compile=FLAGS.torch_compile, compile_s=warm_s, step_ms=1e3 * dt,
+             torch_compile=compile_layers, compile_s=warm_s, step_ms=1e3 * dt,
              tokens_per_s=B * (Lt + Tv + La) / dt, model_flops=flops, model_tflops_per_s=flops / dt / 1e12,
              peak_flops=peak, peak_src=peak_src, mfu=flops / dt / peak, loss_first=losses[0], loss_last=losses[-1],
              peak_mem_gib=(torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None),
