@@ -268,7 +268,7 @@ def run_jax(res, deadline, log):
   for b in FLAGS.batches:
     if b == "long":
       if FLAGS.long_seconds > 0:
-        long_clip(cfg0, params, res, deadline, log, st["last"])
+        long_clip(cfg0, params, res, deadline, log, min(res.doc["rows"], key=lambda r: r["batch"], default=None))
       continue
     B = resolve(b)
     if B is not None and B not in done:
@@ -322,7 +322,8 @@ def long_clip(cfg, params, res, deadline, log, last):
   B = FLAGS.long_batch
   what = f"jax {FLAGS.long_seconds:g} s clip x{B}"
   n_win = len(S.window_plan(frames, window, context))
-  est = 60.0 if last is None else last["first_s"] + 2 * n_win * last["full_s"] / last["batch"] * B
+  # `last`: the smallest batch measured (its call time ~ one window's); one more compile for the continuation.
+  est = 60.0 if last is None else last["first_s"] + 2 * n_win * last["full_s"] * max(1.0, B / last["batch"])
   if not deadline.fits(est):
     res.skip(what, f"~{est:.0f} s needed, {deadline.left():.0f} s left")
     return

@@ -60,10 +60,14 @@ def run_stage(name, argv, slice_s, out_dir, log_file, echo=True) -> dict:
   """Runs one stage with `--deadline_s` = its slice (scripts of this directory) and a hard timeout; its output
   goes to `log_file` (and stdout, prefixed). Returns {name, rc, wall_s, timed_out}."""
   argv = [a.replace("{out}", str(out_dir)) for a in argv]
+  # A stage reading an earlier stage's JSON runs without it when that stage left none (it says what it skips).
+  missing = [a for a in argv if a.startswith("--batches_from=") and not pathlib.Path(a.split("=", 1)[1]).exists()]
+  argv = [a for a in argv if a not in missing]
   if "benchmarks" in argv[1]:
     argv = argv + [f"--deadline_s={max(slice_s, 1):.0f}", f"--json_out={out_dir}/{name}.json"]
   t = time.monotonic()
-  log_file.write(f"\n===== {name}: {' '.join(shlex.quote(a) for a in argv)} (slice {slice_s:.0f} s)\n")
+  log_file.write(f"\n===== {name}: {' '.join(shlex.quote(a) for a in argv)} (slice {slice_s:.0f} s)"
+                 + (f"; without {missing} (not written)" if missing else "") + "\n")
   log_file.flush()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
