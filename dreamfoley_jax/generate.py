@@ -42,6 +42,7 @@ class Item:
   negative: str = ""                   # negative prompt (replaces the unconditional text)
   duration: Optional[float] = None     # seconds; default: the video's duration
   name: Optional[str] = None           # output stem; default: the video's stem / "clip<i>"
+  seed: Optional[int] = None           # the clip's sampling stream; default: its position in the run
 
 
 class GenerateError(ValueError):
@@ -295,7 +296,8 @@ class Generator:
         kw["negative"] = np.array([bool(it.negative) for it in its])
       res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
                                  context_frames=self.context_frames, sample_cfg=self.sample_cfg, seed=self.seed,
-                                 item_seeds=np.asarray(group), progress=bar.update, mesh=self.mesh, **kw)
+                                 item_seeds=np.asarray([i if items[i].seed is None else items[i].seed for i in group]),
+                                 progress=bar.update, mesh=self.mesh, **kw)
       for j, i in enumerate(group):
         codes = res["codes"][j, :, :fr[j]]
         audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
@@ -446,7 +448,8 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True, inference_layout=True,
                     mesh=None) -> Generator:
-  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
+  """A Generator from an experiment config (a path or a ConfigDict) and checkpoint paths (what tools/generate.py
+  calls; `model_dir.build_generator` fills the paths from a model directory).
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
@@ -457,7 +460,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   from dreamfoley_jax import configs
   from dreamfoley_jax.convert import common
 
-  exp = configs.load_config(config)
+  exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
   cfg = foley.config_from_dict(exp.model)
   sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**(sample_overrides or {}))
   if smoke_random:

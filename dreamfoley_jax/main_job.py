@@ -15,6 +15,7 @@ command). Stages, each timed and logged:
                another material (timbre control). Clips longer than the training crops are generated with
                the sampler's windowed continuation (`sample.sample_long`, sample.window_s / context_s)
   7. write     wav, mp4 (synthetic video + generated sound), spectrogram PNG with true event times
+               (stage 5 also writes model/: the model directory tools/generate.py / tools/demo.py --model read)
   8. metrics   onset F1 within +-40 ms, mean |onset offset|, same for shuffled video; spectral centroid
                shift under the caption swap -> metrics.json
 """
@@ -291,7 +292,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   """Runs the whole job into `workdir` and returns the metrics (also written to metrics.json)."""
   import jax
 
-  from dreamfoley_jax import sample, text, train
+  from dreamfoley_jax import model_dir, sample, text, train
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.eval import sync
   from dreamfoley_jax.models import foley
@@ -330,6 +331,11 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     # The trained weights as a params checkpoint, the layout tools/generate.py --checkpoint reads.
     common.save_params(params, wd / "params", overwrite=True,
                        metadata={"config": "experiments/synthetic.py", "step": int(result.step)})
+    # ... and everything generate needs under one path (tools/generate.py --model, tools/demo.py).
+    model_dir.write(wd / "model", c, params_dir=wd / "params", codec=m.get("codec_checkpoint") or wd / "codec.npz",
+                    tokenizer=wd / "tokenizer.json", overwrite=True,
+                    source={"what": "main job", "workdir": str(wd), "step": int(result.step)})
+    log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
   fcfg = foley.config_from_dict(c.model)
   scfg = sample.sample_config_from_dict(c.sample)

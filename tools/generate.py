@@ -1,9 +1,13 @@
 """Generate a soundtrack for silent video(s): wav + remuxed mp4 + spectrogram png per clip.
 
+  python tools/generate.py --model runs/synthetic/model --video clip.mp4 --caption "a metal ball bounces" \
+      --out_dir out/        # a model directory (dreamfoley_jax/model_dir.py): the main job's, or export_model's
   python tools/generate.py --config experiments/paper_7b.py --checkpoint ckpt/dreamfoley_7b \
       --codec_checkpoint ckpt/higgs_audio_v2_tokenizer --tokenizer ckpt/qwen2.5-7b \
       --video clip.mp4 --caption "a dog barks twice" --out_dir out/
   python tools/generate.py ... --csv clips.csv --out_dir out/ --sample_rate 48000   # video,caption[,negative,duration,name]
+      (--csv also writes out/generated.csv; run the same command on every host of a slice with --distributed,
+      or --coordinator_address/--num_processes/--process_id: each host generates every n-th row)
   python tools/generate.py --config experiments/tiny.py --smoke_random --video clip.mp4 --out_dir /tmp/o
       (random weights, random video features, a tone codec: checks the pipeline without any checkpoint)
 """
@@ -11,13 +15,16 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import jax
 from absl import app, flags
 
 from dreamfoley_jax import generate as G
-from dreamfoley_jax import sharding
+from dreamfoley_jax import hosts, model_dir, sharding
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "experiments/<name>.py", required=True)
+flags.DEFINE_string("model", None, "a model directory (model.json + params + codec + tokenizer [+ encoders]: the main "
+                    "job's runs/synthetic/model or tools/export_model.py's output); the flags below override its parts")
+flags.DEFINE_string("config", None, "experiments/<name>.py (required without --model)")
 flags.DEFINE_string("checkpoint", None, "DreamFoley params checkpoint (convert.common.save_params layout)")
 flags.DEFINE_string("codec_checkpoint", None, "audio decoder: a converted higgs-audio-v2 tokenizer checkpoint "
                     "directory, or a fitted synthetic codec .npz (the main job's workdir/codec.npz)")
@@ -50,6 +57,11 @@ flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-
                     "chips: whole KV heads per chip, clips split over the rest) or 'data=-1' (clips split over all "
                     "devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
+# Many hosts (dreamfoley_jax/hosts.py): every host runs this command and takes every n-th row of --csv.
+flags.DEFINE_bool("distributed", False, "join a multi-host JAX job found by cluster detection (TPU slice, SLURM)")
+flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (with the two flags below)")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 
 
 def main(argv):
@@ -58,21 +70,31 @@ def main(argv):
     raise app.UsageError("give exactly one of --video or --csv")
   items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
                                                           negative=FLAGS.negative)]
+  n_hosts = hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
   try:
     spec = sharding.parse_mesh_spec(FLAGS.mesh)
-    mesh = None if spec is None else sharding.make_mesh(spec)
+    local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
+    mesh = None if spec is None else sharding.make_mesh(spec, devices=local)
   except ValueError as e:
     raise app.UsageError(f"--mesh: {e}") from e
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
                if getattr(FLAGS, k) is not None}
-  gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,
-                          tokenizer=FLAGS.tokenizer, smoke_random=FLAGS.smoke_random, sample_overrides=overrides,
-                          eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
-                          window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
-                          bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
-                          mesh=mesh)
-  for r in gen.run(items, FLAGS.out_dir):
+  if not FLAGS.model and not FLAGS.config:
+    raise app.UsageError("give --model DIR (a model directory) or --config with the checkpoint flags")
+  kw = dict(checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint, tokenizer=FLAGS.tokenizer,
+            sample_overrides=overrides, eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
+            window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
+            bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
+            write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout, mesh=mesh)
+  if FLAGS.model:
+    try:
+      gen = model_dir.build_generator(FLAGS.model, config=FLAGS.config, **kw)
+    except model_dir.ModelDirError as e:
+      raise SystemExit(f"error: --model {e}") from e
+  else:
+    gen = G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw)
+  results = hosts.generate(gen, items, FLAGS.out_dir) if FLAGS.csv else gen.run(items, FLAGS.out_dir)
+  for r in results:
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
 
