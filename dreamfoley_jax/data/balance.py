@@ -1,11 +1,11 @@
 """Class-balanced sampling for the training pipeline (paper 4.2: AST labels balance the data).
 
 `data.balance_by='ast_class'` (a record field the build's `ast` stage writes) makes pipeline.make_dataset
-draw each host's records with replacement, record i with probability proportional to
+draw the records with replacement, record i with probability proportional to
 count(label_i) ** -balance_power (1.0: every class equally likely; 0.5: square-root smoothing; 0: as the
-data is). The draw is seeded (seed, host) and fixed: the same len(records) draws every epoch, reshuffled
-per epoch by the pipeline's own shuffle, so the stream stays a function of (seed, position).
-Reading the labels decodes every record of the host once at start-up.
+data is). The draw is seeded by the pipeline's seed and fixed: the same len(records) draws on every host
+and in every epoch, reshuffled per epoch by the pipeline's own shuffle, so the global batches stay a
+function of (seed, position). Reading the labels decodes every record once at start-up, on each host.
 """
 from __future__ import annotations
 
@@ -55,3 +55,8 @@ class Reindexed:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
+
+  def __getitems__(self, idx):
+    get = getattr(self.source, "__getitems__", None)   # ArrayRecord: one batched read
+    j = [int(self.indices[i]) for i in idx]
+    return list(get(j)) if get is not None else [self.source[k] for k in j]
