@@ -47,3 +47,19 @@ def test_pipeline_balance_by_draws_classes_evenly(tmp_path):
   assert 0.35 < bal < 0.65                           # with: half the draws are the rare class
   with pytest.raises(KeyError, match="balance_by='nope'.*--stages=\\+ast"):
     drawn(balance_by="nope")
+
+
+def test_balanced_global_batches_split_over_hosts(tmp_path):
+  writer.write_records(_examples(24), tmp_path, num_shards=2)
+  pat = str(tmp_path / "train-*.array_record")
+  p = pipeline.PipelineConfig(batch_size=4, num_codebooks=K, codebook_size=CB, sync_dim=2, clip_dim=2,
+                              max_text_len=6, null_text_len=2, null_video_len=2, crop_min_s=2.0, crop_max_s=3.0,
+                              bucket_seconds=(3.0,), seed=5, balance_by="ast_class")
+
+  def ids(**kw):
+    it = iter(pipeline.make_dataset(p, pat, **kw))
+    return [next(it)["sync_feats"][:, 0, 1].astype(int).tolist() for _ in range(6)]
+
+  one = ids()
+  h0, h1 = ids(process_index=0, process_count=2), ids(process_index=1, process_count=2)
+  assert [a + b for a, b in zip(h0, h1)] == one          # each host reads its rows of the same global batch
