@@ -42,6 +42,9 @@ setuptools.setup(
         # data: tools/build_dataset.py (docs/data.md). tfds 4.9.10 imports importlib_resources for a builder
         # defined in a package although it declares it only for Python < 3.9. The Silero VAD weights come
         # from the silero-vad wheel: `pip install silero-vad==6.2.3 --no-deps` (its torch is not needed).
+        # The separation stage needs `pip install demucs==4.0.1 julius==0.2.8 --no-deps` (demucs' own
+        # requirements pull torchaudio, which has no build for every torch; data/build/separation.py stands in
+        # for the imports inference never calls); the ast / local-caption stages need torch + transformers.
         "data": DATA,
         # gradio: tools/demo.py; selenium drives Debian's chromium in tests/test_demo.py.
         # silero-vad: the VAD weights and its TorchScript reference (tests); torch is pinned beside it.

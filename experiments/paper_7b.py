@@ -67,6 +67,8 @@ def get_config():
       bucket_seconds=(4.0, 7.0, 10.0),   # OUR CHOICE: padded length buckets (crop upper edges)
       num_workers=4,                     # grain worker processes per host (0 = in-process)
       text_pad_id=0,                     # masked out; any id inside the vocab
+      balance_by="",                     # e.g. 'ast_class' (build with --stages=+ast): class-balanced draws
+      balance_power=1.0,                 # weight = count(class) ** -power (data/balance.py)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -31,7 +31,8 @@ flags.DEFINE_string("eva_ckpt", None, "Converted EVA-CLIP-g/14 (clip_feats); wit
 flags.DEFINE_string("sync_ckpt", None, "Converted Synchformer (sync_feats); with --eva_ckpt.")
 flags.DEFINE_string("text_tokenizer", None, "Qwen2.5 tokenizer.json (or its folder) for text_ids.")
 flags.DEFINE_string("stages", "", "Stages to run: 'silence,clipping,static,speech,encode' (the default), "
-                    "or edits of the default like '+asr,-static'.")
+                    "or edits of the default like '+asr,-static'; part 2: +separation, +pam, +ast, +imagebind, "
+                    "+caption.")
 flags.DEFINE_float("clip_seconds", 10.0, "Clip length (paper 4.1).")
 flags.DEFINE_float("min_clip_seconds", 2.0, "Shortest clip kept (a shorter tail is dropped).")
 flags.DEFINE_integer("short_side", 360, "Standardised video short side in px (paper 4.1).")
@@ -47,6 +48,26 @@ flags.DEFINE_string("vad_weights", "", "silero_vad_16k.safetensors (default: the
 flags.DEFINE_string("asr_model", "", "Local Whisper directory for the asr stage (--stages=+asr).")
 flags.DEFINE_integer("asr_max_words", 2, "Reject clips where Whisper hears more words than this.")
 flags.DEFINE_string("asr_language", "", "Whisper language (e.g. en); empty: detected.")
+# part 2 (docs/data.md "Model stages"): each off by default, on with --stages=+name
+flags.DEFINE_string("separation_model", "", "demucs htdemucs file 955717e8-8726e21a.th (--stages=+separation).")
+flags.DEFINE_float("max_vocals_ratio", None, "Reject clips whose vocals stem holds more energy share than this.")
+flags.DEFINE_string("separation_device", "cpu", "torch device for demucs: cpu, cuda, cuda:1.")
+flags.DEFINE_string("pam_model", "", "MS-CLAP CLAP_weights_2023.pth for PAM (--stages=+pam).")
+flags.DEFINE_string("pam_tokenizer", "", "GPT-2 tokenizer.json (or a folder with vocab.json + merges.txt).")
+flags.DEFINE_float("min_pam", 0.3, "Reject clips whose PAM score is below this (the paper's, for MS-CLAP 2023).")
+flags.DEFINE_string("ast_model", "", "Local ASTForAudioClassification directory (--stages=+ast).")
+flags.DEFINE_string("imagebind_model", "", "imagebind_huge.pth (--stages=+imagebind).")
+flags.DEFINE_float("min_imagebind", 0.1, "Reject clips whose ImageBind audio-video cosine is below this.")
+flags.DEFINE_string("caption_audio_endpoint", "", "OpenAI-compatible base URL (http://host:port/v1) for audio captions.")
+flags.DEFINE_string("caption_audio_model", "", "Audio captioner: the endpoint's model name, or a local directory.")
+flags.DEFINE_string("caption_video_endpoint", "", "OpenAI-compatible base URL for video captions.")
+flags.DEFINE_string("caption_video_model", "", "Video captioner: the endpoint's model name, or a local directory.")
+flags.DEFINE_string("caption_llm_endpoint", "", "OpenAI-compatible base URL for the consistency check / integration.")
+flags.DEFINE_string("caption_llm_model", "", "LLM: the endpoint's model name, or a local causal-LM directory.")
+flags.DEFINE_string("caption_api_key_env", "", "Environment variable holding the endpoints' bearer token.")
+flags.DEFINE_float("caption_timeout_s", 120.0, "Seconds per caption request before it is retried.")
+flags.DEFINE_integer("caption_retries", 2, "Retries of a failed/malformed caption request before rejecting.")
+flags.DEFINE_bool("caption_consistency", True, "Reject clips whose audio and video captions disagree.")
 flags.DEFINE_bool("store_frames", False, "Also store 224x224 uint8 frames (frames-mode configs).")
 flags.DEFINE_string("mesh", "data=-1", "Encoder mesh over each worker's local devices.")
 flags.DEFINE_integer("batch_size", 4, "Clips per model-stage call (Beam RunInference batch).")
@@ -64,7 +85,8 @@ flags.DEFINE_string("tfds_config_name", "clips", "TFDS builder config name for -
 
 
 def build_config(f=F):
-  from dreamfoley_jax.data.build import encode, quality, speech, stages, standardise
+  from dreamfoley_jax.data.build import (alignment, captions, encode, pam, quality, separation, speech, stages,
+                                         standardise, tags)
 
   std = standardise.StandardiseConfig(clip_seconds=f.clip_seconds, min_clip_seconds=f.min_clip_seconds,
                                       short_side=f.short_side, audio_channels=f.audio_channels)
@@ -75,6 +97,16 @@ def build_config(f=F):
       ("speech", speech.SpeechConfig(weights=f.vad_weights, threshold=f.vad_threshold,
                                      max_ratio=f.max_speech_ratio)),
       ("asr", speech.AsrConfig(model=f.asr_model, max_words=f.asr_max_words, language=f.asr_language)),
+      ("separation", separation.SeparationConfig(model=f.separation_model, max_vocals_ratio=f.max_vocals_ratio,
+                                                 device=f.separation_device)),
+      ("pam", pam.PamConfig(model=f.pam_model, tokenizer=f.pam_tokenizer, min_score=f.min_pam)),
+      ("ast", tags.TagsConfig(model=f.ast_model)),
+      ("imagebind", alignment.AlignmentConfig(model=f.imagebind_model, min_score=f.min_imagebind)),
+      ("caption", captions.CaptionConfig(
+          audio_endpoint=f.caption_audio_endpoint, audio_model=f.caption_audio_model,
+          video_endpoint=f.caption_video_endpoint, video_model=f.caption_video_model,
+          llm_endpoint=f.caption_llm_endpoint, llm_model=f.caption_llm_model, api_key_env=f.caption_api_key_env,
+          timeout_s=f.caption_timeout_s, retries=f.caption_retries, check_consistency=f.caption_consistency)),
       ("encode", encode.EncodeConfig(codec_ckpt=f.codec_ckpt or "", eva_ckpt=f.eva_ckpt or "",
                                      sync_ckpt=f.sync_ckpt or "", text_tokenizer=f.text_tokenizer or "",
                                      store_frames=f.store_frames, mesh=f.mesh)))
@@ -96,6 +128,21 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   extra = [o.strip() for o in F.beam_pipeline_options.split(",") if o.strip()]
+  # the model stages' weights, checked here: a missing one would otherwise reject every clip in the workers
+  need = {"separation": ["separation_model"], "pam": ["pam_model", "pam_tokenizer"], "ast": ["ast_model"],
+          "imagebind": ["imagebind_model"],
+          "caption": ["caption_audio_model", "caption_video_model"] + (
+              ["caption_llm_model"] if F.caption_consistency else [])}
+  for stage, names in need.items():
+    if stage not in cfg.stages:
+      continue
+    for n in names:
+      v = getattr(F, n)
+      if not v:
+        raise app.UsageError(f"--stages includes {stage}: --{n} is required (docs/data.md \"Model stages\")")
+      local = not n.startswith("caption_") or not getattr(F, n.replace("_model", "_endpoint"))
+      if local and not pathlib.Path(v).expanduser().exists():
+        raise app.UsageError(f"--{n}={v}: no such file or directory (weights are read by local path)")
   if "encode" in cfg.stages and not F.codec_ckpt:
     raise app.UsageError("--codec_ckpt is required: records need audio_codes (or leave out the encode stage "
                          "with --stages=-encode to only filter)")

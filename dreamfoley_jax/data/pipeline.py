@@ -63,6 +63,9 @@ class PipelineConfig:
   # encoder features; frame_size = H = W of the stored frames.
   vision_mode: str = "features"
   frame_size: int = 0
+  # class balancing (data/balance.py): a record field holding a class id, e.g. 'ast_class'; "" = off
+  balance_by: str = ""
+  balance_power: float = 1.0
 
   def __post_init__(self):
     b = tuple(sorted(float(x) for x in self.bucket_seconds))
@@ -125,7 +128,8 @@ def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
       crop_min_s=float(d.crop_min_s), crop_max_s=float(d.crop_max_s),
       bucket_seconds=tuple(float(x) for x in d.get("bucket_seconds", (4.0, 7.0, 10.0))),
       text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed), vision_mode=fcfg.vision_mode,
-      frame_size=_frame_size(fcfg))
+      frame_size=_frame_size(fcfg), balance_by=str(d.get("balance_by", "")),
+      balance_power=float(d.get("balance_power", 1.0)))
 
 
 def _frame_size(fcfg) -> int:
@@ -338,6 +342,11 @@ def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index
     raise ValueError(f"rows {rows[:8]}...: need sorted distinct rows of the global batch of {G}")
   src = records_source(paths)
   n = len(src)
+  if p.balance_by:   # the records redrawn class-balanced (data/balance.py); the same draws on every host
+    from dreamfoley_jax.data import balance
+
+    src = balance.Reindexed(src, balance.balanced_indices(balance.record_labels(src, p.balance_by), p.seed,
+                                                          p.balance_power))
   if n < G:
     raise ValueError(f"data.train_records: {n} records, fewer than one global batch of {G} "
                      "(lower train.global_batch or add records)")

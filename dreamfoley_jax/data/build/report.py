@@ -111,7 +111,9 @@ def write_report(report: dict, out_dir: str) -> tuple[str, str]:
 
 THRESHOLDS = {"silence/silence_ratio": ("silence", "max_ratio"), "clipping/clipping_ratio": ("clipping", "max_ratio"),
               "static/static": ("static", "threshold"), "speech/speech_ratio": ("speech", "max_ratio"),
-              "asr/asr_words": ("asr", "max_words"), "standardise/short_tail": ("standardise", "min_clip_seconds"),
+              "asr/asr_words": ("asr", "max_words"), "separation/vocals_ratio": ("separation", "max_vocals_ratio"),
+              "pam/pam": ("pam", "min_score"), "imagebind/imagebind": ("imagebind", "min_score"),
+              "pam": ("pam", "min_score"), "imagebind": ("imagebind", "min_score"), "standardise/short_tail": ("standardise", "min_clip_seconds"),
               "standardise/too_short": ("standardise", "min_clip_seconds")}
 
 
@@ -165,7 +167,7 @@ def plot_page(report: dict) -> bytes:
       kind, key = p.split(":", 1)
       h = report["rejections"][key]["histogram"] if kind == "rej" else report["scores"][key]
       ax.stairs(h["counts"], h["edges"], fill=True, alpha=0.7)
-      thr = threshold_of(report, key) if kind == "rej" else None
+      thr = threshold_of(report, key)   # rejections and kept scores: the same line
       if thr is not None:
         ax.axvline(thr, color="k", ls="--", lw=1, label=f"threshold {thr:g}")
         ax.legend(fontsize=7)

@@ -3,9 +3,9 @@
 Every stage is a pure function clip -> clip | rejection(stage, reason, value). `STAGES` lists them in
 pipeline order (cheap filters first, the accelerator-heavy encode last); `--stages` switches them
 (`silence,clipping,static,speech,encode`, or `+asr` / `-static` relative to the default). Part 2's model
-stages (separation, PAM, AST, ImageBind, captions) go into `STAGES` before "encode" with their config
-class: the Beam pipeline, the config hash, the report and the record's `score_*` fields pick them up
-from here.
+stages (separation, pam, ast, imagebind, caption) sit before "encode", off by default (each needs its
+checkpoint): the Beam pipeline, the config hash, the report and the record's `score_*` fields pick them
+up from here.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 from typing import Any, Callable, Sequence
 
-from dreamfoley_jax.data.build import encode, quality, speech
+from dreamfoley_jax.data.build import alignment, captions, encode, pam, quality, separation, speech, tags
 from dreamfoley_jax.data.build.clip import Clip, Rejection
 from dreamfoley_jax.data.build.model_stage import ModelStage, stable_json
 from dreamfoley_jax.data.build.standardise import StandardiseConfig
@@ -25,6 +25,12 @@ STAGES: dict[str, tuple[type, Callable[[Any, "BuildConfig"], Any]]] = {
     "static": (quality.StaticConfig, lambda c, b: quality.StaticStage(c)),
     "speech": (speech.SpeechConfig, lambda c, b: speech.SpeechStage(c, b.batch_size)),
     "asr": (speech.AsrConfig, lambda c, b: speech.AsrStage(c, b.batch_size)),
+    # part 2 (paper 4.1-4.3; off by default: each needs its checkpoint, `--stages=+separation,+pam,...`)
+    "separation": (separation.SeparationConfig, lambda c, b: separation.SeparationStage(c, b.batch_size)),
+    "pam": (pam.PamConfig, lambda c, b: pam.PamStage(c, b.batch_size)),
+    "ast": (tags.TagsConfig, lambda c, b: tags.TagsStage(c, b.batch_size)),
+    "imagebind": (alignment.AlignmentConfig, lambda c, b: alignment.AlignmentStage(c, b.batch_size)),
+    "caption": (captions.CaptionConfig, lambda c, b: captions.CaptionStage(c, b.batch_size)),
     "encode": (encode.EncodeConfig, lambda c, b: encode.EncodeStage(
         dataclasses.replace(c, clip_seconds=b.standardise.clip_seconds), b.batch_size)),
 }
@@ -78,7 +84,8 @@ def identity(cfg: BuildConfig, stages: Sequence | None = None) -> dict:
   stages = build_stages(cfg) if stages is None else stages
   out = {"format": FORMAT_VERSION, "standardise": dataclasses.asdict(cfg.standardise), "stages": []}
   for st in stages:
-    d = {"name": st.name, "config": dataclasses.asdict(st.cfg)}
+    skip = getattr(type(st.cfg), "NOT_IN_HASH", ())   # how it runs, not what it produces (devices, timeouts)
+    d = {"name": st.name, "config": {k: v for k, v in dataclasses.asdict(st.cfg).items() if k not in skip}}
     if isinstance(st, ModelStage):
       d["weights"] = st.identity()
     out["stages"].append(d)
