@@ -35,6 +35,10 @@ from dreamfoley_jax.data import synthetic
 MATERIAL_SWAP = {"metal": "rubber", "rubber": "metal", "glass": "wood", "wood": "glass"}
 
 
+class Preempted(RuntimeError):
+  """Training stopped on SIGTERM before train.steps; rerunning the same command resumes it."""
+
+
 class Stage:
   """Context manager that logs a stage's start and duration (progress for a person watching)."""
 
@@ -326,8 +330,13 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       pretext_report = pretrain_encoders(c, train_clips, held, wd / "encoders", log)
   with Stage("5/8 train", log, timings):
     result = train.train(c, str(wd / "train"))
-    params = result.state.params
     log(f"  {result.status} at step {result.step}")
+    if result.status != "finished":
+      # A preempted (SIGTERM) run must not go on to sample and score a half-trained model.
+      raise Preempted(f"training was preempted at step {result.step} of {int(c.train.steps)}: its checkpoint is in "
+                      f"{wd / 'train'}; run the same command again to resume (no model, samples or metrics "
+                      "were written)")
+    params = result.state.params
     # The trained weights as a params checkpoint, the layout tools/generate.py --checkpoint reads.
     common.save_params(params, wd / "params", overwrite=True,
                        metadata={"config": "experiments/synthetic.py", "step": int(result.step)})

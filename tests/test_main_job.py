@@ -208,3 +208,24 @@ def test_model_directory_of_the_job_and_its_export(job, tmp_path):
     np.testing.assert_array_equal(np.asarray(v), np.asarray(trained[k]), err_msg=k)
   with pytest.raises(model_dir.ModelDirError, match=r"no checkpoint at step 7 \(has \[2\]\)"):
     model_dir.train_params(wd / "train", 7)
+
+
+def test_preempted_training_stops_the_job(tmp_path, monkeypatch):
+  """SIGTERM during training (train.train returns 'preempted'): the job stops with an error that says how to
+  resume, and writes no model, samples or metrics from the half-trained weights."""
+  from dreamfoley_jax import train
+
+  calls = []
+
+  def preempted(c, workdir):
+    calls.append(workdir)
+    return train.TrainResult(step=1, status="preempted", last_checkpoint=1, state=None)
+
+  monkeypatch.setattr(train, "train", preempted)
+  c = configs.load_config("experiments/synthetic.py")
+  for k, v in dict(SHORT, **{"main.pretrain_encoders": False}).items():
+    configs.set_path(c, k, v)
+  with pytest.raises(main_job.Preempted, match=r"preempted at step 1 of 2: .*run the same command again"):
+    main_job.run(c, tmp_path, log=lambda m: None)
+  assert calls and not (tmp_path / "metrics.json").exists() and not (tmp_path / "model").exists()
+  assert not (tmp_path / "samples").exists() and not (tmp_path / "params").exists()

@@ -6,13 +6,15 @@ r"""The project's main job on the embedded default (no downloads): synthetic wor
 
 Writes to the workdir: samples/*.wav|mp4|png, metrics.json, params/ (trained weights), train/
 (checkpoints, TensorBoard), data/, codec.npz, tokenizer.json. See experiments/synthetic.py for every
-setting. Then, for any video:
+setting. SIGTERM during training checkpoints and stops the job (exit 1, nothing sampled or scored);
+the same command again resumes the training. Then, for any video:
 
   python tools/generate.py --config experiments/synthetic.py --checkpoint runs/synthetic/params \
       --codec_checkpoint runs/synthetic/codec.npz --tokenizer runs/synthetic/tokenizer.json \
       --video runs/synthetic/samples/synth-1000003-000000.mp4 --caption "a metal ball bounces twice" --out_dir out
 """
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,7 +35,10 @@ def main(argv):
   from dreamfoley_jax import main_job
 
   logging.getLogger("absl").addFilter(_QuietCheckpointing())
-  main_job.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    main_job.run(_CONFIG.value, _WORKDIR.value)
+  except main_job.Preempted as e:
+    sys.exit(f"main job stopped: {e}")
 
 
 if __name__ == "__main__":
