@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags
 
+from dreamfoley_jax import checks
 from dreamfoley_jax import generate as G
 from dreamfoley_jax import sharding
 
@@ -50,32 +51,64 @@ flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-
                     "chips: whole KV heads per chip, clips split over the rest) or 'data=-1' (clips split over all "
                     "devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
+flags.DEFINE_bool("allow_longer", False, "let a CSV duration run past the end of its video (the audio goes on "
+                  "with no video; default: such a row fails)")
+flags.DEFINE_float("max_memory_gb", None, "host memory one item may use (default: 80% of the available memory); "
+                   "longer items fail before anything is allocated, naming the limit")
+flags.DEFINE_bool("strict", False, "stop at the first bad item (default: finish the good ones, list the bad "
+                  "ones in OUT_DIR/failures.json, exit status 1)")
+flags.DEFINE_bool("verbose", False, "print the traceback of an error (default: one line)")
+
+
+def _run() -> int:
+  if bool(FLAGS.video) == bool(FLAGS.csv):
+    raise checks.UsageError("give exactly one of --video FILE or --csv FILE")
+  if FLAGS.csv and (FLAGS.caption or FLAGS.negative):
+    raise checks.UsageError("--caption / --negative apply to --video; with --csv put them in the CSV's "
+                            "caption / negative columns")
+  try:
+    spec = sharding.parse_mesh_spec(FLAGS.mesh)
+  except ValueError as e:
+    raise checks.UsageError(f"--mesh: {e}") from None
+  overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
+               if getattr(FLAGS, k) is not None}
+  kw = dict(checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint, tokenizer=FLAGS.tokenizer,
+            smoke_random=FLAGS.smoke_random, sample_overrides=overrides, eva_ckpt=FLAGS.eva_ckpt,
+            sync_ckpt=FLAGS.sync_ckpt, window_s=FLAGS.window_s, context_s=FLAGS.context_s,
+            batch_size=FLAGS.batch_size, bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
+            write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
+            max_memory_gb=FLAGS.max_memory_gb)
+  # Everything is checked before the model loads: flags, paths, checkpoint shapes, then every item.
+  pre = G.build_generator(FLAGS.config, load=False, **kw)
+  out = checks.writable_dir(FLAGS.out_dir)
+  failures = checks.Failures(out, strict=FLAGS.strict, log=print)
+  if FLAGS.csv:
+    items = G.read_csv(FLAGS.csv, failures)
+  else:
+    items = [G.Item(video=FLAGS.video, caption=checks.utf8_text(FLAGS.caption, "--caption"),
+                    negative=checks.utf8_text(FLAGS.negative, "--negative"), where=FLAGS.video)]
+  prepared = pre.prepare(items, failures, allow_longer=FLAGS.allow_longer)
+  total = len(items) + sum(1 for f in failures.items if f["item"] not in {it.where for it in items})
+  if not prepared:
+    failures.write()
+    raise checks.InputError(f"no usable item: {failures.summary(0, total, 'generated')}")
+  mesh = None if spec is None else sharding.make_mesh(spec)
+  gen = G.build_generator(FLAGS.config, mesh=mesh, **kw)
+  results = gen.run(items, out, failures=failures, allow_longer=FLAGS.allow_longer, prepared=prepared)
+  done = 0
+  for r in results:
+    if "wav" in r:
+      done += 1
+      print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
+            + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
+  print(failures.summary(done, total, "generated"))
+  return 1 if failures else 0
 
 
 def main(argv):
   del argv
-  if bool(FLAGS.video) == bool(FLAGS.csv):
-    raise app.UsageError("give exactly one of --video or --csv")
-  items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
-                                                          negative=FLAGS.negative)]
-  try:
-    spec = sharding.parse_mesh_spec(FLAGS.mesh)
-    mesh = None if spec is None else sharding.make_mesh(spec)
-  except ValueError as e:
-    raise app.UsageError(f"--mesh: {e}") from e
-  overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
-               if getattr(FLAGS, k) is not None}
-  gen = G.build_generator(FLAGS.config, checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint,
-                          tokenizer=FLAGS.tokenizer, smoke_random=FLAGS.smoke_random, sample_overrides=overrides,
-                          eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
-                          window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
-                          bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                          write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
-                          mesh=mesh)
-  for r in gen.run(items, FLAGS.out_dir):
-    print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
-          + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
+  checks.run_cli(_run, verbose=FLAGS.verbose, prog="generate")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=checks.absl_flags_parser)
