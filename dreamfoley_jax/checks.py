@@ -28,7 +28,8 @@ class InputError(ValueError):
   exit_code = 1
 
 
-# Errors whose message already names the input: printed as they are, without their type.
+# Errors whose message already names the input and says what is wrong: printed without their type (so do
+# exceptions whose class sets plain_message = True, e.g. video.io.VideoError).
 _KNOWN = (UsageError, InputError, FileNotFoundError, NotADirectoryError, PermissionError, UnicodeError)
 
 
@@ -37,7 +38,8 @@ def one_line(e: BaseException, limit: int = 600) -> str:
   msg = " ".join(str(e).split()) or type(e).__name__
   if len(msg) > limit:
     msg = msg[:limit] + f" ... ({len(msg) - limit} more characters)"
-  known = isinstance(e, _KNOWN) or type(e).__module__.startswith("dreamfoley_jax")
+  # Subclasses of the built-in kinds (e.g. MissingWeightsError) keep their more telling type name.
+  known = isinstance(e, (UsageError, InputError)) or type(e) in _KNOWN or getattr(e, "plain_message", False)
   return msg if known else f"{type(e).__name__}: {msg}"
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from dreamfoley_jax.data import synthetic
 
 MATERIAL_SWAP = {"metal": "rubber", "rubber": "metal", "glass": "wood", "wood": "glass"}
+CFG_MODES = ("video+text", "video", "text")
 
 
 class Stage:
@@ -180,12 +181,16 @@ def prompt_batch(clips, captions, tokenizer, text_len: int, videos=None) -> tupl
 
 
 def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: int, seed: int, videos=None,
-             batch_size: int = 16, window_frames: int = 0, context_frames: int = 0) -> list[np.ndarray]:
+             batch_size: int = 16, window_frames: int = 0, context_frames: int = 0,
+             mode: str = "video+text") -> list[np.ndarray]:
   """Codes (K, T_i) for each clip, sampled with the jitted CFG sampler, in batches of `batch_size`.
 
   window_frames > 0: batches with clips longer than that are generated in windows of the trained length
   overlapping by `context_frames` (`sample.sample_long`); shorter batches in one pass.
+  mode: "video+text", "video" (null text: video-only) or "text" (null video: text-to-audio).
   """
+  if mode not in CFG_MODES:
+    raise ValueError(f"mode must be one of {CFG_MODES}, got {mode!r}")
   from dreamfoley_jax import sample
 
   videos = clips if videos is None else videos
@@ -193,11 +198,13 @@ def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: 
   for s in range(0, len(clips), batch_size):
     sl = slice(s, s + batch_size)
     b, lengths = prompt_batch(clips[sl], captions[sl], tokenizer, text_len, videos[sl])
+    n = len(lengths)
+    drops = dict(drop_text=np.full(n, mode == "video"), drop_video=np.full(n, mode == "text"))
     if window_frames and max(lengths) > window_frames:
       res = sample.sample_long(fcfg, params, b, lengths, window_frames=window_frames,
-                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s)
+                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s, **drops)
     else:
-      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s)
+      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s, **drops)
     codes = np.asarray(res["codes"])
     out += [codes[i, :, :n] for i, n in enumerate(lengths)]
   return out

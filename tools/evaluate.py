@@ -11,23 +11,30 @@ import logging
 import pathlib
 import sys
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable from a checkout too
 
+from dreamfoley_jax import checks  # noqa: E402
 from dreamfoley_jax.eval import embedders, harness  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
+_STRICT = flags.DEFINE_bool("strict", False, "stop at the first clip that cannot be scored (default: leave it "
+                            "out, list it in failures.json beside the output JSON, exit status 1)")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an error (default: one line)")
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+def _run() -> int:
   c = _CONFIG.value
   if not c.gen_dir:
-    raise app.UsageError("--config.gen_dir is required")
+    raise checks.UsageError("--config.gen_dir is required")
+  checks.number(c.duration_s, "--config.duration_s", lo=0, lo_open=True, accepted="seconds > 0")
   names = [n.strip() for n in c.metrics.split(",") if n.strip()]
+  if not names:
+    raise checks.UsageError(f"--config.metrics is empty (accepted: a comma list of {', '.join(harness.ALL_EMBEDDERS)})")
+  out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
+  checks.writable_dir(pathlib.Path(out).expanduser().parent, "--config.out's folder")
   built = {}
   for n in names:
     key = embedders.metric_key(n)  # passt_torch / synchformer_torch score what passt / synchformer do
@@ -45,14 +52,24 @@ def main(argv):
                               captions_csv=c.captions_csv or None, gt_audio_dir=c.gt_audio_dir or None,
                               duration_s=c.duration_s, cache_dir=c.cache_dir or None,
                               ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method)
-  result = harness.evaluate(inputs, built)
-  out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
+  failures = checks.Failures(pathlib.Path(out).expanduser().parent, strict=_STRICT.value)
+  result = harness.evaluate(inputs, built, failures=failures)
   table = harness.write_outputs(result, out, row_name=c.row_name, ib_scale=c.ib_scale)
   for k, v in sorted(result["metrics"].items()):
     logging.info("%-18s %.6f", k, v)
   print(table)
   print(f"wrote {out} and {pathlib.Path(out).with_suffix('.md')}")
+  n = result["counts"]["generated"] + len([f for f in failures.items if f.get("role") == "generated"
+                                             and "embedder" not in f])
+  print(failures.summary(result["counts"]["generated"], n, "scored"))
+  return 1 if failures else 0
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  checks.run_cli(_run, verbose=_VERBOSE.value, prog="evaluate")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=checks.absl_flags_parser)

@@ -8,7 +8,6 @@ Sets of clips (av-benchmark's choices, kept):
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from dreamfoley_jax import checks
 from dreamfoley_jax.eval import media, metrics
 from dreamfoley_jax.eval.embedders.base import Embedder
 
@@ -31,12 +31,14 @@ ALL_EMBEDDERS = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
 # --------------------------------------------------------------------------------------------------
 
 
-def list_media(folder, exts: Sequence[str]) -> dict[str, pathlib.Path]:
+def list_media(folder, exts: Sequence[str], what: str = "folder") -> dict[str, pathlib.Path]:
   """{stem: path} of the files in `folder` with one of `exts`; a stem present twice is an error."""
   out: dict[str, pathlib.Path] = {}
   folder = pathlib.Path(folder).expanduser()
+  if not folder.exists():
+    raise FileNotFoundError(f"{what} {folder}: no such directory")
   if not folder.is_dir():
-    raise FileNotFoundError(f"{folder}: not a directory")
+    raise checks.InputError(f"{what} {folder}: not a directory")
   for p in sorted(folder.iterdir()):
     if p.is_file() and p.suffix.lower() in exts:
       if p.stem in out:
@@ -47,11 +49,10 @@ def list_media(folder, exts: Sequence[str]) -> dict[str, pathlib.Path]:
 
 def read_captions(path) -> dict[str, str]:
   """`name,caption` CSV (header row required, extra columns ignored) -> {name: caption}."""
-  with open(pathlib.Path(path).expanduser(), newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or "name" not in reader.fieldnames or "caption" not in reader.fieldnames:
-      raise ValueError(f"{path}: needs a header with 'name' and 'caption' columns, got {reader.fieldnames}")
-    return {str(r["name"]).strip(): r["caption"] for r in reader}
+  header, rows = checks.read_csv(pathlib.Path(path).expanduser(), "captions CSV")
+  if "name" not in header or "caption" not in header:
+    raise checks.InputError(f"{path}: needs a header with 'name' and 'caption' columns, got {header}")
+  return {str(r["name"]).strip(): r["caption"] or "" for _, r in rows}
 
 
 _SAMPLE_SUFFIX = re.compile(r"^(.*)-\d+$")
@@ -165,15 +166,67 @@ def _inception(m, key, logits, notes, splits: int = 10):
   m[f"{key}-mean"], m[f"{key}-std"] = metrics.inception_score(logits, splits=splits)
 
 
-def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
-  """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts'}."""
-  gen = list_media(inputs.gen_dir, media.AUDIO_EXTS)
+def _check_audio(path, role: str) -> None:
+  """The file decodes to a non-empty, finite signal (else ValueError naming it)."""
+  wav, sr = media.load_audio(path)
+  if wav.size == 0 or wav.shape[-1] == 0:
+    raise ValueError(f"{path}: no audio samples")
+  if not np.isfinite(wav).all():
+    raise ValueError(f"{path}: audio holds NaN or infinite samples")
+  del role, sr
+
+
+def _check_video(path, duration_s: float) -> None:
+  from dreamfoley_jax.video import io as vio
+
+  info = vio.probe_video(path)
+  if info.duration_sec + 1e-6 < duration_s:
+    raise ValueError(f"{path}: {info.duration_sec:.3f} s of decodable video, the protocol needs {duration_s:g} s")
+
+
+def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, failures: checks.Failures,
+                 log=log.warning) -> tuple[dict, dict, dict]:
+  """(gen, gt, videos) without the clips whose files cannot be scored; each one goes to `failures`.
+
+  A generated clip that fails is left out of every metric; a reference whose audio fails is left out of
+  the reference audio sets only (its video still scores IB/DeSync), and the other way round."""
+  def keep(files, role, check):
+    out = {}
+    for name, path in files.items():
+      try:
+        check(path)
+        out[name] = path
+      except Exception as e:  # noqa: BLE001 -- any unreadable clip is reported and left out
+        failures.add(str(path), e, role=role)
+        log(f"{role} clip {name} left out: {checks.one_line(e)}")
+    return out
+
+  gen = keep(gen, "generated", lambda p: _check_audio(p, "generated"))
+  gt = keep(gt, "reference audio", lambda p: _check_audio(p, "reference"))
+  if check_videos:
+    videos = keep(videos, "video", lambda p: _check_video(p, duration_s))
+  return gen, gt, videos
+
+
+def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures: checks.Failures | None = None,
+             strict: bool = False) -> dict:
+  """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts',
+  'failures'}. Clips that cannot be scored are listed under 'failures' ([{"item", "reason", "role"}])
+  and left out; strict=True raises at the first one instead."""
+  failures = failures if failures is not None else checks.Failures(strict=strict)
+  gen = list_media(inputs.gen_dir, media.AUDIO_EXTS, "gen_dir")
   if not gen:
-    raise FileNotFoundError(f"{inputs.gen_dir}: no .wav/.flac files")
-  videos = list_media(inputs.video_dir, media.VIDEO_EXTS) if inputs.video_dir else {}
-  gt = list_media(inputs.gt_audio_dir, media.AUDIO_EXTS) if inputs.gt_audio_dir else dict(videos)
+    raise checks.InputError(f"gen_dir {inputs.gen_dir}: no .wav/.flac files")
+  videos = list_media(inputs.video_dir, media.VIDEO_EXTS, "video_dir") if inputs.video_dir else {}
+  gt = list_media(inputs.gt_audio_dir, media.AUDIO_EXTS, "gt_audio_dir") if inputs.gt_audio_dir else dict(videos)
   captions = read_captions(inputs.captions_csv) if inputs.captions_csv else None
-  refs = {**{k: None for k in gt}, **{k: None for k in videos}}
+  listed_gen, listed_videos = dict(gen), dict(videos)
+  gen, gt, videos = screen_clips(gen, gt, videos, duration_s=inputs.duration_s, failures=failures,
+                                 check_videos=any(k in embedders for k in ("imagebind", "synchformer")))
+  if not gen:
+    raise checks.InputError(f"gen_dir {inputs.gen_dir}: none of the {len(listed_gen)} generated clips can be "
+                            f"read ({failures.items[0]['item']}: {failures.items[0]['reason']}, ...)")
+  refs = {**{k: None for k in gt}, **{k: None for k in listed_videos}}
   pairing = pair(gen, refs, captions)
   if pairing.gen_unpaired:
     log.warning("%d generated clips have no reference and count only in IS/FD: %s",
@@ -187,29 +240,34 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     st = pathlib.Path(path).stat()
     return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
+  def guarded(path, role, emb, fn):
+    """fn() or None: a clip one embedder cannot score is reported (with the embedder) and left out."""
+    try:
+      return fn()
+    except Exception as e:  # noqa: BLE001
+      failures.add(str(path), e, role=role, embedder=emb.name)
+      log.warning("%s: %s clip %s left out: %s", emb.name, role, path, checks.one_line(e))
+      return None
+
   def gen_audio(e, g):
-    return gen_cache.get_or_compute("gen", e, g, tag(gen[g]),
-                                    lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+    return guarded(gen[g], "generated", e, lambda: gen_cache.get_or_compute(
+        "gen", e, g, tag(gen[g]), lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g]))))
+
+  def present(d):
+    return {k: v for k, v in d.items() if v is not None}
 
   def gen_audio_feats(emb):
-    out = {}
-    for g in _progress(sorted(gen), f"{emb.name}: generated audio"):
-      out[g] = gen_audio(emb, g)
-    return out
+    return present({g: gen_audio(emb, g) for g in _progress(sorted(gen), f"{emb.name}: generated audio")})
 
   def ref_audio_feats(emb):
-    out = {}
-    for r in _progress(sorted(gt), f"{emb.name}: reference audio"):
-      out[r] = ref_cache.get_or_compute("gt", emb, r, tag(gt[r]),
-                                        lambda r=r: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))
-    return out
+    return present({r: guarded(gt[r], "reference audio", emb, lambda r=r: ref_cache.get_or_compute(
+        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r]))))
+        for r in _progress(sorted(gt), f"{emb.name}: reference audio")})
 
   def video_feats(emb, key, loader):
-    out = {}
-    for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video"):
-      out[r] = ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
-                                        lambda r=r: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
-    return out
+    return present({r: guarded(videos[r], "video", emb, lambda r=r: ref_cache.get_or_compute(
+        "video", emb, r, tag(videos[r]), lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r]))))
+        for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video")})
 
   paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
   m: dict[str, float] = {}
@@ -222,7 +280,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     if fr:
       m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
                                               np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
-    pp = [(g, r) for g, r in paired if r in fr]
+    pp = [(g, r) for g, r in paired if r in fr and g in fg]
     if pp:
       m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
                                                  np.stack([fg[g]["panns_logits"] for g, _ in pp]))
@@ -242,7 +300,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if "passt" in embedders:
     e = embedders["passt"]
     fg, fr = gen_audio_feats(e), ref_audio_feats(e)
-    pp = [(g, r) for g, r in paired if r in fr]
+    pp = [(g, r) for g, r in paired if r in fr and g in fg]
     if pp:
       m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
                                                np.stack([fr[r]["passt_embed"] for _, r in pp]), method=fdm)
@@ -254,9 +312,8 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if "imagebind" in embedders and videos:
     e = embedders["imagebind"]
     fv = video_feats(e, "ib_crops", media.imagebind_video_input)
-    pp = [(g, r) for g, r in paired if r in fv]
-    fa = {g: gen_audio(e, g)
-          for g, _ in pp}
+    fa = present({g: gen_audio(e, g) for g, r in paired if r in fv})
+    pp = [(g, r) for g, r in paired if r in fv and g in fa]
     if pp:
       m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
                                           np.stack([fa[g]["ib_audio"] for g, _ in pp]))
@@ -269,18 +326,21 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     logits = []
     for g, r in _progress(pp, "synchformer: DeSync"):
       a = gen_audio(e, g)
-      logits.append(e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
+      lg = None if a is None else guarded(gen[g], "generated", e,
+                                          lambda a=a, r=r: e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
+      if lg is not None:
+        logits.append(lg)
     if logits:
       m["DeSync"] = metrics.desync_from_logits(np.stack(logits))
-    counts["DeSync"] = len(pp)
+    counts["DeSync"] = len(logits)
 
   if "clap" in embedders and captions is not None:
     e = embedders["clap"]
     pp = [(g, r) for g, r in paired if r in captions]
-    ft = {r: ref_cache.get_or_compute("text", e, r, "caption=" + captions[r], lambda r=r: e.text_features(captions[r]))
-          for _, r in pp}
-    fa = {g: gen_audio(e, g)
-          for g, _ in pp}
+    ft = present({r: guarded(f"{inputs.captions_csv} [{r}]", "caption", e, lambda r=r: ref_cache.get_or_compute(
+        "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r]))) for _, r in pp})
+    fa = present({g: gen_audio(e, g) for g, r in pp if r in ft})
+    pp = [(g, r) for g, r in pp if r in ft and g in fa]
     if pp:
       m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
                                                   np.stack([fa[g]["clap_audio"] for g, _ in pp]))
@@ -289,8 +349,9 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   kl = metrics.combined_kl(m)
   if kl is not None:
     m["KL"] = kl
-  counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos))
+  counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos), failed=len(failures))
   return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
+          "failures": list(failures.items),
           "cache": {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses},
           "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
 
@@ -300,7 +361,9 @@ def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_sca
   table = metrics.markdown_table({row_name: result["metrics"]}, ib_scale=ib_scale)
   result = dict(result, table=table, ib_scale=ib_scale)
   p = pathlib.Path(out_json).expanduser()
-  p.parent.mkdir(parents=True, exist_ok=True)
-  p.write_text(json.dumps(result, indent=1, sort_keys=True))
-  p.with_suffix(".md").write_text(table + "\n")
+  checks.writable_dir(p.parent, "--config.out's folder")
+  with checks.atomic_files(p, p.with_suffix(".md"), p.parent / "failures.json") as (tj, tm, tf):
+    tj.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tm.write_text(table + "\n")
+    tf.write_text(json.dumps(result.get("failures", []), indent=1) + "\n")
   return table

@@ -40,6 +40,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".m
 
 class VideoError(ValueError):
   """A video that cannot be used: unreadable, corrupt, no video stream, or too short."""
+  plain_message = True   # the message names the file and the problem (checks.one_line prints it alone)
 
 
 @dataclasses.dataclass(frozen=True)
