@@ -317,6 +317,7 @@ class Generator:
   feature_fn: Callable[[str], dict]
   tokenize: Callable[[str], Sequence[int]]
   sample_cfg: sampling.SampleConfig = sampling.SampleConfig()
+  text_only_cfg: Optional[sampling.SampleConfig] = None   # text-to-audio items (default: sample_cfg)
   window_frames: int = 250            # the trained length: 10 s (paper sec. 5.1 crops of 2-10 s)
   context_frames: int = 75            # 3 s of generated audio + matching video carried into each new window
   max_text_len: int = 64
@@ -487,8 +488,9 @@ class Generator:
       if any(p.item.negative for p in ok):
         kw["negative_text_ids"], kw["negative_text_mask"] = self._text([p.item.negative for p in ok])
         kw["negative"] = np.array([bool(p.item.negative) for p in ok])
+      sc = self.text_only_cfg if ok[0].item.video is None and self.text_only_cfg else self.sample_cfg
       res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
-                                 context_frames=self.context_frames, sample_cfg=self.sample_cfg, seed=self.seed,
+                                 context_frames=self.context_frames, sample_cfg=sc, seed=self.seed,
                                  item_seeds=np.asarray([p.index for p in ok]), progress=bar.update, mesh=self.mesh,
                                  **kw)
     except Exception as e:  # noqa: BLE001 -- e.g. out of device memory: these items fail, the rest go on
@@ -797,6 +799,11 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
                 sample_rate=sample_rate, seed=seed, max_memory_gb=max_memory_gb, vision_mode=cfg.vision_mode)
   sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**ov)
   validate_sample_config(sc)
+  # Text-to-audio items: the config's sample.text_only settings under the flags (experiments/synthetic.py).
+  text_only = dict(exp.get("sample", {}).get("text_only", None) or {})
+  sc_text = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**{**text_only, **ov}) if text_only else None
+  if sc_text is not None:
+    validate_sample_config(sc_text)
   fr = AUDIO_FRAME_RATE
   window_s = float(exp.get("sample", {}).get("window_s", 10.0)) if window_s is None else float(window_s)
   context_s = float(exp.get("sample", {}).get("context_s", 3.0)) if context_s is None else float(context_s)
@@ -836,7 +843,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     from dreamfoley_jax import sharding
 
     mesh = sharding.make_mesh(mesh)
-  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, mesh=mesh,
+  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, text_only_cfg=sc_text, mesh=mesh,
                    window_frames=int(round(window_s * fr)), context_frames=int(round(context_s * fr)),
                    batch_size=batch_size, bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed,
                    sample_rate=sample_rate, write_mp4=write_mp4, write_png=write_png, max_text_len=max_text_len,

@@ -202,11 +202,7 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
       done[key] = img if s.transform is None else s.transform(img)
     s.out.append(done[key])
 
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError) as e:
-    raise VideoError(f"{path}: cannot open as a video container ({e})") from e
-  with container:
+  with _open(path) as container:
     if not container.streams.video:
       raise VideoError(f"{path}: no video stream (streams: "
                        f"{[s.type for s in container.streams]})")
