@@ -30,7 +30,7 @@ class Case:
 
 
 def write_video(path, n=50, *, fps=25, codec="libx264", size=(W, H), opts=None, times=None, rotation=None,
-                audio_layout=None, audio_seconds=None, pix_fmt="yuv420p"):
+                audio_layout=None, audio_seconds=None, pix_fmt="yuv420p", audio_codec="aac"):
   """Frames whose colour encodes their index mod 625 (video_synth.index_frame); optional AAC audio of `audio_layout`."""
   path = pathlib.Path(path)
   out = av.open(str(path), "w")
@@ -44,8 +44,9 @@ def write_video(path, n=50, *, fps=25, codec="libx264", size=(W, H), opts=None, 
   if rotation is not None:
     s.set_display_rotation(rotation)
   a = None
+  sr = 48000 if audio_codec == "libopus" else 16000
   if audio_layout is not None:
-    a = out.add_stream("aac", rate=16000, layout=audio_layout)
+    a = out.add_stream(audio_codec, rate=sr, layout=audio_layout)
   times = times if times is not None else [k / rate for k in range(n)]
   for k, t in enumerate(times):
     f = av.VideoFrame.from_ndarray(index_frame(k % 625, size[1], size[0]), format="rgb24")
@@ -58,11 +59,14 @@ def write_video(path, n=50, *, fps=25, codec="libx264", size=(W, H), opts=None, 
   if a is not None:
     secs = audio_seconds if audio_seconds is not None else float(times[-1]) + float(1 / rate)
     ch = a.codec_context.layout.nb_channels
-    sig = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(16000 * secs)) / 16000)).astype(np.float32)
-    for st in range(0, len(sig), 1024):
-      fr = av.AudioFrame.from_ndarray(np.repeat(sig[None, st:st + 1024], ch, 0), format="fltp",
-                                      layout=audio_layout)
-      fr.sample_rate, fr.pts = 16000, st
+    sig = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(sr * secs)) / sr)).astype(np.float32)
+    n = a.codec_context.frame_size or 1024
+    for st in range(0, len(sig), n):
+      chunk = sig[None, st:st + n]
+      if chunk.shape[1] < n:
+        chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
+      fr = av.AudioFrame.from_ndarray(np.repeat(chunk, ch, 0), format="fltp", layout=audio_layout)
+      fr.sample_rate, fr.pts = sr, st
       for p in a.encode(fr):
         out.mux(p)
     for p in a.encode():
@@ -115,12 +119,13 @@ CASES = [
     Case("portrait.mp4", "48x64 portrait frames", "ok: copied", "ok", "ok"),
     Case("bframes.mkv", "H.264 with B-frames in Matroska (no dts on the first packets)",
          "ok: copied, dts rebuilt", "ok", "ok"),
-    Case("vp9.webm", "VP9 WebM", "ok: copied", "ok", "ok"),
-    Case("vp8.webm", "VP8 WebM (mp4 cannot hold VP8)", "ok: re-encoded", "ok", "ok"),
+    Case("vp9.webm", "VP9 + Opus WebM", "ok: copied", "ok", "ok"),
+    Case("vp8.webm", "VP8 + Opus WebM (mp4 cannot hold VP8)", "ok: re-encoded", "ok", "ok"),
     Case("h264.mov", "H.264 QuickTime", "ok: copied", "ok", "ok"),
     Case("mpeg4_bframes.avi", "MPEG-4 part 2 with B-frames in AVI", "ok: copied", "ok", "ok"),
-    Case("mjpeg.avi", "Motion JPEG AVI", "ok: copied", "ok", "ok"),
-    Case("odd_size_ffv1.mkv", "FFV1 63x47 (odd size, lossless)", "ok: re-encoded", "ok", "ok"),
+    Case("mjpeg.avi", "Motion JPEG AVI (timestamps 0, 3, 4, ...: a 2.08 s clip)", "ok: copied", "ok", "ok"),
+    Case("odd_size_ffv1.mkv", "FFV1 63x47 (odd size, lossless)", "ok: re-encoded (64x48: 4:2:0 H.264 needs even "
+         "sizes)", "ok", "ok"),
     Case("dir.mp4", "a directory named like a video", "fail: is a directory", "fail: is a directory",
          "skip: not a file, not listed"),
     # generated-audio files for evaluate (their name pairs them with ok.mp4 etc.)
@@ -176,8 +181,9 @@ def build(root) -> dict[str, pathlib.Path]:
   write_video(p["rotated90.mp4"], 50, rotation=90, **mono)
   write_video(p["portrait.mp4"], 50, size=(H, W), **mono)
   write_video(p["bframes.mkv"], 50, opts={"preset": "medium", "bf": "3"}, **mono)
-  write_video(p["vp9.webm"], 50, codec="libvpx-vp9", opts={"crf": "10", "b": "0"}, audio_layout=None)
-  write_video(p["vp8.webm"], 50, codec="libvpx", opts={"crf": "4", "b": "2M"}, audio_layout=None)
+  opus = dict(audio_layout="mono", audio_codec="libopus")
+  write_video(p["vp9.webm"], 50, codec="libvpx-vp9", opts={"crf": "10", "b": "0"}, **opus)
+  write_video(p["vp8.webm"], 50, codec="libvpx", opts={"crf": "4", "b": "2M"}, **opus)
   write_video(p["h264.mov"], 50, **mono)
   write_video(p["mpeg4_bframes.avi"], 50, codec="mpeg4", opts={"bf": "2", "qmin": "1", "qmax": "3"}, **mono)
   write_video(p["mjpeg.avi"], 50, codec="mjpeg", pix_fmt="yuvj420p", opts={"qmin": "1", "qmax": "3"}, **mono)
@@ -192,8 +198,30 @@ def build(root) -> dict[str, pathlib.Path]:
   bad[1000] = np.nan
   sf.write(p["h264.wav"], bad, 16000, subtype="FLOAT")
   sf.write(p["vp9.flac"], 0.1 * np.random.default_rng(3).normal(size=(88200, 2)), 44100)
+  # text inputs; one header serves all three tools (generate: video/name/caption; extract_features: a
+  # manifest of video/caption; evaluate: name/caption)
+  p["latin1.csv"].write_bytes("video,name,caption\nok.mp4,ok,a dog barks\nfps30.mp4,fps30,un caf\u00e9\n"
+                              .encode("latin-1"))
+  p["bom.csv"].write_bytes("video,name,caption\nok.mp4,ok,a dog barks\nfps30.mp4,fps30,rain\n".encode("utf-8-sig"))
+  p["latin1_caption.txt"].write_bytes("un caf\u00e9 bruyant".encode("latin-1"))
+  p["rows.csv"].write_text("video,caption,duration,name\nok.mp4,,nan,\nok.mp4,,abc,\nok.mp4,,0,\nok.mp4,,-1,\n"
+                           "ok.mp4,,,../x\nok.mp4,,20,\n,rain,3600,\nfps30.mp4,a dog,1.5,\n")
+  p["unknown_column.csv"].write_text("video,name,caption,captoin\nok.mp4,ok,a dog,a dog\n")
+  del p["--caption $'\\xe9t\\xe9'"]
   return p
 
 
 def videos():
   return [c for c in CASES if c.role == "video"]
+
+
+def case(name: str) -> Case:
+  return next(c for c in CASES if c.name == name)
+
+
+def table() -> str:
+  """The docs/reliability.md table of every case and its outcome per tool."""
+  rows = ["| input | what it is | generate | extract_features | evaluate |", "|---|---|---|---|---|"]
+  for c in CASES:
+    rows.append(f"| `{c.name}` | {c.what} | {c.generate} | {c.extract} | {c.evaluate} |")
+  return "\n".join(rows)
