@@ -95,7 +95,7 @@ NO_AUDIO = "no audio stream"
 # Every video case carries a mono AAC track unless said otherwise, so evaluate can use it as ground truth.
 CASES = [
     Case("ok.mp4", "H.264 mp4, 25 fps, 2 s, mono AAC", "ok: copied", "ok", "ok"),
-    Case("empty.mp4", "0 bytes", "fail: empty file", "fail: empty file", "fail: empty file"),
+    Case("empty.mp4", "0 bytes", "fail: empty file", "fail: empty file", "fail: cannot decode audio"),
     Case("garbage.mp4", "4 KB of random bytes", "fail: not a video PyAV can open",
          "fail: not a video PyAV can open", "fail: cannot decode audio"),
     Case("text_renamed.mp4", "a text file renamed .mp4", "fail: not a video PyAV can open",
@@ -106,7 +106,8 @@ CASES = [
          "ok: copied, 1.12 s (the decoded part)", "ok", "ok"),
     Case("audio_only.mp4", "AAC only, no video stream", "fail: no video stream", "fail: no video stream", "ok"),
     Case("short_0.3s.mp4", "0.3 s (7 frames)", f"fail: {ONE_WINDOW}", f"fail: {ONE_WINDOW}", "ok"),
-    Case("one_frame.mp4", "a single frame", f"fail: {ONE_WINDOW}", f"fail: {ONE_WINDOW}", "ok"),
+    Case("one_frame.mp4", "a single frame (and 0.064 s of audio)", f"fail: {ONE_WINDOW}", f"fail: {ONE_WINDOW}",
+         "fail: panns cannot score its 0.064 s of audio"),
     Case("long_45s.mp4", "45 s (windowed sampling)", "ok: copied", "ok", "ok"),
     Case("surround_5.1.mp4", "video + 5.1 (6-channel) AAC", "ok: copied", "ok", "ok: 6 channels"),
     Case("no_audio.mp4", "video without any audio track", "ok: copied", "ok", f"fail: {NO_AUDIO}"),
@@ -131,7 +132,7 @@ CASES = [
     # generated-audio files for evaluate (their name pairs them with ok.mp4 etc.)
     Case("fps30.wav", "a good 16-bit wav", "-", "-", "ok", role="gen"),
     Case("fps24.wav", "a wav of 0 samples", "-", "-", "fail: no audio samples", role="gen"),
-    Case("portrait.wav", "random bytes named .wav", "-", "-", "fail: Error opening", role="gen"),
+    Case("portrait.wav", "random bytes named .wav", "-", "-", "fail: cannot read audio", role="gen"),
     Case("h264.wav", "float wav holding NaN", "-", "-", "fail: NaN", role="gen"),
     Case("vp9.flac", "stereo 44.1 kHz FLAC", "-", "-", "ok", role="gen"),
     # text inputs: CSVs, captions (tests/test_reliability.py::test_text_inputs)

@@ -379,7 +379,7 @@ def test_generate_cli_usage_and_input_errors(tmp_path, corpus):
       "generate: error: --batch_size: 0 is out of range (accepted: an integer >= 1)"]
   p = _tool(*base, "--video", paths["ok.mp4"], "--batch_size", "abc")
   assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--batch_size" in p.stderr
-  p = _tool(gen, "--config", "experiments/tiny.py", "--checkpoint", tmp_path / "nope", "--codec_checkpoint", tmp_path,
+  p = _tool(gen, "--config", "experiments/synthetic.py", "--checkpoint", tmp_path / "nope", "--codec_checkpoint", tmp_path,
             "--tokenizer", tmp_path, "--video", paths["ok.mp4"], "--out_dir", tmp_path / "o")
   assert p.returncode == 1 and p.stderr.strip() == f"generate: error: --checkpoint {tmp_path / 'nope'}: not found"
   p = _tool(*base, "--video", paths["ok.mp4"], "--caption", os.fsdecode(b"caf\xe9"))

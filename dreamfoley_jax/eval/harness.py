@@ -166,14 +166,18 @@ def _inception(m, key, logits, notes, splits: int = 10):
   m[f"{key}-mean"], m[f"{key}-std"] = metrics.inception_score(logits, splits=splits)
 
 
-def _check_audio(path, role: str) -> None:
-  """The file decodes to a non-empty, finite signal (else ValueError naming it)."""
-  wav, sr = media.load_audio(path)
+def _check_audio(path) -> None:
+  """The file decodes to a non-empty, finite signal (else InputError naming it)."""
+  try:
+    wav, _ = media.load_audio(path)
+  except Exception as e:  # noqa: BLE001 -- soundfile / PyAV raise several kinds
+    msg = checks.one_line(e).removeprefix(f"{path}: ")
+    raise checks.InputError(f"{path}: {msg if 'decode' in msg or 'audio' in msg else 'cannot read audio (' + msg + ')'}"
+                            ) from None
   if wav.size == 0 or wav.shape[-1] == 0:
-    raise ValueError(f"{path}: no audio samples")
+    raise checks.InputError(f"{path}: no audio samples")
   if not np.isfinite(wav).all():
-    raise ValueError(f"{path}: audio holds NaN or infinite samples")
-  del role, sr
+    raise checks.InputError(f"{path}: audio holds NaN or infinite samples")
 
 
 def _check_video(path, duration_s: float) -> None:
@@ -201,8 +205,8 @@ def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, fail
         log(f"{role} clip {name} left out: {checks.one_line(e)}")
     return out
 
-  gen = keep(gen, "generated", lambda p: _check_audio(p, "generated"))
-  gt = keep(gt, "reference audio", lambda p: _check_audio(p, "reference"))
+  gen = keep(gen, "generated", _check_audio)
+  gt = keep(gt, "reference audio", _check_audio)
   if check_videos:
     videos = keep(videos, "video", lambda p: _check_video(p, duration_s))
   return gen, gt, videos
@@ -245,8 +249,16 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
     try:
       return fn()
     except Exception as e:  # noqa: BLE001
-      failures.add(str(path), e, role=role, embedder=emb.name)
-      log.warning("%s: %s clip %s left out: %s", emb.name, role, path, checks.one_line(e))
+      if failures.strict:
+        raise
+      msg = checks.one_line(e).removeprefix(f"{path}: ")
+      if role in ("generated", "reference audio"):
+        wav, sr = media.load_audio(path)
+        msg = f"{emb.name} cannot score its {wav.shape[-1] / sr:.3f} s of audio ({msg})"
+      else:
+        msg = f"{emb.name} cannot score it ({msg})"
+      failures.add(str(path), msg, role=role, embedder=emb.name)
+      log.warning("%s clip %s left out: %s", role, path, msg)
       return None
 
   def gen_audio(e, g):
