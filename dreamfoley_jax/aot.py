@@ -92,6 +92,7 @@ def compile_train_step(c, topology: str) -> dict:
     state_sh = train.state_shardings(abstract, mesh, tx)
     abstract = train.unbox_abstract(abstract)
     a_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
+    replicated = sharding.large_replicated(abstract, state_sh)     # params / Adam leaves >= 64 MB on every chip
     b_sh = train.batch_shardings(spec, mesh)
     a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in spec.items()}
     update = train.make_train_step(model, fcfg, tx, sched, labels, int(c.train.get("grad_accum", 1)))
@@ -114,6 +115,7 @@ def compile_train_step(c, topology: str) -> dict:
       **memory_figures(mem, t),
       "xla_flops_per_chip": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "model_flops_per_step": train.step_flops(fcfg, n_mm, B, S), "compile_s": secs,
+      "large_replicated": replicated,
   }
 
 
@@ -221,6 +223,8 @@ def format_sample_report(r: dict) -> str:
       f"decode ceiling (weights per chip / {r['hbm_gbs']:.0f} GB/s datasheet HBM, before KV reads and "
       f"collectives): {r['ceiling_steps_per_s']:.0f} steps/s = {r['decode_steps'] / r['ceiling_steps_per_s']:.2f} s "
       f"per {r['seconds']:g} s batch",
+      "replicated state leaves >= 64 MB per chip: " + (", ".join(f"{p} ({n / 2**20:.0f} MB)" for p, n in
+                                                          r["large_replicated"]) or "none"),
       f"compile time {r['compile_s']:.0f} s",
   ])
 
@@ -237,5 +241,7 @@ def format_report(r: dict) -> str:
       f"FLOPs: XLA cost analysis {r['xla_flops_per_chip']:.3e} per chip (a scanned layer body counted once); "
       f"model FLOPs {r['model_flops_per_step']:.3e} per step = {r['model_flops_per_step'] / r['chips']:.3e} "
       f"per chip",
+      "replicated state leaves >= 64 MB per chip: " + (", ".join(f"{p} ({n / 2**20:.0f} MB)" for p, n in
+                                                          r["large_replicated"]) or "none"),
       f"compile time {r['compile_s']:.0f} s",
   ])

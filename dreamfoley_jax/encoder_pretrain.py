@@ -98,7 +98,8 @@ class PretextModel(nn.Module):
   def sync_features(self, frames_BxTxHxWxC):
     """uint8 frames -> (B, T', D) per-frame Synchformer tokens, exactly as DreamFoley.encode_frames."""
     feats, _ = self.synchformer(foley.sync_windows_input(frames_BxTxHxWxC, self.sync_config))
-    return feats.reshape(frames_BxTxHxWxC.shape[0], -1, feats.shape[-1])
+    B, T = frames_BxTxHxWxC.shape[:2]
+    return feats.reshape(B, -1, feats.shape[-1])[:, :T]
 
   def clip_features(self, frames_BxTcxHxWxC):
     """uint8 frames -> (B, Tc, O) EVA embeddings, exactly as DreamFoley.encode_frames."""

@@ -53,8 +53,11 @@ class GenerateError(checks.InputError):
 
 
 def audio_frames(duration_s: float) -> int:
-  """Audio frames (25 Hz codes) for `duration_s` seconds of output."""
-  return max(1, int(round(duration_s * AUDIO_FRAME_RATE)))
+  """Audio frames (25 Hz codes) for `duration_s` seconds: the project's length rule
+  (video.preprocess.sync_cover_indices), a video of T frames at 25 fps -- floor(duration * 25), as
+  video.io.sample_frames counts them -- gets T audio frames; at least one. The wav is then cut or padded to
+  the exact duration (the last < 40 ms past frame T is silence)."""
+  return max(1, math.floor(duration_s * AUDIO_FRAME_RATE + 1e-6))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,7 +245,7 @@ def validate_items(items: Sequence[Item], *, tokenize: Callable[[str], Sequence[
       if dur is None:
         raise GenerateError("a text-to-audio item needs a duration")
       checks.number(dur, "duration", lo=0, lo_open=True, accepted="seconds > 0", error=GenerateError)
-      if vdur is not None and audio_frames(dur) > audio_frames(vdur) and not allow_longer:
+      if vdur is not None and dur > vdur + 5e-4 and not allow_longer:
         raise GenerateError(f"duration {dur:g} s is longer than the video ({vdur:.2f} s decoded); the audio "
                             "would run past its end: pass --allow_longer to generate it anyway, or drop the duration")
       need = bytes_per_s(it.video is not None) * dur
@@ -662,7 +665,7 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   centre-cropped to the encoders' image size. features mode: EVA-CLIP / Synchformer features from
   converted checkpoints (`--eva_ckpt`, `--sync_ckpt`), exactly as tools/extract_features.py makes them.
   """
-  from dreamfoley_jax.video import load_video_frames
+  from dreamfoley_jax.video import load_video_frames, sync_cover_windows
 
   if cfg.vision_mode == "frames":
     size = (cfg.synchformer if cfg.use_sync else cfg.eva).image_size
@@ -685,21 +688,15 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   def features_fn(path, max_duration_sec=None):
     v = load_video_frames(path, max_duration_sec=max_duration_sec)
     out = {}
-    if cfg.use_sync:
-      win = extract_windows(v.sync_u8)
-      out["sync_feats"] = np.asarray(enc.sync(win)).reshape(-1, cfg.sync_dim)
+    if cfg.use_sync:   # one token per 25 fps frame, as the training records (video.sync_cover_windows)
+      win = sync_cover_windows(v.sync_u8)
+      out["sync_feats"] = np.asarray(enc.sync(win)).reshape(-1, cfg.sync_dim)[:v.sync_u8.shape[0]]
       out["video_mask"] = np.ones(out["sync_feats"].shape[0], bool)
     if cfg.use_clip:
       out["clip_feats"] = np.asarray(enc.clip(v.clip_u8))
     return out
 
   return features_fn
-
-
-def extract_windows(frames_u8):
-  from dreamfoley_jax.models import synchformer
-
-  return frames_u8[synchformer.window_index(frames_u8.shape[0])]
 
 
 def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batch: int, guided: bool = True) -> int:

@@ -61,9 +61,28 @@ def make_schedule(c: Mapping[str, Any], total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
 
 
+# Weight decay by a leaf's role (its name), never by its rank: in the scanned layout every norm scale and
+# bias gains a leading layer axis, and the K heads stack their biases, so `ndim >= 2` would decay them.
+DECAY_SUFFIXES = ("kernel",)                        # Linear / conv / head matrices (kernel, fc1_kernel, ...)
+DECAY_NAMES = ("embedding", "audio_embed", "audio_pad", "null_text", "null_video",   # embedding tables
+               "pos_embed", "temp_embed", "cls_token")                            # encoders' learned tokens
+NO_DECAY_SUFFIXES = ("bias", "weight", "scale")     # biases, RMSNorm weights, LayerNorm scales (our choice)
+
+
+def decays(path: str) -> bool:
+  """Whether the leaf at '/'-joined `path` is weight-decayed; an unknown role is an error, not a guess."""
+  name = path.rsplit("/", 1)[-1]
+  if name in DECAY_NAMES or name.endswith(DECAY_SUFFIXES):
+    return True
+  if name.endswith(NO_DECAY_SUFFIXES):
+    return False
+  raise ValueError(f"optim.decay_mask: parameter {path!r} has no weight-decay role; add its name to "
+                   f"optim.DECAY_NAMES (matrices, embeddings) or NO_DECAY_SUFFIXES (biases, norm scales)")
+
+
 def decay_mask(params) -> Any:
-  """Weight decay on matrices (ndim >= 2) only; biases and norm scales are not decayed (our choice)."""
-  return jax.tree.map(lambda x: x.ndim >= 2, _unbox(params))
+  """True where AdamW decays: matrices and embeddings; never biases or norm scales (by name, any layout)."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p)), _unbox(params))
 
 
 def make_optimizer(c: Mapping[str, Any], total_steps: int, params, frozen_regex: str | None = None

@@ -223,31 +223,33 @@ def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
   """`CodebookHeads` params re-laid out for a decode step: the K first layers fused into one (D, K*H)
   matmul. Done once before the loop (XLA:CPU otherwise re-transposes the stacked kernels every step)."""
   cd = jnp.dtype(cfg.decoder.dtype)
+  f32 = jnp.float32
   K = cfg.num_codebooks
-  if cfg.head_depth == 1:
+  if cfg.head_depth == 1:     # the only layer is the last: fp32 (foley.logits_fp32)
     w = heads_params["kernel"]                                                  # (K, D, V)
-    return {"w1": jnp.transpose(w, (1, 0, 2)).reshape(w.shape[1], -1).astype(cd),
-            "b1": heads_params["bias"].reshape(-1).astype(cd)}
+    return {"w1": jnp.transpose(w, (1, 0, 2)).reshape(w.shape[1], -1).astype(f32),
+            "b1": heads_params["bias"].reshape(-1).astype(f32)}
   w1 = heads_params["fc1_kernel"]                                               # (K, D, H)
   return {"w1": jnp.transpose(w1, (1, 0, 2)).reshape(w1.shape[1], -1).astype(cd),
           "b1": heads_params["fc1_bias"].reshape(-1).astype(cd),
           # separate (H, V) kernels: slicing a stacked one inside the loop can materialise a copy per step
-          "w2": [heads_params["fc2_kernel"][k].astype(cd) for k in range(K)],
-          "b2": heads_params["fc2_bias"].astype(cd)}
+          "w2": [heads_params["fc2_kernel"][k].astype(f32) for k in range(K)],
+          "b2": heads_params["fc2_bias"].astype(f32)}
 
 
 def step_heads(cfg: foley.FoleyConfig, hw: dict, h_NxD: Array) -> Array:
-  """Logits (N, K, V) in fp32: the same math as `DreamFoley.predict` on one position per row."""
+  """Logits (N, K, V) in fp32: the same math as `DreamFoley.predict` on one position per row (the last
+  projection in fp32 at HIGHEST precision, so guidance never sees bf16-rounded logits)."""
   K, V = cfg.num_codebooks, cfg.vocab_per_codebook
   N = h_NxD.shape[0]
-  y = jnp.dot(h_NxD.astype(hw["w1"].dtype), hw["w1"]) + hw["b1"]
+  hi = jax.lax.Precision.HIGHEST
   if "w2" not in hw:
-    return y.reshape(N, K, V).astype(jnp.float32)
-  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1).transpose(1, 0, 2)           # (K, N, H)
+    return (jnp.dot(h_NxD.astype(jnp.float32), hw["w1"], precision=hi) + hw["b1"]).reshape(N, K, V)
+  y = jnp.dot(h_NxD.astype(hw["w1"].dtype), hw["w1"]) + hw["b1"]
+  z = jax.nn.gelu(y, approximate=False).reshape(N, K, -1).transpose(1, 0, 2).astype(jnp.float32)   # (K, N, H)
   # K plain 2-D dots: as one batched einsum XLA:CPU picked a transposed output layout and a strided
   # (Eigen) kernel, 3x slower than K separate GEMMs at N = 2.
-  out = jnp.stack([jnp.dot(z[k], w) for k, w in enumerate(hw["w2"])], axis=1) + hw["b2"]
-  return out.astype(jnp.float32)
+  return jnp.stack([jnp.dot(z[k], w, precision=hi) for k, w in enumerate(hw["w2"])], axis=1) + hw["b2"]
 
 
 # --------------------------------------------------------------------------------------------------

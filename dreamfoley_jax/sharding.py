@@ -35,7 +35,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "tensor"),
     ("codebooks", None),
     ("codebook_vocab", None),   # 1026 = 1024 codes + BOS + EOS: not divisible by most mesh sizes
-    ("embed_in", None),         # input features of projectors (e.g. fused video, 1792)
+    ("embed_in", "fsdp"),       # input features of projectors (fused video, 1792 = 2^8 x 7)
+    ("head_mlp", ("fsdp", "tensor")),   # the codebook heads' hidden width, input of their last layer
     ("layers", None),
     ("norm", None),
     ("conv_in", None),
@@ -151,3 +152,23 @@ def init_sharded(module: nn.Module, mesh: Mesh, rng, *args, rules=LOGICAL_RULES,
 def shard_tree(tree, shardings):
   """Places an (unboxed) tree according to a matching tree of shardings."""
   return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def per_device_bytes(shape, dtype, spec: P, mesh_shape: Mapping[str, int]) -> int:
+  """Bytes one device holds of a global array laid out by `spec` on a mesh of `mesh_shape` (even split)."""
+  n = math.prod(shape) * np.dtype(dtype).itemsize
+  for entry in spec:
+    for axis in ((entry,) if isinstance(entry, str) else (entry or ())):
+      n //= mesh_shape[axis]
+  return int(n)
+
+
+def large_replicated(tree, shardings, min_bytes: int = 64 << 20) -> list[tuple[str, int]]:
+  """(path, bytes) of each leaf at least `min_bytes` large that no mesh axis splits (a full copy per device):
+  on a pod such a leaf costs its whole size on every chip, with its Adam moments three times."""
+  out = []
+  for (path, x), sh in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(shardings)):
+    nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    if nbytes >= min_bytes and not any(e for e in sh.spec):
+      out.append(("/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path), nbytes))
+  return out

@@ -346,6 +346,9 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
   total_steps = int(t.steps)
   seed = int(t.seed)
 
+  # Initial weights (a fresh run only): one-line errors for a missing checkpoint before anything compiles.
+  init_entries = [] if ckptlib.has_checkpoint(workdir) else ckptlib.initial_weight_entries(t)
+
   # --- mesh ---------------------------------------------------------------------------------------
   mesh = mesh or sharding.make_mesh(dict(c.mesh))
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
@@ -391,9 +394,8 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
       state = ckpt.restore(ckptlib.abstract_with_shardings(abstract_state, state_sh), data_iter, latest)
     else:
       state = nn.unbox(jax.jit(init_fn, out_shardings=state_sh)())
-      if t.get("init_from"):
-        params = ckptlib.load_initial_weights(state.params, state_sh.params, list(t.init_from))
-        state = state.replace(params=params)
+      if init_entries:
+        state = state.replace(params=ckptlib.load_initial_weights(state.params, state_sh.params, init_entries))
     start = int(jax.device_get(state.step))
 
     # --- loop ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Every number the paper states appears here once, with the section it comes from; everything else is
 marked OUR CHOICE (the paper leaves it unsaid).
 
-  python tools/train.py --config experiments/paper_7b.py --workdir gs://BUCKET/dreamfoley_7b
+  python tools/train.py --config experiments/paper_7b.py --workdir gs://BUCKET/dreamfoley_7b \
+      --config.train.pretrained_decoder=/ckpt/qwen7b_jax --config.data.train_records='/data/records/train-*'
   python -m dreamfoley_jax.models.foley --config experiments/paper_7b.py --summary
   python tools/aot_compile.py --config experiments/paper_7b.py --topology v5p-128
 """
@@ -90,8 +91,13 @@ def get_config():
       ckpt_every=1000,
       keep_ckpts=3,
       async_ckpt=True,
-      # Initial weights from converted checkpoints: 'TARGET=PATH::SOURCE' entries, e.g.
-      # 'decoder=/ckpts/qwen2.5-7b::model' (a converted Qwen2ForCausalLM's 'model' -> params['decoder']).
+      # Sec. 3.1: the decoder starts from Qwen2.5-7B: a checkpoint converted by
+      #   python tools/convert_checkpoint.py --family qwen2 --input /ckpt/Qwen2.5-7B --output /ckpt/qwen7b_jax
+      # (either layer layout; restored onto the training mesh). Required unless from_scratch=True.
+      pretrained_decoder="",
+      from_scratch=False,      # True: random decoder init (not the paper's recipe)
+      # More initial weights from converted checkpoints: 'TARGET=PATH::SOURCE' entries, e.g.
+      # 'synchformer=/ckpts/sync_jax' (frames mode); PATH's subtree SOURCE -> params[TARGET].
       init_from=(),
   ))
 

@@ -74,6 +74,7 @@ def get_config():
   c.optim.weight_decay = 0.01
 
   c.train.global_batch = 16
+  c.train.from_scratch = True                 # a toy decoder: no pretrained Qwen2.5
   c.train.steps = 2400
   c.train.frozen_regex = ""                    # main.pretrain_encoders sets it (towers frozen after the pretext)
   c.train.log_every = 20

@@ -20,6 +20,7 @@ def get_config():
   c.model.null_video_len = 2
   c.data.max_text_len = 16
   c.train.global_batch = 8
+  c.train.from_scratch = True            # toy width: no pretrained decoder
   c.train.steps = 100
   c.optim.warmup_steps = 10
   c.optim.lr = 3e-3

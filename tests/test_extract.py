@@ -74,7 +74,7 @@ def tiny(mesh):
     fr = vpre.load_video_frames(path, max_duration_sec=max_duration)
     c = np.asarray(clip_m.apply(jax.device_get(clip_p), jnp.asarray(fr.clip_pixels()))[0])
     s = np.asarray(sync_m.apply(jax.device_get(sync_p), jnp.asarray(fr.sync_pixels())[None])[0][0])
-    return c, s.reshape(-1, s.shape[-1])
+    return c, s.reshape(-1, s.shape[-1])[:fr.sync_u8.shape[0]]     # one token per frame (the length rule)
 
   return types.SimpleNamespace(build=build, reference=reference)
 
@@ -105,7 +105,7 @@ def test_folder_extraction_matches_direct_apply_and_resumes(tmp_path, tiny):
     c_ref, s_ref = tiny.reference(v)
     tf = int(round(d * 25))
     assert ex["sync_feats"].dtype == np.float16 and ex["clip_feats"].dtype == np.float16
-    assert ex["sync_feats"].shape == (vpre.num_sync_windows(tf) * 8, 12)
+    assert ex["sync_feats"].shape == (tf, 12)       # one token per 25 fps frame, none dropped (length rule)
     assert ex["clip_feats"].shape == (int(d * 4 + 1e-9), 16)
     np.testing.assert_allclose(ex["clip_feats"].astype(np.float32), c_ref, rtol=2e-3, atol=2e-3)
     np.testing.assert_allclose(ex["sync_feats"].astype(np.float32), s_ref, rtol=2e-3, atol=2e-3)
@@ -166,7 +166,7 @@ def test_manifest_tokenizer_audio_codes_and_cli(tmp_path, tiny):
   np.testing.assert_array_equal(r0["text_ids"], [1, 2, 3])
   np.testing.assert_array_equal(r1["text_ids"], [4, 5, 6, 7])
   assert r0["audio_codes"].dtype == np.int16 and r0["audio_codes"].shape == (8, 20)
-  assert r0["sync_feats"].shape == (8, 12)                       # 0.8 s cap: 20 frames -> S=1
+  assert r0["sync_feats"].shape == (20, 12)     # 0.8 s cap: 20 frames -> 20 tokens (3 windows, last padded)
   # the CLI body, end to end, with the tiny encoders injected
   flags = types.SimpleNamespace(input=str(man), output_dir=str(tmp_path / "cli"), eva_ckpt=None,
                                 sync_ckpt=None, tokenizer=str(tmp_path / "tokenizer.json"),

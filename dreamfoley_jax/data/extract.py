@@ -287,7 +287,8 @@ def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, enco
     fr = p.frames
     ex = {"clip_id": p.item.clip_id, "caption": p.item.caption,
           "clip_feats": np.stack(p.clip_feats).astype(np.float16),
-          "sync_feats": np.concatenate(p.sync_feats).astype(np.float16),
+          # one token per 25 fps frame (the length rule, video.preprocess.sync_cover_indices)
+          "sync_feats": np.concatenate(p.sync_feats)[:fr.sync_u8.shape[0]].astype(np.float16),
           "duration": np.float32(fr.duration_sec)}
     try:
       if tok is not None:
@@ -337,7 +338,7 @@ def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, enco
         fail(item, fr)
         bar.update(1)
         continue
-      windows = vpre.sync_windows(fr.sync_u8)
+      windows = vpre.sync_cover_windows(fr.sync_u8)
       p = _Pending(item, fr, [], [], fr.clip_u8.shape[0], windows.shape[0])
       clip_q.extend((p, row) for row in fr.clip_u8)
       sync_q.extend((p, row) for row in windows)

@@ -31,6 +31,7 @@ import numpy as np
 
 from dreamfoley_jax import sharding
 from dreamfoley_jax.models import eva_clip, fusion, qwen2, synchformer
+from dreamfoley_jax.video import preprocess as vpre
 
 Array = jax.Array
 
@@ -97,6 +98,10 @@ class FoleyConfig:
     if self.vision_mode == "frames":
       if self.use_sync and (self.synchformer is None or self.synchformer.width != self.sync_dim):
         raise ValueError("vision_mode='frames' with use_sync needs a synchformer config whose width == sync_dim")
+      if self.use_sync and self.synchformer.token_frames != self.synchformer.stride:
+        sc = self.synchformer
+        raise ValueError(f"synchformer: {sc.token_frames} tokens per window (num_frames / tubelet) must equal "
+                         f"the window stride {sc.stride}, so that token i stands for frame i")
       if self.use_clip and (self.eva is None or self.eva.embed_dim != self.clip_dim):
         raise ValueError("vision_mode='frames' with use_clip needs an eva config whose embed_dim == clip_dim")
     if not (self.use_sync or self.use_clip):
@@ -212,19 +217,27 @@ class CodebookHeads(nn.Module):
                      (K, D, self.vocab), pd)
       b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
                      (K, self.vocab), pd)
-      y = jnp.einsum("nd,kdv->nkv", x, w.astype(cd)) + b.astype(cd)
-      return y.reshape(B, L, K, self.vocab)
+      return logits_fp32("nd,kdv->nkv", x, w, b).reshape(B, L, K, self.vocab)
     w1 = self.param("fc1_kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "mlp")),
                     (K, D, self.hidden), pd)
     b1 = self.param("fc1_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "mlp")),
                     (K, self.hidden), pd)
-    w2 = self.param("fc2_kernel", nn.with_logical_partitioning(init, ("codebooks", "mlp", "codebook_vocab")),
+    # split over fsdp x tensor: 7B K=8 x 3584 x 1026 fp32 is 112 MB (+ Adam), replicated before
+    w2 = self.param("fc2_kernel", nn.with_logical_partitioning(init, ("codebooks", "head_mlp", "codebook_vocab")),
                     (K, self.hidden, self.vocab), pd)
     b2 = self.param("fc2_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
                     (K, self.vocab), pd)
     z = nn.gelu(jnp.einsum("nd,kdh->nkh", x, w1.astype(cd)) + b1.astype(cd), approximate=False)
-    y = jnp.einsum("nkh,khv->nkv", z, w2.astype(cd)) + b2.astype(cd)
-    return y.reshape(B, L, K, self.vocab)
+    return logits_fp32("nkh,khv->nkv", z, w2, b2).reshape(B, L, K, self.vocab)
+
+
+def logits_fp32(spec: str, x, w, b) -> Array:
+  """The heads' last projection in fp32 whatever the compute dtype: bf16 logits would be off by up to a
+  bf16 ulp (0.06 at |logit| 8; ~0.016 nats/token of CE, x3 after CFG guidance). HIGHEST keeps TPUs (bf16
+  passes by default) and GPUs (TF32) from rounding the fp32 operands. ~0.4% of the 7B step's FLOPs."""
+  f32 = jnp.float32
+  y = jnp.einsum(spec, x.astype(f32), w.astype(f32), precision=jax.lax.Precision.HIGHEST)
+  return y + b.astype(f32)
 
 
 def positions_from_mask(mask_BxT: Array) -> Array:
@@ -262,11 +275,19 @@ def sequence_positions(cfg: FoleyConfig, prompt_mask_BxP: Array, text_len: int, 
   return jnp.concatenate([pt, pv, pa], axis=1)
 
 
-def sync_windows_input(frames_BxTxHxWxC: Array, sc) -> Array:
-  """uint8 25 fps frames -> Synchformer input (B, S, window, H, W, C): Normalize(0.5, 0.5) on [0, 1], cut
-  into the config's windows. Shared by DreamFoley.encode_frames and encoder_pretrain."""
-  idx = synchformer.window_index(frames_BxTxHxWxC.shape[1], sc.window, sc.stride)   # (S, window)
-  return (frames_BxTxHxWxC.astype(jnp.float32) / 127.5 - 1.0)[:, idx]
+def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] = None) -> Array:
+  """uint8 25 fps frames -> Synchformer input (B, ceil(T / stride), window, H, W, C): Normalize(0.5, 0.5) on
+  [0, 1], cut by the length rule (`video.preprocess.sync_cover_indices`: the first T tokens are the T
+  frames'); each example's windows repeat its own last real frame (`lengths_B`, default all T).
+  Shared by DreamFoley.encode_frames and encoder_pretrain."""
+  T = frames_BxTxHxWxC.shape[1]
+  idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (S, window), clamped to T - 1
+  if lengths_B is None:
+    x = frames_BxTxHxWxC[:, idx]
+  else:
+    last = jnp.maximum(jnp.asarray(lengths_B, jnp.int32) - 1, 0)
+    x = jax.vmap(lambda f, n: f[jnp.minimum(idx, n)])(frames_BxTxHxWxC, last)
+  return x.astype(jnp.float32) / 127.5 - 1.0
 
 
 def clip_pixels_input(frames_BxTcxHxWxC: Array) -> Array:
@@ -315,14 +336,11 @@ class DreamFoley(nn.Module):
     if c.use_sync:
       fr = batch["frames_sync"]
       B, Tf = fr.shape[:2]
-      sc = c.synchformer
-      idx = synchformer.window_index(Tf, sc.window, sc.stride)             # (S, 16)
-      feats, _ = self.synchformer(sync_windows_input(fr, sc))               # (B,S,8,D)
-      S, Tt = feats.shape[1], feats.shape[2]
-      sync = feats.reshape(B, S * Tt, feats.shape[-1])
-      fmask = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(bool)
-      # A window's tokens are real when its last frame is (MMAudio drops partial windows).
-      mask = jnp.repeat(fmask[:, idx[:, -1]], Tt, axis=1)
+      # Real frames come first (a prefix mask); token i stands for frame i (the length rule).
+      n_B = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(jnp.int32).sum(axis=1)
+      feats, _ = self.synchformer(sync_windows_input(fr, c.synchformer, n_B))   # (B,S,stride,Ds)
+      sync = feats.reshape(B, -1, feats.shape[-1])[:, :Tf]
+      mask = jnp.arange(Tf)[None] < n_B[:, None]
     if c.use_clip:
       fc = batch["frames_clip"]
       B, Tc = fc.shape[:2]
@@ -386,7 +404,7 @@ class DreamFoley(nn.Module):
                         cache=cache)
 
   def predict(self, h_BxLxD) -> Array:
-    return self.heads(h_BxLxD).astype(jnp.float32)
+    return self.heads(h_BxLxD)      # fp32 (`logits_fp32`)
 
   # -- training forward -------------------------------------------------------------------------------
 
@@ -501,8 +519,10 @@ def init_params(cfg: FoleyConfig, seed: int = 0):
 # Params whose every use casts them to the decoder's compute dtype first (qwen2.Linear kernels/biases, the
 # token embedding, RMSNorm scales applied in the activation dtype, the heads, the null embeddings), so storing
 # them in that dtype changes no result. audio_embed / audio_pad are summed over the K codebooks in their own
-# dtype before the cast, and the encoders have their own dtypes: those stay as they are.
+# dtype before the cast, and the encoders have their own dtypes: those stay as they are. The heads' last
+# projection runs in fp32 (`logits_fp32`): its params keep their dtype (7B: +59 MB per decode step, 0.4%).
 _COMPUTE_DTYPE_PARAMS = ("decoder", "projector", "heads", "null_text", "null_video")
+_FP32_HEAD_PARAMS = ("fc2_kernel", "fc2_bias", "kernel", "bias")
 
 
 def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: bool = True):
@@ -537,7 +557,9 @@ def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: boo
     d = d.replace(scan_layers=False)
   if narrow:
     for k in _COMPUTE_DTYPE_PARAMS:
-      if k in params:
+      if k == "heads" and k in params:
+        params[k] = {n: (v if n in _FP32_HEAD_PARAMS else to_cd(v)) for n, v in params[k].items()}
+      elif k in params:
         params[k] = jax.tree.map(to_cd, params[k])
     d = d.replace(param_dtype=d.dtype)
   return cfg.replace(decoder=d), params

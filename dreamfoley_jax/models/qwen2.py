@@ -418,7 +418,12 @@ class Qwen2Model(nn.Module):
     self.norm = RMSNorm(c.rms_norm_eps, c.param_dtype)
 
   def embed(self, input_ids_BxT: Array) -> Array:
-    return self.embed_tokens(input_ids_BxT)
+    """Token lookup on a table gathered over the FSDP axis first (its width is split there), so the gather
+    and its scatter-add gradient stay batch-sharded: looking up the fsdp-split table directly made XLA's
+    SPMD partitioner replicate the activations ("involuntary full rematerialization")."""
+    # Cast first: the gathered copy is in the compute dtype (7B, bf16: 1.09 GB over fsdp, a temporary).
+    table = sharding.constrain(self.embed_tokens.embedding.astype(_dt(self.config.dtype)), ("vocab", None))
+    return jnp.take(table, input_ids_BxT, axis=0)
 
   def attend(self, h_BxTxD: Array) -> Array:
     """Tied output projection (h @ E^T), in fp32 accumulation."""

@@ -2,10 +2,12 @@
 from dreamfoley_jax.video.io import RULES, VIDEO_EXTENSIONS, VideoError, VideoMeta, sample_frames
 from dreamfoley_jax.video.preprocess import (CLIP_FPS, IMAGE_SIZE, SYNC_FPS, VideoFrames,
                                              clip_normalize, load_video_frames, normalize_lut,
-                                             num_sync_windows, resize_crop, sync_normalize,
+                                             num_sync_windows, resize_crop, sync_cover_indices,
+                                             sync_cover_windows, sync_normalize,
                                              sync_window_indices, sync_windows)
 
 __all__ = ["RULES", "VIDEO_EXTENSIONS", "VideoError", "VideoMeta", "sample_frames", "CLIP_FPS",
            "IMAGE_SIZE", "SYNC_FPS", "VideoFrames", "clip_normalize", "load_video_frames",
-           "normalize_lut", "num_sync_windows", "resize_crop", "sync_normalize", "sync_window_indices",
+           "normalize_lut", "num_sync_windows", "resize_crop", "sync_cover_indices", "sync_cover_windows",
+           "sync_normalize", "sync_window_indices",
            "sync_windows"]

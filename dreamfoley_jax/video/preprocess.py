@@ -16,7 +16,15 @@ Normalisation, in float32 as torchvision computes it:
   CLIP:        (u8 / 255 - OPENAI_MEAN) / OPENAI_STD
   Synchformer: (u8 / 255 - 0.5) / 0.5  in [-1, 1]
 Synchformer windows (MMAudio encode_video_with_sync): S = (T - 16) // 8 + 1 windows, window s covers
-frames [8 s, 8 s + 16); trailing frames that do not fill a window are dropped.
+frames [8 s, 8 s + 16); trailing frames that do not fill a window are dropped (`sync_window_indices`,
+kept for the DeSync metric, which follows MMAudio).
+
+The project's length rule (`sync_cover_indices`): a video of T frames at 25 fps yields T audio frames
+(10 s: 250) and T Synchformer tokens, token i standing for frame i. MMAudio's windows would give
+8 * ((T - 16) // 8 + 1) tokens (10 s: 240), leaving the last 0.4 s without video. So ceil(T / 8) windows
+are cut at MMAudio's stride, frame indices past the end repeat the last frame (edge padding), and the
+8 * ceil(T / 8) >= T tokens are cut back to T. Records, the model's frames mode, generate and the long-clip
+windows all use it, so training and sampling see the same lengths.
 """
 from __future__ import annotations
 
@@ -209,6 +217,21 @@ def sync_windows(frames_TxHxWxC: np.ndarray) -> np.ndarray:
   return frames_TxHxWxC[sync_window_indices(frames_TxHxWxC.shape[0])]
 
 
+def sync_cover_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> np.ndarray:
+  """(ceil(T / stride), window) int32 frame indices giving each of T frames its own token (the length rule
+  above; `stride` = tokens per window): MMAudio's windows, indices past the end clamped to T - 1."""
+  if num_frames < 1:
+    raise ValueError(f"a video needs at least one frame at {SYNC_FPS} fps, got {num_frames}")
+  s = -(-num_frames // stride)
+  idx = np.arange(s, dtype=np.int32)[:, None] * stride + np.arange(window, dtype=np.int32)[None, :]
+  return np.minimum(idx, num_frames - 1)
+
+
+def sync_cover_windows(frames_TxHxWxC: np.ndarray, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE):
+  """(T, H, W, C) -> (ceil(T / stride), window, H, W, C) windows whose first T tokens are the T frames'."""
+  return frames_TxHxWxC[sync_cover_indices(frames_TxHxWxC.shape[0], window, stride)]
+
+
 @dataclasses.dataclass
 class VideoFrames:
   """Both encoder inputs of one clip, uint8 224x224 RGB (the record fields frames_clip/frames_sync)."""
@@ -225,8 +248,8 @@ class VideoFrames:
     return clip_normalize(self.clip_u8)
 
   def sync_pixels(self) -> np.ndarray:
-    """(S, 16, 224, 224, 3) float32 Synchformer windows in [-1, 1]."""
-    return sync_normalize(sync_windows(self.sync_u8))
+    """(ceil(Tf / 8), 16, 224, 224, 3) float32 Synchformer windows in [-1, 1] (`sync_cover_windows`)."""
+    return sync_normalize(sync_cover_windows(self.sync_u8))
 
 
 def load_video_frames(path: str | os.PathLike, *, max_duration_sec: float | None = None,
