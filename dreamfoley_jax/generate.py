@@ -700,8 +700,10 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
 
 
 def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batch: int, guided: bool = True) -> int:
-  """Device bytes one sampling window needs beyond the weights: the KV cache of every row (x2 with CFG)
-  and the fp32 attention scores of one layer's prefill (they grow as the window squared)."""
+  """Device bytes one sampling window needs beyond the weights (an estimate): the KV cache of every row
+  (x2 with CFG) and one layer's fp32 prefill attention scores and mask over (prompt, cache slots), which
+  grow as the window squared. Against XLA's own figure (compile().memory_analysis(), synthetic config,
+  batch 8, CPU): 20 s 0.143 GiB measured / 0.16 estimated, 60 s 1.14 / 1.25."""
   import jax.numpy as jnp
 
   d = cfg.decoder
@@ -709,7 +711,20 @@ def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batc
   P = text_len + window_frames
   slots = sampling.cache_slots(P, sampling.num_columns(window_frames, cfg.num_codebooks))
   kv = 2 * d.num_hidden_layers * rows * slots * d.num_key_value_heads * d.head_size * jnp.dtype(d.dtype).itemsize
-  return int(kv + rows * d.num_attention_heads * P * slots * 4)
+  return int(kv + rows * P * slots * (4 * d.num_attention_heads + 1))
+
+
+def param_bytes(cfg: foley.FoleyConfig) -> int:
+  """Bytes of the model's weights in the sampling layout (floats narrowed to the compute dtype, as
+  foley.inference_layout stores them); from the abstract params, nothing allocated."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  cd = jnp.dtype(cfg.decoder.dtype).itemsize
+  leaves = jax.tree.leaves(nn.unbox(foley.abstract_params(cfg)))
+  return int(sum(np.prod(x.shape) * (min(cd, x.dtype.itemsize) if jnp.issubdtype(x.dtype, jnp.floating)
+                                     else x.dtype.itemsize) for x in leaves))
 
 
 def device_budget(host_budget: tuple[int, str]) -> tuple[int, str]:
@@ -724,24 +739,36 @@ def device_budget(host_budget: tuple[int, str]) -> tuple[int, str]:
 
 
 def check_window(cfg: foley.FoleyConfig, window_frames: int, context_frames: int, text_len: int, batch: int,
-                 budget: tuple[int, str], guided: bool = True) -> None:
-  """--window_s / --context_s against the model (whole seconds in frames mode) and the memory budget."""
+                 budget: tuple[int, str], guided: bool = True, devices: int = 1) -> None:
+  """--window_s / --context_s against the model (whole seconds in frames mode) and the memory budget of
+  one device: window_bytes plus twice the weights (XLA keeps a working copy: sampling a 2-layer paper_7b
+  on CPU, compile().memory_analysis() gave 4.94 GiB at 10 s and 6.69 at 30 s, this 4.95 / 6.76), split
+  over `devices` (a --mesh)."""
   if window_frames < 1:
     raise checks.UsageError(f"--window_s: {window_frames / AUDIO_FRAME_RATE:g} s is under one audio frame "
                             f"({1 / AUDIO_FRAME_RATE:g} s)")
   if not 0 <= context_frames < window_frames:
     raise checks.UsageError(f"--context_s: {context_frames / AUDIO_FRAME_RATE:g} s must be >= 0 and shorter "
                             f"than --window_s ({window_frames / AUDIO_FRAME_RATE:g} s)")
-  need = window_bytes(cfg, window_frames, text_len, batch, guided)
-  if need > budget[0]:
+  weights = 2 * param_bytes(cfg)
+
+  def need(w):
+    return (window_bytes(cfg, w, text_len, batch, guided) + weights) / max(1, devices)
+
+  if need(window_frames) > budget[0]:
+    if need(1) > budget[0]:
+      raise checks.UsageError(f"the model's weights alone need about {need(1) / 2**30:.1f} GiB per device for "
+                              f"sampling, over the {budget[0] / 2**30:.1f} GiB limit ({budget[1]}): shard it "
+                              "with --mesh (e.g. data=-1,tensor=4) or raise --max_memory_gb")
     w = window_frames
-    while w > 1 and window_bytes(cfg, w, text_len, batch, guided) > budget[0]:
+    while w > 1 and need(w) > budget[0]:
       w = int(w * 0.8)
     raise checks.UsageError(
-        f"--window_s {window_frames / AUDIO_FRAME_RATE:g}: one window needs about {need / 2**30:.1f} GiB (KV cache "
-        f"and prefill at --batch_size {batch}{', x2 for CFG' if guided else ''}), over the {budget[0] / 2**30:.1f} GiB "
-        f"limit ({budget[1]}); use --window_s <= {max(1, int(w / AUDIO_FRAME_RATE)):d} (the trained length is "
-        "the config's sample.window_s) or a smaller --batch_size")
+        f"--window_s {window_frames / AUDIO_FRAME_RATE:g}: sampling needs about {need(window_frames) / 2**30:.1f} "
+        f"GiB per device (KV cache and prefill at --batch_size {batch}{', x2 for CFG' if guided else ''}, and the "
+        f"weights), over the {budget[0] / 2**30:.1f} GiB limit ({budget[1]}); use --window_s <= "
+        f"{max(1, int(w / AUDIO_FRAME_RATE)):d} (the trained length is the config's sample.window_s) or a "
+        "smaller --batch_size")
 
 
 @dataclasses.dataclass
@@ -807,8 +834,13 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   validate_args(window_s=window_s, context_s=context_s, vision_mode=cfg.vision_mode)
   max_text_len = int(exp.get("data", {}).get("max_text_len", 64))
   budget = memory_budget(max_memory_gb)
+  n_dev = 1
+  if mesh is not None:
+    import jax
+
+    n_dev = len(mesh.devices.flat) if hasattr(mesh, "devices") else len(jax.devices())
   check_window(cfg, int(round(window_s * fr)), int(round(context_s * fr)), max(max_text_len, cfg.null_text_len),
-               int(batch_size), device_budget(budget), guided=sc.cfg_scale is not None)
+               int(batch_size), device_budget(budget), guided=sc.cfg_scale is not None, devices=n_dev)
   if not smoke_random:
     missing = [n for n, v in (("--checkpoint", checkpoint), ("--codec_checkpoint", codec_checkpoint),
                               ("--tokenizer", tokenizer)) if not v]

@@ -282,11 +282,14 @@ def test_allow_longer_and_text_to_audio_windows(corpus, generated, tmp_path):
 
 def test_window_memory_limit_names_the_flag():
   cfg = foley.config_from_dict(configs.load_config("experiments/paper_7b.py").model)
-  budget = (16 * 2**30, "16 GiB test budget")
+  budget = (80 * 2**30, "80 GiB test budget")
   G.check_window(cfg, 250, 75, 64, 8, budget)
-  with pytest.raises(checks.UsageError, match=r"--window_s 1000: one window needs about .* GiB .* over the 16\.0 "
-                     r"GiB limit \(16 GiB test budget\); use --window_s <= \d+"):
+  with pytest.raises(checks.UsageError, match=r"^--window_s 1000: sampling needs about \d+\.\d GiB per device .* over "
+                     r"the 80\.0 GiB limit \(80 GiB test budget\); use --window_s <= (\d+) "):
     G.check_window(cfg, 25000, 75, 64, 8, budget)
+  with pytest.raises(checks.UsageError, match=r"the model.s weights alone need about 27\.\d GiB per device.* --mesh"):
+    G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"))
+  G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"), devices=4)    # --mesh tensor=4
 
 
 def test_validate_args_ranges():
