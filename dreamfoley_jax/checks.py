@@ -38,9 +38,13 @@ def one_line(e: BaseException, limit: int = 600) -> str:
   msg = " ".join(str(e).split()) or type(e).__name__
   if len(msg) > limit:
     msg = msg[:limit] + f" ... ({len(msg) - limit} more characters)"
-  # Subclasses of the built-in kinds (e.g. MissingWeightsError) keep their more telling type name.
-  known = isinstance(e, (UsageError, InputError)) or type(e) in _KNOWN or getattr(e, "plain_message", False)
-  return msg if known else f"{type(e).__name__}: {msg}"
+  return msg if is_known(e) else f"{type(e).__name__}: {msg}"
+
+
+def is_known(e: BaseException) -> bool:
+  """An error whose message says it all (printed alone); subclasses of the built-in kinds (e.g.
+  MissingWeightsError) keep their more telling type name."""
+  return isinstance(e, (UsageError, InputError)) or type(e) in _KNOWN or bool(getattr(e, "plain_message", False))
 
 
 def exit_code(e: BaseException) -> int:
@@ -61,8 +65,7 @@ def run_cli(body: Callable[[], Optional[int]], *, verbose: bool = False, prog: s
   except BaseException as e:  # noqa: BLE001 -- the point: every error is one line unless --verbose
     if verbose:
       traceback.print_exc()
-    hint = "" if verbose else " (--verbose for the traceback)"
-    hint = hint if not isinstance(e, (UsageError, InputError)) else ""
+    hint = "" if verbose or is_known(e) else " (--verbose for the traceback)"
     print(f"{prog + ': ' if prog else ''}error: {one_line(e)}{hint}", file=sys.stderr, flush=True)
     sys.exit(exit_code(e))
   sys.exit(int(rc or 0))

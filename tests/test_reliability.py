@@ -272,7 +272,22 @@ def test_allow_longer_and_text_to_audio_windows(corpus, generated, tmp_path):
   _, paths = corpus
   _, _, gen = generated
   items = [G.Item(video=str(paths["ok.mp4"]), duration=4.0), G.Item(video=None, caption="rain", duration=7.0)]
-  res = gen.run(items, tmp_path / "o", allow_longer=True)
+  seen = []
+  real = G.sampling.sample_long
+
+  def spy(cfg, params, batch, lengths, **kw):
+    out = real(cfg, params, batch, lengths, **kw)
+    seen.append((list(lengths), batch["frames_sync"].shape[1], len(out["windows"]), kw["sample_cfg"]))
+    return out
+
+  G.sampling.sample_long = spy
+  try:
+    res = gen.run(items, tmp_path / "o", allow_longer=True)
+  finally:
+    G.sampling.sample_long = real
+  # the video item: its 50 real frames (not 100); the text item: one Synchformer window of frames (8, not 175)
+  assert [s[:3] for s in seen] == [([100], 50, 2), ([175], 8, 3)]
+  assert seen[1][3] == gen.sample_cfg   # (no sample.text_only given to this Generator)
   assert [r["frames"] for r in res] == [100, 175]
   assert sf.info(str(res[0]["wav"])).duration == pytest.approx(4.0)
   with av.open(str(res[0]["mp4"])) as m:     # the whole video, the longer audio after it
