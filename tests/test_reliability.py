@@ -422,3 +422,18 @@ def test_docs_table_is_the_corpus():
   doc = (ROOT / "docs" / "reliability.md").read_text()
   assert am.table() in doc
   assert len([c for c in am.CASES]) >= 25
+
+
+def test_extract_and_evaluate_cli_exit_codes(tmp_path):
+  ext, ev = ROOT / "tools" / "extract_features.py", ROOT / "tools" / "evaluate.py"
+  p = _tool(ext, "--input", tmp_path, "--output_dir", tmp_path / "o", "--clip_batch", "0")
+  assert p.returncode == 2 and p.stderr.strip() == ("extract_features: error: --clip_batch: 0 is out of range "
+                                                    "(accepted: an integer >= 1)")
+  p = _tool(ext, "--input", tmp_path / "missing", "--output_dir", tmp_path / "o", "--eva_ckpt", tmp_path,
+            "--sync_ckpt", tmp_path)
+  assert p.returncode == 1 and p.stderr.strip() == (f"extract_features: error: --input {tmp_path / 'missing'}: "
+                                                    "no such folder or CSV")
+  p = _tool(ev, f"--config={ROOT / 'experiments' / 'eval_vggsound.py'}", f"--config.gen_dir={tmp_path}",
+            "--config.duration_s=0")
+  assert p.returncode == 2 and p.stderr.strip() == ("evaluate: error: --config.duration_s: 0.0 is out of range "
+                                                    "(accepted: seconds > 0)")
