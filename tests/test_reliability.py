@@ -395,6 +395,11 @@ def test_generate_cli_usage_and_input_errors(tmp_path, corpus):
   p = _tool(*base, "--video", paths["ok.mp4"], "--batch_size", "0")
   assert p.returncode == 2 and p.stderr.strip().splitlines() == [
       "generate: error: --batch_size: 0 is out of range (accepted: an integer >= 1)"]
+  p = _tool(*base, "--video", paths["ok.mp4"], "--batch_size", "0", "--verbose")
+  assert p.returncode == 2 and "Traceback" in p.stderr and p.stderr.strip().endswith("integer >= 1)")
+  p = _tool(*base, "--video", paths["garbage.mp4"])
+  assert p.returncode == 1 and p.stderr.strip() == (f"generate: error: {paths['garbage.mp4']}: not a video PyAV can "
+                                                    "open (InvalidDataError: Invalid data found when processing input)")
   p = _tool(*base, "--video", paths["ok.mp4"], "--batch_size", "abc")
   assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--batch_size" in p.stderr
   p = _tool(gen, "--config", "experiments/synthetic.py", "--checkpoint", tmp_path / "nope", "--codec_checkpoint", tmp_path,

@@ -81,7 +81,7 @@ def _run() -> int:
   # Everything is checked before the model loads: flags, paths, checkpoint shapes, then every item.
   pre = G.build_generator(FLAGS.config, load=False, **kw)
   out = checks.writable_dir(FLAGS.out_dir)
-  failures = checks.Failures(out, strict=FLAGS.strict, log=print)
+  failures = checks.Failures(out, strict=FLAGS.strict, log=print if FLAGS.csv else None)
   if FLAGS.csv:
     items = G.read_csv(FLAGS.csv, failures)
   else:
@@ -91,6 +91,8 @@ def _run() -> int:
   total = len(items) + sum(1 for f in failures.items if f["item"] not in {it.where for it in items})
   if not prepared:
     failures.write()
+    if total == 1:   # --video, or a one-row CSV: its reason is the error
+      raise checks.InputError(f"{failures.items[0]['item']}: {failures.items[0]['reason']}")
     raise checks.InputError(f"no usable item: {failures.summary(0, total, 'generated')}")
   mesh = None if spec is None else sharding.make_mesh(spec)
   gen = G.build_generator(FLAGS.config, mesh=mesh, **kw)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import logging
 import os
