@@ -24,19 +24,31 @@ RUNTIME = [
     "threadpoolctl>=3.1",
 ]
 
+DATA = ["apache-beam>=2.60", "importlib-resources>=6"]
+
 setuptools.setup(
     name="dreamfoley_jax",
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["dreamfoley_jax", "dreamfoley_jax.*"]),
+    # The PyTorch model code that convert/dreamfoley copies into exported HF directories (never imported).
+    package_data={"dreamfoley_jax.convert": ["hf_template/*.py"]},
     install_requires=RUNTIME,
     extras_require={
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
         # librosa: reference for the eval front-end tests only. torchlibrosa: laion_clap's front end, for
         # tools/bench_clap.py (the laion_clap source itself pins numpy<2: unzip its wheel, see that tool).
+        # data: tools/build_dataset.py (docs/data.md). tfds 4.9.10 imports importlib_resources for a builder
+        # defined in a package although it declares it only for Python < 3.9. The Silero VAD weights come
+        # from the silero-vad wheel: `pip install silero-vad==6.2.3 --no-deps` (its torch is not needed).
+        "data": DATA,
+        # gradio: tools/demo.py; selenium drives Debian's chromium in tests/test_demo.py.
+        # silero-vad: the VAD weights and its TorchScript reference (tests); torch is pinned beside it.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "torch==2.13.0", "transformers>=4.50",
-                 "librosa>=0.10", "torchlibrosa==0.1.0"],
+                 "librosa>=0.10", "torchlibrosa==0.1.0", "gradio>=6.31,<7", "selenium>=4.51",
+                 "silero-vad==6.2.3"] + DATA,
+        "demo": ["gradio>=6.31,<7"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

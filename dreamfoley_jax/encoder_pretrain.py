@@ -1,6 +1,7 @@
 """Self-supervised audio-visual pretraining of the video towers, for worlds without pretrained encoders.
 
-DreamFoley freezes pretrained vision encoders (EVA-CLIP, Synchformer): Synchformer learnt audio-visual
+DreamFoley builds on pretrained vision encoders (EVA-CLIP, Synchformer; frozen is OUR READING, the paper
+does not say): Synchformer learnt audio-visual
 timing from millions of videos before the decoder ever sees it. The main job's synthetic world has no
 such checkpoints, and training the towers from scratch through the decoder does not bootstrap within a
 CPU budget (docs/main_job.md: the decoder only starts to look up the video once the video already
@@ -17,7 +18,7 @@ in the spirit of Synchformer's audio-visual pretraining:
     EVA trains end to end inside DreamFoley there.
 
 Targets are standardised over the training set; the towers then go into DreamFoley frozen
-(`train.init_from` + `train.frozen_regex`), as the paper uses its encoders. Nothing here reads the
+(`train.init_from` + `train.frozen_regex`), our reading of how the paper uses its encoders. Nothing here reads the
 ground-truth event times: they are only used to *report* how well the pretext features mark impacts.
 
 Legend: B clips, T frames (25 fps), Tc frames (4 fps), H, W frame size, N samples, NB bands.

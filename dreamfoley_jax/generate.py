@@ -46,6 +46,7 @@ class Item:
   duration: Optional[float] = None     # seconds; default: the video's decoded duration
   name: Optional[str] = None           # output stem; default: the video's stem / "clip<i>"
   where: Optional[str] = None          # how errors name it: "clips.csv:5", "--video"; default the video
+  seed: Optional[int] = None           # the clip's sampling stream; default: its position in the run
 
 
 class GenerateError(checks.InputError):
@@ -431,20 +432,22 @@ class Generator:
                           max_text_len=self.max_text_len, log=self.log)
 
   def run(self, items: Sequence[Item], out_dir: str | os.PathLike, *, failures: Optional[checks.Failures] = None,
-          strict: bool = False, allow_longer: bool = False, prepared: Optional[list[Prepared]] = None
-          ) -> list[dict]:
+          strict: bool = False, allow_longer: bool = False, prepared: Optional[list[Prepared]] = None,
+          write_failures: bool = True) -> list[dict]:
     """Generates every good item; returns one dict per item in item order: {"name", "wav", "mp4", "png",
     "frames", "codes"}, or {"name", "error"} for an item that failed.
 
     Bad items (unreadable video, bad row, too long, ...) are reported in `failures` and in
     out_dir/failures.json while the others finish; strict=True stops at the first. Each item's files
     are written under temporary names and renamed together, so a failed item leaves none.
+    write_failures=False leaves failures.json to the caller (hosts.generate merges every host's).
     """
     from tqdm.auto import tqdm
 
     out = checks.writable_dir(out_dir)
     failures = failures if failures is not None else checks.Failures(out, strict=strict, log=self.log)
-    failures.out_dir = failures.out_dir or out
+    if write_failures:
+      failures.out_dir = failures.out_dir or out
     if prepared is None:   # else validated already (Preflight.prepare with the same items)
       prepared = self.prepare(items, failures, allow_longer=allow_longer)
     names = _unique_names(items)
@@ -462,7 +465,8 @@ class Generator:
     for i, it in enumerate(items):
       if "wav" not in results[i]:
         results[i]["error"] = reasons.get(it.where or it.video or f"item {i}", "failed")
-    failures.write()
+    if write_failures:
+      failures.write()
     return results
 
   def _group_size(self, todo: Sequence[Prepared]) -> int:
@@ -494,7 +498,7 @@ class Generator:
       sc = self.text_only_cfg if ok[0].item.video is None and self.text_only_cfg else self.sample_cfg
       res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
                                  context_frames=self.context_frames, sample_cfg=sc, seed=self.seed,
-                                 item_seeds=np.asarray([p.index for p in ok]), progress=bar.update, mesh=self.mesh,
+                                 item_seeds=np.asarray([p.index if p.item.seed is None else p.item.seed for p in ok]), progress=bar.update, mesh=self.mesh,
                                  **kw)
     except Exception as e:  # noqa: BLE001 -- e.g. out of device memory: these items fail, the rest go on
       for p in ok:
@@ -796,11 +800,12 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True, inference_layout=True,
                     mesh=None, max_memory_gb=None, load: bool = True) -> Generator:
-  """A Generator from an experiment config and checkpoint paths (what tools/generate.py calls).
+  """A Generator from an experiment config (a path or a ConfigDict) and checkpoint paths (what tools/generate.py
+  calls; `model_dir.build_generator` fills the paths from a model directory).
 
   Every flag, path and checkpoint is checked before anything large is loaded (checks.UsageError for a
   flag's value, exit 2; InputError / FileNotFoundError for a file, exit 1). load=False stops after the
-  checks and returns None (tools/generate.py then validates the items before loading the model).
+  checks and returns a Preflight (tools/generate.py then validates the items before loading the model).
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
@@ -812,7 +817,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   from dreamfoley_jax.convert import common
 
   try:
-    exp = configs.load_config(config)
+    exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
     cfg = foley.config_from_dict(exp.model)
   except FileNotFoundError as e:
     raise checks.UsageError(f"--config: {e}") from None

@@ -8,13 +8,14 @@ command). Stages, each timed and logged:
   3. records   ArrayRecord shards in the training-record format (frames + codes + caption ids)
   4. encoders  the video towers (Synchformer, EVA-CLIP at toy size) pretrained on a self-supervised
                audio-visual pretext (`encoder_pretrain`: predict each frame's audio band energies /
-               onset strength, and the clip's timbre), then frozen in DreamFoley as the paper freezes
-               its pretrained encoders (main.pretrain_encoders; off: trained from scratch end to end)
+               onset strength, and the clip's timbre), then frozen in DreamFoley (our reading: the paper
+               does not say its encoders are frozen) (main.pretrain_encoders; off: trained from scratch end to end)
   5. train     the real trainer (`dreamfoley_jax.train.train`) with experiments/synthetic.py
   6. sample    held-out clips with CFG: real video; video shuffled across clips (control); caption with
                another material (timbre control). Clips longer than the training crops are generated with
                the sampler's windowed continuation (`sample.sample_long`, sample.window_s / context_s)
   7. write     wav, mp4 (synthetic video + generated sound), spectrogram PNG with true event times
+               (stage 5 also writes model/: the model directory tools/generate.py / tools/demo.py --model read)
   8. metrics   onset F1 within +-40 ms, mean |onset offset|, same for shuffled video; spectral centroid
                shift under the caption swap -> metrics.json
 """
@@ -93,9 +94,12 @@ def fit_codec(train, m, workdir: pathlib.Path, log=_log):
 def check_codec(codec, c) -> None:
   """The codec must match the model config and the synthetic world (names the fields to change)."""
   want = {"sample_rate": synthetic.SAMPLE_RATE, "frame_rate": float(synthetic.FPS),
-          "num_codebooks": int(c.model.num_codebooks), "codebook_size": int(c.model.codebook_size)}
+          "codebook_size": int(c.model.codebook_size)}
   bad = {k: (getattr(codec, k, None), v) for k, v in want.items()
          if getattr(codec, k, None) is None or float(getattr(codec, k)) != float(v)}
+  # A model may predict the first k of the codec's K residual levels (Table 4: 1, 4, 8).
+  if getattr(codec, "num_codebooks", 0) < int(c.model.num_codebooks):
+    bad["num_codebooks"] = (getattr(codec, "num_codebooks", None), f">= {int(c.model.num_codebooks)}")
   if bad:
     raise ValueError("the audio codec does not fit this config: " + ", ".join(
         f"{k}={got} (config/world needs {need})" for k, (got, need) in bad.items()) +
@@ -339,7 +343,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   """Runs the whole job into `workdir` and returns the metrics (also written to metrics.json)."""
   import jax
 
-  from dreamfoley_jax import sample, text, train
+  from dreamfoley_jax import model_dir, sample, text, train
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.eval import sync
   from dreamfoley_jax.models import foley
@@ -378,6 +382,11 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     # The trained weights as a params checkpoint, the layout tools/generate.py --checkpoint reads.
     common.save_params(params, wd / "params", overwrite=True,
                        metadata={"config": "experiments/synthetic.py", "step": int(result.step)})
+    # ... and everything generate needs under one path (tools/generate.py --model, tools/demo.py).
+    model_dir.write(wd / "model", c, params_dir=wd / "params", codec=m.get("codec_checkpoint") or wd / "codec.npz",
+                    tokenizer=wd / "tokenizer.json", overwrite=True,
+                    source={"what": "main job", "workdir": str(wd), "step": int(result.step)})
+    log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
   fcfg = foley.config_from_dict(c.model)
   scfg = sample.sample_config_from_dict(c.sample)
@@ -447,7 +456,8 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     metrics["timings_s"] = timings
     metrics["total_s"] = round(time.time() - t_start, 1)
     metrics["config"] = {"sample": c.sample.to_dict(), "num_train": int(m.num_train), "num_eval": int(m.num_eval),
-                         "codec": getattr(codec, "path", "synthetic codec (codec.npz)")}
+                         "codec": getattr(codec, "path", "synthetic codec (codec.npz)"),
+                         "num_codebooks": fcfg.num_codebooks, "use_sync": fcfg.use_sync, "use_clip": fcfg.use_clip}
     tmp = wd / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
     os.replace(tmp, wd / "metrics.json")

@@ -30,5 +30,7 @@ def get_config():
   c.ref_cache_dir = ""        # ground truth / video / caption features; share it across models
   c.out = ""                  # default <gen_dir>/eval_metrics.json (+ .md table)
   c.row_name = "DreamFoley"
-  c.ib_scale = 1.0            # 100 prints IB-score x100 as some papers do; JSON keeps the raw cosine
+  c.ib_scale = 100.0          # the table prints IB-score x100 as the paper does; the JSON keeps the raw cosine
+  c.pairing = "av-benchmark"  # generated stem -> video as av-benchmark pairs them; "stem": exact or NAME-<k>
+                              # (docs/evaluation.md "Pairing and clip sets")
   return c

@@ -27,8 +27,8 @@ def get_config():
       remat_policy="full",           # OUR CHOICE: fits global batch 1024 on v5p
       attention_impl="xla",
   ))
-  c.model.num_codebooks = 8                      # Sec. 3.3: higgs-audio-v2 tokenizer, 8 RVQ codebooks
-  c.model.codebook_size = 1024                   # Sec. 3.3: 1024 entries per codebook (25 frames/s)
+  c.model.num_codebooks = 8                      # Sec. 3.2: higgs-audio-v2 tokenizer, 8 RVQ codebooks
+  c.model.codebook_size = 1024                   # Sec. 3.2: 1024 entries per codebook (25 frames/s)
   c.model.loss_weights = PAPER_LOSS_WEIGHTS      # Sec. 5.1: decaying per-codebook CE weights
   c.model.use_sync = True                        # Sec. 3.2, eq. 1: audio-aligned encoder (Synchformer)
   c.model.use_clip = True                        # Sec. 3.2, eq. 1: text-aligned encoder (EVA-CLIP-g/14)
@@ -39,7 +39,7 @@ def get_config():
   c.model.upsample = "nearest"                   # Sec. 3.2: up() by r_a/r_t; nearest = OUR READING
   c.model.projector_depth = 2                    # OUR CHOICE: Linear-GELU-Linear video projector
   c.model.head_hidden = 0                        # OUR CHOICE: head hidden = decoder width
-  c.model.head_depth = 2                         # Sec. 3.3: K MLP heads; depth 2 is OUR CHOICE
+  c.model.head_depth = 2                         # Sec. 3.2: K MLP heads; depth 2 is OUR CHOICE
   c.model.null_text_len = 8                      # OUR CHOICE: length of the learnable null text sequence
   c.model.null_video_len = 8                     # OUR CHOICE: length of the learnable null video sequence
   c.model.learnable_pad = True                   # Eq. 2: learnable padding in vacant delay positions
@@ -62,7 +62,7 @@ def get_config():
   c.data = ml_collections.ConfigDict(dict(
       crop_min_s=2.0, crop_max_s=10.0,   # Sec. 5.1: random crops of 2-10 s
       max_text_len=64,                   # OUR CHOICE
-      audio_frame_rate=25.0,             # Sec. 3.3
+      audio_frame_rate=25.0,             # Sec. 3.2
       train_records="",                  # glob(s) of ArrayRecord shards (tools/write_records.py)
       bucket_seconds=(4.0, 7.0, 10.0),   # OUR CHOICE: padded length buckets (crop upper edges)
       num_workers=4,                     # grain worker processes per host (0 = in-process)
@@ -105,7 +105,7 @@ def get_config():
       temperature=1.0,         # Sec. 5.1: sampling temperature 1.0
       top_p=0.9,               # Sec. 5.1: top-p 0.9
       top_k=25,                # Sec. 5.1: top-k 25
-      cfg_scale=3.0,           # Sec. 5.1: CFG scale 3
+      cfg_scale=3.0,           # Table 5: CFG scale 3 (the best row of the ablation)
       seed=0,
       window_s=10.0,           # clips longer than the trained length (10 s) are generated in windows ...
       context_s=3.0,           # ... each carrying the last 3 s of audio + video as context (OUR CHOICE; sec. 7)

@@ -11,8 +11,8 @@ sampler (with its windowed continuation for clips longer than the trained length
 
 No encoder weights can be downloaded here, so the job pretrains the Synchformer tower first on a
 self-supervised audio-visual pretext (dreamfoley_jax/encoder_pretrain.py: each frame's audio band
-energies / onset strength; never the event labels) and then trains DreamFoley with it frozen, as the
-paper freezes its pretrained encoders (main.pretrain_encoders, main.pretext); the EVA-CLIP tower trains
+energies / onset strength; never the event labels) and then trains DreamFoley with it frozen (our
+reading of the paper, which does not say whether its encoders are frozen) (main.pretrain_encoders, main.pretext); the EVA-CLIP tower trains
 end to end from scratch.
 
 Differences from paper_7b, each for the tiny CPU budget and said here:

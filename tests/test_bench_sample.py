@@ -1,5 +1,6 @@
 """tools/bench_sample.py stays runnable: a tiny-config CPU run of the whole script (bandwidth and GEMV
 probes, the greedy JAX-vs-torch agreement check, the interleaved timing and the summary table)."""
+import math
 import os
 import pathlib
 import re
@@ -31,5 +32,10 @@ def test_bench_sample_tiny_cpu():
   ratio, step_ms, prefill_s = float(cells[5].rstrip("x")), float(cells[12]), float(cells[13])
   floor_ms = float(cells[14])
   # (step_ms is a difference of two ~10 ms timings here: its sign is noise at this size, not asserted;
-  # tiny's floor can round to 0.00)
-  assert ratio > 0 and prefill_s >= 0 and floor_ms >= 0 and step_ms == step_ms
+  # tiny's floor can round to 0.00). The columns agree with each other (each printed to 2 decimals):
+  jax_s, torch_s, ms_step = float(cells[3]), float(cells[4].split()[0]), float(cells[7])
+  assert ratio > 0 and prefill_s >= 0 and floor_ms >= 0 and math.isfinite(step_ms)
+  assert abs(ratio - torch_s / jax_s) <= 0.01 + (torch_s + jax_s) * 0.005 / jax_s ** 2
+  assert abs(ms_step - 1e3 * jax_s / 33) <= 0.01 + 1e3 * 0.005 / 33
+  if prefill_s > 0:      # prefill = JAX time - steps x decode step
+    assert abs(prefill_s + 33 * step_ms / 1e3 - jax_s) <= 0.02

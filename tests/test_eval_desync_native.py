@@ -24,7 +24,12 @@ def test_native_desync_shapes_windows_and_determinism(emb):
   lg_first = emb.sync_logits(v[:14], a[:14])
   np.testing.assert_allclose(lg[0], lg_first[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(lg[1], emb.sync_logits(v[-14:], a[-14:])[0], rtol=1e-5, atol=1e-5)
-  assert 0.0 <= metrics.desync_from_logits(lg[None]) <= 2.0
+  # DeSync is the mean |offset| of the two windows' argmax classes on av-benchmark's 21-class grid
+  np.testing.assert_allclose(metrics.DESYNC_GRID_S, np.round(np.arange(-2.0, 2.01, 0.2), 6), atol=1e-9)
+  last = emb.sync_logits(v[-14:], a[-14:])[0]
+  d = metrics.desync_from_logits(lg[None])
+  per_window = [abs(metrics.DESYNC_GRID_S[int(np.argmax(x))]) for x in (lg_first[0], last)]
+  assert d == pytest.approx(np.mean(per_window))   # the windows computed on their own give the clip's DeSync
   # Same seed, same numbers.
   again = synchformer.SynchformerEmbedder(config=synchformer.DeSyncConfig.tiny(), seed=0)
   np.testing.assert_array_equal(again.audio_features(wav, 16000, 8.0, "clip.wav")["sync_audio"], a)

@@ -180,5 +180,8 @@ def test_combined_kl_and_table():
   t = M.markdown_table({"ours": m}, ib_scale=100)
   head, _, row = t.splitlines()
   assert head.index("FD_PaSST") < head.index("FD_PANNs") < head.index("FD_VGG") < head.index("KL")
+  assert head.index("KL_PANNs") < head.index("KL_PaSST") < head.index("KL ") < head.index("IS")
   assert head.index("IS") < head.index("IB-score") < head.index("DeSync") < head.index("CLAP")
-  assert row == "| ours | 50.12 | - | - | 1.50 | - | 33.12 | 0.457 | - |"
+  assert row == "| ours | 50.12 | - | - | 1.00 | 2.00 | 1.50 | - | 33.12 | 0.457 | - |"
+  assert M.markdown_table({"ours": m}) == t                                  # x100 is the default
+  assert "IB-score (x1) ↑" in M.markdown_table({"ours": m}, ib_scale=1).splitlines()[0]

@@ -14,6 +14,68 @@ def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
           "video_mask": np.ones((B, frames), bool)}
 
 
+def sample_configs():
+  """The sampling benches' CPU configs: tiny (experiments/tiny.py's decoder) and small (d 512, 8 layers)."""
+  from dreamfoley_jax.models import foley, qwen2
+
+  return {
+      "tiny": foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"], codebook_size=64, sync_dim=32, clip_dim=16,
+                                null_text_len=2, null_video_len=2),
+      "small": foley.FoleyConfig(
+          decoder=qwen2.Qwen2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                    num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+          codebook_size=1024, sync_dim=64, clip_dim=32),
+  }
+
+
+def random_params(cfg, seed=0):
+  """Random DreamFoley params (numpy fp32) with every leaf drawn, biases, norms and nulls too, and the heads
+  scaled so logits have a trained model's size (test configs: max |logit| ~7-8): argmax ties
+  are as rare as in a real model, so comparing two implementations' tokens means something."""
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from dreamfoley_jax.models import foley
+
+  shapes = nn.unbox(foley.abstract_params(cfg))      # no init compile: every leaf is drawn here
+  rng = np.random.default_rng(seed + 1)
+  leaves, tdef = jax.tree_util.tree_flatten_with_path(shapes)
+  new = []
+  for path, x in leaves:
+    name = jax.tree_util.keystr(path)
+    scale = 0.5 if ("audio_embed" in name or "null" in name or "audio_pad" in name) else 0.08
+    if "heads" in name and "kernel" in name:
+      scale = 1.5 / np.sqrt(x.shape[-2])
+    elif "kernel" in name and x.shape[-2] > 512:
+      scale = 1.5 / np.sqrt(x.shape[-2])             # wide layers (0.5B): keep the residual stream O(1)
+    v = (1.0 + 0.1 * rng.standard_normal(x.shape, np.float32)) if "norm" in name else \
+        scale * rng.standard_normal(x.shape, np.float32)
+    new.append(np.asarray(v, np.float32))
+  return jax.tree_util.tree_unflatten(tdef, new)
+
+
+def torch_dreamfoley(cfg, params=None, dtype=None):
+  """The PyTorch DreamFoley users run: the model directory `--family dreamfoley --direction to_hf` writes
+  (with `params`, or randomly initialised without), loaded by transformers with trust_remote_code."""
+  import tempfile
+
+  import transformers
+
+  from dreamfoley_jax.convert import dreamfoley
+
+  with tempfile.TemporaryDirectory(prefix="dreamfoley_hf_") as d:
+    if params is None:
+      dreamfoley.write_model_files(cfg, d)
+      config = transformers.AutoConfig.from_pretrained(d, trust_remote_code=True)
+      model = transformers.AutoModel.from_config(config, trust_remote_code=True, dtype=dtype)
+    else:
+      dreamfoley.save_hf(params, cfg, f"{d}/model")
+      model = transformers.AutoModel.from_pretrained(f"{d}/model", trust_remote_code=True, use_safetensors=True,
+                                                     dtype=dtype)
+  return model.eval()
+
+
 def time_ms(fn, n):
   """Mean ms per call of `fn` over `n` calls, after one warm-up call (compile / first-touch)."""
   fn()

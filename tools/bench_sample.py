@@ -1,5 +1,6 @@
-"""Sampling speed: our jitted while_loop sampler vs a PyTorch baseline (transformers' Qwen2Model with its
-DynamicCache, the same embeddings / heads / CFG / top-k -> top-p -> temperature), same random weights.
+"""Sampling speed: our jitted while_loop sampler vs the PyTorch DreamFoley users run (the exported model
+directory's modeling_dreamfoley.py on transformers' Qwen2Model, its own CFG sampling with a KV cache, loaded
+with trust_remote_code; docs/convert.md), same random weights.
 
   JAX_PLATFORMS=cpu python tools/bench_sample.py                    # tiny + small, batch 1 and 8, 10 s
   JAX_PLATFORMS=cpu python tools/bench_sample.py --configs=tiny --batches=1 --reps=1 --seconds=2
@@ -22,6 +23,7 @@ import os
 import statistics
 import time
 
+import numpy as np
 from absl import app, flags
 
 import bench_common
@@ -37,149 +39,35 @@ flags.DEFINE_bool("kernels", True, "also print the GEMV probe: weight-streaming 
                   "at each batch's row count (2B with CFG), fp32 and bf16 (what bounds a decode step on a CPU)")
 flags.DEFINE_integer("probe_mb", 96, "MiB of distinct weights in the GEMV probe's chain, whatever the dtype (more "
                      "than the CPU's last-level cache, so they stream from memory as a decode step's do)")
+flags.DEFINE_enum("torch_cache", "dynamic", ["static", "dynamic"], "the PyTorch model's KV cache (generate's "
+                  "cache_implementation). dynamic: the faster one on CPU (tiny, 4 s clip, 1 thread: 0.32 vs 0.45 "
+                  "process-CPU s); static is the one for torch.compile on a GPU")
 flags.DEFINE_list("threads", ["1", "2"], "torch intra-op thread counts to try (0 = os.cpu_count()); the baseline is "
                   "torch's fastest median among them, per config and batch. On an idle 2-core machine 2 threads win "
                   "at batch 8; on oversubscribed cores OpenMP spin-waits and 2 threads can be 30x slower")
 
 
-def configs():
-  from dreamfoley_jax.models import foley, qwen2
-
-  return {
-      "tiny": foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"], codebook_size=64, sync_dim=32, clip_dim=16,
-                                null_text_len=2, null_video_len=2),
-      "small": foley.FoleyConfig(
-          decoder=qwen2.Qwen2Config(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                                    num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
-          codebook_size=1024, sync_dim=64, clip_dim=32),
-  }
-
-
+configs = bench_common.sample_configs
 batch = bench_common.random_prompt_batch
 
 
 class TorchFoley:
-  """The same model on transformers' Qwen2Model (weights copied from our params)."""
+  """The PyTorch baseline: the DreamFoley users run (the exported directory's modeling_dreamfoley.py on
+  transformers' Qwen2Model, same weights), sampled through its own `generate` (CFG, KV cache)."""
 
   def __init__(self, cfg, params):
-    import numpy as np
-    import torch
-    from transformers import Qwen2Config, Qwen2Model
-
-    from dreamfoley_jax.models import qwen2
-
-    self.cfg = cfg
-    d = cfg.decoder
-    hf = Qwen2Config(**qwen2.to_hf_config(d))
-    hf._attn_implementation = "sdpa"
-    self.model = Qwen2Model(hf).eval()
-    t = lambda a: torch.from_numpy(np.array(a, np.float32))
-    p = params["decoder"]
-    sd = {"embed_tokens.weight": t(p["embed_tokens"]["embedding"]), "norm.weight": t(p["norm"]["weight"])}
-    for i in range(d.num_hidden_layers):
-      lp = p[f"layers_{i}"]
-      for blk, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                         ("mlp", ("gate_proj", "up_proj", "down_proj"))):
-        for n in names:
-          sd[f"layers.{i}.{blk}.{n}.weight"] = t(lp[blk][n]["kernel"]).T.contiguous()
-          if "bias" in lp[blk][n]:
-            sd[f"layers.{i}.{blk}.{n}.bias"] = t(lp[blk][n]["bias"])
-      for n in ("input_layernorm", "post_attention_layernorm"):
-        sd[f"layers.{i}.{n}.weight"] = t(lp[n]["weight"])
-    missing, unexpected = self.model.load_state_dict(sd, strict=False)
-    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
-    self.proj = [(t(params["projector"][f"fc{j}"]["kernel"]), t(params["projector"][f"fc{j}"]["bias"]))
-                 for j in (1, 2)]
-    self.audio_embed, self.audio_pad = t(params["audio_embed"]), t(params["audio_pad"])
-    self.null_text, self.null_video = t(params["null_text"]), t(params["null_video"])
-    h = params["heads"]
-    self.h1w, self.h1b, self.h2w, self.h2b = (t(h[k]) for k in ("fc1_kernel", "fc1_bias", "fc2_kernel", "fc2_bias"))
-
-  def prompt(self, b):
-    """[cond; uncond] prompt embeddings (2B, P, D) and mask, as DreamFoley.embed_prompt with CFG nulls."""
-    import numpy as np
-    import torch
-
-    from dreamfoley_jax.models import foley
-
-    c = self.cfg
-    ids = torch.from_numpy(b["text_ids"]).long()
-    xt = self.model.embed_tokens(ids)
-    Tv = b["video_mask"].shape[1]
-    idx = foley.upsample_index(Tv, c.sync_rate, c.clip_rate, b["clip_feats"].shape[1])
-    fused = torch.from_numpy(np.concatenate([b["sync_feats"], b["clip_feats"][:, idx]], -1))
-    (w1, b1), (w2, b2) = self.proj
-    xv = torch.nn.functional.gelu(fused @ w1 + b1) @ w2 + b2
-    B, Lt, D = xt.shape
-    ut = torch.zeros_like(xt)
-    ut[:, :self.null_text.shape[0]] = self.null_text
-    uv = torch.zeros_like(xv)
-    uv[:, :self.null_video.shape[0]] = self.null_video
-    m = torch.ones(B, Lt + Tv, dtype=torch.long)
-    um = torch.zeros(B, Lt + Tv, dtype=torch.long)
-    um[:, :self.null_text.shape[0]] = 1
-    um[:, Lt:Lt + self.null_video.shape[0]] = 1
-    x = torch.cat([torch.cat([xt, xv], 1), torch.cat([ut, uv], 1)], 0)
-    return x, torch.cat([m, um], 0)
-
-  def heads(self, h):
-    import torch
-
-    z = torch_gelu(torch.einsum("nd,kdh->nkh", h, self.h1w) + self.h1b)
-    return torch.einsum("nkh,khv->nkv", z, self.h2w) + self.h2b
+    self.model = bench_common.torch_dreamfoley(cfg, params)
 
   def sample(self, b, lengths, sc, seed=0):
-    import numpy as np
     import torch
-    from transformers import DynamicCache
-    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-    from dreamfoley_jax import sample as S
-
-    c = self.cfg
-    K, cs = c.num_codebooks, c.codebook_size
-    B = len(lengths)
-    La = S.num_columns(max(lengths), K)
-    ids, known, vacant = (torch.from_numpy(np.asarray(a)) for a in S.delayed_layout(c, np.asarray(lengths), La))
-    ids = ids.long()
-    gen = torch.Generator().manual_seed(seed)
-    warp = [TopKLogitsWarper(sc.top_k), TopPLogitsWarper(sc.top_p)]
-    with torch.inference_mode():
-      x, mask = self.prompt(b)
-      pos = (mask.cumsum(1) - 1).clamp(min=0)
-      n_prompt = mask.sum(1)
-      cache = DynamicCache()
-      self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-      kr = torch.arange(K)
-      for s in range(La - 1):
-        col, vac = ids[:, s], vacant[:, s]
-        e = self.audio_embed[kr, col]                                     # (B,K,D)
-        e = torch.where(vac[..., None], self.audio_pad[None], e).sum(1)
-        e = torch.cat([e, e], 0)[:, None]
-        mask = torch.cat([mask, torch.ones(2 * B, 1, dtype=mask.dtype)], 1)
-        h = self.model(inputs_embeds=e, attention_mask=mask, position_ids=(n_prompt + s)[:, None],
-                       past_key_values=cache, use_cache=True).last_hidden_state[:, 0]
-        lg = self.heads(h)
-        lg = lg[B:] + sc.cfg_scale * (lg[:B] - lg[B:])
-        lg[..., cs:] = -float("inf")
-        flat = lg.reshape(B * K, -1)
-        if sc.temperature == 0:
-          drawn = flat.argmax(-1).reshape(B, K)
-        else:
-          for w in warp:
-            flat = w(None, flat)
-          probs = torch.softmax(flat / sc.temperature, -1)
-          drawn = torch.multinomial(probs, 1, generator=gen).reshape(B, K)
-        ids[:, s + 1] = torch.where(known[:, s + 1], ids[:, s + 1], drawn)
-        if bool((s + 1 >= torch.as_tensor(lengths) + K).all()):
-          break
-    return ids
-
-
-def torch_gelu(x):
-  import torch
-
-  return torch.nn.functional.gelu(x)
+    prompt = {k: torch.from_numpy(np.asarray(b[k])) for k in ("text_ids", "text_mask", "sync_feats", "clip_feats",
+                                                               "video_mask")}
+    prompt["text_ids"] = prompt["text_ids"].long()
+    out = self.model.generate(**prompt, lengths=lengths, cache_implementation=FLAGS.torch_cache,
+                              sampling={"temperature": sc.temperature, "top_k": sc.top_k, "top_p": sc.top_p,
+                                        "cfg_scale": sc.cfg_scale}, generator=torch.Generator().manual_seed(seed))
+    return out.delayed
 
 
 def flops_per_step(cfg, params, B, S):

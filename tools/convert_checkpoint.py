@@ -10,6 +10,10 @@ r"""Converts checkpoints between PyTorch / Hugging Face and dreamfoley_jax (orba
   python tools/convert_checkpoint.py --family higgs --input /ckpt/higgs-audio-v2-tokenizer --output /ckpt/higgs_jax
   python tools/convert_checkpoint.py --family eva_clip --input /ckpt/EVA01_CLIP_g_14_psz14_s11B.pt --output /ckpt/eva_jax
   python tools/convert_checkpoint.py --family synchformer --input /ckpt/synchformer_state_dict.pth --output /ckpt/sync_jax
+  # the whole DreamFoley model: a trained checkpoint -> an HF directory with modeling_dreamfoley.py, and back
+  python tools/convert_checkpoint.py --family dreamfoley --direction to_hf --input runs/7b/params \
+      --model_config experiments/paper_7b.py --output /ckpt/dreamfoley_hf
+  python tools/convert_checkpoint.py --family dreamfoley --input /ckpt/dreamfoley_hf --output /ckpt/dreamfoley_jax
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from dreamfoley_jax import convert
 from dreamfoley_jax.convert.common import ConversionError
 
 _FAMILY = flags.DEFINE_string("family", None, f"checkpoint family: {', '.join(sorted(convert.FAMILIES))}")
-_INPUT = flags.DEFINE_string("input", None, "input directory (HF) or orbax checkpoint (to_hf)")
+_INPUT = flags.DEFINE_string("input", None, "input directory (HF) or orbax checkpoint (to_hf; dreamfoley: a params "
+                             "checkpoint or a training workdir, whose latest step is read)")
 _OUTPUT = flags.DEFINE_string("output", None, "output directory (written atomically)")
 _DIRECTION = flags.DEFINE_enum("direction", "to_jax", ["to_jax", "to_hf"], "to_jax: HF -> orbax; to_hf: back")
 _SCAN = flags.DEFINE_bool("scan_layers", False, "to_jax: stack layers under layers/layer (nn.scan layout)")
@@ -33,7 +38,9 @@ _PARAM_DTYPE = flags.DEFINE_string("param_dtype", None, "to_jax: cast params (fl
 _DTYPE = flags.DEFINE_string("dtype", None, "to_hf: dtype of the written tensors; default: as stored")
 _MODEL_CONFIG = flags.DEFINE_string(
     "model_config", None, "to_jax, eva_clip/synchformer/higgs: a preset name or config JSON of the model "
-    "(default: the real model, with sizes read off the checkpoint)")
+    "(default: the real model, with sizes read off the checkpoint); to_hf, dreamfoley: the experiment the "
+    "checkpoint was trained with (experiments/<name>.py[:arg]) or a config JSON (default: the checkpoint's "
+    "dreamfoley_meta.json)")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing output directory")
 _MAX_SHARD = flags.DEFINE_string("max_shard_size", "5GB", "to_hf: largest safetensors shard (5GB, 500MB, ...)")
 flags.mark_flags_as_required(["family", "input", "output"])
@@ -68,6 +75,8 @@ def main(argv):
       options = {"max_shard_size": _MAX_SHARD.value, "progress": True}
       if _DTYPE.value:
         options["dtype"] = _DTYPE.value
+      if _MODEL_CONFIG.value:
+        options["config"] = _MODEL_CONFIG.value
       out = module.export_from_orbax(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
                                      **_accepted(module.export_from_orbax, options))
   except (ConversionError, FileExistsError, FileNotFoundError) as e:

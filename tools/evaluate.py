@@ -6,6 +6,8 @@
 
 Writes <out>.json (metrics under av-benchmark's names + "KL", the pairing report, counts) and <out>.md
 (the paper's column order). Per-clip embeddings are cached, so a re-run only computes what changed.
+On many hosts (a TPU slice: add --distributed to the same command on every host) each host embeds its
+share of the clips and process 0 writes the outputs.
 """
 import logging
 import pathlib
@@ -16,13 +18,20 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable from a checkout too
 
-from dreamfoley_jax import checks  # noqa: E402
+from dreamfoley_jax import checks, hosts  # noqa: E402
 from dreamfoley_jax.eval import embedders, harness  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
 _STRICT = flags.DEFINE_bool("strict", False, "stop at the first clip that cannot be scored (default: leave it "
                             "out, list it in failures.json beside the output JSON, exit status 1)")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an error (default: one line)")
+# Many hosts (dreamfoley_jax/hosts.py): every host runs this command, computes the features of its share of
+# the clips, and all hosts get every feature (and every host's failures); process 0 writes the outputs.
+flags.DEFINE_bool("distributed", False, "join a multi-host JAX job found by cluster detection (TPU slice, SLURM)")
+flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (with the two flags below)")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
+FLAGS = flags.FLAGS
 
 
 def _run() -> int:
@@ -30,6 +39,10 @@ def _run() -> int:
   if not c.gen_dir:
     raise checks.UsageError("--config.gen_dir is required")
   checks.number(c.duration_s, "--config.duration_s", lo=0, lo_open=True, accepted="seconds > 0")
+  try:
+    hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+  except ValueError as e:
+    raise checks.UsageError(str(e)) from None
   names = [n.strip() for n in c.metrics.split(",") if n.strip()]
   if not names:
     raise checks.UsageError(f"--config.metrics is empty (accepted: a comma list of {', '.join(harness.ALL_EMBEDDERS)})")
@@ -51,9 +64,13 @@ def _run() -> int:
   inputs = harness.EvalInputs(gen_dir=c.gen_dir, video_dir=c.video_dir or None,
                               captions_csv=c.captions_csv or None, gt_audio_dir=c.gt_audio_dir or None,
                               duration_s=c.duration_s, cache_dir=c.cache_dir or None,
-                              ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method)
-  failures = checks.Failures(pathlib.Path(out).expanduser().parent, strict=_STRICT.value)
+                              ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method,
+                              pairing=c.get("pairing", "stem"))
+  first = hosts.index_count()[0] == 0    # every host holds the same result and failures; process 0 writes them
+  failures = checks.Failures(pathlib.Path(out).expanduser().parent if first else None, strict=_STRICT.value)
   result = harness.evaluate(inputs, built, failures=failures)
+  if not first:
+    return 1 if failures else 0
   table = harness.write_outputs(result, out, row_name=c.row_name, ib_scale=c.ib_scale)
   for k, v in sorted(result["metrics"].items()):
     logging.info("%-18s %.6f", k, v)

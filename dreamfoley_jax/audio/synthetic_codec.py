@@ -242,11 +242,13 @@ class SyntheticCodec:
     return self.quantize(feats)[0]
 
   def dequantize(self, codes) -> np.ndarray:
-    """Codes (..., K, T) -> summed centroids (..., T, D) float32."""
+    """Codes (..., k, T) -> summed centroids (..., T, D) float32 of the first k <= K residual levels (an
+    RVQ decodes any prefix of its levels: Table 4's 1- and 4-codebook models)."""
     c = np.asarray(codes)
-    K, C = self.cfg.num_codebooks, self.cfg.codebook_size
-    if c.ndim < 2 or c.shape[-2] != K:
-      raise ValueError(f"codes must have shape (..., {K}, T), got {c.shape}")
+    C = self.cfg.codebook_size
+    if c.ndim < 2 or not 1 <= c.shape[-2] <= self.cfg.num_codebooks:
+      raise ValueError(f"codes must have shape (..., k, T) with 1 <= k <= {self.cfg.num_codebooks}, got {c.shape}")
+    K = c.shape[-2]
     if c.size and (c.min() < 0 or c.max() >= C):
       raise ValueError(f"codes must lie in [0, {C}), got range [{c.min()}, {c.max()}] "
                        f"(BOS/EOS ids {C}/{C + 1} must be stripped before decoding)")

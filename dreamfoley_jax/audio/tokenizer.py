@@ -166,12 +166,16 @@ class AudioTokenizer:
 
   # ---------------------------------------------------------------------------------------------
   def decode(self, codes: Iterable[np.ndarray]) -> list[np.ndarray]:
-    """List of (K, T_i) codes -> list of (T_i * hop,) float32 audio (buckets by frame count)."""
+    """List of (k, T_i) codes -> list of (T_i * hop,) float32 audio (buckets by frame count). k < K decodes
+    with the first k residual levels (the RVQ's coarser prefix: Table 4's 1- and 4-codebook ablations)."""
     codes = [np.asarray(c) for c in codes]
     hop, k_all = self.cfg.hop_length, self.cfg.num_quantizers
+    k_used = {c.shape[0] for c in codes if c.ndim == 2}
     for i, c in enumerate(codes):
-      if c.ndim != 2 or c.shape[0] != k_all or c.shape[1] == 0:
-        raise ValueError(f"codes {i}: expected ({k_all}, T>0) codes, got shape {c.shape}")
+      if c.ndim != 2 or not 1 <= c.shape[0] <= k_all or c.shape[1] == 0:
+        raise ValueError(f"codes {i}: expected (k, T>0) codes with 1 <= k <= {k_all}, got shape {c.shape}")
+      if len(k_used) > 1:
+        raise ValueError(f"codes: one number of levels per call, got {sorted(k_used)}")
       if c.min() < 0 or c.max() >= self.cfg.codebook_size:
         raise ValueError(f"codes {i}: values must be in [0, {self.cfg.codebook_size}), got "
                          f"[{c.min()}, {c.max()}]")
@@ -185,7 +189,7 @@ class AudioTokenizer:
     for fb, idx in sorted(by_bucket.items()):
       for s in range(0, len(idx), self.batch_size):
         part = idx[s:s + self.batch_size]
-        c = np.zeros((self.batch_size, k_all, fb), np.int32)
+        c = np.zeros((self.batch_size, codes[idx[0]].shape[0], fb), np.int32)
         f = np.ones((self.batch_size,), np.int32)
         for j, i in enumerate(part):
           c[j, :, :codes[i].shape[1]] = codes[i]

@@ -14,6 +14,7 @@ FAMILIES: dict[str, str] = {
     "higgs": "dreamfoley_jax.convert.higgs",
     "eva_clip": "dreamfoley_jax.convert.eva_clip",
     "synchformer": "dreamfoley_jax.convert.synchformer",
+    "dreamfoley": "dreamfoley_jax.convert.dreamfoley",
 }
 
 

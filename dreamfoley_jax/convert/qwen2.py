@@ -18,6 +18,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import shutil
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -318,8 +319,12 @@ def _write_safetensors(file: pathlib.Path, items: list[tuple[str, tuple[int, ...
 
 def write_hf(entries: list[_Entry], get: Callable[[_Entry], np.ndarray], cfg: qwen2.Qwen2Config, output_dir, *,
              dtype_of: Callable[[_Entry], np.dtype], max_shard_size="5GB", overwrite: bool = False,
-             progress: bool = False, tied: bool) -> pathlib.Path:
-  """Plans shards from shapes/dtypes, then streams tensors into them inside an atomic output dir."""
+             progress: bool = False, tied: bool, hf_config: Optional[dict] = None,
+             extra_files: Mapping[str, pathlib.Path] = {}, desc: str = "qwen2 jax->hf") -> pathlib.Path:
+  """Plans shards from shapes/dtypes, then streams tensors into them inside an atomic output dir.
+
+  hf_config: the config.json to write instead of `cfg`'s Qwen2 one; extra_files: {name: source} copied in
+  (e.g. the modeling code of a model built on Qwen2, convert/dreamfoley)."""
   limit = parse_size(max_shard_size)
   shards: list[list[_Entry]] = [[]]
   size = 0
@@ -338,7 +343,7 @@ def write_hf(entries: list[_Entry], get: Callable[[_Entry], np.ndarray], cfg: qw
   if progress:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(entries), desc="qwen2 jax->hf", unit="tensor")
+    bar = tqdm(total=len(entries), desc=desc, unit="tensor")
 
   def fetch(key):
     if bar is not None:
@@ -354,12 +359,14 @@ def write_hf(entries: list[_Entry], get: Callable[[_Entry], np.ndarray], cfg: qw
       index = {"metadata": {"total_size": total},
                "weight_map": {e.hf_key: name for name, shard in zip(names, shards) for e in shard}}
       (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    hf_cfg = qwen2.to_hf_config(cfg.replace(tie_word_embeddings=tied))
+    hf_cfg = dict(hf_config) if hf_config is not None else qwen2.to_hf_config(cfg.replace(tie_word_embeddings=tied))
     for k in ("bos_token_id", "eos_token_id"):  # Qwen's ids only make sense with its real vocabulary
       if hf_cfg.get(k) is not None and hf_cfg[k] >= cfg.vocab_size:
         hf_cfg[k] = None
     hf_cfg["torch_dtype"] = _TORCH_DTYPE_NAMES.get(_st_dtype(dtype_of(entries[0])), "float32")
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
+    for name, src in extra_files.items():
+      shutil.copyfile(src, tmp / name)
   if bar is not None:
     bar.close()
   return pathlib.Path(output_dir)

@@ -247,12 +247,24 @@ def expand_paths(pattern: str | Sequence[str]) -> list[str]:
   return paths
 
 
+def records_source(paths: str | Sequence[str]):
+  """ArrayRecord shards (globs, comma-separated), or 'tfds:DIR[:split]': a TFDS dataset written by
+  tools/build_dataset.py --tfds_data_dir (its `record` feature holds these same records)."""
+  if isinstance(paths, str) and paths.startswith("tfds:"):
+    from dreamfoley_jax.data import tfds_source
+
+    return tfds_source.TfdsRecordSource.from_spec(paths)
+  import grain
+
+  return grain.sources.ArrayRecordDataSource(expand_paths(paths))
+
+
 def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index: int = 0, process_count: int = 1,
                  num_workers: int = 0, shuffle: bool = True):
   """Infinite grain IterDataset of host-local batches (this host's 1/process_count of every global batch)."""
   import grain
 
-  src = grain.sources.ArrayRecordDataSource(expand_paths(paths))
+  src = records_source(paths)
   n = len(src)
   if n < process_count:
     raise ValueError(f"{n} records cannot be split over {process_count} hosts")

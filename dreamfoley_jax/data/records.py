@@ -12,6 +12,8 @@ Fields (all optional except clip_id; rates are fixed by the model: audio codes a
   audio_codes    int16   (K, Ta)          residual codebook ids, 25 Hz, frame-aligned (no delay)
   duration       float32 ()               seconds
   event_times    float32 (E,)             ground-truth event onsets in seconds (synthetic data)
+Any other str value (e.g. `source`, `transcript` from tools/build_dataset.py) is stored as a string;
+`score_*` float32 () fields carry the data pipeline's per-stage scores (docs/data.md).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def encode_example(example: Mapping[str, Any]) -> bytes:
     raise ValueError("example needs a 'clip_id'")
   out = {}
   for k, v in example.items():
-    if k in STR_FIELDS:
+    if k in STR_FIELDS or isinstance(v, str):
       out[k] = str(v)
     else:
       out[k] = np.asarray(v)
@@ -37,4 +39,4 @@ def encode_example(example: Mapping[str, Any]) -> bytes:
 
 def decode_example(data: bytes) -> dict[str, Any]:
   ex = serialization.msgpack_restore(data)
-  return {k: (v if k in STR_FIELDS else np.asarray(v)) for k, v in ex.items()}
+  return {k: (v if k in STR_FIELDS or isinstance(v, str) else np.asarray(v)) for k, v in ex.items()}

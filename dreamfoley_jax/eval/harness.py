@@ -3,8 +3,13 @@ compute av-benchmark's metrics plus the paper's combined KL, and render the pape
 
 Sets of clips (av-benchmark's choices, kept):
 - FD-PANN, FD-VGG: all ground-truth clips vs all generated clips (VGGish: all 0.96 s patches pooled).
-- FD-PASST, KL-*: paired clips only. IS: all generated clips.
+- FD-PASST, KL-*: paired clips only. ISC-PANNS (the table's IS): all generated clips; ISC-PASST: the
+  paired generated clips (all of them when there is no reference).
 - IB-Score, DeSync: paired (video, generated audio). CLAP: paired (caption, generated audio).
+
+Pairing (`EvalInputs.pairing`): "av-benchmark" maps a generated stem to its video as av-benchmark's
+`clean_sample_name` does (`av_benchmark_name`) and, as its KL_PANNs code does, pairs KL_PANNs by the exact
+stem only; "stem" pairs the exact stem, else the stem without a '-<k>' sample suffix, for every metric.
 """
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import json
 import logging
 import pathlib
 import re
+import uuid
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from dreamfoley_jax import checks
+from dreamfoley_jax import checks, hosts
 from dreamfoley_jax.eval import media, metrics
 from dreamfoley_jax.eval.embedders.base import Embedder
 
@@ -68,22 +74,57 @@ def match_name(gen_name: str, known: Mapping[str, object]) -> str | None:
   return None
 
 
+PAIRING_RULES = ("av-benchmark", "stem")
+
+
+def av_benchmark_name(gen_name: str) -> str:
+  """The video name av-benchmark pairs a generated stem with (its `clean_sample_name`), decided by the length
+  of the stem alone:
+    30 characters, VGGSound as MMAudio names its outputs, '000000014_zxpo56cpUBU_000007-0': characters 10-27
+       ('zxpo56cpUBU_000007', the YouTube id and start second);
+    20 characters, 'zxpo56cpUBU_000007-0': the first 18;
+    21 characters, AudioSet, 'Y---g-f_I2yQ_000001_0': characters 1-18 ('---g-f_I2yQ_000001');
+    any other length: the stem itself.
+  Like av-benchmark, a stem of one of those lengths in another scheme is cut too (and then finds no video)."""
+  n = len(gen_name)
+  if n == 30:
+    return gen_name[10:28]
+  if n == 20:
+    return gen_name[:18]
+  if n == 21:
+    return gen_name[1:19]
+  return gen_name
+
+
 @dataclasses.dataclass
 class Pairing:
   gen_to_ref: dict[str, str]  # generated stem -> reference name
   gen_unpaired: list[str]  # generated clips with no video / ground truth
   ref_unpaired: list[str]  # videos / ground truth with no generated clip
   no_caption: list[str]  # paired clips without a caption (excluded from CLAP only)
+  rule: str = "stem"
+  kl_panns: dict[str, str] | None = None   # the pairs KL-PANNS uses (av-benchmark: exact stems only)
+
+  def __post_init__(self):
+    if self.kl_panns is None:
+      self.kl_panns = dict(self.gen_to_ref)
 
   def report(self) -> dict:
-    return {"paired": len(self.gen_to_ref), "generated_without_reference": self.gen_unpaired,
-            "reference_without_generated": self.ref_unpaired, "paired_without_caption": self.no_caption}
+    renamed = {g: r for g, r in self.gen_to_ref.items() if g != r}
+    return {"rule": self.rule, "paired": len(self.gen_to_ref), "generated_without_reference": self.gen_unpaired,
+            "reference_without_generated": self.ref_unpaired, "paired_without_caption": self.no_caption,
+            "paired_by_renaming": len(renamed), "renamed_examples": dict(list(renamed.items())[:5]),
+            "kl_panns_paired": len(self.kl_panns)}
 
 
-def pair(gen: Mapping[str, object], refs: Mapping[str, object], captions: Mapping[str, str] | None) -> Pairing:
+def pair(gen: Mapping[str, object], refs: Mapping[str, object], captions: Mapping[str, str] | None,
+         rule: str = "stem") -> Pairing:
+  """Generated stems -> reference names under `rule` (PAIRING_RULES; module docstring)."""
+  if rule not in PAIRING_RULES:
+    raise ValueError(f"pairing={rule!r}: expected one of {PAIRING_RULES}")
   g2r, unp = {}, []
   for g in sorted(gen):
-    r = match_name(g, refs)
+    r = match_name(g, refs) if rule == "stem" else (av_benchmark_name(g) if av_benchmark_name(g) in refs else None)
     if r is None:
       unp.append(g)
     else:
@@ -91,7 +132,8 @@ def pair(gen: Mapping[str, object], refs: Mapping[str, object], captions: Mappin
   used = set(g2r.values())
   ref_unp = sorted(r for r in refs if r not in used)
   no_cap = sorted({r for r in used if captions is not None and r not in captions})
-  return Pairing(g2r, unp, ref_unp, no_cap)
+  kl = {g: r for g, r in g2r.items() if g == r} if rule == "av-benchmark" else None
+  return Pairing(g2r, unp, ref_unp, no_cap, rule, kl)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +168,7 @@ class FeatureCache:
     out = {k: np.asarray(v) for k, v in fn().items()}
     if self.root is not None:
       p.parent.mkdir(parents=True, exist_ok=True)
-      tmp = p.with_name(p.name + ".tmp.npz")
+      tmp = p.with_name(f".{p.stem}.{uuid.uuid4().hex}.tmp.npz")   # unique: hosts may share the cache
       np.savez(tmp, __key__=np.array(key), **out)
       tmp.replace(p)
     return out
@@ -147,6 +189,7 @@ class EvalInputs:
   cache_dir: str | None = None  # generated-clip features; default <gen_dir>/eval_cache
   ref_cache_dir: str | None = None  # ground-truth audio / video / caption features; default cache_dir
   fd_method: str = "sqrtm"  # "sqrtm" = av-benchmark; "eig" = exact symmetric form (see metrics.py)
+  pairing: str = "stem"  # PAIRING_RULES; the protocol configs (experiments/eval_*.py) use "av-benchmark"
 
 
 def _progress(it, desc):
@@ -193,23 +236,31 @@ def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, fail
   """(gen, gt, videos) without the clips whose files cannot be scored; each one goes to `failures`.
 
   A generated clip that fails is left out of every metric; a reference whose audio fails is left out of
-  the reference audio sets only (its video still scores IB/DeSync), and the other way round."""
-  def keep(files, role, check):
-    out = {}
-    for name, path in files.items():
-      try:
-        check(path)
-        out[name] = path
-      except Exception as e:  # noqa: BLE001 -- any unreadable clip is reported and left out
-        failures.add(str(path), e, role=role)
-        log(f"{role} clip {name} left out: {checks.one_line(e)}")
-    return out
-
-  gen = keep(gen, "generated", _check_audio)
-  gt = keep(gt, "reference audio", _check_audio)
+  the reference audio sets only (its video still scores IB/DeSync), and the other way round. With several
+  hosts each checks its share (hosts.share) and every host gets every host's failures, in host order."""
+  todo = [("generated", n, p, _check_audio) for n, p in gen.items()]
+  todo += [("reference audio", n, p, _check_audio) for n, p in gt.items()]
   if check_videos:
-    videos = keep(videos, "video", lambda p: _check_video(p, duration_s))
-  return gen, gt, videos
+    todo += [("video", n, p, lambda p: _check_video(p, duration_s)) for n, p in videos.items()]
+  several = hosts.index_count()[1] > 1
+  mine = checks.Failures() if several else failures   # strict acts once all hosts know (below)
+  for i in hosts.share(todo):
+    role, name, path, check = todo[i]
+    try:
+      check(path)
+    except Exception as e:  # noqa: BLE001 -- any unreadable clip is reported and left out
+      log(f"{role} clip {name} left out: {checks.one_line(e)}")
+      mine.add(str(path), e, role=role, name=name)
+  if several:
+    for part in hosts.allgather_json(mine.items):
+      for f in part:
+        failures.add(f.pop("item"), f.pop("reason"), **f)
+  bad = {(f["role"], f.get("name")) for f in failures.items}
+  for f in failures.items:
+    f.pop("name", None)
+  return ({n: p for n, p in gen.items() if ("generated", n) not in bad},
+          {n: p for n, p in gt.items() if ("reference audio", n) not in bad},
+          {n: p for n, p in videos.items() if ("video", n) not in bad})
 
 
 def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures: checks.Failures | None = None,
@@ -231,7 +282,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
     raise checks.InputError(f"gen_dir {inputs.gen_dir}: none of the {len(listed_gen)} generated clips can be "
                             f"read ({failures.items[0]['item']}: {failures.items[0]['reason']}, ...)")
   refs = {**{k: None for k in gt}, **{k: None for k in listed_videos}}
-  pairing = pair(gen, refs, captions)
+  pairing = pair(gen, refs, captions, inputs.pairing)
   if pairing.gen_unpaired:
     log.warning("%d generated clips have no reference and count only in IS/FD: %s",
                 len(pairing.gen_unpaired), pairing.gen_unpaired[:10])
@@ -244,12 +295,15 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
     st = pathlib.Path(path).stat()
     return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
+  several = hosts.index_count()[1] > 1
+  pending: list[dict] = []     # several hosts: this host's failures since the last sync_failures()
+
   def guarded(path, role, emb, fn):
     """fn() or None: a clip one embedder cannot score is reported (with the embedder) and left out."""
     try:
       return fn()
     except Exception as e:  # noqa: BLE001
-      if failures.strict:
+      if failures.strict and not several:
         raise
       msg = checks.one_line(e).removeprefix(f"{path}: ")
       if role in ("generated", "reference audio"):
@@ -257,9 +311,23 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
         msg = f"{emb.name} cannot score its {wav.shape[-1] / sr:.3f} s of audio ({msg})"
       else:
         msg = f"{emb.name} cannot score it ({msg})"
-      failures.add(str(path), msg, role=role, embedder=emb.name)
       log.warning("%s clip %s left out: %s", role, path, msg)
+      if several:
+        pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
+      else:
+        failures.add(str(path), msg, role=role, embedder=emb.name)
       return None
+
+  def sync_failures():
+    """Several hosts: every host adds every host's new failures (same order everywhere; --strict then
+    stops all hosts together instead of one host leaving the others waiting in a collective)."""
+    if not several:
+      return
+    parts = hosts.allgather_json(pending)
+    pending.clear()
+    for part in parts:
+      for f in part:
+        failures.add(f.pop("item"), f.pop("reason"), **f)
 
   def gen_audio(e, g):
     return guarded(gen[g], "generated", e, lambda: gen_cache.get_or_compute(
@@ -268,18 +336,38 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
   def present(d):
     return {k: v for k, v in d.items() if v is not None}
 
-  def gen_audio_feats(emb):
-    return present({g: gen_audio(emb, g) for g in _progress(sorted(gen), f"{emb.name}: generated audio")})
+  def spread(names, fn, desc):
+    """{name: fn(name)} without the names fn gave None for (a clip it could not score): with several hosts
+    each computes its share (hosts.map_features), all get all, and every host learns every host's failures."""
+    names = list(names)
+    bar = _progress(range(len(hosts.share(names))), desc)
+    it = iter(bar)
+
+    def step(n):
+      out = fn(n)
+      next(it, None)
+      return out
+
+    out = hosts.map_features(names, step)
+    getattr(bar, "close", lambda: None)()
+    sync_failures()
+    return out
+
+  def gen_audio_feats(emb, names=None):
+    return spread(sorted(gen) if names is None else names, lambda g: gen_audio(emb, g), f"{emb.name}: generated audio")
 
   def ref_audio_feats(emb):
-    return present({r: guarded(gt[r], "reference audio", emb, lambda r=r: ref_cache.get_or_compute(
-        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r]))))
-        for r in _progress(sorted(gt), f"{emb.name}: reference audio")})
+    return spread(sorted(gt), lambda r: guarded(gt[r], "reference audio", emb, lambda: ref_cache.get_or_compute(
+        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))),
+        f"{emb.name}: reference audio")
+
+  def video_feat(emb, key, loader, r):
+    return guarded(videos[r], "video", emb, lambda: ref_cache.get_or_compute(
+        "video", emb, r, tag(videos[r]), lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r]))))
 
   def video_feats(emb, key, loader):
-    return present({r: guarded(videos[r], "video", emb, lambda r=r: ref_cache.get_or_compute(
-        "video", emb, r, tag(videos[r]), lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r]))))
-        for r in _progress(sorted(set(pairing.gen_to_ref.values()) & set(videos)), f"{emb.name}: video")})
+    return spread(sorted(set(pairing.gen_to_ref.values()) & set(videos)),
+                  lambda r: video_feat(emb, key, loader, r), f"{emb.name}: video")
 
   paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
   m: dict[str, float] = {}
@@ -292,10 +380,13 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
     if fr:
       m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
                                               np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
-    pp = [(g, r) for g, r in paired if r in fr and g in fg]
+    pp = [(g, r) for g, r in pairing.kl_panns.items() if r in fr and g in fg]
     if pp:
       m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
                                                  np.stack([fg[g]["panns_logits"] for g, _ in pp]))
+    elif pairing.kl_panns != pairing.gen_to_ref and paired:
+      notes.append("KL-PANNS-softmax: skipped, no generated stem equals a reference name (av-benchmark pairs "
+                   "KL_PANNs by the exact stem; --config.pairing=stem pairs NAME-K too)")
     counts["KL-PANNS-softmax"] = len(pp)
     logits = np.stack([fg[g]["panns_logits"] for g in sorted(fg)])
     _inception(m, "ISC-PANNS", logits, notes)
@@ -319,12 +410,15 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
       m["KL-PASST-softmax"] = metrics.kl_softmax(np.stack([fr[r]["passt_logits"] for _, r in pp]),
                                                  np.stack([fg[g]["passt_logits"] for g, _ in pp]))
     counts["FD-PASST"] = len(pp)
-    _inception(m, "ISC-PASST", np.stack([fg[g]["passt_logits"] for g in sorted(fg)]), notes)
+    # av-benchmark (paired mode) scores ISC-PASST on the paired generated clips, ISC-PANNS on all of them.
+    isc = [g for g, _ in pp] if fr else sorted(fg)
+    _inception(m, "ISC-PASST", np.stack([fg[g]["passt_logits"] for g in isc]), notes)
+    counts["ISC-PASST"] = len(isc)
 
   if "imagebind" in embedders and videos:
     e = embedders["imagebind"]
     fv = video_feats(e, "ib_crops", media.imagebind_video_input)
-    fa = present({g: gen_audio(e, g) for g, r in paired if r in fv})
+    fa = gen_audio_feats(e, [g for g, r in paired if r in fv])
     pp = [(g, r) for g, r in paired if r in fv and g in fa]
     if pp:
       m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
@@ -333,25 +427,28 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
 
   if "synchformer" in embedders and videos:
     e = embedders["synchformer"]
-    fv = video_feats(e, "sync_frames", media.sync_video_input)
-    pp = [(g, r) for g, r in paired if r in fv]
-    logits = []
-    for g, r in _progress(pp, "synchformer: DeSync"):
-      a = gen_audio(e, g)
+    pp = [(g, r) for g, r in paired if r in videos]
+    pair_of = dict(pp)
+
+    def desync(g):   # per pair on the host that owns it: only the (2, 21) logits travel, not the features
+      v = video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])
+      a = None if v is None else gen_audio(e, g)
       lg = None if a is None else guarded(gen[g], "generated", e,
-                                          lambda a=a, r=r: e.sync_logits(fv[r]["sync_video"], a["sync_audio"]))
-      if lg is not None:
-        logits.append(lg)
-    if logits:
-      m["DeSync"] = metrics.desync_from_logits(np.stack(logits))
-    counts["DeSync"] = len(logits)
+                                          lambda: e.sync_logits(v["sync_video"], a["sync_audio"]))
+      return None if lg is None else {"logits": lg}
+
+    lg = spread([g for g, _ in pp], desync, "synchformer: DeSync")
+    if lg:
+      m["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp if g in lg]))
+    counts["DeSync"] = len(lg)
 
   if "clap" in embedders and captions is not None:
     e = embedders["clap"]
     pp = [(g, r) for g, r in paired if r in captions]
-    ft = present({r: guarded(f"{inputs.captions_csv} [{r}]", "caption", e, lambda r=r: ref_cache.get_or_compute(
-        "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r]))) for _, r in pp})
-    fa = present({g: gen_audio(e, g) for g, r in pp if r in ft})
+    ft = spread(sorted({r for _, r in pp}), lambda r: guarded(
+        f"{inputs.captions_csv} [{r}]", "caption", e, lambda: ref_cache.get_or_compute(
+            "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r]))), "clap: captions")
+    fa = gen_audio_feats(e, [g for g, r in pp if r in ft])
     pp = [(g, r) for g, r in pp if r in ft and g in fa]
     if pp:
       m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
@@ -362,14 +459,18 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
   if kl is not None:
     m["KL"] = kl
   counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos), failed=len(failures))
+  cache = {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses}
+  per_host = hosts.allgather_json(cache)
+  if len(per_host) > 1:   # this host's own counts first, then every host's
+    cache = dict(cache, hosts=per_host)
   return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
-          "failures": list(failures.items),
-          "cache": {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses},
+          "failures": list(failures.items), "cache": cache,
           "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
 
 
-def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_scale: float = 1.0) -> str:
-  """Writes the JSON (metrics + pairing report) and returns the markdown table (also saved as .md)."""
+def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_scale: float = 100.0) -> str:
+  """Writes the JSON (metrics + pairing report; IB-Score raw) and returns the markdown table (also saved
+  as .md; IB-score x ib_scale, x100 as the paper prints it)."""
   table = metrics.markdown_table({row_name: result["metrics"]}, ib_scale=ib_scale)
   result = dict(result, table=table, ib_scale=ib_scale)
   p = pathlib.Path(out_json).expanduser()

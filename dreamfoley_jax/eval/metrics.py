@@ -243,6 +243,8 @@ PAPER_COLUMNS = (
     ("FD_PaSST", "FD-PASST", True),
     ("FD_PANNs", "FD-PANN", True),
     ("FD_VGG", "FD-VGG", True),
+    ("KL_PANNs", "KL-PANNS-softmax", True),   # not in the paper's tables: the two KLs it averages, beside it
+    ("KL_PaSST", "KL-PASST-softmax", True),
     ("KL", "KL", True),
     ("IS", "ISC-PANNS-mean", False),
     ("IB-score", "IB-Score", False),
@@ -257,9 +259,11 @@ def combined_kl(metrics: dict) -> float | None:
   return None if a is None or b is None else (a + b) / 2.0
 
 
-def markdown_table(rows: dict[str, dict], *, ib_scale: float = 1.0) -> str:
-  """One row per model name; '-' where a metric was not computed. IB-score multiplied by ib_scale."""
-  head = "| Method | " + " | ".join(f"{h} {'↓' if low else '↑'}" for h, _, low in PAPER_COLUMNS) + " |"
+def markdown_table(rows: dict[str, dict], *, ib_scale: float = 100.0) -> str:
+  """One row per model name; '-' where a metric was not computed. IB-score multiplied by ib_scale (x100 as
+  the paper prints it; the header says so when it is another scale)."""
+  name = lambda h: h if h != "IB-score" or ib_scale == 100 else f"IB-score (x{ib_scale:g})"  # noqa: E731
+  head = "| Method | " + " | ".join(f"{name(h)} {'↓' if low else '↑'}" for h, _, low in PAPER_COLUMNS) + " |"
   sep = "|---|" + "---|" * len(PAPER_COLUMNS)
   lines = [head, sep]
   for name, m in rows.items():

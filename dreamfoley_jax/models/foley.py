@@ -12,7 +12,7 @@ Sequence order and special tokens (our choices, documented here because the pape
   * Padding inside the batch (shorter captions, shorter videos) is masked out as keys; positions
     are `cumsum(mask) - 1`, so every real token gets the position it would have without padding and the
     same example packed differently gives the same output.
-  * CFG nulls (section 3.4): `null_text` (n_t, D) and `null_video` (n_v, D) are trained parameters. When
+  * CFG nulls (section 3.2): `null_text` (n_t, D) and `null_video` (n_v, D) are trained parameters. When
     an example's text (video) is dropped, its text (video) region holds the null sequence in its first
     n slots and the rest of the region is masked out.
   * Vacant delay-pattern cells (staircase) take a learnable per-codebook padding embedding (eq. 2)
@@ -58,7 +58,7 @@ class FoleyConfig:
   null_text_len: int = 8              # our choice
   null_video_len: int = 8             # our choice
   learnable_pad: bool = True          # eq. 2
-  cfg_drop_text: float = 0.1          # section 3.4 / 5.1
+  cfg_drop_text: float = 0.1          # sections 3.2 / 5.1
   cfg_drop_video: float = 0.1
   position_scheme: str = "sequential"  # sequential | time_aligned (see `sequence_positions`)
   # features: the batch carries encoder outputs (sync_feats, clip_feats); frames: the batch carries

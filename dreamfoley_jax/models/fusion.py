@@ -65,11 +65,6 @@ def aligned_length(duration_sec: float, rate: float = 25.0) -> int:
                         * Fraction(rate).limit_denominator(1_000_000)))
 
 
-def sync_token_count(num_frames: int, window: int = 16, stride: int = 8, tokens: int = 8) -> int:
-  """Synchformer tokens for a `num_frames` 25 fps video: ((T - 16) // 8 + 1) * 8 (0 if T < 16)."""
-  return 0 if num_frames < window else ((num_frames - window) // stride + 1) * tokens
-
-
 def clip_source_index(num_out: int, cfg: FusionConfig):
   """(i0_Ta, w_Ta): the CLIP frame read by each output frame and the linear weight of frame i0 + 1."""
   r = cfg.ratio

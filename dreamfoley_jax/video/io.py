@@ -128,29 +128,35 @@ class _Stream:
   cap: int | None
   transform: Callable[[np.ndarray], np.ndarray] | None
   out: list = dataclasses.field(default_factory=list)
+  sink: Callable[[np.ndarray], None] | None = None   # streaming: receives each sample instead of `out`
+  count: int = 0            # samples emitted (into `out`, or into `pending` then `sink`)
+  pending: np.ndarray | None = None   # a sink's newest sample, held back until the count is final
   acc: float = 0.0          # mmaudio_eval: float-accumulated next target time
   n0: int = 0               # grid offset: round(first frame time * fps), as ffmpeg's fps filter
   t0: Fraction = Fraction(0)
 
   def next_key(self) -> Fraction:
     """Time (relative to the first frame) at which the next target switches to a later frame."""
-    i = len(self.out) + self.n0
+    i = self.count + self.n0
     if self.rule == "nearest":
       return (2 * i + 1) / (2 * self.fps) - self.t0
     return i / self.fps - self.t0
 
   def full(self) -> bool:
-    return self.cap is not None and len(self.out) >= self.cap
+    return self.cap is not None and self.count >= self.cap
 
 
 def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: str = "nearest",
                   max_duration_sec: float | None = None,
                   transforms: Sequence[Callable[[np.ndarray], np.ndarray] | None] | None = None,
-                  ) -> tuple[list[np.ndarray], VideoMeta]:
+                  sinks: Sequence[Callable[[np.ndarray], None] | None] | None = None,
+                  ) -> tuple[list[np.ndarray | int], VideoMeta]:
   """Decodes `path` once and samples frames at each rate in `fps_list`.
 
   Returns ([frames_NxHxWx3 uint8 per rate (after its transform, if any)], meta). Each transform maps
   one displayed uint8 (H, W, 3) RGB frame to an array; applying the resize there keeps memory small.
+  A rate given a sink (streaming long files) passes its samples, in order, to the sink instead, and
+  its entry in the returned list is the sample count; the sink sees exactly that many.
   Raises VideoError naming the file for a missing file, no video stream, corrupt data or no frames.
   """
   import av
@@ -160,8 +166,10 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
     raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
   if transforms is None:
     transforms = [None] * len(fps_list)
-  if len(transforms) != len(fps_list):
-    raise ValueError("transforms must match fps_list")
+  if sinks is None:
+    sinks = [None] * len(fps_list)
+  if len(transforms) != len(fps_list) or len(sinks) != len(fps_list):
+    raise ValueError("transforms and sinks must match fps_list")
   if not os.path.exists(path):
     raise VideoError(f"{path}: no such file")
   cap_frac = None if max_duration_sec is None else _fraction(max_duration_sec)
@@ -173,8 +181,8 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
       return int(float(f) * float(max_duration_sec))
     return math.floor(cap_frac * _fraction(f))
 
-  streams = [_Stream(fps=_fraction(f), rule=rule, cap=cap_for(f), transform=t)
-             for f, t in zip(fps_list, transforms)]
+  streams = [_Stream(fps=_fraction(f), rule=rule, cap=cap_for(f), transform=t, sink=k)
+             for f, t, k in zip(fps_list, transforms, sinks)]
 
   cache: dict[int, np.ndarray] = {}   # frame index -> displayed RGB (only the current and previous)
   disp = None                          # (transform, rotation, flipped), from the first frame
@@ -200,7 +208,13 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
         del done[k]
       img = rgb(idx, frame)
       done[key] = img if s.transform is None else s.transform(img)
-    s.out.append(done[key])
+    s.count += 1
+    if s.sink is None:
+      s.out.append(done[key])
+      return
+    if s.pending is not None:   # the newest sample waits: the final count may drop it
+      s.sink(s.pending)
+    s.pending = done[key]
 
   with _open(path) as container:
     if not container.streams.video:
@@ -259,7 +273,7 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
     if rule != "mmaudio_eval":
       for s in streams:
         total = math.floor(duration * s.fps)
-        while len(s.out) < total:
+        while s.count < total:
           emit(s, prev[0], prev[2])
         del s.out[total:]
     h, w = rgb(prev[0], prev[2]).shape[:2]
@@ -267,7 +281,14 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
                      fps=float(rate), start_sec=float(t0), duration_sec=float(duration), num_frames=n)
   outs = []
   for s in streams:
-    if not s.out:
+    if s.sink is not None:   # at most one sample beyond floor(duration * fps) is ever emitted
+      total = s.count if rule == "mmaudio_eval" else math.floor(duration * s.fps)
+      if s.pending is not None and s.count <= total:
+        s.sink(s.pending)
+        outs.append(s.count)
+      else:
+        outs.append(s.count - 1)
+    elif not s.out:
       outs.append(np.zeros((0, 0, 0, 3), np.uint8))
     else:
       outs.append(np.stack(s.out))

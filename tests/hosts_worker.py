@@ -1,0 +1,26 @@
+"""One process of tests/test_hosts.py's evaluation: joins a JAX job on 127.0.0.1 and scores a folder with the
+harness (what tools/evaluate.py runs), with stand-in embedders that need no weights."""
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+
+def evaluate(gen_dir, video_dir, captions):
+  from dreamfoley_jax.eval import harness
+  from eval_helpers import NameEmbedder, NameSync
+
+  emb = {"panns": NameEmbedder("panns", {"panns_2048": 6, "panns_logits": 5}),
+         "passt": NameEmbedder("passt", {"passt_embed": 4, "passt_logits": 5}),
+         "clap": NameEmbedder("clap", {"clap_audio": 4}, text_key="clap_text"), "synchformer": NameSync()}
+  return harness.evaluate(harness.EvalInputs(gen_dir=str(gen_dir), video_dir=str(video_dir), captions_csv=str(captions),
+                                             duration_s=1.0, cache_dir=str(pathlib.Path(gen_dir) / "eval_cache")), emb)
+
+
+if __name__ == "__main__":
+  port, pid, n, gen_dir, video_dir, captions, out = sys.argv[1:]
+  from dreamfoley_jax import hosts
+
+  assert hosts.initialize(f"127.0.0.1:{port}", int(n), int(pid)) == int(n)
+  pathlib.Path(out).write_text(json.dumps(evaluate(gen_dir, video_dir, captions)))

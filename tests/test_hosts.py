@@ -1,0 +1,102 @@
+"""Many hosts: generate --csv and evaluate split their items over jax.process_count() processes and merge the
+outputs; two processes on 127.0.0.1 (jax.distributed with an explicit coordinator) give what one gives."""
+import csv
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import hosts_worker
+import model_helpers as mh
+from dreamfoley_jax import hosts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_share_and_gather_on_one_host():
+  assert [hosts.share(range(7), i, 3) for i in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+  assert hosts.share(range(3), 0, 1) == [0, 1, 2]
+  assert hosts.allgather_bytes(b"abc") == [b"abc"]
+  got = hosts.map_features(["b", "a"], lambda n: {"x": np.full(2, ord(n))})
+  assert list(got) == ["b", "a"] and got["a"]["x"].tolist() == [97, 97]
+  with pytest.raises(ValueError, match="pass all of --coordinator_address, --num_processes and --process_id"):
+    hosts.initialize("127.0.0.1:1234", None, 0)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("hosts")
+  model = mh.make_model_dir(root)
+  vids = root / "videos"
+  vids.mkdir()
+  rows = ["video,caption,duration"]
+  for i in range(4):
+    mh.write_clip(vids / f"clip{i}.mp4", 1.0, seed=10 + i)
+    rows.append(f"videos/clip{i}.mp4,a ball bounces,")     # one caption length, clip length: one compile
+  rows.append(",a ball bounces,1.0")                         # text-to-audio row: named clip4
+  (root / "clips.csv").write_text("\n".join(rows) + "\n")
+  (root / "captions.csv").write_text("name,caption\n" + "".join(f"clip{i},ball {i}\n" for i in range(4)))
+  return root, model
+
+
+def _port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run(cmds, env):
+  procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
+  outs = [p.communicate(timeout=500)[0] for p in procs]
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+  return outs
+
+
+def test_two_hosts_give_what_one_gives(inputs, tmp_path):
+  root, model = inputs
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  one, two = tmp_path / "one" / "gen", tmp_path / "two" / "gen"   # same folder name: the stand-ins key on it
+  gen = [sys.executable, str(ROOT / "tools" / "generate.py"), f"--model={model}", f"--csv={root / 'clips.csv'}",
+         "--batch_size=1", "--nopng"]
+  _run([gen + [f"--out_dir={one}"]], env)
+  port = _port()
+  multi = lambda i: [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]  # noqa: E731
+  outs = _run([gen + [f"--out_dir={two}"] + multi(i) for i in range(2)], env)
+  # Evaluation: here on one process, then on two (tests/hosts_worker.py: the harness tools/evaluate.py runs).
+  ref = json.loads(json.dumps(hosts_worker.evaluate(one, root / "videos", root / "captions.csv")))
+  port = _port()
+  _run([[sys.executable, str(ROOT / "tests" / "hosts_worker.py"), str(port), str(i), "2", str(two), str(root / "videos"),
+         str(root / "captions.csv"), str(tmp_path / f"eval{i}.json")] for i in range(2)], env)
+  got = [json.loads((tmp_path / f"eval{i}.json").read_text()) for i in range(2)]
+
+  # generate: each host generated its rows (0, 2, 4 and 1, 3); process 0 wrote the merged index.
+  names = [f"clip{i}" for i in range(5)]
+  printed = [sorted(l.split(":")[0] for l in o.splitlines() if l.startswith("clip") and " s -> " in l) for o in outs]
+  assert printed == [names, names]                      # every host prints the merged list
+  with open(two / "generated.csv") as f:
+    index = list(csv.DictReader(f))
+  assert [(r["name"], r["host"], r["seconds"]) for r in index] == [(n, str(i % 2), "1.0") for i, n in enumerate(names)]
+  with open(one / "generated.csv") as f:
+    assert [r["host"] for r in csv.DictReader(f)] == ["0"] * 5
+  # ... and the same sound as one process (per-clip seeds fixed over the whole list).
+  for n in names:
+    a, _ = sf.read(one / f"{n}.wav")
+    b, _ = sf.read(two / f"{n}.wav")
+    assert len(a) == 24000 and np.array_equal(a, b), n
+  assert (two / "clip1.mp4").exists() and not (two / "clip4.mp4").exists()
+
+  # evaluate: both hosts hold the one-process metrics; each embedded only its share of the clips.
+  assert set(ref["metrics"]) >= {"FD-PANN", "KL-PANNS-softmax", "KL-PASST-softmax", "KL", "DeSync", "LAION-CLAP-Score"}
+  for g in got:
+    assert g["metrics"] == ref["metrics"]
+    assert g["counts"] == ref["counts"] and g["pairing"] == ref["pairing"]
+  per_host = got[0]["cache"]["hosts"]
+  assert [h["misses"] for h in per_host] == [x["cache"]["misses"] for x in got]
+  assert sum(h["misses"] for h in per_host) == ref["cache"]["misses"] and min(h["misses"] for h in per_host) > 0
