@@ -155,9 +155,12 @@ def check_parts(exp, *, params=None, codec=None, tokenizer=None, encoders=None, 
       problems.append(f"params {params} are from another model than config: " + "; ".join(bad))
   if codec is not None:
     info = codec_info(codec)
-    for k in ("num_codebooks", "codebook_size"):
-      if info[k] != getattr(cfg, k):
-        problems.append(f"codec {codec} has {k}={info[k]}, the model needs {getattr(cfg, k)}")
+    if info["codebook_size"] != cfg.codebook_size:
+      problems.append(f"codec {codec} has codebook_size={info['codebook_size']}, the model needs {cfg.codebook_size}")
+    # A model may predict the first k of the codec's K residual levels (Table 4: 1, 4, 8).
+    if info["num_codebooks"] < cfg.num_codebooks:
+      problems.append(f"codec {codec} has num_codebooks={info['num_codebooks']}, the model needs at least "
+                      f"{cfg.num_codebooks}")
     if abs(info["frame_rate"] - 25.0) > 1e-6:
       problems.append(f"codec {codec} runs at {info['frame_rate']:g} Hz, the model needs 25 Hz")
   if tokenizer is not None:

@@ -295,13 +295,14 @@ def test_frames_mode_runs_encoders_and_masks_partial_windows():
   params = model.init(jax.random.key(0), b)["params"]
   assert "synchformer" in params and "eva_clip" in params
   logits, aux = model.apply({"params": params}, b)
-  # 40 frames -> S = 4 windows x 8 tokens; item 1 has 30 real frames -> windows 0,1 (last frames 15, 23) real.
-  assert aux["prompt_len"] == b["text_ids"].shape[1] + 32
+  # The length rule: 40 frames -> ceil(40 / 8) = 5 windows, one token per frame (40); item 1 has 30 real
+  # frames -> its first 30 tokens are real, its windows repeat frame 29 past the end.
+  assert aux["prompt_len"] == b["text_ids"].shape[1] + 40
   _, pm = model.apply({"params": params}, b, method=lambda m, bb: m.embed_prompt(bb))
-  np.testing.assert_array_equal(np.asarray(pm[1, 5:]), np.r_[np.ones(16, bool), np.zeros(16, bool)])
+  np.testing.assert_array_equal(np.asarray(pm[1, 5:]), np.r_[np.ones(30, bool), np.zeros(10, bool)])
   # The video changes the output; frames beyond the mask of item 1 do not.
   fr = np.asarray(b["frames_sync"]).copy()
-  fr[1, 35:] = 0
+  fr[1, 30:] = 0
   l2, _ = model.apply({"params": params}, dict(b, frames_sync=jnp.asarray(fr)))
   np.testing.assert_allclose(np.asarray(l2[1]), np.asarray(logits[1]), atol=1e-6)
   fr[0, :8] = 255 - fr[0, :8]

@@ -47,8 +47,11 @@ def test_encode_shapes_batch_and_padding(codec, heldout):
 def test_decode_rejects_bad_codes(codec):
   with pytest.raises(ValueError, match=r"must lie in \[0, 64\)"):
     codec.decode(np.full((8, 5), 64))
-  with pytest.raises(ValueError, match=r"shape \(\.\.\., 8, T\)"):
-    codec.decode(np.zeros((7, 5), np.int64))
+  # More levels than the codec has, or no level axis at all, is an error; a prefix of the levels is not
+  # (Table 4's 1- and 4-codebook models decode their first k levels: test_decode_first_k_levels).
+  for bad in ((9, 5), (5,)):
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., k, T\) with 1 <= k <= 8"):
+      codec.decode(np.zeros(bad, np.int64))
 
 
 def test_stft_istft_roundtrip():
