@@ -1,6 +1,7 @@
 """Issue 19: every input gets a clear answer. The awkward-input corpus (tests/awkward_media.py, made here with
 PyAV) through generate, extract_features and evaluate, each case against its expected outcome; muxing
 checked frame by frame; the text inputs (CSVs, captions); exit codes and one-line errors of the tools."""
+import csv as csvlib
 import json
 import os
 import pathlib
@@ -40,6 +41,17 @@ def tiny_frames_config() -> foley.FoleyConfig:
                    sync_dim=16, clip_dim=8)
 
 
+def random_params(cfg, seed: int = 0):
+  """Normal(0, 0.02) weights of the model's shapes from numpy: foley.init_params compiles the whole init
+  (tens of seconds on a loaded 2-core CPU); these tests need a random model, not its initialiser."""
+  import flax.linen as nn
+  import jax
+
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.02).astype(s.dtype),
+                      nn.unbox(foley.abstract_params(cfg)))
+
+
 def _outcome(case_outcome: str, reasons: dict, key, ok: bool):
   """Asserts one case: 'ok...' -> processed and not failed; 'fail: X' -> failed with X in the reason."""
   if case_outcome.startswith("ok"):
@@ -60,7 +72,7 @@ def _outcome(case_outcome: str, reasons: dict, key, ok: bool):
 def generated(corpus, tmp_path_factory):
   root, paths = corpus
   cfg = tiny_frames_config()
-  gen = G.Generator(cfg, foley.init_params(cfg, 0), G.ToneCodec(), G.load_feature_fn(cfg, None),
+  gen = G.Generator(cfg, random_params(cfg), G.ToneCodec(), G.load_feature_fn(cfg, None),
                     tokenize=lambda s: [b % cfg.decoder.vocab_size for b in s.encode()],
                     window_frames=75, context_frames=25, batch_size=8, show_progress=False, log=lambda m: None)
   out = tmp_path_factory.mktemp("gen_out")
@@ -332,7 +344,7 @@ def test_checkpoint_checks(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(checks.InputError, match="not a params checkpoint"):
     G.check_checkpoint(tmp_path / "empty", cfg)
-  common.save_params(foley.init_params(cfg), tmp_path / "ok")
+  common.save_params(random_params(cfg), tmp_path / "ok")
   G.check_checkpoint(tmp_path / "ok", cfg)
   other = cfg.replace(codebook_size=32, decoder=cfg.decoder.replace(num_hidden_layers=2))
   with pytest.raises(checks.InputError) as e:
@@ -417,7 +429,10 @@ def test_generate_cli_usage_and_input_errors(tmp_path, corpus):
   assert "generated 2 of 4 items, 2 failed (reasons in" in p.stdout
   fails = json.loads((tmp_path / "o" / "failures.json").read_text())
   assert [(f["item"], f.get("video")) for f in fails] == [(f"{csv}:4", None), (f"{csv}:3", str(paths["garbage.mp4"]))]
-  assert sorted(x.name for x in (tmp_path / "o").iterdir()) == ["clip2.wav", "failures.json", "ok.mp4", "ok.wav"]
+  assert sorted(x.name for x in (tmp_path / "o").iterdir()) == ["clip2.wav", "failures.json", "generated.csv",
+                                                                 "ok.mp4", "ok.wav"]
+  with open(tmp_path / "o" / "generated.csv") as f:     # the index lists the generated rows only
+    assert [r["name"] for r in csvlib.DictReader(f)] == ["ok", "clip2"]
   p = _tool(*base[:-1], tmp_path / "s", "--csv", csv, "--strict")
   assert p.returncode == 1 and "--strict: stopped at the first failure" in p.stderr
   assert not [x for x in (tmp_path / "s").iterdir() if x.suffix != ".json"]
