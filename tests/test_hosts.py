@@ -120,12 +120,15 @@ def test_two_hosts_give_what_one_gives(inputs, tmp_path):
   for g in got:
     assert g["metrics"] == ref["metrics"]
     assert g["counts"] == ref["counts"] and g["pairing"] == ref["pairing"]
-  # ... and every host holds every host's failures: junk.wav (screening) and fragile.wav (panns only).
+  # ... and every host holds every host's failures: junk.wav and the reference garbage.mp4 (screening: its audio
+  # and its video) and fragile.wav (panns only), in the one-process order.
   strip = lambda fs: [(pathlib.Path(f["item"]).name, f["role"], f.get("embedder"), f["reason"]) for f in fs]  # noqa: E731
-  assert [f[:3] for f in strip(ref["failures"])] == [("junk.wav", "generated", None), ("fragile.wav", "generated", "panns")]
+  assert [f[:3] for f in strip(ref["failures"])] == [
+      ("junk.wav", "generated", None), ("garbage.mp4", "reference audio", None), ("garbage.mp4", "video", None),
+      ("fragile.wav", "generated", "panns")]
   for g in got:
     assert strip(g["failures"]) == strip(ref["failures"])
-  assert ref["counts"]["failed"] == 2
+  assert ref["counts"]["failed"] == 4
   per_host = got[0]["cache"]["hosts"]
   assert [h["misses"] for h in per_host] == [x["cache"]["misses"] for x in got]
   assert sum(h["misses"] for h in per_host) == ref["cache"]["misses"] and min(h["misses"] for h in per_host) > 0

@@ -436,6 +436,15 @@ def test_generate_cli_usage_and_input_errors(tmp_path, corpus):
   p = _tool(*base[:-1], tmp_path / "s", "--csv", csv, "--strict")
   assert p.returncode == 1 and "--strict: stopped at the first failure" in p.stderr
   assert not [x for x in (tmp_path / "s").iterdir() if x.suffix != ".json"]
+  # --strict on a bad video (found while the rows are validated, before the model loads): nothing generated.
+  csv2 = tmp_path / "b2.csv"
+  csv2.write_text(f"video,caption\n{paths['ok.mp4']},a dog\n{paths['garbage.mp4']},x\n")
+  p = _tool(*base[:-1], tmp_path / "s2", "--csv", csv2, "--strict")
+  assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+      f"generate: error: {csv2}:3: {paths['garbage.mp4']}: not a video PyAV can open (InvalidDataError: Invalid data found when processing "
+      "input) (--strict: stopped at the first failure)"], p.stderr
+  assert [f["item"] for f in json.loads((tmp_path / "s2" / "failures.json").read_text())] == [f"{csv2}:3"]
+  assert not list((tmp_path / "s2").glob("*.wav"))
 
 
 def test_docs_table_is_the_corpus():

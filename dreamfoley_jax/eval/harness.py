@@ -214,7 +214,8 @@ def _check_audio(path) -> None:
   try:
     wav, _ = media.load_audio(path)
   except Exception as e:  # noqa: BLE001 -- soundfile / PyAV raise several kinds
-    msg = checks.one_line(e).removeprefix(f"{path}: ")
+    raw = " ".join(str(e).split())   # the reader's own message when it names the file, else its type too
+    msg = raw.removeprefix(f"{path}: ") if raw.startswith(f"{path}: ") else checks.one_line(e)
     raise checks.InputError(f"{path}: {msg if 'decode' in msg or 'audio' in msg else 'cannot read audio (' + msg + ')'}"
                             ) from None
   if wav.size == 0 or wav.shape[-1] == 0:
