@@ -251,14 +251,14 @@ def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, fail
       check(path)
     except Exception as e:  # noqa: BLE001 -- any unreadable clip is reported and left out
       log(f"{role} clip {name} left out: {checks.one_line(e)}")
-      mine.add(str(path), e, role=role, name=name)
-  if several:
-    for part in hosts.allgather_json(mine.items):
-      for f in part:
-        failures.add(f.pop("item"), f.pop("reason"), **f)
+      mine.add(str(path), e, role=role, name=name, pos=i)
+  if several:   # in list order, as one process finds them
+    for f in sorted((f for part in hosts.allgather_json(mine.items) for f in part), key=lambda f: f["pos"]):
+      failures.add(f.pop("item"), f.pop("reason"), **f)
   bad = {(f["role"], f.get("name")) for f in failures.items}
   for f in failures.items:
     f.pop("name", None)
+    f.pop("pos", None)
   return ({n: p for n, p in gen.items() if ("generated", n) not in bad},
           {n: p for n, p in gt.items() if ("reference audio", n) not in bad},
           {n: p for n, p in videos.items() if ("video", n) not in bad})
@@ -313,22 +313,17 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
       else:
         msg = f"{emb.name} cannot score it ({msg})"
       log.warning("%s clip %s left out: %s", role, path, msg)
-      if several:
-        pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
-      else:
-        failures.add(str(path), msg, role=role, embedder=emb.name)
+      pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
       return None
 
   def sync_failures():
-    """Several hosts: every host adds every host's new failures (same order everywhere; --strict then
-    stops all hosts together instead of one host leaving the others waiting in a collective)."""
-    if not several:
-      return
-    parts = hosts.allgather_json(pending)
+    """After each pass (spread): this pass's failures of every host, on every host, sorted by file, so
+    one host and many list the same (with several hosts --strict then stops all of them together instead
+    of one host leaving the others waiting in a collective)."""
+    parts = hosts.allgather_json(pending) if several else [list(pending)]
     pending.clear()
-    for part in parts:
-      for f in part:
-        failures.add(f.pop("item"), f.pop("reason"), **f)
+    for f in sorted((f for part in parts for f in part), key=lambda f: (f["item"], f["role"])):
+      failures.add(f.pop("item"), f.pop("reason"), **f)
 
   def gen_audio(e, g):
     return guarded(gen[g], "generated", e, lambda: gen_cache.get_or_compute(
@@ -459,6 +454,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
   kl = metrics.combined_kl(m)
   if kl is not None:
     m["KL"] = kl
+  sync_failures()   # (every guarded call runs inside a spread; this keeps a later one from being lost)
   counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos), failed=len(failures))
   cache = {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses}
   per_host = hosts.allgather_json(cache)
