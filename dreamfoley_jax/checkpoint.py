@@ -1,17 +1,27 @@
-"""Checkpoints: orbax CheckpointManager (async) holding the train state and the grain iterator together.
+"""Checkpoints: orbax CheckpointManager (async) holding train state, data position and checksums together.
 
-  workdir/checkpoints/<step>/{state, data}   one directory per saved step (orbax writes it under a
-                                             temporary name and renames it when complete, so a killed
-                                             job never leaves a half-written step that looks finished)
+  workdir/checkpoints/<step>/{state, data, checksums}   one directory per saved step (orbax writes it under
+                                                        a temporary name and renames it when complete)
+  workdir/rejected_checkpoints/<step>                   steps found corrupt, or discarded after divergence
 
-Also: SIGTERM handling (TPU preemption notice) and initial weights from converted orbax checkpoints.
+`checksums` holds two 32-bit sums of every state array's words (plain and position-weighted, mod 2^32)
+computed on the devices, each host summing the shards it holds, so they do not depend on the mesh or
+the host count; restore recomputes them on the restored arrays. A step that fails to restore or to
+verify is reported, moved to rejected_checkpoints/ and the previous step is tried.
+
+Also: preemption (SIGTERM) handling and initial weights from converted orbax checkpoints.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import pathlib
 import re
+import shutil
 import signal
 import threading
+import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -19,53 +29,259 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from dreamfoley_jax.convert import common
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint in the workdir can be trusted (each one's reason in the message)."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Checksums (device-side, independent of sharding)
+# --------------------------------------------------------------------------------------------------
+
+def _words(x):
+  """uint32 words of an array's bits (narrower types widened, 64-bit split into two words)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = jnp.dtype(x.dtype).itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size in (1, 2):
+    return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)        # (..., 2) for 64-bit types
+
+
+def _leaf_sums(x):
+  """(sum of words, sum of words * (2 i + 1)) mod 2^32, i the flat index: exact in any reduction order.
+
+  The odd weights make any change of a single word change the second sum (odd numbers are invertible
+  mod 2^32), and the first catches any single bit flip as well.
+  """
+  u = _words(x)
+  idx = jnp.zeros(u.shape, jnp.uint32)
+  stride = 1
+  for d in range(u.ndim - 1, -1, -1):       # flat index from iotas: no reshape of a sharded array
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * np.uint32(stride % 2**32)
+    stride *= u.shape[d]
+  w = idx * np.uint32(2) + np.uint32(1)
+  return jnp.stack([jnp.sum(u, dtype=jnp.uint32), jnp.sum(u * w, dtype=jnp.uint32)])
+
+
+def _all_finite(tree):
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
+@jax.jit
+def _sums_and_finite(state):
+  fields = [f for f in ("params", "opt_state") if hasattr(state, f)]
+  finite = {f: _all_finite(getattr(state, f)) for f in fields} if fields else {"all": _all_finite(state)}
+  return jax.tree.map(_leaf_sums, state), finite
+
+
+def _path(p) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
+
+
+def checksums(state) -> tuple[dict[str, list[int]], dict[str, bool]]:
+  """({leaf path: [sum, weighted sum]}, {'params'/'opt_state': all finite}) of a pytree of global arrays."""
+  sums, finite = jax.device_get(run_aligned(_sums_and_finite, state))
+  flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+  return {_path(p): [int(v[0]), int(v[1])] for p, v in flat}, {k: bool(v) for k, v in finite.items()}
+
+
+def _json_sha(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+_BARRIER_COUNT = itertools.count()
+_ALIGNED: set = set()
+
+
+def sync_processes(name: str, timeout_s: int = 900):
+  """Barrier through the coordination service, not a device collective: CPU (gloo) collectives give a
+  new device group only 30 s to assemble, which a slower process (compiling, loading) can exceed."""
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=f"dreamfoley_{name}_{next(_BARRIER_COUNT)}", timeout_ms=timeout_s * 1000)
+
+
+def run_aligned(jitted, *args):
+  """`jitted(*args)`; with several processes, each new signature is compiled first and entered together."""
+  if jax.process_count() > 1:
+    key = (id(jitted), jax.tree.structure(args),
+           tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in jax.tree.leaves(args)))
+    if key not in _ALIGNED:
+      jitted.lower(*args).compile()
+      sync_processes("compiled")
+      _ALIGNED.add(key)
+  return jitted(*args)
+
+
+def _all_hosts_ok(ok: bool) -> bool:
+  """True only if `ok` on every process (so all hosts take the same branch)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  sync_processes("agree")
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpointer
+# --------------------------------------------------------------------------------------------------
+
 class Checkpointer:
-  """Saves/restores {'state': train state pytree, 'data': grain iterator} every `every` steps."""
+  """Saves/restores {'state', 'data' (position json), 'checksums'} every `every` steps, verified at restore.
+
+  Keeps the newest `keep` steps (older ones are pruned by `prune`, which the trainer calls once a step
+  is confirmed good); `discard` moves a step to rejected_checkpoints/.
+  """
 
   def __init__(self, workdir: str, *, every: int = 1000, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-    self.every = max(int(every), 1)
+    if int(every) <= 0:
+      raise ValueError(f"train.ckpt_every={every}: must be >= 1")
+    if int(keep) <= 0:
+      raise ValueError(f"train.keep_ckpts={keep}: must be >= 1")
+    self.workdir = epath.Path(workdir)
+    if not str(workdir).startswith(("gs://", "s3://")):
+      self.workdir = epath.Path(pathlib.Path(workdir).absolute())
+    self.directory = self.workdir / "checkpoints"
+    self.rejected_dir = self.workdir / "rejected_checkpoints"
+    self.every, self.keep = int(every), int(keep)
     opts = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save, create=True)
+        max_to_keep=None, save_interval_steps=1, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=opts)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    return sorted(self.manager.all_steps())
 
   def should_save(self, step: int) -> bool:
     return step % self.every == 0
 
-  def save(self, step: int, state, data_iter=None, *, force: bool = False) -> bool:
+  def save(self, step: int, state, data: dict | None = None, *, force: bool = False) -> bool:
+    """Writes `state` and the data position `data` (json) with the state's checksums.
+
+    Raises FloatingPointError (nothing written) if the params or optimizer state are not finite.
+    """
     if not force and not self.should_save(step):
       return False
     if step in self.manager.all_steps():
       return False
-    items = {"state": ocp.args.StandardSave(state)}
-    if data_iter is not None:
-      import grain
-
-      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    sums, finite = checksums(state)
+    bad = [k for k, v in finite.items() if not v]
+    if bad:
+      raise FloatingPointError(f"state fields {bad} hold non-finite values at step {step}: not saved")
+    data = dict(data or {})
+    meta = {"arrays": sums, "data_sha256": _json_sha(data), "step": int(step), "process_count": jax.process_count()}
+    items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data),
+             "checksums": ocp.args.JsonSave(meta)}
     return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore(self, abstract_state, data_iter=None, step: int | None = None):
-    """State restored into `abstract_state`'s shardings (any mesh); `data_iter` is advanced in place."""
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, data position) of `step` (default latest), restored into `abstract_state`'s shardings
+    (any mesh, any host count) and verified against its checksums; CorruptCheckpointError if not."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-      import grain
+    err = None
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+          checksums=ocp.args.JsonRestore()))
+      state, data, meta = out["state"], out["data"], out["checksums"]
+      if not isinstance(meta, dict) or "arrays" not in meta:
+        raise CorruptCheckpointError("its checksums file is missing or unreadable")
+    except Exception as e:  # orbax / tensorstore raise many types for missing or damaged files
+      err = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    if not _all_hosts_ok(err is None):
+      raise CorruptCheckpointError(err or "it failed to restore on another host")
+    sums, _ = checksums(state)
+    want = meta["arrays"]
+    bad = sorted(k for k in set(sums) | set(want) if sums.get(k) != want.get(k))
+    if bad:
+      raise CorruptCheckpointError(f"checksum mismatch in {len(bad)} of {len(want)} arrays ({', '.join(bad[:4])}"
+                                   f"{', ...' if len(bad) > 4 else ''})")
+    if meta.get("data_sha256") != _json_sha(data):
+      raise CorruptCheckpointError("checksum mismatch in its data position")
+    return state, data
 
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    out = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return out["state"]
+  def restore_intact(self, abstract_state, *, reject: bool = True):
+    """(state, data, step) of the newest step that restores and verifies, or None if there is none.
+
+    Each unusable newer step is reported (a warning naming it and the step used instead) and, with
+    `reject`, moved to rejected_checkpoints/. CheckpointError if steps exist but none is intact (then
+    nothing is moved: a restarted job keeps failing instead of starting from scratch).
+    """
+    reasons = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(abstract_state, step)
+      except CorruptCheckpointError as e:
+        reasons.append((step, str(e)))
+        logging.warning("checkpoint step %d in %s is corrupt or incomplete (%s): not used", step, self.directory, e)
+        continue
+      for bad, why in reasons:
+        if reject:
+          self.discard(bad, "corrupt")
+        logging.warning("checkpoint step %d was unusable (%s); using the previous intact step %d instead%s",
+                        bad, why, step, f" (step {bad} moved to {self.rejected_dir})" if reject else "")
+      return state, data, step
+    if reasons:
+      raise CheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(
+          f"step {s}: {r}" for s, r in reasons) + "; move them away to start from scratch")
+    return None
+
+  def discard(self, step: int, why: str):
+    """Moves `step` out of the checkpoint directory (kept for inspection in rejected_checkpoints/)."""
+    self.wait()
+    if jax.process_index() == 0:
+      src = self.directory / str(step)
+      if src.exists():
+        self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        dst = self.rejected_dir / f"{step}-{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+          src.rename(dst)
+        except OSError:   # object stores: copy, then delete
+          shutil.copytree(str(src), str(dst))
+          shutil.rmtree(str(src))
+    sync_processes(f"discard_{step}")
+    self.manager.reload()
+
+  def prune(self, keep_from: int | None = None):
+    """Deletes all but the newest `keep` steps at or below `keep_from` (default: all steps)."""
+    steps = [s for s in self.all_steps() if keep_from is None or s <= keep_from]
+    for s in steps[:-self.keep]:
+      self.manager.delete(s)
+
+  def verify_part(self, step: int, prefix: str, tree) -> bool:
+    """Checks `tree` (e.g. params read by other means) against step's checksums of the `prefix/...` arrays.
+
+    True if verified, False if the step has no checksums (written before they existed); raises
+    CorruptCheckpointError naming the arrays that differ."""
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
+    except Exception:  # no checksums item (an older checkpoint)
+      meta = None
+    if not isinstance(meta, dict) or "arrays" not in meta:
+      return False
+    want = {k: v for k, v in meta["arrays"].items() if k.split("/")[0] == prefix}
+    sums, _ = checksums({prefix: tree})
+    bad = sorted(k for k in set(sums) | set(want) if sums.get(k) != want.get(k))
+    if bad:
+      raise CorruptCheckpointError(f"checksum mismatch in {len(bad)} of {len(want)} {prefix} arrays "
+                                   f"({', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})")
+    return True
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -90,17 +306,29 @@ def abstract_with_shardings(tree, shardings):
 # Preemption
 # --------------------------------------------------------------------------------------------------
 
-class PreemptionGuard:
-  """Turns SIGTERM (TPU maintenance / preemption notice) into a flag the train loop polls per step.
+def jax_preemption_service() -> bool:
+  """Whether jax.distributed runs its preemption sync manager (which catches SIGTERM itself)."""
+  if not jax.distributed.is_initialized():
+    return False
+  from jax._src import distributed as _dist
 
-  Multi-host: `jax.experimental.multihost_utils.reached_preemption_sync_point` makes all hosts agree
-  on the step (needs jax.distributed, whose coordination service catches the signal itself).
+  return getattr(_dist.global_state, "preemption_sync_manager", None) is not None
+
+
+class PreemptionGuard:
+  """Turns SIGTERM (TPU maintenance / preemption notice) into a stop step that every host agrees on.
+
+  Under jax.distributed its preemption sync manager catches the signal (on any one host) and
+  `multihost_utils.reached_preemption_sync_point` returns True on every host at the same step. No
+  Python handler is installed then: one installed after jax.distributed.initialize() keeps that
+  sync point from ever firing. A single process without jax.distributed uses a Python handler.
   """
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self._flag = threading.Event()
     self._old = {}
-    if threading.current_thread() is threading.main_thread():
+    self.uses_jax = jax_preemption_service()
+    if not self.uses_jax and threading.current_thread() is threading.main_thread():
       for s in signals:
         self._old[s] = signal.signal(s, self._handle)
 
@@ -109,13 +337,13 @@ class PreemptionGuard:
     self._flag.set()
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self.uses_jax:
       from jax.experimental import multihost_utils
 
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(step)) or self._flag.is_set()
-      except Exception:  # coordination service without preemption notifier
-        pass
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: all %d processes stop at step %d", jax.process_count(), step)
+        return True
+      return False
     return self._flag.is_set()
 
   def restore(self):

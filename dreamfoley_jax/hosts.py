@@ -36,7 +36,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if all(given):
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=int(num_processes),
                                process_id=int(process_id))
-  elif auto or os.environ.get("DREAMFOLEY_DISTRIBUTED") == "1":     # the convention tools/train.py reads too
+  elif auto or os.environ.get("DREAMFOLEY_DISTRIBUTED") == "1":     # same as --distributed
     jax.distributed.initialize()
   return jax.process_count()
 

@@ -308,29 +308,46 @@ def write(out, exp, *, codec, tokenizer, params=None, params_dir=None, eva_ckpt=
 
 
 def train_params(workdir, step: Optional[int] = None):
-  """(step, params as host numpy) of a training workdir's checkpoint (default: the latest), whatever mesh
-  or optimizer wrote it: read from the checkpoint's own metadata, no config needed."""
+  """(step, params as host numpy) of a training workdir's checkpoint (default: the latest intact one),
+  whatever mesh or optimizer wrote it: read from the checkpoint's own metadata, no config needed, and
+  verified against the checksums the trainer wrote. A damaged newest step falls back to the previous
+  intact one (a warning naming both); an asked-for step that fails is an error."""
   import jax
   import orbax.checkpoint as ocp
+  from absl import logging
 
   from dreamfoley_jax import checkpoint as ckptlib
 
   ck = ckptlib.Checkpointer(str(workdir), async_save=False)
   try:
     steps = ck.all_steps()
+    if not steps:
+      raise ModelDirError(f"{workdir}: no training checkpoints (tools/train.py writes {workdir}/checkpoints/<step>/)")
+    if step is not None and step not in steps:
+      raise ModelDirError(f"{workdir}: no checkpoint at step {step} (has {steps})")
+    bad = []
+    for s in ([int(step)] if step is not None else steps[::-1]):
+      item = ck.directory / str(s) / "state"
+      try:
+        meta = _tree_metadata(item)
+        if "params" not in meta:
+          raise ModelDirError(f"{item}: a checkpoint without 'params' (has {sorted(meta)})")
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)   # host numpy, any writer's mesh
+        params = ocp.StandardCheckpointer().restore(item, target)["params"]
+        if not ck.verify_part(s, "params", params):
+          logging.warning("%s: step %d has no checksums (written before they existed): not verified", workdir, s)
+      except ModelDirError:
+        raise
+      except Exception as e:   # orbax / tensorstore errors for missing or damaged files, checksum mismatch
+        bad.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        logging.warning("%s: checkpoint %s: corrupt or incomplete, not used", workdir, bad[-1])
+        continue
+      if bad:
+        logging.warning("%s: using the previous intact checkpoint step %d (%s)", workdir, s, "; ".join(bad))
+      return s, params
+    raise ModelDirError(f"{workdir}: no intact checkpoint ({'; '.join(bad)})")
   finally:
     ck.close()
-  if not steps:
-    raise ModelDirError(f"{workdir}: no training checkpoints (tools/train.py writes {workdir}/checkpoints/<step>/)")
-  if step is not None and step not in steps:
-    raise ModelDirError(f"{workdir}: no checkpoint at step {step} (has {steps})")
-  step = steps[-1] if step is None else int(step)
-  item = ck.directory / str(step) / "state"
-  meta = _tree_metadata(item)
-  if "params" not in meta:
-    raise ModelDirError(f"{item}: a checkpoint without 'params' (has {sorted(meta)})")
-  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)   # host numpy, any writer's mesh
-  return step, ocp.StandardCheckpointer().restore(item, target)["params"]
 
 
 def export_from_workdir(workdir, config, out, *, codec, tokenizer, step: Optional[int] = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import sys
 import time
@@ -46,6 +47,44 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class ConfigError(ValueError):
+  """An impossible config value (one line naming the key and what is accepted)."""
+
+
+def validate(c, mesh=None, process_count: int | None = None) -> None:
+  """Rejects impossible values before anything is built or compiled (ConfigError naming the key)."""
+  t = c.train
+
+  def need(ok, msg):
+    if not ok:
+      raise ConfigError(msg)
+
+  def integer(key, v):
+    try:
+      return int(v) if float(v) == int(v) else None
+    except (TypeError, ValueError):
+      return None
+
+  vals = {}
+  for key, default, lo in (("steps", None, 0), ("global_batch", None, 1), ("ckpt_every", 1000, 1),
+                           ("keep_ckpts", 3, 1), ("log_every", 50, 1), ("grad_accum", 1, 1)):
+    raw = t.get(key, default)
+    v = integer(key, raw)
+    need(v is not None and v >= lo, f"train.{key}={raw!r}: must be an integer >= {lo}")
+    vals[key] = v
+  workers = integer("num_workers", c.data.get("num_workers", 0))
+  need(workers is not None and workers >= 0, f"data.num_workers={c.data.get('num_workers')!r}: must be an integer >= 0")
+  G, A = vals["global_batch"], vals["grad_accum"]
+  need(G % A == 0, f"train.global_batch={G} is not divisible by train.grad_accum={A}")
+  n = jax.process_count() if process_count is None else process_count
+  need(G % n == 0, f"train.global_batch={G} is not divisible by the {n} processes (each reads an equal share)")
+  if mesh is not None:
+    shards = int(mesh.shape["data"]) * int(mesh.shape["fsdp"])
+    need((G // A) % shards == 0,
+         f"train.global_batch={G}" + (f" / grad_accum={A}" if A > 1 else "") +
+         f" is not divisible by the {shards} batch shards of mesh {dict(mesh.shape)} (data x fsdp)")
+
+
 # --------------------------------------------------------------------------------------------------
 # Pieces (used by the trainer, tools/aot_compile.py, tools/bench_train.py and the tests)
 # --------------------------------------------------------------------------------------------------
@@ -54,19 +93,34 @@ def model_config(c) -> foley.FoleyConfig:
   return foley.config_from_dict(c.model)
 
 
-def pipeline_config(c, fcfg: foley.FoleyConfig, local_batch: int | None = None):
+def pipeline_config(c, fcfg: foley.FoleyConfig, batch_size: int | None = None):
+  """The data pipeline's config; `batch_size` defaults to the GLOBAL batch (hosts read their rows of it)."""
   from dreamfoley_jax.data import pipeline
 
-  B = int(c.train.global_batch) // jax.process_count() if local_batch is None else local_batch
-  return pipeline.config_from(c, fcfg, B, int(c.train.get("data_seed", c.train.seed)))
+  B = int(c.train.global_batch) if batch_size is None else batch_size
+  return pipeline.config_from(c, fcfg, B, data_seed(c))
+
+
+def data_seed(c) -> int:
+  return int(c.train.get("data_seed", c.train.seed))
 
 
 def global_batch_spec(c, fcfg) -> dict[str, jax.ShapeDtypeStruct]:
   """Abstract global batch of the largest length bucket (for eval_shape / AOT compiles)."""
   from dreamfoley_jax.data import pipeline
 
-  p = pipeline_config(c, fcfg, local_batch=int(c.train.global_batch))
+  p = pipeline_config(c, fcfg)
   return {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in pipeline.batch_spec(p).items()}
+
+
+def host_rows_of(mesh, global_batch: int) -> tuple[int, ...]:
+  """Rows of each global batch that live on this process's devices, in the order
+  `jax.make_array_from_process_local_data` expects them (sorted global row index)."""
+  sh = sharding.data_sharding(mesh, 1)
+  rows = set()
+  for (sl,) in sh.addressable_devices_indices_map((global_batch,)).values():
+    rows.update(range(*sl.indices(global_batch)))
+  return tuple(sorted(rows))
 
 
 def make_init_fn(model: foley.DreamFoley, tx: optax.GradientTransformation, fcfg: foley.FoleyConfig,
@@ -201,7 +255,12 @@ def load_checkpoint(c, workdir: str, mesh=None, step: int | None = None) -> Trai
   ck = ckptlib.Checkpointer(workdir, async_save=False)
   try:
     with sharding.use_mesh(mesh):
-      return ck.restore(target, None, step)
+      if step is not None:
+        return ck.restore(target, step)[0]
+      found = ck.restore_intact(target, reject=False)
+      if found is None:
+        raise FileNotFoundError(f"{ck.directory}: no checkpoint to restore")
+      return found[0]
   finally:
     ck.close()
 
@@ -324,6 +383,68 @@ def _scalars(m: dict) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Multi-process launch
+# --------------------------------------------------------------------------------------------------
+
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def detected_cluster() -> str | None:
+  """Name of the cluster environment jax.distributed auto-detects here (TPU pod, SLURM, ...), if any."""
+  try:
+    from jax._src import clusters
+  except ImportError:   # private module moved: let jax.distributed.initialize() decide
+    return None
+  for env in clusters.ClusterEnv._cluster_types:
+    if not env.opt_in_only_method and env.is_env_present():
+      return env.__name__
+  return None
+
+
+def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, *, heartbeat_timeout_s: int = 100,
+                     init_timeout_s: int = 300) -> str:
+  """Starts jax.distributed when the job is several processes; returns what it did (for the log).
+
+  Explicit values (flags) win over JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; with
+  none of them, a TPU pod / SLURM / Open MPI environment is auto-detected by jax; else one process.
+  A process that stops sending heartbeats for `heartbeat_timeout_s` ends every other process (JAX
+  terminates them with "the JAX distributed service detected fatal errors").
+  """
+  env = dict(zip(("coordinator_address", "num_processes", "process_id"), (os.environ.get(k) for k in DISTRIBUTED_ENV)))
+  given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+  vals = {k: given[k] if given[k] is not None else env[k] for k in given}
+  timeouts = dict(heartbeat_timeout_seconds=int(heartbeat_timeout_s), initialization_timeout=int(init_timeout_s),
+                  shutdown_timeout_seconds=int(heartbeat_timeout_s))
+  if any(v is not None for v in vals.values()):
+    cluster = detected_cluster()
+    missing = [k for k, v in vals.items() if v is None]
+    if missing and cluster is None:
+      flag_env = ", ".join(f"--{k} (or {DISTRIBUTED_ENV[i]})" for i, k in enumerate(vals) if vals[k] is None)
+      raise ConfigError(f"multi-process launch: {flag_env} not set; give all of --coordinator_address, "
+                        "--num_processes and --process_id (or their JAX_* variables), or none on a TPU pod / SLURM")
+    try:
+      n = None if vals["num_processes"] is None else int(vals["num_processes"])
+      i = None if vals["process_id"] is None else int(vals["process_id"])
+    except ValueError:
+      raise ConfigError(f"--num_processes={vals['num_processes']!r} / --process_id={vals['process_id']!r}: "
+                        "must be integers") from None
+    if n is not None and (n < 1 or (i is not None and not 0 <= i < n)):
+      raise ConfigError(f"--process_id={i} with --num_processes={n}: need num_processes >= 1 and "
+                        "0 <= process_id < num_processes")
+    jax.distributed.initialize(vals["coordinator_address"], n, i, **timeouts)
+    how = "flags/environment" + (f" + {cluster}" if missing else "")
+  else:
+    cluster = detected_cluster()
+    if cluster is None:
+      return "single process (no coordinator given, no cluster detected)"
+    jax.distributed.initialize(**timeouts)
+    how = f"auto-detected {cluster}"
+  return (f"jax.distributed: process {jax.process_index()} of {jax.process_count()} ({how}), "
+          f"{jax.local_device_count()} local / {jax.device_count()} global devices")
+
+
+# --------------------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------------------
 
@@ -336,22 +457,28 @@ class TrainResult:
 
 
 def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) -> TrainResult:
-  """Trains `c` (an experiment ConfigDict) in `workdir`, resuming from its latest checkpoint.
+  """Trains `c` (an experiment ConfigDict) in `workdir`, resuming from its latest intact checkpoint.
 
-  Raises NonFiniteLossError (after waiting for pending checkpoint writes, saving nothing new) when a
-  loss or gradient norm is not finite. `max_steps_this_run` stops early without a checkpoint (tests).
+  Raises ConfigError for impossible values (before anything compiles), CheckpointError when
+  checkpoints exist but none verifies, and NonFiniteLossError (after waiting for pending checkpoint
+  writes, saving nothing new) when a loss or gradient norm is not finite. `max_steps_this_run` stops
+  early without a checkpoint (tests).
   """
   t = c.train
   workdir = str(workdir)
+  validate(c)
   total_steps = int(t.steps)
   seed = int(t.seed)
+  G = int(t.global_batch)
 
   # Initial weights (a fresh run only): one-line errors for a missing checkpoint before anything compiles.
   init_entries = [] if ckptlib.has_checkpoint(workdir) else ckptlib.initial_weight_entries(t)
 
   # --- mesh ---------------------------------------------------------------------------------------
   mesh = mesh or sharding.make_mesh(dict(c.mesh))
-  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
+  validate(c, mesh)
+  logging.info("mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape), mesh.size,
+               jax.devices()[0].device_kind, jax.process_count())
 
   # --- model + optimizer --------------------------------------------------------------------------
   fcfg = model_config(c)
@@ -360,83 +487,113 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
   tx, schedule = optim.make_optimizer(c.optim, total_steps, abstract_params, t.get("frozen_regex") or None)
   labels = optim.param_labels(abstract_params, t.get("frozen_regex") or None)
 
-  # --- data ---------------------------------------------------------------------------------------
+  # --- data (records checked now; the iterator starts where the checkpoint says) -------------------
   from dreamfoley_jax.data import pipeline
 
-  if int(t.global_batch) % jax.process_count():
-    raise ValueError(f"train.global_batch={t.global_batch} not divisible by {jax.process_count()} hosts")
   pcfg = pipeline_config(c, fcfg)
-  dataset = pipeline.make_dataset(pcfg, c.data.train_records, process_index=jax.process_index(),
-                                  process_count=jax.process_count(), num_workers=int(c.data.get("num_workers", 0)))
-  data_iter = iter(dataset)
+  num_records = pipeline.count_records(c.data.train_records)
+  if num_records < G:
+    raise ConfigError(f"data.train_records: {num_records} records, fewer than one global batch "
+                      f"(train.global_batch={G})")
+  rows = host_rows_of(mesh, G)
 
   peak, peak_src = peak_flops_per_device()   # outside the mesh: the CPU probe runs on one device
 
-  with sharding.use_mesh(mesh):
-    # --- eval_shape -> shardings -> jit(init) -------------------------------------------------------
-    init_fn = make_init_fn(model, tx, fcfg, seed)
-    abstract_state = jax.eval_shape(init_fn)
-    state_sh = state_shardings(abstract_state, mesh, tx)
-    abstract_state = unbox_abstract(abstract_state)
+  ckpt = ckptlib.Checkpointer(workdir, every=int(t.get("ckpt_every", 1000)), keep=int(t.get("keep_ckpts", 3)),
+                              async_save=bool(t.get("async_ckpt", True)))
+  data_iter, writer, guard = None, None, None
+  ckptlib.sync_processes("start")     # processes start seconds apart; later steps run in lockstep
+  try:
+    with sharding.use_mesh(mesh):
+      # --- eval_shape -> shardings -> jit(init) -----------------------------------------------------
+      init_fn = make_init_fn(model, tx, fcfg, seed)
+      abstract_state = jax.eval_shape(init_fn)
+      state_sh = state_shardings(abstract_state, mesh, tx)
+      abstract_state = unbox_abstract(abstract_state)
 
-    # --- jit(update) with donated state ------------------------------------------------------------
-    update = make_train_step(model, fcfg, tx, schedule, labels, int(t.get("grad_accum", 1)))
-    spec0 = global_batch_spec(c, fcfg)
-    b_sh = batch_shardings(spec0, mesh)
-    p_update = jax.jit(update, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None), donate_argnums=0)
+      # --- jit(update) with donated state ----------------------------------------------------------
+      update = make_train_step(model, fcfg, tx, schedule, labels, int(t.get("grad_accum", 1)))
+      spec0 = global_batch_spec(c, fcfg)
+      b_sh = batch_shardings(spec0, mesh)
+      p_update = jax.jit(update, in_shardings=(state_sh, b_sh), out_shardings=(state_sh, None), donate_argnums=0)
 
-    # --- resume or init ---------------------------------------------------------------------------
-    ckpt = ckptlib.Checkpointer(workdir, every=int(t.get("ckpt_every", 1000)), keep=int(t.get("keep_ckpts", 3)),
-                                async_save=bool(t.get("async_ckpt", True)))
-    latest = ckpt.latest_step()
-    if latest is not None:
-      logging.info("resuming from %s/%d", ckpt.directory, latest)
-      state = ckpt.restore(ckptlib.abstract_with_shardings(abstract_state, state_sh), data_iter, latest)
-    else:
-      state = nn.unbox(jax.jit(init_fn, out_shardings=state_sh)())
-      if init_entries:
-        state = state.replace(params=ckptlib.load_initial_weights(state.params, state_sh.params, init_entries))
-    start = int(jax.device_get(state.step))
+      # --- resume or init ---------------------------------------------------------------------------
+      found = ckpt.restore_intact(ckptlib.abstract_with_shardings(abstract_state, state_sh))
+      position = {}
+      if found is not None:
+        state, position, latest = found
+        logging.info("resuming from %s/%d", ckpt.directory, latest)
+      else:
+        latest = None
+        state = nn.unbox(ckptlib.run_aligned(jax.jit(init_fn, out_shardings=state_sh)))
+        if init_entries:
+          state = state.replace(params=ckptlib.load_initial_weights(state.params, state_sh.params, init_entries))
+      start = int(jax.device_get(state.step))
+      start_example = _start_example(position, start, G, data_seed(c), num_records)
+      dataset = pipeline.make_dataset(pcfg, c.data.train_records, rows=rows, start_batch=start,
+                                      start_example=start_example, num_workers=int(c.data.get("num_workers", 0)))
+      data_iter = iter(dataset)
 
-    # --- loop ---------------------------------------------------------------------------------------
-    writer = MetricWriter(workdir, total_steps)
-    guard = ckptlib.PreemptionGuard()
-    n_mm = matmul_params(abstract_params)
-    logging.info("model FLOPs/step (largest bucket) %.3g; peak %.3g FLOP/s per device (%s)",
-                 step_flops(fcfg, n_mm, int(t.global_batch), seq_len({k: v.shape for k, v in spec0.items()})),
-                 peak, peak_src)
-    log_every = max(int(t.get("log_every", 50)), 1)
-    last_ckpt = latest
-    status = "finished"
-    pending = None          # (step, metrics) of the previous step, checked one step late (async dispatch)
-    t_last, steps_since, tokens_since, flops_since = time.perf_counter(), 0, 0, 0.0
+      # --- loop ---------------------------------------------------------------------------------------
+      writer = MetricWriter(workdir, total_steps)
+      guard = ckptlib.PreemptionGuard()
+      n_mm = matmul_params(abstract_params)
+      logging.info("model FLOPs/step (largest bucket) %.3g; peak %.3g FLOP/s per device (%s)",
+                   step_flops(fcfg, n_mm, G, seq_len({k: v.shape for k, v in spec0.items()})), peak, peak_src)
+      log_every = int(t.get("log_every", 50))
+      last_ckpt = latest
+      # The newest checkpoint is confirmed good once the step after it had a finite loss; until then a
+      # divergence at that next step discards it (its params may already be blown up).
+      unconfirmed = latest
+      status = "finished"
+      pending = None          # (step, metrics, inputs finite) of the previous step, checked one step late
+      t_last, steps_since, tokens_since, flops_since = time.perf_counter(), 0, 0, 0.0
 
-    def check(step_m):
-      s, m = step_m
-      loss, gn = jax.device_get((m["loss"], m["grad_norm"]))
-      if not (np.isfinite(loss) and np.isfinite(gn)):
+      def position_at(step):
+        return {"next_batch": step, "next_example": start_example + (step - start) * G, "global_batch": G,
+                "seed": data_seed(c), "records": num_records}
+
+      def check(step_m):
+        nonlocal unconfirmed
+        s, m, inputs_ok = step_m
+        loss, gn = jax.device_get((m["loss"], m["grad_norm"]))
+        if np.isfinite(loss) and np.isfinite(gn):
+          if unconfirmed is not None and s == unconfirmed + 1:
+            unconfirmed = None
+            ckpt.prune()
+          return
         ckpt.wait()
+        data_ok = ckptlib._all_hosts_ok(inputs_ok)
+        note = ""
+        if not data_ok:
+          note = " (its batch holds non-finite input features: check the records)"
+        elif unconfirmed is not None and s == unconfirmed + 1:
+          ckpt.discard(unconfirmed, "diverged")
+          note = (f"; checkpoint step {unconfirmed} was written just before it and is discarded (moved to "
+                  f"{ckpt.rejected_dir}): its next step diverged")
         good = ckpt.latest_step()
+        where = (f"step {good} in {ckpt.directory} (finite params; the step after it had a finite loss)"
+                 if good is not None else f"none: {ckpt.directory} holds no checkpoint")
         raise NonFiniteLossError(
-            f"non-finite loss={loss} / grad_norm={gn} at step {s}; stopping. The last good checkpoint is "
-            f"step {good} in {ckpt.directory} (nothing was saved after it). Lower optim.lr or check the data.")
+            f"non-finite loss={loss} / grad_norm={gn} at step {s}{note}; stopping. The last good checkpoint is "
+            f"{where}; nothing was saved after it. Lower optim.lr or check the data.")
 
-    try:
       step = start
       end = total_steps if max_steps_this_run is None else min(total_steps, start + max_steps_this_run)
       while step < end:
         local = next(data_iter)
+        inputs_ok = all(np.isfinite(v).all() for v in local.values() if np.issubdtype(v.dtype, np.floating))
         batch = {k: jax.make_array_from_process_local_data(b_sh[k], v) for k, v in local.items()}
         S = seq_len({k: v.shape for k, v in local.items()})
-        tokens = S * int(t.global_batch)
-        flops_since += step_flops(fcfg, n_mm, int(t.global_batch), S)
-        state, metrics = p_update(state, batch)
+        tokens = S * G
+        flops_since += step_flops(fcfg, n_mm, G, S)
+        state, metrics = ckptlib.run_aligned(p_update, state, batch)
         step += 1
         steps_since += 1
         tokens_since += tokens
         if pending is not None:
           check(pending)
-        pending = (step, metrics)
+        pending = (step, metrics, inputs_ok)
         if step % log_every == 0 or step == end:
           check(pending)
           now = time.perf_counter()
@@ -449,14 +606,40 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
         stop = guard.should_stop(step)
         if ckpt.should_save(step) or stop or step == total_steps:
           check(pending)
-          if ckpt.save(step, state, data_iter, force=True):
-            last_ckpt = step
+          try:
+            saved = ckpt.save(step, state, position_at(step), force=True)
+          except FloatingPointError as e:
+            good = ckpt.latest_step()
+            raise NonFiniteLossError(f"{e}; stopping. The last good checkpoint is step {good} in {ckpt.directory}. "
+                                     "Lower optim.lr or check the data.") from None
+          if saved:
+            last_ckpt = unconfirmed = step
         if stop:
           status = "preempted"
           logging.warning("preempted: checkpoint written at step %d, exiting", step)
           break
-    finally:
-      ckpt.close()
+  finally:
+    ckpt.close()
+    if writer is not None:
       writer.close()
+    if guard is not None:
       guard.restore()
+    if data_iter is not None and hasattr(data_iter, "close"):
+      data_iter.close()
   return TrainResult(step=step, status=status, last_checkpoint=last_ckpt, state=state)
+
+
+def _start_example(position: dict, step: int, G: int, seed: int, num_records: int) -> int:
+  """Where the data stream resumes, in examples of the global stream (any host count, any batch size)."""
+  if not position:
+    return step * G
+  if int(position.get("next_batch", step)) != step:
+    raise ckptlib.CheckpointError(f"checkpoint data position {position} does not match its train step {step}")
+  if position.get("seed") != seed or position.get("records") != num_records:
+    logging.warning("the data changed since the checkpoint (seed %s -> %s, records %s -> %s): the example stream "
+                    "resumes at the same position of the new order", position.get("seed"), seed,
+                    position.get("records"), num_records)
+  if position.get("global_batch") != G:
+    logging.warning("train.global_batch changed from %s to %d: resuming the example stream at example %d",
+                    position.get("global_batch"), G, int(position["next_example"]))
+  return int(position["next_example"])

@@ -97,3 +97,204 @@ def test_initial_weights_from_converted_checkpoint(runs, tmp_path):
     train.train(bad, str(tmp_path / "w2"), max_steps_this_run=0)
   assert ckptlib.parse_init_from(["a/b=gs://x/y::model", ("decoder", "/p")]) == [
       ("a/b", "gs://x/y", "model"), ("decoder", "/p", "")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: checksums verified at restore, a damaged latest step is reported and the previous used
+# --------------------------------------------------------------------------------------------------
+
+def _copy(runs, tmp_path, name="w"):
+  work = tmp_path / name
+  shutil.copytree(runs["root"] / "full", work)
+  return work
+
+
+def _value_files(step_dir):
+  """The step's files holding array data (zstd frames), in a stable order (orbax names them at random).
+
+  Some of them are left-overs the restore never reads (OCDBT merges the per-process databases)."""
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and b"\x28\xb5\x2f\xfd" in p.read_bytes()
+           and p.name != "manifest.ocdbt"]
+  return sorted(files, key=lambda p: (p.stat().st_size, p.read_bytes()[:64]))
+
+
+def _target(c):
+  mesh = sharding.make_mesh(dict(c.mesh))
+  return mesh, train.abstract_state(c, mesh)[0]
+
+
+def _restore(c, work, step):
+  mesh, target = _target(c)
+  ck = ckptlib.Checkpointer(str(work), async_save=False)
+  try:
+    with sharding.use_mesh(mesh):
+      return jax.device_get(ck.restore(target, step)[0])
+  finally:
+    ck.close()
+
+
+def test_single_bit_flips_never_load_silently(runs, tmp_path):
+  """12 single-bit flips in the array files of step 8, one per copy: 4 in the root database file (its
+  B-tree nodes and data: always detected), 8 in the per-process data files. Each flip is detected, or
+  (a flip in bytes the restore never reads: OCDBT leaves superseded files behind) the restored state is
+  bit-identical to what was saved. Never changed values."""
+  c, ref = runs["c"], jax.device_get(runs["full"].state)
+  rng = np.random.default_rng(0)
+  outcome = []
+  for trial in range(12):
+    work = tmp_path / f"t{trial}"
+    shutil.copytree(runs["root"] / "full" / "checkpoints" / "8", work / "checkpoints" / "8")
+    step = work / "checkpoints" / "8"
+    root_files = sorted((step / "state" / "d").iterdir())
+    files = root_files if trial < 4 else [f for f in _value_files(step) if f not in root_files]
+    f = files[int(rng.integers(len(files)))]
+    b = bytearray(f.read_bytes())
+    b[int(rng.integers(len(b)))] ^= 1 << int(rng.integers(8))
+    f.write_bytes(bytes(b))
+    try:
+      st = _restore(c, work, 8)
+    except ckptlib.CorruptCheckpointError as e:
+      outcome.append("checksum" if str(e).startswith("checksum") else "read error")
+      continue
+    jax.tree.map(np.testing.assert_array_equal, st.params, ref.params)
+    jax.tree.map(np.testing.assert_array_equal, st.opt_state, ref.opt_state)
+    outcome.append("unread")
+  print("single-bit flips:", outcome)
+  assert "unread" not in outcome[:4], outcome
+
+
+def _flip_every_kb(step):
+  for f in _value_files(step):
+    b = bytearray(f.read_bytes())
+    for pos in range(500, len(b), 1000):
+      b[pos] ^= 0x10
+    f.write_bytes(bytes(b))
+
+
+def _truncate(step):
+  for f in _value_files(step):     # as an interrupted copy leaves them
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _nan_in_nu(step):
+  """The issue's case: bytes of one Adam moment replaced (here: rewritten through orbax, so every
+  file is well formed and only the checksums can tell)."""
+  import orbax.checkpoint as ocp
+
+  tree = ocp.StandardCheckpointer().restore(step / "state")
+  tree["opt_state"][1][0]["nu"]["audio_embed"] = np.full_like(tree["opt_state"][1][0]["nu"]["audio_embed"], 2.8e38)
+  shutil.rmtree(step / "state")
+  ck = ocp.StandardCheckpointer()
+  ck.save(step / "state", tree)
+  ck.wait_until_finished()
+
+
+DAMAGE = {
+    "bit flips in every data file": _flip_every_kb,
+    "truncated data file": _truncate,
+    "rewritten moment": _nan_in_nu,
+    "empty step directory": lambda step: (shutil.rmtree(step), step.mkdir()),
+    "missing state/_METADATA": lambda step: (step / "state" / "_METADATA").unlink(),
+    "missing state/manifest.ocdbt": lambda step: (step / "state" / "manifest.ocdbt").unlink(),
+    "missing checksums": lambda step: shutil.rmtree(step / "checksums"),
+    "missing data position": lambda step: shutil.rmtree(step / "data"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_latest_checkpoint_is_reported_and_the_previous_used(runs, tmp_path, damage, caplog):
+  c = runs["c"]
+  work = _copy(runs, tmp_path)
+  DAMAGE[damage](work / "checkpoints" / "8")
+  mesh, target = _target(c)
+  ck = ckptlib.Checkpointer(str(work), async_save=False)
+  with caplog.at_level("WARNING"), sharding.use_mesh(mesh):
+    state, data, step = ck.restore_intact(target)
+  ck.close()
+  assert step == 4 and int(state.step) == 4 and data["next_batch"] == 4
+  log = caplog.text
+  assert "checkpoint step 8" in log and "previous intact step 4" in log, log
+  assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4]
+  assert [p.name.split("-")[:2] for p in (work / "rejected_checkpoints").iterdir()] == [["8", "corrupt"]]
+
+
+def test_resume_after_a_corrupt_latest_checkpoint_reaches_the_same_state(runs, tmp_path):
+  """train() skips the truncated step 8, resumes at 4 and ends bitwise where the intact run ended."""
+  work = _copy(runs, tmp_path)
+  _truncate(work / "checkpoints" / "8")
+  res = train.train(runs["c"], str(work))
+  assert res.step == 8 and res.last_checkpoint == 8
+  a, b = jax.device_get(runs["full"].state), jax.device_get(res.state)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+
+
+def test_no_intact_checkpoint_is_an_error_naming_each(runs, tmp_path):
+  work = _copy(runs, tmp_path)
+  _truncate(work / "checkpoints" / "8")
+  (work / "checkpoints" / "4" / "state" / "_METADATA").unlink()
+  with pytest.raises(ckptlib.CheckpointError, match=r"no intact checkpoint in .*step 8: .*step 4: "):
+    train.load_checkpoint(runs["c"], str(work))
+  with pytest.raises(ckptlib.CheckpointError, match=r"no intact checkpoint"):   # a restart fails again:
+    train.train(runs["c"], str(work))                                              # nothing starts afresh
+  assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8] and not (work / "rejected_checkpoints").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Last good means good
+# --------------------------------------------------------------------------------------------------
+
+def test_after_divergence_the_kept_checkpoint_is_good_and_trains_on(runs, tmp_path):
+  """lr 1e30 from step 8: step 9's loss is finite (params of step 8) but its params blow up; the
+  checkpoint written at 9 is discarded when step 10 diverges, the error names 8, and 8 trains on."""
+  work = _copy(runs, tmp_path)
+  c = th.tiny_config(runs["pattern"], **{"train.steps": 12, "train.ckpt_every": 1, "optim.lr": 1e30,
+                                         "optim.warmup_steps": 0})
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"at step 10; checkpoint step 9 .* discarded .* last good checkpoint is step 8 "):
+    train.train(c, str(work))
+  rows = [json.loads(l) for l in open(work / "metrics.jsonl")]
+  assert [r["step"] for r in rows][-1] == 9 and np.isfinite(rows[-1]["loss"])        # step 9 looked fine
+  assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8]
+  rejected = list((work / "rejected_checkpoints").iterdir())
+  assert [p.name.split("-")[:2] for p in rejected] == [["9", "diverged"]]
+  shutil.copytree(rejected[0], tmp_path / "rej" / "checkpoints" / "9")     # kept for inspection: blown up
+  blown = _restore(c, tmp_path / "rej", 9)
+  assert max(np.abs(x).max() for x in jax.tree.leaves(blown.params)) > 1e20
+  st = jax.device_get(train.load_checkpoint(c, str(work)))
+  assert int(st.step) == 8 and all(np.isfinite(x).all() and np.abs(x).max() < 1e3 for x in jax.tree.leaves(st.params))
+  # Resuming as the message advises (a sane lr) trains on with finite losses.
+  sane = th.tiny_config(runs["pattern"], **{"train.steps": 11})
+  res = train.train(sane, str(work))
+  assert res.step == 11 and res.status == "finished"
+  assert all(np.isfinite(losses_by_step(work)[s]) for s in (9, 10, 11))
+
+
+def _rewrite_param(step):
+  """One weight matrix rewritten through orbax: the files are well formed, only the checksums can tell."""
+  import orbax.checkpoint as ocp
+
+  tree = ocp.StandardCheckpointer().restore(step / "state")
+  tree["params"]["audio_embed"] = tree["params"]["audio_embed"] * 1.5
+  shutil.rmtree(step / "state")
+  ck = ocp.StandardCheckpointer()
+  ck.save(step / "state", tree)
+  ck.wait_until_finished()
+
+
+def test_exported_params_are_verified(runs, tmp_path, caplog):
+  """model_dir.train_params (tools/export_model.py) checks the params against the trainer's checksums:
+  a rewritten newest step falls back to the previous intact one; asking for it by number is an error."""
+  from dreamfoley_jax import model_dir
+
+  work = _copy(runs, tmp_path)
+  step, params = model_dir.train_params(work)
+  assert step == 8
+  jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(runs["full"].state.params))
+  _rewrite_param(work / "checkpoints" / "8")
+  with caplog.at_level("WARNING"):
+    step, _ = model_dir.train_params(work)
+  assert step == 4 and "step 8: CorruptCheckpointError: checksum mismatch in 1 of" in caplog.text, caplog.text
+  assert "previous intact checkpoint step 4" in caplog.text
+  with pytest.raises(model_dir.ModelDirError, match=r"no intact checkpoint \(step 8: .*checksum mismatch.*audio_embed"):
+    model_dir.train_params(work, 8)

@@ -83,7 +83,7 @@ def test_dataset_is_deterministic_sharded_and_resumable(shards):
   p = _cfg()
   ds = pipeline.make_dataset(p, shards)
   it = iter(ds)
-  first = [next(it) for _ in range(5)]
+  first = [next(it) for _ in range(6)]
   again = [next(iter(pipeline.make_dataset(p, shards))) for _ in range(1)]
   for k in first[0]:
     np.testing.assert_array_equal(first[0][k], again[0][k])
@@ -97,19 +97,70 @@ def test_dataset_is_deterministic_sharded_and_resumable(shards):
   for a, b in zip(nxt, [next(it2) for _ in range(3)]):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  # Epochs: 12 records / batch 4 = 3 batches per epoch; every record once per epoch, reshuffled.
-  ids = [sorted(int(x) for x in b["sync_feats"][:, 0, 1]) for b in first[:3]]
-  assert sorted(sum(ids, [])) == list(range(12))
-  # Two hosts: disjoint halves of the records, same bucket (shapes) at the same step.
-  h0 = iter(pipeline.make_dataset(_cfg(batch_size=2), shards, process_index=0, process_count=2))
-  h1 = iter(pipeline.make_dataset(_cfg(batch_size=2), shards, process_index=1, process_count=2))
+  # Epochs: 12 records / batch 4 = 3 batches per epoch; every record once per epoch, reshuffled: the
+  # second epoch holds all 12 again, in another order.
+  order = [int(x) for b in first for x in b["sync_feats"][:, 0, 1]]
+  ep1, ep2 = order[:12], order[12:24]
+  assert sorted(ep1) == sorted(ep2) == list(range(12))
+  assert ep1 != ep2, "the second epoch repeats the first one's order"
+  # Two hosts: disjoint halves of every global batch (all 12 records in 3 batches), same bucket.
+  h0 = iter(pipeline.make_dataset(p, shards, process_index=0, process_count=2))
+  h1 = iter(pipeline.make_dataset(p, shards, process_index=1, process_count=2))
   seen0, seen1 = set(), set()
   for _ in range(3):
     a, b = next(h0), next(h1)
-    assert a["audio_ids"].shape == b["audio_ids"].shape
+    assert a["audio_ids"].shape[1:] == b["audio_ids"].shape[1:] and len(a["audio_ids"]) == len(b["audio_ids"]) == 2
     seen0 |= set(int(x) for x in a["sync_feats"][:, 0, 1])
     seen1 |= set(int(x) for x in b["sync_feats"][:, 0, 1])
   assert not seen0 & seen1 and len(seen0 | seen1) == 12
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_global_batches_do_not_depend_on_the_host_count(shards):
+  """1, 2 and 4 hosts: the hosts' rows, stacked in host order, are the 1-host global batch, bit for bit
+  (records, crops, buckets), over more than one epoch (12 records, global batch 4, 5 steps)."""
+  p = _cfg()
+  one = _take(iter(pipeline.make_dataset(p, shards)), 5)
+  for n in (2, 4):
+    hosts = [_take(iter(pipeline.make_dataset(p, shards, process_index=h, process_count=n)), 5) for h in range(n)]
+    for i in range(5):
+      _same(one[i], {k: np.concatenate([hosts[h][i][k] for h in range(n)]) for k in one[i]})
+  # Any row set (e.g. a mesh whose devices interleave the hosts): the same rows of the same batches.
+  odd = _take(iter(pipeline.make_dataset(p, shards, rows=(1, 3))), 5)
+  for i in range(5):
+    _same(odd[i], {k: v[[1, 3]] for k, v in one[i].items()})
+  # Different crops per example: the same clip at two rows of one batch gets independent crops.
+  two = pipeline.BatchTransform(p)(7, [records.encode_example(next(_examples(1, seconds=(12,))))] * 2, rows=(0, 1))
+  starts = [int(two["sync_feats"][i, 0, 0]) for i in range(2)]
+  lens = [int(two["video_mask"][i].sum()) for i in range(2)]
+  assert (starts[0], lens[0]) != (starts[1], lens[1])
+
+
+def test_resume_from_a_global_position(shards):
+  """The stream restarts at (batch index, example offset), the only state a checkpoint keeps."""
+  p = _cfg()
+  ref = _take(iter(pipeline.make_dataset(p, shards)), 6)
+  later = _take(iter(pipeline.make_dataset(p, shards, start_batch=3)), 3)
+  for a, b in zip(ref[3:], later):
+    _same(a, b)
+  # Half the hosts, resumed at step 3: its rows of batches 3.. of the 1-host stream.
+  h1 = _take(iter(pipeline.make_dataset(p, shards, process_index=1, process_count=2, start_batch=3)), 3)
+  for a, b in zip(ref[3:], h1):
+    _same({k: v[2:] for k, v in a.items()}, b)
+  # A new global batch size resumes the example stream where it stopped: batch 3 of size 4 started at
+  # example 12, so 2-example batches from example 12 hold the same records in the same order.
+  small = _take(iter(pipeline.make_dataset(_cfg(batch_size=2), shards, start_batch=3, start_example=12)), 2)
+  ids = [int(x) for b in small for x in b["sync_feats"][:, 0, 1]]
+  assert ids == [int(x) for x in ref[3]["sync_feats"][:, 0, 1]]
 
 
 def test_config_errors(tmp_path):
@@ -117,6 +168,8 @@ def test_config_errors(tmp_path):
     _cfg(bucket_seconds=(4.0,))
   with pytest.raises(FileNotFoundError, match="matches no files"):
     pipeline.expand_paths(str(tmp_path / "nothing-*.array_record"))
+  with pytest.raises(ValueError, match="not divisible by 3 processes"):
+    pipeline.host_rows(4, 0, 3)
   with pytest.raises(FileExistsError):
     writer.write_records(_examples(2), tmp_path, num_shards=1)
     writer.write_records(_examples(2), tmp_path, num_shards=1)

@@ -1,5 +1,8 @@
-"""Train step on the 8-device simulated CPU mesh: sharding, grad accumulation, frozen groups, learning."""
+"""Train step on the 8-device simulated CPU mesh: sharding, grad accumulation, frozen groups, learning,
+impossible values."""
 import json
+import os
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -21,7 +24,7 @@ def data_dir(tmp_path_factory):
 
 
 def _batch(c, fcfg, index=0, n=8):
-  p = train.pipeline_config(c, fcfg, local_batch=n)
+  p = train.pipeline_config(c, fcfg, batch_size=n)
   raw = [records.encode_example(e) for e in th.make_examples(n, seed=index)]
   return pipeline.BatchTransform(p)(index, raw)
 
@@ -139,3 +142,58 @@ def test_loss_falls_on_learnable_data(data_dir, tmp_path):
   for key in ("acc/k0", "ce/k7", "grad_norm", "lr", "tokens_per_s", "mfu", "step_time_s"):
     assert key in rows[-1] and np.isfinite(rows[-1][key])
   assert (tmp_path / "w" / "tb").is_dir() and any((tmp_path / "w" / "tb").iterdir())
+
+
+BAD_VALUES = [
+    ({"train.steps": -5}, r"train.steps=-5: must be an integer >= 0"),
+    ({"train.ckpt_every": 0}, r"train.ckpt_every=0: must be an integer >= 1"),
+    ({"train.keep_ckpts": 0}, r"train.keep_ckpts=0: must be an integer >= 1"),
+    ({"train.log_every": -1}, r"train.log_every=-1: must be an integer >= 1"),
+    ({"train.global_batch": 0}, r"train.global_batch=0: must be an integer >= 1"),
+    ({"train.grad_accum": 3}, r"train.global_batch=8 is not divisible by train.grad_accum=3"),
+    ({"train.global_batch": 6}, r"train.global_batch=6 is not divisible by the 4 batch shards of mesh"),
+    ({"train.grad_accum": 4}, r"train.global_batch=8 / grad_accum=4 is not divisible by the 4 batch shards"),
+    ({"data.num_workers": -2}, r"data.num_workers=-2: must be an integer >= 0"),
+    ({"train.global_batch": 32}, r"data.train_records: 24 records, fewer than one global batch"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_VALUES, ids=[next(iter(o)) + "=" + str(next(iter(o.values())))
+                                                             for o, _ in BAD_VALUES])
+def test_impossible_values_are_one_line_errors_before_any_compile(data_dir, tmp_path, override, message):
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+  c = th.tiny_config(data_dir, **override)
+  with pytest.raises(train.ConfigError, match=message) as e:
+    train.train(c, str(tmp_path / "w"), mesh=sharding.make_mesh({"data": 4}, devices=jax.devices()[:4]))
+  assert "\n" not in str(e.value) and not compiles, compiles
+  assert not (tmp_path / "w").exists()
+
+
+def test_process_count_and_launch_errors():
+  c = th.tiny_config("unused")
+  with pytest.raises(train.ConfigError, match=r"global_batch=8 is not divisible by the 3 processes"):
+    train.validate(c, process_count=3)
+  with pytest.raises(train.ConfigError, match=r"--coordinator_address \(or JAX_COORDINATOR_ADDRESS\), "
+                                              r"--process_id \(or JAX_PROCESS_ID\) not set"):
+    train.init_distributed(num_processes=2)
+  with pytest.raises(train.ConfigError, match=r"--process_id=2 with --num_processes=2"):
+    train.init_distributed("127.0.0.1:1", 2, 2)
+  assert train.init_distributed().startswith("single process")      # no cluster here: nothing started
+  assert not jax.distributed.is_initialized()
+  # One process owns every row of the global batch; the rows follow the mesh's device order.
+  assert train.host_rows_of(sharding.make_mesh({"data": 8}), 16) == tuple(range(16))
+
+
+def test_tool_exits_2_with_one_line(tmp_path):
+  import subprocess
+  import sys
+
+  cfg = th.config_file(tmp_path / "cfg.py", "unused", **{"train.steps": -5})
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, "tools/train.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}"],
+                       capture_output=True, text=True, timeout=600, cwd=root,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == "ERROR: train.steps=-5: must be an integer >= 0"

@@ -62,60 +62,11 @@ def model_config(name, variant):
 random_batch = bench_common.random_prompt_batch
 
 
-def random_params(cfg, seed=0):
-  """Random weights of the model's shapes and dtypes, drawn leaf by leaf on the device: N(0, 0.02), norm
-  scales 1. Much faster to build than `foley.init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
-  mostly compiling); for timing only."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  from dreamfoley_jax.models import foley
-
-  shapes = nn.unbox(foley.abstract_params(cfg))
-  draw = jax.jit(lambda k, shape, dtype: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
-                 static_argnums=(1, 2))
-  flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
-  out = []
-  for i, (path, s) in enumerate(flat):
-    name = jax.tree_util.keystr(path)
-    if "norm" in name:
-      out.append(jnp.ones(s.shape, s.dtype))
-    else:
-      out.append(draw(jax.random.fold_in(jax.random.key(seed), i), s.shape, s.dtype))
-  return jax.tree_util.tree_unflatten(tree, out)
+random_params = bench_common.device_random_params
 
 
 def check_greedy(variant):
-  """temperature 0 == argmax of the teacher-forced guided logits (full forward, no KV cache), on device."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  from dreamfoley_jax import sample as S
-  from dreamfoley_jax.models import foley
-
-  cfg = model_config("tiny", variant)
-  params = foley.init_params(cfg, seed=1)
-  # Sharper heads (as tests/test_sample.py): well-separated logits, so float rounding cannot flip an argmax.
-  params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0
-  b, lengths = random_batch(cfg, 2, 25, seed=3), np.array([25, 17])
-  sc = S.SampleConfig(temperature=0.0, cfg_scale=3.0)
-  with jax.default_matmul_precision("highest"):
-    r = S.sample(cfg, params, b, lengths, sample_cfg=sc)
-    ids = r["delayed"]
-    B = 2
-    fwd = jax.jit(lambda p, x, d: foley.DreamFoley(cfg).apply({"params": p}, x, d, d)[0])
-    full = {k: jnp.asarray(v) for k, v in dict(b, audio_ids=ids, audio_vacant=r["vacant"]).items()}
-    cond = np.asarray(fwd(params, full, jnp.zeros(B, bool)), np.float32)
-    unc = np.asarray(fwd(params, full, jnp.ones(B, bool)), np.float32)
-  g = unc + 3.0 * (cond - unc)
-  g[..., cfg.codebook_size:] = -np.inf
-  want = g.argmax(-1)[:, :-1]                                   # row j predicts column j + 1
-  _, known, _ = S.delayed_layout(cfg, lengths, ids.shape[1])
-  code = ~known[:, 1:]
-  agree = float((ids[:, 1:][code] == want[code]).mean())
-  return agree, int(code.sum())
+  return bench_common.check_greedy(model_config("tiny", variant))
 
 
 def main(argv):

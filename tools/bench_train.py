@@ -39,7 +39,7 @@ def main(argv):
   tx, sched = optim.make_optimizer(c.optim, int(c.train.steps), ap, c.train.get("frozen_regex") or None)
   labels = optim.param_labels(ap, c.train.get("frozen_regex") or None)
   B = int(c.train.global_batch)
-  p = train.pipeline_config(c, fcfg, local_batch=B)
+  p = train.pipeline_config(c, fcfg, batch_size=B)
   spec = pipeline.batch_spec(p)
   rng = np.random.default_rng(0)
   batch = {k: (rng.integers(0, 16, s).astype(d) if d == np.int32 else

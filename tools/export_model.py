@@ -22,7 +22,7 @@ from dreamfoley_jax import model_dir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the experiment config the workdir trained with")
 flags.DEFINE_string("workdir", None, "training workdir (tools/train.py --workdir)", required=True)
-flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+flags.DEFINE_integer("step", None, "checkpoint step (default: the latest intact one)")
 flags.DEFINE_string("codec", None, "audio codec: a synthetic codec .npz or a converted higgs-audio-v2 tokenizer "
                     "directory", required=True)
 flags.DEFINE_string("tokenizer", None, "caption tokenizer: tokenizer.json or a directory holding one", required=True)

@@ -1,20 +1,27 @@
-"""grain input pipeline: ArrayRecord shards -> per-host shuffled, cropped, delayed, bucketed batches.
+"""grain input pipeline: ArrayRecord shards -> shuffled, cropped, delayed, bucketed global batches.
 
-  ArrayRecordDataSource -> MapDataset[host shard] -> shuffle(seed) -> repeat (reshuffled per epoch)
-  -> batch(local batch, raw bytes) -> map_with_index(BatchTransform) -> to_iter_dataset [-> mp_prefetch]
+  range(records) -> shuffle(seed) -> repeat (reshuffled per epoch) -> [examples already seen:]
+  -> batch(GLOBAL batch of record indices) -> this host's rows, read -> BatchTransform
+  -> to_iter_dataset [-> mp_prefetch]
+
+Host-count independence: every host walks the same global stream of record indices (a function of
+the seed alone) and reads only its rows of each global batch, the rows
+`jax.make_array_from_process_local_data` places on its devices; so 1, 2 or 64 processes train on the
+same global batches. The position in the stream is (global batch index, examples consumed), the same
+on every host, which is what a checkpoint stores (any host count can resume from it).
 
 Crops (paper 5.1: random 2-10 s): the crop START lies on the 1 s grid, the only grid shared by the
 25 Hz streams (audio codes, Synchformer features) and the 4 fps CLIP features, so all three stay exactly
 aligned and the model's nearest-previous CLIP upsampling (`foley.upsample_index`) sees the same
 phase as in a full clip. The crop LENGTH is any whole number of 25 Hz frames; the CLIP features keep
 ceil(len * 4 / 25) frames (the last one may cover a partial 0.25 s window, as it does at a clip's end).
+Each example's crop comes from an rng seeded by (seed, batch index, its row in the global batch).
 
 Length buckets: each batch index draws one bucket (upper edges `bucket_seconds`, chosen with
 probability proportional to its share of [crop_min_s, crop_max_s], so crop lengths stay uniform over
 the whole range) from an rng seeded by (seed, batch index); every host therefore builds the same shapes
 for the same step, and a batch is padded only up to its bucket. Every random choice is a function of
-(seed, batch index, position), so the stream is deterministic and the grain iterator state (a position)
-is all a checkpoint needs.
+(seed, batch index, global row), so the stream is deterministic.
 
 Batches hold exactly the inputs `DreamFoley.__call__` takes: text_ids, text_mask, sync_feats and/or
 clip_feats, video_mask, audio_ids (delayed, time-major), audio_mask, audio_vacant.
@@ -22,6 +29,7 @@ clip_feats, video_mask, audio_ids (delayed, time-major), audio_mask, audio_vacan
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import math
 from typing import Any, Mapping, Sequence
@@ -34,7 +42,7 @@ from dreamfoley_jax.data import records
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  batch_size: int                      # per host
+  batch_size: int                      # GLOBAL batch (examples per step, all hosts together)
   num_codebooks: int = 8
   codebook_size: int = 1024
   use_sync: bool = True
@@ -127,7 +135,7 @@ def _frame_size(fcfg) -> int:
 
 
 def batch_spec(p: PipelineConfig, batch_size: int | None = None, bucket: int = -1) -> dict[str, tuple[tuple, Any]]:
-  """{key: (shape, dtype)} of a batch of `bucket` (default: the largest) and `batch_size` (default: host)."""
+  """{key: (shape, dtype)} of a batch of `bucket` (default: the largest) and `batch_size` (default: global)."""
   B = p.batch_size if batch_size is None else batch_size
   tv, tc, la = p.bucket_shapes(bucket if bucket >= 0 else len(p.edges()) - 1)
   K = p.num_codebooks
@@ -167,7 +175,7 @@ def _available_frames(p: PipelineConfig, ex: Mapping[str, Any]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchTransform:
-  """(batch index, list of serialized records) -> padded numpy batch. Picklable (worker processes)."""
+  """(batch index, serialized records[, their global rows]) -> padded numpy batch. Picklable (workers)."""
   p: PipelineConfig
 
   def choose_bucket(self, rng: np.random.Generator) -> int:
@@ -176,10 +184,10 @@ class BatchTransform:
       return 0
     return int(rng.choice(len(widths), p=widths / widths.sum()))
 
-  def __call__(self, index: int, raw: Sequence[bytes]) -> dict[str, np.ndarray]:
+  def __call__(self, index: int, raw: Sequence[bytes], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     p = self.p
-    rng = np.random.default_rng([p.seed, int(index)])
-    bucket = self.choose_bucket(rng)
+    rows = range(len(raw)) if rows is None else rows
+    bucket = self.choose_bucket(np.random.default_rng([p.seed, int(index)]))
     lo_s, hi_s = p.edges()[bucket]
     spec = batch_spec(p, len(raw), bucket)
     out = {k: np.zeros(s, d) for k, (s, d) in spec.items()}
@@ -187,7 +195,8 @@ class BatchTransform:
     out["audio_ids"][:] = p.eos_id
     K = p.num_codebooks
     lo_f, hi_f = max(p.frames(lo_s), 1), p.frames(hi_s)
-    for i, data in enumerate(raw):
+    for i, (data, row) in enumerate(zip(raw, rows)):
+      rng = np.random.default_rng([p.seed, int(index), int(row)])   # per example: any host split
       ex = records.decode_example(data)
       avail = _available_frames(p, ex)
       want = int(rng.integers(lo_f, hi_f + 1))
@@ -226,8 +235,54 @@ class BatchTransform:
     return out
 
 
-def _list(xs):
-  return list(xs)
+@dataclasses.dataclass(frozen=True)
+class _ReadRows:
+  """Global batch `j` of record indices -> {index, rows, raw}: this host's rows, read from the source."""
+  source: Any
+  rows: tuple[int, ...]
+  first_index: int
+
+  def __call__(self, j: int, idx_G: np.ndarray) -> dict[str, Any]:
+    idx = [int(idx_G[r]) for r in self.rows]
+    get = getattr(self.source, "__getitems__", None)        # ArrayRecord: one batched read
+    raw = list(get(idx)) if get is not None else [self.source[i] for i in idx]
+    return {"index": self.first_index + int(j), "rows": self.rows, "raw": raw}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+  transform: BatchTransform
+
+  def __call__(self, el: dict[str, Any]) -> dict[str, np.ndarray]:
+    return self.transform(el["index"], el["raw"], el["rows"])
+
+
+def host_rows(global_batch: int, process_index: int = 0, process_count: int = 1) -> tuple[int, ...]:
+  """The contiguous slice of a global batch that host `process_index` of `process_count` reads."""
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+  n = global_batch // process_count
+  return tuple(range(process_index * n, (process_index + 1) * n))
+
+
+def _exit_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 1):
+  """grain worker init: exit as soon as the trainer is gone, however it ended (SIGKILL included).
+
+  A thread polls getppid() rather than PR_SET_PDEATHSIG, which fires when the parent THREAD exits
+  (grain starts workers from short-lived helper threads) and exists only on Linux.
+  """
+  import os
+  import threading
+  import time
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(0.25)
+    os._exit(0)
+
+  if os.getppid() != parent_pid:
+    os._exit(0)
+  threading.Thread(target=watch, daemon=True, name="exit-with-trainer").start()
 
 
 def expand_paths(pattern: str | Sequence[str]) -> list[str]:
@@ -259,24 +314,43 @@ def records_source(paths: str | Sequence[str]):
   return grain.sources.ArrayRecordDataSource(expand_paths(paths))
 
 
+def count_records(paths: str | Sequence[str]) -> int:
+  return len(records_source(paths))
+
+
 def make_dataset(p: PipelineConfig, paths: str | Sequence[str], *, process_index: int = 0, process_count: int = 1,
+                 rows: Sequence[int] | None = None, start_batch: int = 0, start_example: int | None = None,
                  num_workers: int = 0, shuffle: bool = True):
-  """Infinite grain IterDataset of host-local batches (this host's 1/process_count of every global batch)."""
+  """Infinite grain IterDataset: element i = this host's `rows` of global batch `start_batch + i`.
+
+  Global batches hold `p.batch_size` consecutive examples of the seed's shuffled, per-epoch reshuffled
+  stream of record indices, starting at example `start_example` (default start_batch * batch size).
+  `rows` (sorted global rows, default the process_index-th of process_count contiguous slices) must be
+  the rows `jax.make_array_from_process_local_data` puts on this host (train.host_rows_of).
+  """
+  import os
+
   import grain
 
+  G = p.batch_size
+  rows = tuple(int(r) for r in (host_rows(G, process_index, process_count) if rows is None else rows))
+  if not rows or list(rows) != sorted(set(rows)) or rows[0] < 0 or rows[-1] >= G:
+    raise ValueError(f"rows {rows[:8]}...: need sorted distinct rows of the global batch of {G}")
   src = records_source(paths)
   n = len(src)
-  if n < process_count:
-    raise ValueError(f"{n} records cannot be split over {process_count} hosts")
-  ds = grain.MapDataset.source(src)[process_index::process_count]
-  if len(ds) < p.batch_size:
-    raise ValueError(f"host {process_index}: {len(ds)} records, fewer than one batch of {p.batch_size}")
+  if n < G:
+    raise ValueError(f"data.train_records: {n} records, fewer than one global batch of {G} "
+                     "(lower train.global_batch or add records)")
+  start_example = start_batch * G if start_example is None else int(start_example)
+  if start_batch < 0 or start_example < 0:
+    raise ValueError(f"start_batch={start_batch} / start_example={start_example}: must be >= 0")
+  idx = grain.MapDataset.range(n)
   if shuffle:
-    ds = ds.shuffle(seed=p.seed)
-  ds = ds.repeat(None)
-  ds = ds.batch(p.batch_size, drop_remainder=True, batch_fn=_list)
-  ds = ds.map_with_index(BatchTransform(p))
+    idx = idx.shuffle(seed=p.seed)
+  idx = idx.repeat(None)[start_example:].batch(G)
+  ds = idx.map_with_index(_ReadRows(src, rows, int(start_batch))).map(_Build(BatchTransform(p)))
   it_ds = ds.to_iter_dataset()
   if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
+                              worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return it_ds

@@ -47,7 +47,8 @@ class Qwen2Config:
   dtype: str = "float32"            # compute dtype; norms, softmax and rope run in fp32 regardless
   scan_layers: bool = False
   remat_policy: str = "none"        # none | full | dots | dots_no_batch | save_qkv_out
-  attention_impl: str = "xla"       # xla (einsum + softmax) | dot_product_attention (jax.nn; cudnn on GPU)
+  attention_impl: str = "xla"       # xla (einsum + softmax) | dot_product_attention (jax.nn, its default: XLA)
+                                    # | cudnn (jax.nn's cuDNN flash kernel: GPU only; training and prefill)
                                     # | blocked (causal query blocks that skip fully masked key blocks)
   attention_block: int = 256        # query block size of attention_impl="blocked"
   fuse_projections: bool = False    # one matmul for q|k|v and one for gate|up (kernels concatenated per call)
@@ -67,6 +68,10 @@ PRESETS: dict[str, Qwen2Config] = {
                         max_position_embeddings=4096),
     "qwen2.5-0.5b": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                 num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                max_position_embeddings=32768),
+    "qwen2.5-1.5b": Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                 rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                                 max_position_embeddings=32768),
     "qwen2.5-7b": Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
@@ -273,11 +278,43 @@ def blocked_causal_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, block:
   return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
 
 
+# The kernel behind attention_impl="cudnn". Tests set "xla" to run the same code path (mask handling, padding,
+# cache transposes) on CPU against the einsum attention.
+FLASH_IMPLEMENTATION = "cudnn"
+
+
+def flash_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, *, self_causal: bool):
+  """`jax.nn.dot_product_attention(implementation=FLASH_IMPLEMENTATION)`: cuDNN's flash kernel on NVIDIA GPUs.
+
+  self_causal: the mask is causal-by-slot & key-valid over the same T slots (training, no cache), so the
+  kernel's own causal mask skips the upper triangle and only key padding rides along (as its bias, the
+  valid row broadcast over the queries: the last query row of such a mask is the key-valid row). Else the
+  whole mask is the bias (prefill against a KV cache). cuDNN's training kernel with a bias needs even
+  lengths: an odd T gets one masked key / dropped query slot (same result).
+  """
+  B, T = q_BxTxHxE.shape[:2]
+  if self_causal:
+    valid_BxS = mask_BxTxS[:, -1]
+    if T % 2:
+      pad = lambda x: jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+      q_BxTxHxE, k_BxSxKxE, v_BxSxKxE = pad(q_BxTxHxE), pad(k_BxSxKxE), pad(v_BxSxKxE)
+      valid_BxS = jnp.pad(valid_BxS, ((0, 0), (0, 1)))
+    S = valid_BxS.shape[1]
+    mask = jnp.broadcast_to(valid_BxS[:, None, None, :], (B, 1, S, S))
+  else:
+    mask = mask_BxTxS[:, None]
+  out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask, is_causal=self_causal,
+                                     implementation=FLASH_IMPLEMENTATION)
+  return out[:, :T]
+
+
 def attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, impl: str = "xla"):
   """Grouped-query attention; mask True = may attend. Softmax in fp32."""
   B, T, H, E = q_BxTxHxE.shape
   K = k_BxSxKxE.shape[2]
   G = H // K
+  if impl == "cudnn":
+    return flash_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, self_causal=True)
   if impl == "dot_product_attention":
     out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_BxTxS[:, None])
     return out
@@ -320,9 +357,13 @@ class Qwen2Attention(nn.Module):
       cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(cdt).transpose(0, 2, 1, 3),
                                         (0, 0, cache_index, 0))
       new_cache = {"k": ck, "v": cv}
-      q_kv = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)                  # B K G T E
-      out = _attend_kv_major(q_kv, ck.astype(q.dtype), cv.astype(q.dtype), mask_BxTxS, keys_transposed=True)
-      out = out.transpose(0, 3, 1, 2, 4)
+      if c.attention_impl == "cudnn" and T > 1:    # prefill: the flash kernel over the whole cache
+        out = flash_attention(q, ck.astype(q.dtype).transpose(0, 3, 1, 2), cv.astype(q.dtype).transpose(0, 2, 1, 3),
+                              mask_BxTxS, self_causal=False)
+      else:
+        q_kv = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)                  # B K G T E
+        out = _attend_kv_major(q_kv, ck.astype(q.dtype), cv.astype(q.dtype), mask_BxTxS, keys_transposed=True)
+        out = out.transpose(0, 3, 1, 2, 4)
     elif c.attention_impl == "blocked":
       out = blocked_causal_attention(q, k, v, mask_BxTxS, c.attention_block)
     else:
