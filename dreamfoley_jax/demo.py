@@ -55,6 +55,7 @@ def request(video: Optional[str], caption: str, negative: str, cfg_scale, seed, 
       length = G.probe_duration(video)
     except (G.GenerateError, FileNotFoundError) as e:
       why = getattr(e.__cause__, "strerror", None) or str(e).rsplit(": ", 1)[-1]   # without the server's temp path
+      why = why[:-1] if why.count(")") > why.count("(") else why   # "... open (InvalidDataError: why)"
       raise DemoInputError(f"{name}: not a video this demo can read ({why}); upload an mp4, webm, mov, mkv or "
                            "avi file") from e
     if length <= 0.05:

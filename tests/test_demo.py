@@ -48,7 +48,8 @@ def test_request_validation(tmp_path):
   assert (r.item.video, r.item.caption, r.item.duration, r.cfg_scale, r.seed) == (str(clip), "a metal ball", 2.0, 2.5, 7)
   assert demo.request(str(clip), "", "", 2, 0, 1.5, max_seconds=5).item.duration == 1.5
   assert demo.request(None, "rain", "", 2, 0, 3, max_seconds=5).item.video is None
-  bad = [((str(tmp_path / "fake.mp4"), "", "", 2, 0, 0), r"fake.mp4: not a video this demo can read"),
+  bad = [((str(tmp_path / "fake.mp4"), "", "", 2, 0, 0), r"^fake.mp4: not a video this demo can read \(Invalid data "
+           r"found when processing input\); upload an mp4"),
          ((str(clip), "", "", 2, 0, 3), r"duration 3 s is longer than the video \(2.00 s\)"),
          ((str(clip), "", "", 2, 0, 0), None),
          ((None, "rain", "", 2, 0, 0), r"without a video \(text-to-audio\) set a duration"),
