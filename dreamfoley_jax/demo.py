@@ -55,6 +55,7 @@ def request(video: Optional[str], caption: str, negative: str, cfg_scale, seed, 
       length = G.probe_duration(video)
     except (G.GenerateError, FileNotFoundError) as e:
       why = getattr(e.__cause__, "strerror", None) or str(e).rsplit(": ", 1)[-1]   # without the server's temp path
+      why = why[:-1] if why.count(")") > why.count("(") else why   # "... open (InvalidDataError: why)"
       raise DemoInputError(f"{name}: not a video this demo can read ({why}); upload an mp4, webm, mov, mkv or "
                            "avi file") from e
     if length <= 0.05:
@@ -97,12 +98,17 @@ class Demo:
     with self.lock:
       self.count += 1
       out = self.out_root / f"{self.count:05d}"
-      base = self.gen.sample_cfg
+      base, base_text = self.gen.sample_cfg, self.gen.text_only_cfg
       self.gen.sample_cfg, self.gen.seed = base.replace(cfg_scale=req.cfg_scale), req.seed
+      if base_text is not None:   # text-to-audio items sample with these (experiments/synthetic.py)
+        self.gen.text_only_cfg = base_text.replace(cfg_scale=req.cfg_scale)
       try:
-        return self.gen.run([req.item], out)[0]
+        r = self.gen.run([req.item], out)[0]
       finally:
-        self.gen.sample_cfg = base
+        self.gen.sample_cfg, self.gen.text_only_cfg = base, base_text
+      if "error" in r:   # Generator.run reports a bad item instead of raising
+        raise DemoInputError(r["error"])
+      return r
 
   def handle(self, video, caption, negative, cfg_scale, seed, duration, progress=None):
     """The page's callback: (audio path, video path or None, spectrogram path, status markdown)."""
@@ -117,7 +123,10 @@ class Demo:
       gr.Warning(n)
     if progress is not None:
       progress(0.0, desc="preparing (the first run of a length / CFG scale compiles the sampler)")
-    r = self.run(req)
+    try:
+      r = self.run(req)
+    except DemoInputError as e:
+      raise gr.Error(str(e), title="Cannot generate") from e
     secs = r["frames"] / G.AUDIO_FRAME_RATE
     status = (f"**{secs:.2f} s** generated ({'video + ' if req.item.video else 'text-to-audio, '}caption "
               f"{req.item.caption!r}, CFG {req.cfg_scale:g}, seed {req.seed})")

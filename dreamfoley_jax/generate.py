@@ -12,20 +12,23 @@ original video stream copied packet by packet -- no re-encode -- plus the new au
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import pathlib
-from fractions import Fraction
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from dreamfoley_jax import checks
 from dreamfoley_jax import sample as sampling
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.video import io as vio
 
 AUDIO_FRAME_RATE = 25.0   # higgs-audio-v2 codes per second (= the sync video rate)
+CSV_COLUMNS = ("video", "caption", "negative", "duration", "name")
 
 
 class Codec(Protocol):
@@ -40,56 +43,222 @@ class Item:
   video: Optional[str]                 # None: text-to-audio (needs duration)
   caption: str = ""
   negative: str = ""                   # negative prompt (replaces the unconditional text)
-  duration: Optional[float] = None     # seconds; default: the video's duration
+  duration: Optional[float] = None     # seconds; default: the video's decoded duration
   name: Optional[str] = None           # output stem; default: the video's stem / "clip<i>"
+  where: Optional[str] = None          # how errors name it: "clips.csv:5", "--video"; default the video
   seed: Optional[int] = None           # the clip's sampling stream; default: its position in the run
 
 
-class GenerateError(ValueError):
+class GenerateError(checks.InputError):
   pass
 
 
-def read_csv(path: str | os.PathLike) -> list[Item]:
+def audio_frames(duration_s: float) -> int:
+  """Audio frames (25 Hz codes) for `duration_s` seconds: the project's length rule
+  (video.preprocess.sync_cover_indices), a video of T frames at 25 fps -- floor(duration * 25), as
+  video.io.sample_frames counts them -- gets T audio frames; at least one. The wav is then cut or padded to
+  the exact duration (the last < 40 ms past frame T is silence)."""
+  return max(1, math.floor(duration_s * AUDIO_FRAME_RATE + 1e-6))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks before any model work
+# --------------------------------------------------------------------------------------------------
+
+def validate_args(*, temperature=None, top_k=None, top_p=None, cfg_scale=None, window_s=None, context_s=None,
+                  batch_size=8, bucket_s=2.0, sample_rate=None, seed=0, max_memory_gb=None,
+                  vision_mode: str = "features") -> None:
+  """Every generate flag's range, or checks.UsageError naming the flag (exit status 2)."""
+  n = checks.number
+  if temperature is not None:
+    n(temperature, "--temperature", lo=0, accepted="a number >= 0 (0 = greedy)")
+  if top_k is not None:
+    n(top_k, "--top_k", lo=1, integer=True, accepted="an integer >= 1 (1 = greedy; the codebook size or "
+      "more keeps every code)")
+  if top_p is not None:
+    n(top_p, "--top_p", lo=0, hi=1, lo_open=True, accepted="a number in (0, 1] (1 = off)")
+  if cfg_scale is not None:
+    n(cfg_scale, "--cfg_scale", lo=0, accepted="a number >= 0 (1 = conditional only; paper: 3)")
+  n(batch_size, "--batch_size", lo=1, integer=True)
+  n(bucket_s, "--bucket_s", lo=0, lo_open=True, accepted="seconds > 0")
+  n(seed, "--seed", lo=0, hi=2**31 - 1, integer=True)
+  if sample_rate is not None:
+    n(sample_rate, "--sample_rate", lo=8000, hi=192000, integer=True,
+      accepted="an integer number of Hz in [8000, 192000], e.g. 24000, 44100, 48000")
+  if max_memory_gb is not None:
+    n(max_memory_gb, "--max_memory_gb", lo=0, lo_open=True, accepted="GiB > 0")
+  whole = vision_mode == "frames"
+  if window_s is not None:
+    w = n(window_s, "--window_s", lo=0, lo_open=True, accepted="seconds > 0")
+    if whole and (w != int(w) or w < 1):
+      raise checks.UsageError(f"--window_s: {window_s!r} is not accepted: this frames-mode model samples in "
+                              "whole-second windows (accepted: 1, 2, 3, ...)")
+  if context_s is not None:
+    c = n(context_s, "--context_s", lo=0, accepted="seconds >= 0")
+    if whole and c != int(c):
+      raise checks.UsageError(f"--context_s: {context_s!r} is not accepted: this frames-mode model needs whole "
+                              "seconds (accepted: 0, 1, 2, ...)")
+    if window_s is not None and c >= float(window_s):
+      raise checks.UsageError(f"--context_s: {context_s!r} must be shorter than --window_s ({window_s!r})")
+
+
+def validate_sample_config(sc: sampling.SampleConfig) -> None:
+  """The merged sampling settings (config file + flags); a config's top_k = 0 means off, as in sample.py."""
+  validate_args(temperature=sc.temperature, top_k=sc.top_k if sc.top_k != 0 else None, top_p=sc.top_p,
+                cfg_scale=sc.cfg_scale)
+
+
+def _safe_name(name: str, where: str) -> str:
+  if not name or name in (".", "..") or any(ch in name for ch in "/\\\0"):
+    raise GenerateError(f"{where}: name {name!r} is not a file name (no '/', '\\', or empty names)")
+  return name
+
+
+def read_csv(path: str | os.PathLike, failures: Optional[checks.Failures] = None) -> list[Item]:
   """CSV with a header: `video` (required column, may be empty for text-to-audio), optional `caption`,
-  `negative`, `duration`, `name`. Relative video paths are relative to the CSV file."""
+  `negative`, `duration`, `name`. Relative video paths are relative to the CSV file.
+
+  A file that cannot be read (missing, not UTF-8, no `video` column, unknown columns) raises; a bad row
+  raises GenerateError naming `file:line`, or, with `failures`, is recorded there and skipped.
+  """
   p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"{p}: no such CSV")
-  with open(p, newline="") as f:
-    rows = list(csv.DictReader(f))
-  if rows and "video" not in rows[0]:
-    raise GenerateError(f"{p}: needs a 'video' column (has {sorted(rows[0])})")
+  header, rows = checks.read_csv(p)
+  if "video" not in header:
+    raise GenerateError(f"{p}: needs a 'video' column (has {header}; columns: {', '.join(CSV_COLUMNS)})")
+  unknown = [h for h in header if h not in CSV_COLUMNS]
+  if unknown:
+    raise GenerateError(f"{p}: unknown column(s) {unknown} (accepted: {', '.join(CSV_COLUMNS)})")
   items = []
-  for n, r in enumerate(rows, start=2):
-    v = (r.get("video") or "").strip()
-    if v and not pathlib.Path(v).is_absolute():
-      v = str(p.parent / v)
-    d = (r.get("duration") or "").strip()
-    if not v and not d:
-      raise GenerateError(f"{p}:{n}: a row without a video needs a duration (text-to-audio)")
-    items.append(Item(video=v or None, caption=(r.get("caption") or "").strip(),
-                      negative=(r.get("negative") or "").strip(), duration=float(d) if d else None,
-                      name=(r.get("name") or "").strip() or None))
+  for n, r in rows:
+    where = f"{p}:{n}"
+    try:
+      if None in r:
+        raise GenerateError(f"{where}: {len(header) + len(r[None])} fields, the header has {len(header)}")
+      v = (r.get("video") or "").strip()
+      if v and not pathlib.Path(v).is_absolute():
+        v = str(p.parent / v)
+      d = (r.get("duration") or "").strip()
+      if not v and not d:
+        raise GenerateError(f"{where}: a row without a video needs a duration (text-to-audio)")
+      dur = checks.number(d, f"{where}: duration", lo=0, lo_open=True, accepted="seconds > 0",
+                          error=GenerateError) if d else None
+      name = (r.get("name") or "").strip() or None
+      items.append(Item(video=v or None, caption=(r.get("caption") or "").strip(),
+                        negative=(r.get("negative") or "").strip(), duration=dur,
+                        name=None if name is None else _safe_name(name, where), where=where))
+    except GenerateError as e:
+      if failures is None:
+        raise
+      failures.add(where, str(e).removeprefix(f"{where}: "))
   return items
 
 
-def probe_duration(path: str | os.PathLike) -> float:
-  """Seconds of the first video stream (container duration as a fallback)."""
-  import av
+@functools.lru_cache(maxsize=4096)
+def _probe(path: str, size: int, mtime_ns: int) -> vio.VideoInfo:
+  del size, mtime_ns   # cache key: a changed file is probed again
+  return vio.probe_video(path)
 
+
+def probe(path: str | os.PathLike) -> vio.VideoInfo:
+  """The decoded duration etc. of a video (vio.probe_video), cached per file version."""
+  st = os.stat(path)
+  return _probe(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+def probe_duration(path: str | os.PathLike) -> float:
+  """Seconds of the first video stream as decoded (what the features and the mp4 get)."""
   try:
-    with av.open(str(path)) as c:
-      if not c.streams.video:
-        raise GenerateError(f"{path}: has no video stream")
-      s = c.streams.video[0]
-      if s.duration is not None and s.time_base is not None:
-        return float(s.duration * s.time_base)
-      if c.duration is not None:
-        return c.duration / 1e6
-      n = sum(1 for _ in c.decode(video=0))
-      return n / float(s.average_rate or 25)
-  except av.error.FFmpegError as e:
-    raise GenerateError(f"{path}: PyAV cannot read it: {e}") from e
+    return probe(path).duration_sec
+  except FileNotFoundError:
+    raise GenerateError(f"{path}: no such video") from None
+  except vio.VideoError as e:
+    raise GenerateError(str(e)) from None
+
+
+def available_memory_bytes() -> int:
+  """Host memory available now (Linux MemAvailable; else physical memory)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(max_memory_gb: Optional[float] = None) -> tuple[int, str]:
+  """(bytes one item may use on the host, where that number came from)."""
+  if max_memory_gb is not None:
+    return int(float(max_memory_gb) * 2**30), f"--max_memory_gb {max_memory_gb:g}"
+  avail = available_memory_bytes()
+  return int(0.8 * avail), f"80% of the {avail / 2**30:.1f} GiB available; --max_memory_gb sets it"
+
+
+def item_bytes_per_second(cfg: foley.FoleyConfig, codec_rate: int, out_rate: int, has_video: bool) -> float:
+  """Host bytes one second of an item holds at once: its decoded video frames (twice: decoded and batched)
+  and its audio (codec output, resampled copy, clipped copy)."""
+  audio = 4 * (codec_rate + 2 * out_rate)
+  if not has_video:
+    return float(audio)
+  if cfg.vision_mode == "frames":
+    size = (cfg.synchformer if cfg.use_sync else cfg.eva).image_size
+  else:
+    size = 224   # features mode decodes at the encoders' 224 px (video.preprocess), then extracts
+  return float(audio + 2 * (cfg.sync_rate + cfg.clip_rate) * size * size * 3)
+
+
+@dataclasses.dataclass
+class Prepared:
+  index: int
+  item: Item
+  where: str
+  name: str
+  duration: float                   # seconds of audio written
+  frames: int                       # audio frames generated
+  video_duration: Optional[float]   # decoded seconds of the video (None: text-to-audio)
+
+
+def validate_items(items: Sequence[Item], *, tokenize: Callable[[str], Sequence[int]], failures: checks.Failures,
+                   bytes_per_s: Callable[[bool], float], budget: tuple[int, str], allow_longer: bool = False,
+                   max_text_len: int = 64, log: Callable[[str], None] = print) -> list[Prepared]:
+  """Probes every item before any model work; the bad ones go to `failures` with the reason, the good
+  ones come back with their output name, duration and frame count."""
+  names = _unique_names(items)
+  out = []
+  for i, it in enumerate(items):
+    where = it.where or it.video or f"item {i}"
+    try:
+      for field in ("caption", "negative"):
+        text = checks.utf8_text(getattr(it, field), f"{where}: {field}")
+        try:
+          n_tok = len(list(tokenize(text))) if text else 0
+        except Exception as e:  # noqa: BLE001 -- any tokenizer failure is this item's
+          raise GenerateError(f"{field} {text[:40]!r} cannot be tokenized ({checks.one_line(e)})") from None
+        if n_tok > max_text_len:
+          log(f"warning: {where}: {field} has {n_tok} tokens; the model reads the first {max_text_len}")
+      vdur = None
+      if it.video is not None:
+        if not pathlib.Path(it.video).exists():
+          raise FileNotFoundError(f"{it.video}: no such video")
+        vdur = probe_duration(it.video)
+      dur = it.duration if it.duration is not None else vdur
+      if dur is None:
+        raise GenerateError("a text-to-audio item needs a duration")
+      checks.number(dur, "duration", lo=0, lo_open=True, accepted="seconds > 0", error=GenerateError)
+      if vdur is not None and dur > vdur + 5e-4 and not allow_longer:
+        raise GenerateError(f"duration {dur:g} s is longer than the video ({vdur:.2f} s decoded); the audio "
+                            "would run past its end: pass --allow_longer to generate it anyway, or drop the duration")
+      need = bytes_per_s(it.video is not None) * dur
+      if need > budget[0]:
+        limit = budget[0] / bytes_per_s(it.video is not None)
+        raise GenerateError(f"{dur:g} s needs about {need / 2**30:.1f} GiB of host memory, over the limit of "
+                            f"{budget[0] / 2**30:.1f} GiB ({budget[1]}): at most {limit:.0f} s per item here; "
+                            "raise --max_memory_gb or cut the item with a CSV duration")
+      out.append(Prepared(i, it, where, names[i], float(dur), audio_frames(dur), vdur))
+    except (GenerateError, checks.InputError, FileNotFoundError, vio.VideoError) as e:
+      failures.add(where, e, **({"video": it.video} if it.video else {}))
+  return out
 
 
 def buckets(frames: Sequence[int], bucket_frames: int, batch_size: int) -> list[list[int]]:
@@ -119,33 +288,9 @@ def write_wav(path, audio: np.ndarray, sr: int) -> None:
   sf.write(str(path), np.clip(audio, -1.0, 1.0).astype(np.float32), sr, subtype="PCM_16")
 
 
-def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aac") -> None:
-  """Copies the video stream packets (no re-encode) and adds `audio` (mono float) as a new audio track."""
-  import av
-
-  audio = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
-  with av.open(str(video_path)) as src, av.open(str(out_path), "w") as dst:
-    vin = src.streams.video[0]
-    vout = dst.add_stream_from_template(vin)
-    aout = dst.add_stream(audio_codec, rate=sr, layout="mono")
-    for pkt in src.demux(vin):
-      if pkt.dts is None:
-        continue
-      pkt.stream = vout
-      dst.mux(pkt)
-    n = aout.codec_context.frame_size or 1024
-    pts = 0
-    for s in range(0, len(audio), n):
-      chunk = audio[s:s + n]
-      fr = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
-      fr.sample_rate = sr
-      fr.pts = pts
-      fr.time_base = Fraction(1, sr)
-      pts += len(chunk)
-      for p in aout.encode(fr):
-        dst.mux(p)
-    for p in aout.encode(None):
-      dst.mux(p)
+def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aac") -> str:
+  """The video's frames (stream-copied where mp4 holds the codec) plus `audio` as its track (vio.mux)."""
+  return vio.mux(video_path, audio, sr, out_path, audio_codec=audio_codec)
 
 
 def write_spectrogram(path, audio: np.ndarray, sr: int, title: str = "") -> None:
@@ -156,12 +301,14 @@ def write_spectrogram(path, audio: np.ndarray, sr: int, title: str = "") -> None
 
   fig, ax = plt.subplots(figsize=(10, 3.5), dpi=100)
   nfft = 1024 if sr >= 22050 else 512
-  ax.specgram(np.asarray(audio, np.float64) + 1e-9, NFFT=nfft, Fs=sr, noverlap=nfft // 2, cmap="magma")
+  hop = max(nfft // 2, len(audio) // 4000)    # at most ~4000 columns: an hour-long item stays small
+  ax.specgram(np.asarray(audio, np.float32) + 1e-9, NFFT=nfft, Fs=sr, noverlap=max(0, nfft - hop),
+              cmap="magma")
   ax.set_xlabel("time (s)")
   ax.set_ylabel("frequency (Hz)")
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(str(path))
+  fig.savefig(str(path), format="png")
   plt.close(fig)
 
 
@@ -174,6 +321,7 @@ class Generator:
   feature_fn: Callable[[str], dict]
   tokenize: Callable[[str], Sequence[int]]
   sample_cfg: sampling.SampleConfig = sampling.SampleConfig()
+  text_only_cfg: Optional[sampling.SampleConfig] = None   # text-to-audio items (default: sample_cfg)
   window_frames: int = 250            # the trained length: 10 s (paper sec. 5.1 crops of 2-10 s)
   context_frames: int = 75            # 3 s of generated audio + matching video carried into each new window
   max_text_len: int = 64
@@ -185,6 +333,8 @@ class Generator:
   write_mp4: bool = True
   write_png: bool = True
   show_progress: bool = True
+  max_memory_gb: Optional[float] = None   # host memory one item may use (default: 80% of what is available)
+  log: Callable[[str], None] = print
 
   def __post_init__(self):
     # Once, here: each window's `sample` call then finds the params already in place (host numpy params,
@@ -210,15 +360,29 @@ class Generator:
       mask[i, :len(t)] = True
     return ids, mask
 
-  def _frames(self, items: Sequence[Item], frames: Sequence[int]):
+  def _features(self, p: Prepared) -> dict:
+    """One item's video inputs (frames or features), decoded only up to the item's duration."""
+    cap = p.duration if p.video_duration is not None and p.duration < p.video_duration else None
+    if cap is not None and _accepts(self.feature_fn, "max_duration_sec"):
+      f = self.feature_fn(p.item.video, max_duration_sec=cap)
+    else:
+      f = self.feature_fn(p.item.video)
+    need = (("frames_sync", "frames_clip") if self.cfg.vision_mode == "frames" else
+            tuple(k for k, use in (("sync_feats", self.cfg.use_sync), ("clip_feats", self.cfg.use_clip)) if use))
+    missing = [k for k in need if k not in f]
+    if missing:
+      raise GenerateError(f"{p.item.video}: feature_fn returned no {missing} (got {sorted(f)})")
+    return f
+
+  def _frames(self, vids: Sequence[Optional[dict]]):
     """frames mode: uint8 frame batches (the model runs its encoders); masks mark real frames."""
     c = self.cfg
-    vids = [None if it.video is None else self.feature_fn(it.video) for it in items]
     size = (c.synchformer if c.use_sync else c.eva).image_size
     win = c.synchformer.window if c.use_sync else 1
-    Tf = max(max(frames), win, c.null_video_len)
+    # As long as the longest video, not the audio: text-to-audio / --allow_longer windows pad as they go.
+    Tf = max([len(v["frames_sync"]) for v in vids if v is not None] + [win, c.null_video_len])
     Tc = math.ceil(Tf * c.clip_rate / c.sync_rate)
-    B = len(items)
+    B = len(vids)
     batch = {"frames_sync": np.zeros((B, Tf, size, size, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
              "frames_clip": np.zeros((B, Tc, size, size, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
     for i, v in enumerate(vids):
@@ -229,29 +393,20 @@ class Generator:
       batch["frames_clip"][i, :len(fc)], batch["frames_clip_mask"][i, :len(fc)] = fc, True
     return batch
 
-  def _video(self, items: Sequence[Item], frames: Sequence[int]):
+  def _video(self, vids: Sequence[Optional[dict]], frames: Sequence[int]):
     if self.cfg.vision_mode == "frames":
-      return self._frames(items, frames)
-    feats = []
-    for it, n in zip(items, frames):
-      if it.video is None:
-        feats.append(None)
-        continue
-      f = self.feature_fn(it.video)
-      missing = [k for k, use in (("sync_feats", self.cfg.use_sync), ("clip_feats", self.cfg.use_clip))
-                 if use and k not in f]
-      if missing:
-        raise GenerateError(f"{it.video}: feature_fn returned no {missing} (got {sorted(f)})")
-      feats.append(f)
-    Tv = max(max(frames), self.cfg.null_video_len)
+      return self._frames(vids)
+    lens = [len(np.asarray(f.get("video_mask", f.get("sync_feats", np.zeros(n))))) for f, n in zip(vids, frames)
+            if f is not None]
+    Tv = max(lens + [min(max(frames), self.window_frames), self.cfg.null_video_len])
     Tc = math.ceil(Tv * self.cfg.clip_rate / self.cfg.sync_rate) + 1
-    B = len(items)
+    B = len(vids)
     batch = {"video_mask": np.zeros((B, Tv), bool)}
     if self.cfg.use_sync:
       batch["sync_feats"] = np.zeros((B, Tv, self.cfg.sync_dim), np.float32)
     if self.cfg.use_clip:
       batch["clip_feats"] = np.zeros((B, Tc, self.cfg.clip_dim), np.float32)
-    for i, f in enumerate(feats):
+    for i, f in enumerate(vids):
       if f is None:
         continue
       vm = np.asarray(f.get("video_mask", np.ones(len(f.get("sync_feats", np.zeros(frames[i]))), bool)), bool)
@@ -265,56 +420,122 @@ class Generator:
         batch["clip_feats"][i, :len(c)] = c
     return batch
 
-  def run(self, items: Sequence[Item], out_dir: str | os.PathLike) -> list[dict]:
-    """Generates every item; returns [{"name", "wav", "mp4", "png", "frames", "codes"}] in item order."""
+  def bytes_per_second(self, has_video: bool) -> float:
+    return item_bytes_per_second(self.cfg, self.codec.sample_rate, self.sample_rate or self.codec.sample_rate,
+                                 has_video)
+
+  def prepare(self, items: Sequence[Item], failures: checks.Failures, *, allow_longer: bool = False
+              ) -> list[Prepared]:
+    """validate_items with this generator's tokenizer, memory figures and text length."""
+    return validate_items(items, tokenize=self.tokenize, failures=failures, bytes_per_s=self.bytes_per_second,
+                          budget=memory_budget(self.max_memory_gb), allow_longer=allow_longer,
+                          max_text_len=self.max_text_len, log=self.log)
+
+  def run(self, items: Sequence[Item], out_dir: str | os.PathLike, *, failures: Optional[checks.Failures] = None,
+          strict: bool = False, allow_longer: bool = False, prepared: Optional[list[Prepared]] = None,
+          write_failures: bool = True) -> list[dict]:
+    """Generates every good item; returns one dict per item in item order: {"name", "wav", "mp4", "png",
+    "frames", "codes"}, or {"name", "error"} for an item that failed.
+
+    Bad items (unreadable video, bad row, too long, ...) are reported in `failures` and in
+    out_dir/failures.json while the others finish; strict=True stops at the first. Each item's files
+    are written under temporary names and renamed together, so a failed item leaves none.
+    write_failures=False leaves failures.json to the caller (hosts.generate merges every host's).
+    """
     from tqdm.auto import tqdm
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    durations = []
-    for it in items:
-      if it.video is not None and not pathlib.Path(it.video).exists():
-        raise FileNotFoundError(f"{it.video}: no such video")
-      d = it.duration if it.duration is not None else (probe_duration(it.video) if it.video else None)
-      if d is None or d <= 0:
-        raise GenerateError(f"item {it}: unknown or zero duration")
-      durations.append(d)
-    frames = [max(1, int(round(d * AUDIO_FRAME_RATE))) for d in durations]
+    out = checks.writable_dir(out_dir)
+    failures = failures if failures is not None else checks.Failures(out, strict=strict, log=self.log)
+    if write_failures:
+      failures.out_dir = failures.out_dir or out
+    if prepared is None:   # else validated already (Preflight.prepare with the same items)
+      prepared = self.prepare(items, failures, allow_longer=allow_longer)
     names = _unique_names(items)
-    results: list[Optional[dict]] = [None] * len(items)
+    results: list[dict] = [{"name": n} for n in names]
     sr_out = self.sample_rate or self.codec.sample_rate
-    bar = tqdm(total=sum(frames), unit="frame", desc="generate", disable=not self.show_progress)
-    for group in buckets(frames, self.bucket_frames, self.batch_size):
-      its = [items[i] for i in group]
-      fr = [frames[i] for i in group]
-      text_ids, text_mask = self._text([it.caption for it in its])
-      batch = dict(self._video(its, fr), text_ids=text_ids, text_mask=text_mask)
-      kw = {"drop_text": np.array([not it.caption for it in its]),
-            "drop_video": np.array([it.video is None for it in its])}
-      if any(it.negative for it in its):
-        kw["negative_text_ids"], kw["negative_text_mask"] = self._text([it.negative for it in its])
-        kw["negative"] = np.array([bool(it.negative) for it in its])
-      res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
-                                 context_frames=self.context_frames, sample_cfg=self.sample_cfg, seed=self.seed,
-                                 item_seeds=np.asarray([i if items[i].seed is None else items[i].seed for i in group]),
-                                 progress=bar.update, mesh=self.mesh, **kw)
-      for j, i in enumerate(group):
-        codes = res["codes"][j, :, :fr[j]]
-        audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
-        want = int(round(durations[i] * self.codec.sample_rate))
-        audio = np.pad(audio, (0, max(0, want - len(audio))))[:want]
-        audio = resample(audio, self.codec.sample_rate, sr_out)
-        r = {"name": names[i], "frames": fr[j], "codes": codes, "wav": out / f"{names[i]}.wav"}
-        write_wav(r["wav"], audio, sr_out)
-        if self.write_mp4 and items[i].video is not None:
-          r["mp4"] = out / f"{names[i]}.mp4"
-          mux(items[i].video, audio, sr_out, r["mp4"])
-        if self.write_png:
-          r["png"] = out / f"{names[i]}.png"
-          write_spectrogram(r["png"], audio, sr_out, title=items[i].caption or names[i])
-        results[i] = r
+    bar = tqdm(total=sum(p.frames for p in prepared), unit="frame", desc="generate",
+               disable=not self.show_progress)
+    # Text-to-audio items batch apart from video items: their groups then hold no whole-clip video arrays.
+    for has_video in (True, False):
+      todo = [p for p in prepared if (p.item.video is not None) == has_video]
+      for group in buckets([p.frames for p in todo], self.bucket_frames, self._group_size(todo)):
+        self._run_group([todo[g] for g in group], out, failures, results, bar, sr_out)
     bar.close()
+    reasons = {f["item"]: f["reason"] for f in failures.items}
+    for i, it in enumerate(items):
+      if "wav" not in results[i]:
+        results[i]["error"] = reasons.get(it.where or it.video or f"item {i}", "failed")
+    if write_failures:
+      failures.write()
     return results
+
+  def _group_size(self, todo: Sequence[Prepared]) -> int:
+    """batch_size, fewer where that many of the longest items would not fit the memory budget together."""
+    if not todo:
+      return self.batch_size
+    worst = max(self.bytes_per_second(p.item.video is not None) * p.duration for p in todo)
+    return max(1, min(self.batch_size, int(memory_budget(self.max_memory_gb)[0] // max(worst, 1.0))))
+
+  def _run_group(self, group: list[Prepared], out, failures, results, bar, sr_out) -> None:
+    vids, ok = [], []
+    for p in group:
+      try:
+        vids.append(None if p.item.video is None else self._features(p))
+        ok.append(p)
+      except Exception as e:  # noqa: BLE001 -- one item's decode failure is that item's
+        failures.add(p.where, e if isinstance(e, FileNotFoundError) else checks.one_line(e))
+    if not ok:
+      return
+    fr = [p.frames for p in ok]
+    try:
+      text_ids, text_mask = self._text([p.item.caption for p in ok])
+      batch = dict(self._video(vids, fr), text_ids=text_ids, text_mask=text_mask)
+      kw = {"drop_text": np.array([not p.item.caption for p in ok]),
+            "drop_video": np.array([p.item.video is None for p in ok])}
+      if any(p.item.negative for p in ok):
+        kw["negative_text_ids"], kw["negative_text_mask"] = self._text([p.item.negative for p in ok])
+        kw["negative"] = np.array([bool(p.item.negative) for p in ok])
+      sc = self.text_only_cfg if ok[0].item.video is None and self.text_only_cfg else self.sample_cfg
+      res = sampling.sample_long(self.cfg, self.params, batch, fr, window_frames=self.window_frames,
+                                 context_frames=self.context_frames, sample_cfg=sc, seed=self.seed,
+                                 item_seeds=np.asarray([p.index if p.item.seed is None else p.item.seed for p in ok]), progress=bar.update, mesh=self.mesh,
+                                 **kw)
+    except Exception as e:  # noqa: BLE001 -- e.g. out of device memory: these items fail, the rest go on
+      for p in ok:
+        failures.add(p.where, f"sampling failed: {checks.one_line(e)}")
+      return
+    for j, p in enumerate(ok):
+      try:
+        results[p.index] = self._write(p, res["codes"][j, :, :p.frames], out, sr_out)
+      except Exception as e:  # noqa: BLE001
+        failures.add(p.where, f"writing outputs failed: {checks.one_line(e)}")
+
+  def _write(self, p: Prepared, codes, out: pathlib.Path, sr_out: int) -> dict:
+    audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
+    want = int(round(p.duration * self.codec.sample_rate))
+    audio = np.pad(audio, (0, max(0, want - len(audio))))[:want]
+    audio = resample(audio, self.codec.sample_rate, sr_out)
+    r = {"name": p.name, "frames": p.frames, "codes": codes, "wav": out / f"{p.name}.wav"}
+    if self.write_mp4 and p.item.video is not None:
+      r["mp4"] = out / f"{p.name}.mp4"
+    if self.write_png:
+      r["png"] = out / f"{p.name}.png"
+    kinds = [k for k in ("wav", "mp4", "png") if k in r]
+    with checks.atomic_files(*(r[k] for k in kinds)) as tmps:
+      tmp = dict(zip(kinds, tmps))
+      write_wav(tmp["wav"], audio, sr_out)
+      if "mp4" in tmp:
+        r["mux"] = mux(p.item.video, audio, sr_out, tmp["mp4"])
+      if "png" in tmp:
+        write_spectrogram(tmp["png"], audio, sr_out, title=p.item.caption or p.name)
+    return r
+
+
+def _accepts(fn, name: str) -> bool:
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
 
 
 def _unique_names(items: Sequence[Item]) -> list[str]:
@@ -327,15 +548,19 @@ def _unique_names(items: Sequence[Item]) -> list[str]:
   return names
 
 
-def bpe_tokenizer(path: str | os.PathLike) -> Callable[[str], list[int]]:
+def bpe_tokenizer(path: str | os.PathLike, flag: str = "--tokenizer") -> Callable[[str], list[int]]:
   """A `tokenize` callable from a HF tokenizer.json (file or directory holding one)."""
   from tokenizers import Tokenizer
 
   p = pathlib.Path(path)
   p = p / "tokenizer.json" if p.is_dir() else p
   if not p.exists():
-    raise FileNotFoundError(f"{p}: tokenizer.json not found")
-  tok = Tokenizer.from_file(str(p))
+    raise FileNotFoundError(f"{flag} {p}: tokenizer.json not found")
+  try:
+    tok = Tokenizer.from_file(str(p))
+  except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a file it cannot parse
+    raise checks.InputError(f"{flag} {p}: not a tokenizer.json the tokenizers library reads "
+                            f"({checks.one_line(e, 200)})") from None
   return lambda s: tok.encode(s, add_special_tokens=False).ids
 
 
@@ -396,10 +621,45 @@ def load_codec(path):
   if p.is_file() or p.with_suffix(".npz").is_file():
     from dreamfoley_jax.audio import synthetic_codec
 
-    return synthetic_codec.SyntheticCodec.load(str(p))
+    try:
+      return synthetic_codec.SyntheticCodec.load(str(p))
+    except Exception as e:  # noqa: BLE001 -- np.load of a non-npz raises several kinds
+      raise checks.InputError(f"--codec_checkpoint {p}: not a synthetic codec .npz (the main job's "
+                              f"codec.npz) nor a higgs checkpoint directory ({checks.one_line(e, 200)})") from None
   if not (p / "params").exists():
     raise GenerateError(f"--codec_checkpoint {p}: neither a synthetic codec file nor an orbax checkpoint")
-  return HiggsCodec(p)
+  try:
+    return HiggsCodec(p)
+  except Exception as e:  # noqa: BLE001
+    raise checks.InputError(f"--codec_checkpoint {p}: not a converted higgs-audio-v2 tokenizer "
+                            f"({checks.one_line(e, 300)})") from None
+
+
+def check_checkpoint(path, cfg: foley.FoleyConfig, flag: str = "--checkpoint", config: str = "--config") -> None:
+  """The checkpoint exists, is a params checkpoint, and its shapes are the config's (read from orbax's
+  metadata, nothing loaded); else one line naming the first differences."""
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{flag} {p}: not found")
+  if not (p / "params").is_dir():
+    raise checks.InputError(f"{flag} {p}: not a params checkpoint (no 'params' directory inside; the main "
+                            "job's workdir/params or tools/convert_checkpoint.py write one)")
+  import flax.linen as nn
+  import orbax.checkpoint as ocp
+
+  from dreamfoley_jax.convert import common
+
+  try:
+    meta = ocp.StandardCheckpointer().metadata(p.absolute() / "params")
+  except Exception as e:  # noqa: BLE001
+    raise checks.InputError(f"{flag} {p}: unreadable orbax checkpoint ({checks.one_line(e, 200)})") from None
+  meta = getattr(meta, "item_metadata", meta)
+  found = {k: tuple(v.shape) for k, v in common.flatten(dict(meta)).items() if hasattr(v, "shape")}
+  # Either layer layout (scanned or unrolled) is fine: foley.inference_layout converts.
+  scanned = any(k.startswith("decoder/layers/layer/") for k in found)
+  c = cfg.replace(decoder=cfg.decoder.replace(scan_layers=scanned))
+  want = {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley.abstract_params(c))).items()}
+  checks.tree_mismatch(want, found, f"{flag} {p} does not fit {config}")
 
 
 def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=None):
@@ -414,8 +674,8 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   if cfg.vision_mode == "frames":
     size = (cfg.synchformer if cfg.use_sync else cfg.eva).image_size
 
-    def frames_fn(path):
-      v = load_video_frames(path, size=size)
+    def frames_fn(path, max_duration_sec=None):
+      v = load_video_frames(path, size=size, max_duration_sec=max_duration_sec)
       return {"frames_sync": v.sync_u8, "frames_clip": v.clip_u8}
 
     return frames_fn
@@ -429,8 +689,8 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
 
   enc = extract.build_real_encoders(eva_ckpt, sync_ckpt, sharding.make_mesh({"data": -1}), extract.ExtractConfig())
 
-  def features_fn(path):
-    v = load_video_frames(path)
+  def features_fn(path, max_duration_sec=None):
+    v = load_video_frames(path, max_duration_sec=max_duration_sec)
     out = {}
     if cfg.use_sync:   # one token per 25 fps frame, as the training records (video.sync_cover_windows)
       win = sync_cover_windows(v.sync_u8)
@@ -443,13 +703,109 @@ def load_feature_fn(cfg: foley.FoleyConfig, exp, *, eva_ckpt=None, sync_ckpt=Non
   return features_fn
 
 
+def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batch: int, guided: bool = True) -> int:
+  """Device bytes one sampling window needs beyond the weights (an estimate): the KV cache of every row
+  (x2 with CFG) and one layer's fp32 prefill attention scores and mask over (prompt, cache slots), which
+  grow as the window squared. Against XLA's own figure (compile().memory_analysis(), synthetic config,
+  batch 8, CPU): 20 s 0.143 GiB measured / 0.16 estimated, 60 s 1.14 / 1.25."""
+  import jax.numpy as jnp
+
+  d = cfg.decoder
+  rows = (2 if guided else 1) * batch
+  P = text_len + window_frames
+  slots = sampling.cache_slots(P, sampling.num_columns(window_frames, cfg.num_codebooks))
+  kv = 2 * d.num_hidden_layers * rows * slots * d.num_key_value_heads * d.head_size * jnp.dtype(d.dtype).itemsize
+  return int(kv + rows * P * slots * (4 * d.num_attention_heads + 1))
+
+
+def param_bytes(cfg: foley.FoleyConfig) -> int:
+  """Bytes of the model's weights in the sampling layout (floats narrowed to the compute dtype, as
+  foley.inference_layout stores them); from the abstract params, nothing allocated."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  cd = jnp.dtype(cfg.decoder.dtype).itemsize
+  leaves = jax.tree.leaves(nn.unbox(foley.abstract_params(cfg)))
+  return int(sum(np.prod(x.shape) * (min(cd, x.dtype.itemsize) if jnp.issubdtype(x.dtype, jnp.floating)
+                                     else x.dtype.itemsize) for x in leaves))
+
+
+def device_budget(host_budget: tuple[int, str]) -> tuple[int, str]:
+  """(bytes a sampling window may take, where that came from): the accelerator's memory, or on CPU the host's."""
+  import jax
+
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return free, f"free memory of {jax.local_devices()[0].device_kind}"
+  return host_budget
+
+
+def check_window(cfg: foley.FoleyConfig, window_frames: int, context_frames: int, text_len: int, batch: int,
+                 budget: tuple[int, str], guided: bool = True, devices: int = 1) -> None:
+  """--window_s / --context_s against the model (whole seconds in frames mode) and the memory budget of
+  one device: window_bytes plus twice the weights (XLA keeps a working copy: sampling a 2-layer paper_7b
+  on CPU, compile().memory_analysis() gave 4.94 GiB at 10 s and 6.69 at 30 s, this 4.95 / 6.76), split
+  over `devices` (a --mesh)."""
+  if window_frames < 1:
+    raise checks.UsageError(f"--window_s: {window_frames / AUDIO_FRAME_RATE:g} s is under one audio frame "
+                            f"({1 / AUDIO_FRAME_RATE:g} s)")
+  if not 0 <= context_frames < window_frames:
+    raise checks.UsageError(f"--context_s: {context_frames / AUDIO_FRAME_RATE:g} s must be >= 0 and shorter "
+                            f"than --window_s ({window_frames / AUDIO_FRAME_RATE:g} s)")
+  weights = 2 * param_bytes(cfg)
+
+  def need(w):
+    return (window_bytes(cfg, w, text_len, batch, guided) + weights) / max(1, devices)
+
+  if need(window_frames) > budget[0]:
+    if need(1) > budget[0]:
+      raise checks.UsageError(f"the model's weights alone need about {need(1) / 2**30:.1f} GiB per device for "
+                              f"sampling, over the {budget[0] / 2**30:.1f} GiB limit ({budget[1]}): shard it "
+                              "with --mesh (e.g. data=-1,tensor=4) or raise --max_memory_gb")
+    w = window_frames
+    while w > 1 and need(w) > budget[0]:
+      w = int(w * 0.8)
+    raise checks.UsageError(
+        f"--window_s {window_frames / AUDIO_FRAME_RATE:g}: sampling needs about {need(window_frames) / 2**30:.1f} "
+        f"GiB per device (KV cache and prefill at --batch_size {batch}{', x2 for CFG' if guided else ''}, and the "
+        f"weights), over the {budget[0] / 2**30:.1f} GiB limit ({budget[1]}); use --window_s <= "
+        f"{max(1, int(w / AUDIO_FRAME_RATE)):d} (the trained length is the config's sample.window_s) or a "
+        "smaller --batch_size")
+
+
+@dataclasses.dataclass
+class Preflight:
+  """What validate_items needs, known before the model is loaded (build_generator(load=False))."""
+  cfg: foley.FoleyConfig
+  tokenize: Callable[[str], Sequence[int]]
+  codec_rate: int
+  sample_rate: Optional[int]
+  max_text_len: int
+  max_memory_gb: Optional[float]
+
+  def prepare(self, items: Sequence[Item], failures: checks.Failures, *, allow_longer: bool = False,
+              log: Callable[[str], None] = print) -> list[Prepared]:
+    def per_s(has_video):
+      return item_bytes_per_second(self.cfg, self.codec_rate, self.sample_rate or self.codec_rate, has_video)
+
+    return validate_items(items, tokenize=self.tokenize, failures=failures, bytes_per_s=per_s,
+                          budget=memory_budget(self.max_memory_gb), allow_longer=allow_longer,
+                          max_text_len=self.max_text_len, log=log)
+
+
 def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, tokenizer=None, smoke_random=False,
                     eva_ckpt=None, sync_ckpt=None,
                     sample_overrides=None, window_s=None, context_s=None, batch_size=8, bucket_s=2.0, seed=0,
                     sample_rate=None, write_mp4=True, write_png=True, inference_layout=True,
-                    mesh=None) -> Generator:
+                    mesh=None, max_memory_gb=None, load: bool = True) -> Generator:
   """A Generator from an experiment config (a path or a ConfigDict) and checkpoint paths (what tools/generate.py
   calls; `model_dir.build_generator` fills the paths from a model directory).
+
+  Every flag, path and checkpoint is checked before anything large is loaded (checks.UsageError for a
+  flag's value, exit 2; InputError / FileNotFoundError for a file, exit 1). load=False stops after the
+  checks and returns a Preflight (tools/generate.py then validates the items before loading the model).
 
   inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
@@ -460,33 +816,69 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   from dreamfoley_jax import configs
   from dreamfoley_jax.convert import common
 
-  exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
-  cfg = foley.config_from_dict(exp.model)
-  sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**(sample_overrides or {}))
-  if smoke_random:
-    params = foley.init_params(cfg, seed)
-    codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
-    tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
-  else:
-    missing = [n for n, v in (("--checkpoint", checkpoint), ("--codec_checkpoint", codec_checkpoint),
-                              ("--tokenizer", tokenizer)) if not v]
-    if missing:
-      raise GenerateError(f"missing {', '.join(missing)} (or pass --smoke_random for a pipeline check)")
-    # To host memory first: any writer's mesh, any size; inference_layout + Generator then place it.
-    params = common.load_params(checkpoint, host=True)
-    codec, tokenize = load_codec(codec_checkpoint), bpe_tokenizer(tokenizer)
-    feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
-  if inference_layout:
-    cfg, params = foley.inference_layout(cfg, params)
+  try:
+    exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
+    cfg = foley.config_from_dict(exp.model)
+  except FileNotFoundError as e:
+    raise checks.UsageError(f"--config: {e}") from None
+  except Exception as e:  # noqa: BLE001 -- a broken experiment file
+    raise checks.UsageError(f"--config {config}: cannot be loaded ({checks.one_line(e, 300)})") from None
+  ov = dict(sample_overrides or {})
+  validate_args(**ov, window_s=window_s, context_s=context_s, batch_size=batch_size, bucket_s=bucket_s,
+                sample_rate=sample_rate, seed=seed, max_memory_gb=max_memory_gb, vision_mode=cfg.vision_mode)
+  sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**ov)
+  validate_sample_config(sc)
+  # Text-to-audio items: the config's sample.text_only settings under the flags (experiments/synthetic.py).
+  text_only = dict(exp.get("sample", {}).get("text_only", None) or {})
+  sc_text = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**{**text_only, **ov}) if text_only else None
+  if sc_text is not None:
+    validate_sample_config(sc_text)
   fr = AUDIO_FRAME_RATE
   window_s = float(exp.get("sample", {}).get("window_s", 10.0)) if window_s is None else float(window_s)
   context_s = float(exp.get("sample", {}).get("context_s", 3.0)) if context_s is None else float(context_s)
+  validate_args(window_s=window_s, context_s=context_s, vision_mode=cfg.vision_mode)
+  max_text_len = int(exp.get("data", {}).get("max_text_len", 64))
+  budget = memory_budget(max_memory_gb)
+  n_dev = 1
+  if mesh is not None:
+    import jax
+
+    n_dev = len(mesh.devices.flat) if hasattr(mesh, "devices") else len(jax.devices())
+  check_window(cfg, int(round(window_s * fr)), int(round(context_s * fr)), max(max_text_len, cfg.null_text_len),
+               int(batch_size), device_budget(budget), guided=sc.cfg_scale is not None, devices=n_dev)
+  if not smoke_random:
+    missing = [n for n, v in (("--checkpoint", checkpoint), ("--codec_checkpoint", codec_checkpoint),
+                              ("--tokenizer", tokenizer)) if not v]
+    if missing:
+      raise checks.UsageError(f"missing {', '.join(missing)} (or pass --smoke_random for a pipeline check)")
+    if cfg.vision_mode != "frames":
+      for flag, path, use in (("--eva_ckpt", eva_ckpt, cfg.use_clip), ("--sync_ckpt", sync_ckpt, cfg.use_sync)):
+        if use and not path:
+          raise checks.UsageError(f"video features need converted encoder checkpoints: pass {flag} "
+                                  "(tools/convert_checkpoint.py --family eva_clip / synchformer)")
+        if use and not pathlib.Path(path).exists():
+          raise FileNotFoundError(f"{flag} {path}: not found")
+    check_checkpoint(checkpoint, cfg)
+    tokenize, codec = bpe_tokenizer(tokenizer), load_codec(codec_checkpoint)
+    if not load:
+      return Preflight(cfg, tokenize, codec.sample_rate, sample_rate, max_text_len, max_memory_gb)
+    # To host memory first: any writer's mesh, any size; inference_layout + Generator then place it.
+    params = common.load_params(checkpoint, host=True)
+    feature_fn = load_feature_fn(cfg, exp, eva_ckpt=eva_ckpt, sync_ckpt=sync_ckpt)
+  else:
+    tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
+    if not load:
+      return Preflight(cfg, tokenize, ToneCodec.sample_rate, sample_rate, max_text_len, max_memory_gb)
+    params = foley.init_params(cfg, seed)
+    codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
+  if inference_layout:
+    cfg, params = foley.inference_layout(cfg, params)
   if isinstance(mesh, dict):
     from dreamfoley_jax import sharding
 
     mesh = sharding.make_mesh(mesh)
-  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, mesh=mesh, window_frames=int(round(window_s * fr)),
-                   context_frames=int(round(context_s * fr)), batch_size=batch_size,
-                   bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed, sample_rate=sample_rate,
-                   write_mp4=write_mp4, write_png=write_png,
-                   max_text_len=int(exp.get("data", {}).get("max_text_len", 64)))
+  return Generator(cfg, params, codec, feature_fn, tokenize, sample_cfg=sc, text_only_cfg=sc_text, mesh=mesh,
+                   window_frames=int(round(window_s * fr)), context_frames=int(round(context_s * fr)),
+                   batch_size=batch_size, bucket_frames=max(1, int(round(bucket_s * fr))), seed=seed,
+                   sample_rate=sample_rate, write_mp4=write_mp4, write_png=write_png, max_text_len=max_text_len,
+                   max_memory_gb=max_memory_gb)

@@ -93,42 +93,72 @@ def allgather_features(local: Mapping[str, Mapping[str, np.ndarray]]) -> dict[st
 def map_features(names: Sequence[str], fn: Callable[[str], Mapping[str, np.ndarray]]) -> dict[str, dict]:
   """{name: fn(name)} for every name: this host computes its share, the rest come from the others.
 
-  Keys come back in the order of `names`, as one process would make them."""
+  Keys come back in the order of `names`, as one process would make them; a name fn gave None for (an
+  item it could not compute) is left out."""
   names = list(names)
-  mine = {names[i]: fn(names[i]) for i in share(names)}
+  mine = {n: v for n, v in ((names[i], fn(names[i])) for i in share(names)) if v is not None}
   import jax
 
   if jax.process_count() == 1:
     return mine
   got = allgather_features(mine)
-  return {n: got[n] for n in names}
+  return {n: got[n] for n in names if n in got}
 
 
 # --------------------------------------------------------------------------------------------------
 # generate --csv over hosts
 # --------------------------------------------------------------------------------------------------
 
-def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv") -> list[dict]:
-  """`gen.run` on this host's share of `items`; returns every host's results in item order (paths as
-  written by their host; put `out_dir` on storage all hosts see) and process 0 writes `out_dir/index_name`.
+def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv", failures=None,
+             prepare: Optional[Callable] = None, allow_longer: bool = False) -> list[dict]:
+  """`gen.run` on this host's share of `items`; returns every host's results in item order (Generator.run's
+  form: a failed item is {"name", "error"}; paths as written by their host, so put `out_dir` on storage all
+  hosts see) and process 0 writes `out_dir/index_name` and `out_dir/failures.json` (every host's failures).
+
+  gen: a Generator, or a callable that builds one (called only when this host has an item to generate).
+  prepare(items, failures, allow_longer=...): validates this host's share before `gen` is built (a Preflight's
+  `prepare`, tools/generate.py). failures: the run's checks.Failures (rows the CSV reader rejected, the
+  same on every host); every host's failed items are added to it on every host, so all hosts end with the
+  same report. Its strict=True stops each host at its own first failure; after the gather every host raises.
 
   Names and per-clip sampling seeds are fixed over the whole list first, so the clips (and their random
   streams) are the same whatever the host count."""
   import csv
 
+  from dreamfoley_jax import checks
   from dreamfoley_jax import generate as G
 
   items = list(items)
   names = G._unique_names(items)
-  items = [dataclasses.replace(it, name=n, seed=i if it.seed is None else it.seed)
+  items = [dataclasses.replace(it, name=n, seed=i if it.seed is None else it.seed,
+                               where=it.where or it.video or f"item {i}")
            for i, (it, n) in enumerate(zip(items, names))]
+  failures = checks.Failures() if failures is None else failures
   idx = share(items)
   host, count = index_count()
-  local = gen.run([items[i] for i in idx], out_dir) if idx else []
+  mine = [items[i] for i in idx]
+  # This host's failures: printed as they happen, reported after the gather (process 0 writes the file).
+  local = checks.Failures(strict=failures.strict, log=failures.log)
+  results = [{"name": it.name} for it in mine]
+  try:
+    prepared = prepare(mine, local, allow_longer=allow_longer) if prepare is not None and mine else None
+    if mine and (prepared is None or prepared):
+      g = gen() if callable(gen) and not hasattr(gen, "run") else gen
+      results = g.run(mine, out_dir, failures=local, prepared=prepared, allow_longer=allow_longer,
+                      write_failures=False)
+  except Exception:  # noqa: BLE001 -- --strict stopped this host; the others still meet it at the gather
+    if not (failures.strict and len(local)):
+      raise
+  done = [(i, r) for i, r in zip(idx, results) if "wav" in r]
   rows = [{"index": i, "name": r["name"], "video": items[i].video or "", "caption": items[i].caption,
            "seconds": r["frames"] / G.AUDIO_FRAME_RATE, "wav": str(r["wav"]), "mp4": str(r.get("mp4", "")),
-           "png": str(r.get("png", "")), "host": host} for i, r in zip(idx, local)]
-  merged = sorted((r for part in allgather_json(rows) for r in part), key=lambda r: r["index"])
+           "png": str(r.get("png", "")), "host": host} for i, r in done]
+  parts = allgather_json({"rows": rows, "failures": local.items})
+  merged = sorted((r for part in parts for r in part["rows"]), key=lambda r: r["index"])
+  failed = [f for part in parts for f in part["failures"]]
+  pos = {it.where: i for i, it in enumerate(items)}
+  failed.sort(key=lambda f: pos.get(f["item"], -1))    # item order, as one process lists them
+  failures.items.extend(failed)
   if host == 0:
     out = pathlib.Path(out_dir) / index_name
     tmp = out.with_name(f".{out.name}.tmp")
@@ -137,11 +167,20 @@ def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv"
       w.writeheader()
       w.writerows(merged)
     os.replace(tmp, out)
-  by_index = dict(zip(idx, local))
+    failures.write(out_dir)
+  if failures.strict and failed:
+    raise checks.InputError(f"{failed[0]['item']}: {failed[0]['reason']} (--strict: stopped at the first failure)")
+  by_index = {i: r for i, r in done}
+  reasons = {f["item"]: f["reason"] for f in failures.items}
+  got = {r["index"]: r for r in merged}
   out = []
-  for r in merged:       # Generator.run's result form; "codes" only for this host's clips
+  for i, it in enumerate(items):   # Generator.run's result form; "codes" only for this host's clips
+    if i not in got:
+      out.append({"name": it.name, "error": reasons.get(it.where, "failed")})
+      continue
+    r = got[i]
     d = {k: v for k, v in r.items() if v != "" or k not in ("mp4", "png")}
     d["frames"] = int(round(r["seconds"] * G.AUDIO_FRAME_RATE))
-    d.update({k: by_index[r["index"]][k] for k in ("codes",) if r["index"] in by_index})
+    d.update({k: by_index[i][k] for k in ("codes",) if i in by_index})
     out.append(d)
   return out

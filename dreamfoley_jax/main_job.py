@@ -33,6 +33,7 @@ import numpy as np
 from dreamfoley_jax.data import synthetic
 
 MATERIAL_SWAP = {"metal": "rubber", "rubber": "metal", "glass": "wood", "wood": "glass"}
+CFG_MODES = ("video+text", "video", "text")
 
 
 class Preempted(RuntimeError):
@@ -188,12 +189,16 @@ def prompt_batch(clips, captions, tokenizer, text_len: int, videos=None) -> tupl
 
 
 def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: int, seed: int, videos=None,
-             batch_size: int = 16, window_frames: int = 0, context_frames: int = 0) -> list[np.ndarray]:
+             batch_size: int = 16, window_frames: int = 0, context_frames: int = 0,
+             mode: str = "video+text") -> list[np.ndarray]:
   """Codes (K, T_i) for each clip, sampled with the jitted CFG sampler, in batches of `batch_size`.
 
   window_frames > 0: batches with clips longer than that are generated in windows of the trained length
   overlapping by `context_frames` (`sample.sample_long`); shorter batches in one pass.
+  mode: "video+text", "video" (null text: video-only) or "text" (null video: text-to-audio).
   """
+  if mode not in CFG_MODES:
+    raise ValueError(f"mode must be one of {CFG_MODES}, got {mode!r}")
   from dreamfoley_jax import sample
 
   videos = clips if videos is None else videos
@@ -201,11 +206,13 @@ def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: 
   for s in range(0, len(clips), batch_size):
     sl = slice(s, s + batch_size)
     b, lengths = prompt_batch(clips[sl], captions[sl], tokenizer, text_len, videos[sl])
+    n = len(lengths)
+    drops = dict(drop_text=np.full(n, mode == "video"), drop_video=np.full(n, mode == "text"))
     if window_frames and max(lengths) > window_frames:
       res = sample.sample_long(fcfg, params, b, lengths, window_frames=window_frames,
-                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s)
+                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s, **drops)
     else:
-      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s)
+      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s, **drops)
     codes = np.asarray(res["codes"])
     out += [codes[i, :, :n] for i, n in enumerate(lengths)]
   return out
@@ -288,6 +295,50 @@ def score(held, audios, shuffled_audios, swapped_audios, sr: int, material_centr
   }
 
 
+def is_silent(codes_KxT: np.ndarray, audio: np.ndarray, peak: float = 1e-3) -> bool:
+  """Digital silence: every codebook holds one code for all frames, or the decoded audio never exceeds
+  `peak` (what a mode that fails quietly writes)."""
+  codes_KxT = np.asarray(codes_KxT)
+  one_code = all(len(np.unique(k)) == 1 for k in codes_KxT)
+  return bool(one_code or np.abs(np.asarray(audio)).max(initial=0.0) < peak)
+
+
+def nearest_material(audio: np.ndarray, sr: int, material_centroid: dict) -> str | None:
+  """The material whose training-set event centroid is closest (log scale) to the centroid of the sound
+  after each detected onset of `audio`; None without an onset."""
+  from dreamfoley_jax.eval import sync
+
+  on = sync.detect_onsets(audio, sr)
+  cen = _nanmean(sync.event_centroids(audio, on, sr)) if len(on) else float("nan")
+  if not np.isfinite(cen) or cen <= 0:
+    return None
+  return min(material_centroid, key=lambda m: abs(np.log(cen / material_centroid[m])))
+
+
+def mode_metrics(held, codes, audios, sr: int, material_centroid: dict, mode: str) -> dict:
+  """One CFG mode's figures: silent clips (is_silent), onsets per clip, onset F1 against the true events
+  (meaningful with video), and how often the sound's material is the caption's (meaningful with text)."""
+  from dreamfoley_jax.eval import sync
+
+  per = [sync.onset_metrics(sync.detect_onsets(a, sr), c["event_times"]) for c, a in zip(held, audios)]
+  agg = sync.aggregate_onset_metrics(per)
+  mats = [nearest_material(a, sr, material_centroid) for a in audios]
+  return {"mode": mode, "silent_clips": int(sum(is_silent(k, a) for k, a in zip(codes, audios))),
+          "num_clips": len(held), "onsets_per_clip": float(np.mean([m["n_est"] for m in per])),
+          "onset_f1": agg["f1"], "onset_precision": agg["precision"], "onset_recall": agg["recall"],
+          "material_match": float(np.mean([m == c["material"] for m, c in zip(mats, held)])),
+          "rms": [round(float(np.sqrt(np.mean(np.square(a)))), 4) for a in audios]}
+
+
+def mode_sample_config(c, mode: str):
+  """The sampling settings of a CFG mode: sample.*, with sample.text_only's overrides for text-only."""
+  from dreamfoley_jax import sample
+
+  sc = sample.sample_config_from_dict(c.sample)
+  over = c.sample.get("text_only") if mode == "text" else None
+  return sc.replace(**dict(over)) if over else sc
+
+
 # --------------------------------------------------------------------------------------------------
 # The job
 # --------------------------------------------------------------------------------------------------
@@ -365,6 +416,14 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     log("  shuffled video: done")
     codes_swap = generate(fcfg, params, held, swapped, tok, scfg, text_len=text_len, seed=1, batch_size=bs, **win)
     log("  swapped caption: done")
+    # The other CFG modes (issue 19): video only (null text) and text only (null video, the job's
+    # sample.text_only settings), each measured below so a mode that goes silent shows.
+    codes_vid = generate(fcfg, params, held, captions, tok, scfg, text_len=text_len, seed=1, batch_size=bs,
+                         mode="video", **win)
+    scfg_text = mode_sample_config(c, "text")
+    codes_txt = generate(fcfg, params, held, captions, tok, scfg_text, text_len=text_len, seed=1, batch_size=bs,
+                         mode="text", **win)
+    log("  video-only and text-only modes: done")
 
   sr = synthetic.SAMPLE_RATE
   with Stage("7/8 write", log, timings):
@@ -373,12 +432,16 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     audios = [codec.decode(x) for x in codes]
     audios_shuf = [codec.decode(x) for x in codes_shuf]
     audios_swap = [codec.decode(x) for x in codes_swap]
+    audios_vid = [codec.decode(x) for x in codes_vid]
+    audios_txt = [codec.decode(x) for x in codes_txt]
     for x, a, s, w in zip(held, audios, audios_shuf, audios_swap):
       name = x["clip_id"]
       synthetic.write_wav(str(out / f"{name}.wav"), a, sr)
       synthetic.write_wav(str(out / f"{name}_groundtruth.wav"), x["audio"], sr)
       synthetic.write_wav(str(out / f"{name}_shuffled_video.wav"), s, sr)
       synthetic.write_wav(str(out / f"{name}_swapped_caption.wav"), w, sr)
+      synthetic.write_wav(str(out / f"{name}_video_only.wav"), audios_vid[held.index(x)], sr)
+      synthetic.write_wav(str(out / f"{name}_text_only.wav"), audios_txt[held.index(x)], sr)
       synthetic.write_mp4(str(out / f"{name}.mp4"), x["frames_sync"], a)
       write_spectrogram(out / f"{name}.png", a, sr, x["event_times"],
                         f"{name}: generated (caption: {x['caption']}); dashed = true events",
@@ -391,6 +454,11 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       ref[mat] = _nanmean(cs)
     metrics = score(held, audios, audios_shuf, audios_swap, sr, ref)
     metrics["material_centroid_hz"] = {k: round(v, 1) for k, v in ref.items()}
+    metrics["cfg_modes"] = {
+        "video+text": mode_metrics(held, codes, audios, sr, ref, "video+text"),
+        "video_only": mode_metrics(held, codes_vid, audios_vid, sr, ref, "video"),
+        "text_only": dict(mode_metrics(held, codes_txt, audios_txt, sr, ref, "text"),
+                          sample=dataclasses.asdict(scfg_text))}
     metrics["train_steps"] = int(result.step)
     if pretext_report is not None:
       metrics["encoder_pretext"] = pretext_report
@@ -402,6 +470,9 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     tmp = wd / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
     os.replace(tmp, wd / "metrics.json")
+  vm, tm = metrics["cfg_modes"]["video_only"], metrics["cfg_modes"]["text_only"]
+  log(f"video-only: onset F1 {vm['onset_f1']:.3f}, {vm['silent_clips']} silent clip(s); text-only: "
+      f"{tm['silent_clips']} silent clip(s), caption's material in {100 * tm['material_match']:.0f}% of clips")
   log(f"onset F1 {metrics['onset_f1']:.3f} (shuffled video {metrics['shuffled_video_onset_f1']:.3f}), "
       f"mean |offset| {metrics['mean_abs_onset_offset_s'] * 1000:.1f} ms, caption swap moves timbre toward the "
       f"caption's material in {100 * metrics['caption_swap_moves_toward_material']:.0f}% of clips; "

@@ -504,6 +504,14 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
 # Long clips: windowed continuation
 # --------------------------------------------------------------------------------------------------
 
+def _window(x: np.ndarray, start: int, n: int) -> np.ndarray:
+  """x[:, start:start + n] zero-padded to n along axis 1: a video shorter than the audio (text-to-audio,
+  --allow_longer) is padded one window at a time, never for the whole clip."""
+  w = x[:, start:start + n]
+  pad = n - w.shape[1]
+  return np.pad(w, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)) if pad > 0 else w
+
+
 def _frames_windower(cfg: foley.FoleyConfig, batch: dict, total: int, window: int, context: int):
   """frames mode: (start, window lengths) -> the window's uint8 frame batch (25 fps and 4 fps).
 
@@ -517,10 +525,7 @@ def _frames_windower(cfg: foley.FoleyConfig, batch: dict, total: int, window: in
     if key not in batch:
       continue
     x = np.asarray(batch[key])
-    m = np.asarray(batch.get(f"{key}_mask", np.ones(x.shape[:2], bool)), bool)
-    n = int(np.ceil(total * rate / cfg.sync_rate))
-    pad = max(0, n - x.shape[1])
-    out[key] = (np.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2)), np.pad(m, ((0, 0), (0, pad))), rate)
+    out[key] = (x, np.asarray(batch.get(f"{key}_mask", np.ones(x.shape[:2], bool)), bool), rate)
 
   def window_batch(start: int, wl) -> dict:
     wb = {}
@@ -528,7 +533,7 @@ def _frames_windower(cfg: foley.FoleyConfig, batch: dict, total: int, window: in
       a = start * int(rate) // per_s
       n = int(np.ceil(window * rate / cfg.sync_rate))
       keep = np.arange(n)[None] < np.ceil(np.asarray(wl)[:, None] * rate / cfg.sync_rate)
-      wb[key], wb[f"{key}_mask"] = x[:, a:a + n], m[:, a:a + n] & keep
+      wb[key], wb[f"{key}_mask"] = _window(x, a, n), _window(m, a, n) & keep
     return wb
 
   return window_batch
@@ -583,9 +588,6 @@ def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_
     video_window = _frames_windower(cfg, batch, starts[-1] + window_frames, window_frames, context_frames)
   else:
     feats, vmask = fused_video(cfg, batch)
-    pad = max(0, starts[-1] + window_frames - feats.shape[1])
-    feats = np.pad(feats, ((0, 0), (0, pad), (0, 0)))
-    vmask = np.pad(vmask, ((0, 0), (0, pad)))
   text = {k: batch[k] for k in ("text_ids", "text_mask") if k in batch}
   out = np.zeros((B, K, total), np.int32)
   windows = []
@@ -598,8 +600,8 @@ def sample_long(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, window_
     if frames_mode:
       wb = dict(text, **video_window(start, wl))
     else:
-      vm = vmask[:, start:start + window_frames] & (np.arange(window_frames)[None] < wl[:, None])
-      wb = dict(text, video_feats=feats[:, start:start + window_frames], video_mask=vm)
+      vm = _window(vmask, start, window_frames) & (np.arange(window_frames)[None] < wl[:, None])
+      wb = dict(text, video_feats=_window(feats, start, window_frames), video_mask=vm)
     prefix = out[:, :, start:start + C].copy() if C else None
     res = sample(cfg, params, wb, wl, sample_cfg=sample_cfg, seed=seed + 7919 * w, item_seeds=seeds,
                  max_frames=window_frames, prefix_codes=prefix, **kw)

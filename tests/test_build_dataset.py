@@ -163,6 +163,10 @@ def test_csv_input_captions_by_id_and_a_missing_file(tmp_path):
   assert got["a-000"]["source"].endswith("v0.mp4")                 # joined by id, never by row order
   gone = [r for r in rep["per_file"] if r["source"].endswith("gone.mp4")][0]
   assert gone["status"] == "rejected" and gone["reason"] == "unreadable" and "No such file" in gone["detail"]
+  # issue 19: the bad item in failures.json (item, reason), the good ones finished
+  fails = json.loads((tmp_path / "o" / "failures.json").read_text())
+  assert [(pathlib.Path(f["item"]).name, f["reason"].split(":")[0]) for f in fails] == [("gone.mp4", "unreadable")]
+  assert fails == rep["failures"] and "No such file" in fails[0]["reason"]
 
 
 class _Boom:
@@ -187,6 +191,10 @@ def test_a_failing_stage_rejects_only_its_clip(tmp_path, monkeypatch):
   idx = shards.read_indexes(str(tmp_path / "o"), "train")
   [rej] = [r for i in idx for r in i["rejections"] if r["stage"] == "boom"]
   assert "RuntimeError: decoder exploded" in rej["detail"]
+  # failures.json names the clip the stage failed on; quality rejections (the short tail) are not failures
+  fails = json.loads((tmp_path / "o" / "failures.json").read_text())
+  assert [(pathlib.Path(f["item"]).name, f["stage"]) for f in fails] == [("v1.mp4#v1-000", "boom")]
+  assert "decoder exploded" in fails[0]["reason"]
 
 
 def test_killed_run_loses_no_finished_shard_and_resumes(tmp_path, monkeypatch):
@@ -287,6 +295,22 @@ def _cli(*args, timeout=600):
 def test_cli_one_line_errors(tmp_path):
   r = _cli("--input", str(tmp_path / "nothing*.mp4"), "--out_dir", str(tmp_path / "o"), "--stages=-encode")
   assert r.returncode != 0 and "matches no files" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_failures_json_and_strict(tmp_path):
+  """issue 19: the good files finish, the bad one is counted and listed; --strict makes it exit 1 naming it."""
+  _small_inputs(tmp_path / "v", 1)
+  (tmp_path / "list.csv").write_text("path\nv/v0.mp4\nv/gone.mp4\n")
+  args = ["--input", str(tmp_path / "list.csv"), "--stages=silence", "--short_side=64", "--clip_seconds=1",
+          "--min_clip_seconds=0.64", "--num_workers=1", "--noprogress"]
+  r = _cli(*args, "--out_dir", str(tmp_path / "o"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"1 failed (files or clips that could not be used; reasons in {tmp_path / 'o'}/failures.json)" in r.stdout
+  r = _cli(*args, "--out_dir", str(tmp_path / "s"), "--strict")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
+      f"build_dataset: error: {tmp_path / 'v' / 'gone.mp4'}: unreadable: "), r.stderr[-2000:]
+  assert [pathlib.Path(f["item"]).name for f in json.loads((tmp_path / "s" / "failures.json").read_text())] == ["gone.mp4"]
 
 
 @pytest.mark.slow

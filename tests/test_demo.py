@@ -20,6 +20,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+def test_demo_run_applies_cfg_to_text_only_and_reports_a_failed_item(tmp_path):
+  """The page's CFG scale reaches text-to-audio items too (they sample with sample.text_only, issue 19), and an
+  item Generator.run reports as failed (it does not raise) becomes the page's message."""
+  from dreamfoley_jax import generate as G
+  from dreamfoley_jax import sample as S
+
+  class Stub:
+    sample_cfg, text_only_cfg, seed = S.SampleConfig(cfg_scale=1.5), S.SampleConfig(temperature=1.0, cfg_scale=3.0), 0
+
+    def run(self, items, out):
+      self.seen = (self.sample_cfg.cfg_scale, self.text_only_cfg, self.seed)
+      return [{"name": "dreamfoley", "error": "sampling failed: out of memory"}]
+
+  stub = Stub()
+  d = demo.Demo(stub, out_root=str(tmp_path))
+  with pytest.raises(demo.DemoInputError, match="sampling failed: out of memory"):
+    d.run(demo.Request(G.Item(video=None, caption="rain", duration=1.0), 2.0, 7))
+  assert stub.seen == (2.0, S.SampleConfig(temperature=1.0, cfg_scale=2.0), 7)
+  assert (stub.sample_cfg.cfg_scale, stub.text_only_cfg.cfg_scale) == (1.5, 3.0)     # restored after the request
+
+
 def test_request_validation(tmp_path):
   clip = mh.write_clip(tmp_path / "clip.mp4", 2.0)
   (tmp_path / "fake.mp4").write_text("this is text")
@@ -27,7 +48,8 @@ def test_request_validation(tmp_path):
   assert (r.item.video, r.item.caption, r.item.duration, r.cfg_scale, r.seed) == (str(clip), "a metal ball", 2.0, 2.5, 7)
   assert demo.request(str(clip), "", "", 2, 0, 1.5, max_seconds=5).item.duration == 1.5
   assert demo.request(None, "rain", "", 2, 0, 3, max_seconds=5).item.video is None
-  bad = [((str(tmp_path / "fake.mp4"), "", "", 2, 0, 0), r"fake.mp4: not a video this demo can read"),
+  bad = [((str(tmp_path / "fake.mp4"), "", "", 2, 0, 0), r"^fake.mp4: not a video this demo can read \(Invalid data "
+           r"found when processing input\); upload an mp4"),
          ((str(clip), "", "", 2, 0, 3), r"duration 3 s is longer than the video \(2.00 s\)"),
          ((str(clip), "", "", 2, 0, 0), None),
          ((None, "rain", "", 2, 0, 0), r"without a video \(text-to-audio\) set a duration"),

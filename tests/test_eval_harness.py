@@ -256,7 +256,13 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
   inp = harness.EvalInputs(gen_dir=str(gen), video_dir=str(dataset / "videos"), duration_s=DUR,
                            cache_dir=str(tmp_path / "c"))
   with pytest.raises(torch_ref.AudioTooShortError, match=r"a\.wav: audio is 6\.000 s.*full 8 s"):
-    harness.evaluate(inp, {"synchformer": FakeSynchformer()})
+    harness.evaluate(inp, {"synchformer": FakeSynchformer()}, strict=True)
+  # Without strict the clip is left out and reported: no DeSync from it, one failure naming the file.
+  r = harness.evaluate(inp, {"synchformer": FakeSynchformer()})
+  assert "DeSync" not in r["metrics"] and r["counts"]["DeSync"] == 0
+  assert [(f["item"], f["role"], f["embedder"]) for f in r["failures"]] == [(str(gen / "a.wav"), "generated",
+                                                                          "synchformer")]
+  assert "audio is 6.000 s" in r["failures"][0]["reason"]
   # Even without a clip length, fewer than 4.8 s cannot be scored.
   with pytest.raises(torch_ref.AudioTooShortError, match="at least 4.8 s"):
     torch_ref.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")

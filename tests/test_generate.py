@@ -1,4 +1,5 @@
 """generate: video file -> features -> sampling -> codec -> wav / remuxed mp4 / spectrogram, end to end."""
+import json
 import re
 
 import av
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from dreamfoley_jax import checks
 from dreamfoley_jax import generate as G
 from dreamfoley_jax import sample as S
 from dreamfoley_jax.models import foley, qwen2
@@ -107,14 +109,22 @@ def test_generate_end_to_end(tmp_path, params):
 def test_generate_errors(tmp_path, params):
   gen = G.Generator(CFG, params, ToneCodec(), feature_fn, tokenize=lambda s: [1], show_progress=False)
   with pytest.raises(FileNotFoundError, match="missing.mp4"):
-    gen.run([G.Item(video=str(tmp_path / "missing.mp4"))], tmp_path)
+    gen.run([G.Item(video=str(tmp_path / "missing.mp4"))], tmp_path, strict=True)
   (tmp_path / "bad.mp4").write_bytes(b"not a video")
   with pytest.raises(G.GenerateError, match="bad.mp4"):
-    gen.run([G.Item(video=str(tmp_path / "bad.mp4"))], tmp_path)
+    gen.run([G.Item(video=str(tmp_path / "bad.mp4"))], tmp_path, strict=True)
+  # Without strict: both items reported (item, reason) in failures.json, no output written for either.
+  res = gen.run([G.Item(video=str(tmp_path / "missing.mp4")), G.Item(video=str(tmp_path / "bad.mp4"))],
+                tmp_path / "o")
+  assert res[0]["error"] == "no such video"
+  assert res[1]["error"].startswith("not a video PyAV can open (InvalidDataError")
+  fails = json.loads((tmp_path / "o" / "failures.json").read_text())
+  assert [f["item"] for f in fails] == [str(tmp_path / "missing.mp4"), str(tmp_path / "bad.mp4")]
+  assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["failures.json"]
 
 
 def test_build_generator_names_missing_paths():
-  with pytest.raises(G.GenerateError, match="--checkpoint, --codec_checkpoint, --tokenizer"):
+  with pytest.raises(checks.UsageError, match="--checkpoint, --codec_checkpoint, --tokenizer"):
     G.build_generator("experiments/tiny.py")
   g = G.build_generator("experiments/tiny.py", smoke_random=True, sample_overrides={"cfg_scale": 2.0})
   assert g.sample_cfg == S.SampleConfig(temperature=1.0, top_k=25, top_p=0.9, cfg_scale=2.0)

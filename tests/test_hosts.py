@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +41,11 @@ def inputs(tmp_path_factory):
     mh.write_clip(vids / f"clip{i}.mp4", 1.0, seed=10 + i)
     rows.append(f"videos/clip{i}.mp4,a ball bounces,")     # one caption length, clip length: one compile
   rows.append(",a ball bounces,1.0")                         # text-to-audio row: named clip4
+  # Bad rows (issue 19): one the CSV reader rejects (every host), a missing video (row 5: host 1's share),
+  # a file that is not a video (row 6: host 0's); each host reports its own, process 0 writes them all.
+  (vids / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+  rows += ["videos/clip0.mp4,a ball bounces,abc", "videos/missing.mp4,a ball bounces,",
+           "videos/garbage.mp4,a ball bounces,"]
   (root / "clips.csv").write_text("\n".join(rows) + "\n")
   (root / "captions.csv").write_text("name,caption\n" + "".join(f"clip{i},ball {i}\n" for i in range(4)))
   return root, model
@@ -51,11 +57,11 @@ def _port():
     return s.getsockname()[1]
 
 
-def _run(cmds, env):
+def _run(cmds, env, rc=0):
   procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
   outs = [p.communicate(timeout=500)[0] for p in procs]
   for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
+    assert p.returncode == rc, o[-3000:]
   return outs
 
 
@@ -65,10 +71,14 @@ def test_two_hosts_give_what_one_gives(inputs, tmp_path):
   one, two = tmp_path / "one" / "gen", tmp_path / "two" / "gen"   # same folder name: the stand-ins key on it
   gen = [sys.executable, str(ROOT / "tools" / "generate.py"), f"--model={model}", f"--csv={root / 'clips.csv'}",
          "--batch_size=1", "--nopng"]
-  _run([gen + [f"--out_dir={one}"]], env)
+  _run([gen + [f"--out_dir={one}"]], env, rc=1)        # 1: some rows failed
   port = _port()
   multi = lambda i: [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]  # noqa: E731
-  outs = _run([gen + [f"--out_dir={two}"] + multi(i) for i in range(2)], env)
+  outs = _run([gen + [f"--out_dir={two}"] + multi(i) for i in range(2)], env, rc=1)
+  # A generated clip no reader can decode, and one the panns stand-in cannot score, in both folders.
+  for d in (one, two):
+    (d / "junk.wav").write_bytes(b"not audio" * 100)
+    shutil.copy(one / "clip0.wav", d / "fragile.wav")
   # Evaluation: here on one process, then on two (tests/hosts_worker.py: the harness tools/evaluate.py runs).
   ref = json.loads(json.dumps(hosts_worker.evaluate(one, root / "videos", root / "captions.csv")))
   port = _port()
@@ -91,12 +101,35 @@ def test_two_hosts_give_what_one_gives(inputs, tmp_path):
     b, _ = sf.read(two / f"{n}.wav")
     assert len(a) == 24000 and np.array_equal(a, b), n
   assert (two / "clip1.mp4").exists() and not (two / "clip4.mp4").exists()
+  # failures.json: every host's failed rows in row order, the same as one process writes; nothing else left.
+  csv_path = root / "clips.csv"
+  want = [(f"{csv_path}:7", "duration: 'abc' is not a number"), (f"{csv_path}:8", "no such video"),
+          (f"{csv_path}:9", "not a video PyAV can open")]
+  for d in (one, two):
+    fails = json.loads((d / "failures.json").read_text())
+    assert [f["item"] for f in fails] == [w[0] for w in want], fails
+    assert all(w[1] in f["reason"] for f, w in zip(fails, want)), fails
+  assert json.loads((one / "failures.json").read_text()) == json.loads((two / "failures.json").read_text())
+  for o in outs:      # each host: the FAILED line of its own share as it happens; both: the whole count
+    assert "generated 5 of 8 items, 3 failed" in o, o[-2000:]
+  assert ("missing.mp4" in outs[1]) and ("missing.mp4" not in outs[0].split("generated 5 of")[0])
+  assert not list(two.glob("*missing*")) and not list(two.glob("garbage*")) and not list(two.glob(".tmp-*"))
 
   # evaluate: both hosts hold the one-process metrics; each embedded only its share of the clips.
   assert set(ref["metrics"]) >= {"FD-PANN", "KL-PANNS-softmax", "KL-PASST-softmax", "KL", "DeSync", "LAION-CLAP-Score"}
   for g in got:
     assert g["metrics"] == ref["metrics"]
     assert g["counts"] == ref["counts"] and g["pairing"] == ref["pairing"]
+  # ... and every host holds every host's failures: junk.wav and the reference garbage.mp4 (screening: its audio
+  # and its video) and fragile.wav (panns only), in the one-process order.
+  strip = lambda fs: [(pathlib.Path(f["item"]).name, f["role"], f.get("embedder"),  # noqa: E731
+                       f["reason"].replace(str(one), "GEN").replace(str(two), "GEN")) for f in fs]
+  assert [f[:3] for f in strip(ref["failures"])] == [
+      ("junk.wav", "generated", None), ("garbage.mp4", "reference audio", None), ("garbage.mp4", "video", None),
+      ("fragile.wav", "generated", "panns")]
+  for g in got:
+    assert strip(g["failures"]) == strip(ref["failures"])
+  assert ref["counts"]["failed"] == 4
   per_host = got[0]["cache"]["hosts"]
   assert [h["misses"] for h in per_host] == [x["cache"]["misses"] for x in got]
   assert sum(h["misses"] for h in per_host) == ref["cache"]["misses"] and min(h["misses"] for h in per_host) > 0

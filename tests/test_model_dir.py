@@ -137,4 +137,6 @@ def test_generate_cli_with_model(parts, tmp_path):
   p = subprocess.run(cmd[:2] + [f"--model={tmp_path / 'nothing'}"] + cmd[3:], capture_output=True, text=True,
                      timeout=300, env=env)
   assert p.returncode == 1
-  assert p.stderr.strip().splitlines()[-1].startswith(f"error: --model {tmp_path / 'nothing'}: no such model directory")
+  assert p.stderr.strip().splitlines() == [   # one line, as every generate error (docs/reliability.md)
+      f"generate: error: --model {tmp_path / 'nothing'}: no such model directory (the main job writes "
+      "runs/synthetic/model; tools/export_model.py makes one from a training workdir)"]

@@ -80,6 +80,9 @@ flags.DEFINE_string("name", "train", "Shard name prefix: NAME-<hash>.array_recor
 flags.DEFINE_bool("share_model", False, "One copy of each model per machine (Beam large_model): on an "
                   "accelerator host, so a single process owns the TPU/GPU.")
 flags.DEFINE_bool("progress", True, "Per-stage progress bars (local runs).")
+flags.DEFINE_bool("strict", False, "exit with status 1 naming the first file that could not be used (Beam "
+                  "still runs the whole batch; default: the good files finish, the bad ones are listed in "
+                  "OUT_DIR/failures.json, status 0)")
 flags.DEFINE_string("tfds_data_dir", None, "Build a TFDS dataset here instead (no resume, no report).")
 flags.DEFINE_string("tfds_config_name", "clips", "TFDS builder config name for --tfds_data_dir (not \"default\").")
 
@@ -171,6 +174,13 @@ def main(argv):
   print(f"this run: {last['inputs']} inputs, {last['skipped_done']} already done, {last['seconds']:.1f} s; "
         f"report: {F.out_dir}/report.json, {F.out_dir}/report.png")
   print(f"train with --config.data.train_records='{F.out_dir}/{F.name}-*.array_record'")
+  failed = rep.get("failures", [])
+  if failed:
+    print(f"{len(failed)} failed (files or clips that could not be used; reasons in {F.out_dir}/failures.json)")
+    if F.strict:
+      print(f"build_dataset: error: {failed[0]['item']}: {failed[0]['reason']} (--strict; "
+            f"{len(failed)} failed in all)", file=sys.stderr)
+      sys.exit(1)
 
 
 if __name__ == "__main__":

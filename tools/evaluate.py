@@ -18,12 +18,15 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # runnable from a checkout too
 
-from dreamfoley_jax import hosts  # noqa: E402
+from dreamfoley_jax import checks, hosts  # noqa: E402
 from dreamfoley_jax.eval import embedders, harness  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/eval_vggsound.py", "evaluation config")
+_STRICT = flags.DEFINE_bool("strict", False, "stop at the first clip that cannot be scored (default: leave it "
+                            "out, list it in failures.json beside the output JSON, exit status 1)")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "print the traceback of an error (default: one line)")
 # Many hosts (dreamfoley_jax/hosts.py): every host runs this command, computes the features of its share of
-# the clips, and all hosts get every feature; process 0 writes the outputs.
+# the clips, and all hosts get every feature (and every host's failures); process 0 writes the outputs.
 flags.DEFINE_bool("distributed", False, "join a multi-host JAX job found by cluster detection (TPU slice, SLURM)")
 flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (with the two flags below)")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
@@ -31,14 +34,20 @@ flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+def _run() -> int:
   c = _CONFIG.value
   if not c.gen_dir:
-    raise app.UsageError("--config.gen_dir is required")
-  hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+    raise checks.UsageError("--config.gen_dir is required")
+  checks.number(c.duration_s, "--config.duration_s", lo=0, lo_open=True, accepted="seconds > 0")
+  try:
+    hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+  except ValueError as e:
+    raise checks.UsageError(str(e)) from None
   names = [n.strip() for n in c.metrics.split(",") if n.strip()]
+  if not names:
+    raise checks.UsageError(f"--config.metrics is empty (accepted: a comma list of {', '.join(harness.ALL_EMBEDDERS)})")
+  out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
+  checks.writable_dir(pathlib.Path(out).expanduser().parent, "--config.out's folder")
   built = {}
   for n in names:
     key = embedders.metric_key(n)  # passt_torch / synchformer_torch score what passt / synchformer do
@@ -57,16 +66,27 @@ def main(argv):
                               duration_s=c.duration_s, cache_dir=c.cache_dir or None,
                               ref_cache_dir=c.ref_cache_dir or None, fd_method=c.fd_method,
                               pairing=c.get("pairing", "stem"))
-  result = harness.evaluate(inputs, built)
-  if hosts.index_count()[0] != 0:   # every host holds the same result; one writes it
-    return
-  out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
+  first = hosts.index_count()[0] == 0    # every host holds the same result and failures; process 0 writes them
+  failures = checks.Failures(pathlib.Path(out).expanduser().parent if first else None, strict=_STRICT.value)
+  result = harness.evaluate(inputs, built, failures=failures)
+  if not first:
+    return 1 if failures else 0
   table = harness.write_outputs(result, out, row_name=c.row_name, ib_scale=c.ib_scale)
   for k, v in sorted(result["metrics"].items()):
     logging.info("%-18s %.6f", k, v)
   print(table)
   print(f"wrote {out} and {pathlib.Path(out).with_suffix('.md')}")
+  n = result["counts"]["generated"] + len([f for f in failures.items if f.get("role") == "generated"
+                                             and "embedder" not in f])
+  print(failures.summary(result["counts"]["generated"], n, "scored"))
+  return 1 if failures else 0
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  checks.run_cli(_run, verbose=_VERBOSE.value, prog="evaluate")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=checks.absl_flags_parser)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax
 from absl import app, flags
 
+from dreamfoley_jax import checks
 from dreamfoley_jax import generate as G
 from dreamfoley_jax import hosts, model_dir, sharding
 
@@ -57,6 +58,13 @@ flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-
                     "chips: whole KV heads per chip, clips split over the rest) or 'data=-1' (clips split over all "
                     "devices; -1 = the rest); empty: one device")
 flags.DEFINE_bool("smoke_random", False, "random weights/features and a tone codec (pipeline check)")
+flags.DEFINE_bool("allow_longer", False, "let a CSV duration run past the end of its video (the audio goes on "
+                  "with no video; default: such a row fails)")
+flags.DEFINE_float("max_memory_gb", None, "host memory one item may use (default: 80% of the available memory); "
+                   "longer items fail before anything is allocated, naming the limit")
+flags.DEFINE_bool("strict", False, "stop at the first bad item (default: finish the good ones, list the bad "
+                  "ones in OUT_DIR/failures.json, exit status 1)")
+flags.DEFINE_bool("verbose", False, "print the traceback of an error (default: one line)")
 # Many hosts (dreamfoley_jax/hosts.py): every host runs this command and takes every n-th row of --csv.
 flags.DEFINE_bool("distributed", False, "join a multi-host JAX job found by cluster detection (TPU slice, SLURM)")
 flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (with the two flags below)")
@@ -64,40 +72,80 @@ flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's id")
 
 
-def main(argv):
-  del argv
+def _run() -> int:
   if bool(FLAGS.video) == bool(FLAGS.csv):
-    raise app.UsageError("give exactly one of --video or --csv")
-  items = G.read_csv(FLAGS.csv) if FLAGS.csv else [G.Item(video=FLAGS.video, caption=FLAGS.caption,
-                                                          negative=FLAGS.negative)]
-  n_hosts = hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+    raise checks.UsageError("give exactly one of --video FILE or --csv FILE")
+  if FLAGS.csv and (FLAGS.caption or FLAGS.negative):
+    raise checks.UsageError("--caption / --negative apply to --video; with --csv put them in the CSV's "
+                            "caption / negative columns")
+  if not FLAGS.model and not FLAGS.config:
+    raise checks.UsageError("give --model DIR (a model directory) or --config with the checkpoint flags")
+  if FLAGS.model and FLAGS.smoke_random:
+    raise checks.UsageError("--smoke_random runs random weights: give it with --config, not --model")
   try:
     spec = sharding.parse_mesh_spec(FLAGS.mesh)
-    local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
-    mesh = None if spec is None else sharding.make_mesh(spec, devices=local)
   except ValueError as e:
-    raise app.UsageError(f"--mesh: {e}") from e
+    raise checks.UsageError(f"--mesh: {e}") from None
+  try:
+    n_hosts = hosts.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+  except ValueError as e:
+    raise checks.UsageError(str(e)) from None
   overrides = {k: getattr(FLAGS, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
                if getattr(FLAGS, k) is not None}
-  if not FLAGS.model and not FLAGS.config:
-    raise app.UsageError("give --model DIR (a model directory) or --config with the checkpoint flags")
   kw = dict(checkpoint=FLAGS.checkpoint, codec_checkpoint=FLAGS.codec_checkpoint, tokenizer=FLAGS.tokenizer,
-            sample_overrides=overrides, eva_ckpt=FLAGS.eva_ckpt, sync_ckpt=FLAGS.sync_ckpt,
-            window_s=FLAGS.window_s, context_s=FLAGS.context_s, batch_size=FLAGS.batch_size,
-            bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-            write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout, mesh=mesh)
-  if FLAGS.model:
-    try:
-      gen = model_dir.build_generator(FLAGS.model, config=FLAGS.config, **kw)
-    except model_dir.ModelDirError as e:
-      raise SystemExit(f"error: --model {e}") from e
+            sample_overrides=overrides, eva_ckpt=FLAGS.eva_ckpt,
+            sync_ckpt=FLAGS.sync_ckpt, window_s=FLAGS.window_s, context_s=FLAGS.context_s,
+            batch_size=FLAGS.batch_size, bucket_s=FLAGS.bucket_s, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
+            write_mp4=FLAGS.mp4, write_png=FLAGS.png, inference_layout=FLAGS.inference_layout,
+            max_memory_gb=FLAGS.max_memory_gb)
+
+  def build(**extra):
+    if FLAGS.model:
+      try:
+        return model_dir.build_generator(FLAGS.model, config=FLAGS.config, **kw, **extra)
+      except model_dir.ModelDirError as e:
+        raise checks.InputError(f"--model {e}") from None
+    return G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw, **extra)
+
+  def build_and_load():
+    local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
+    return build(mesh=None if spec is None else sharding.make_mesh(spec, devices=local))
+
+  # Everything is checked before the model loads: flags, paths, checkpoint shapes, then every item.
+  pre = build(load=False)
+  out = checks.writable_dir(FLAGS.out_dir)
+  first = hosts.index_count()[0] == 0       # with several hosts process 0 writes failures.json
+  failures = checks.Failures(out if first else None, strict=FLAGS.strict, log=print if FLAGS.csv else None)
+  if FLAGS.csv:
+    items = G.read_csv(FLAGS.csv, failures)
+    # Host i validates and generates every n-th row; every host ends with every host's results and failures.
+    results = hosts.generate(build_and_load, items, out, failures=failures, prepare=pre.prepare,
+                             allow_longer=FLAGS.allow_longer)
   else:
-    gen = G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw)
-  results = hosts.generate(gen, items, FLAGS.out_dir) if FLAGS.csv else gen.run(items, FLAGS.out_dir)
-  for r in results:
+    items = [G.Item(video=FLAGS.video, caption=checks.utf8_text(FLAGS.caption, "--caption"),
+                    negative=checks.utf8_text(FLAGS.negative, "--negative"), where=FLAGS.video)]
+    prepared, results = pre.prepare(items, failures, allow_longer=FLAGS.allow_longer), []
+    if prepared:
+      results = build_and_load().run(items, out, failures=failures, allow_longer=FLAGS.allow_longer,
+                                     prepared=prepared)
+  total = len(items) + sum(1 for f in failures.items if f["item"] not in {it.where for it in items})
+  done = [r for r in results if "wav" in r]
+  if not done:
+    failures.write()
+    if total == 1:   # --video, or a one-row CSV: its reason is the error
+      raise checks.InputError(f"{failures.items[0]['item']}: {failures.items[0]['reason']}")
+    raise checks.InputError(f"no usable item: {failures.summary(0, total, 'generated')}")
+  for r in done:
     print(f"{r['name']}: {r['frames'] / G.AUDIO_FRAME_RATE:.2f} s -> {r['wav']}"
           + (f", {r['mp4']}" if "mp4" in r else "") + (f", {r['png']}" if "png" in r else ""))
+  print(failures.summary(len(done), total, "generated"))
+  return 1 if failures else 0
+
+
+def main(argv):
+  del argv
+  checks.run_cli(_run, verbose=FLAGS.verbose, prog="generate")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=checks.absl_flags_parser)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import logging
 import os
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamfoley_jax import sharding
+from dreamfoley_jax import checks, sharding
 from dreamfoley_jax.data import records
 from dreamfoley_jax.video import io as vio
 from dreamfoley_jax.video import preprocess as vpre
@@ -50,6 +49,7 @@ class ClipItem:
   path: str
   caption: str = ""
   clip_id: str = ""
+  error: str = ""        # found unusable while listing (e.g. a caption file that is not UTF-8): reported, skipped
 
 
 @dataclasses.dataclass
@@ -76,18 +76,25 @@ def scan_folder(folder: str | os.PathLike) -> list[ClipItem]:
   extension), sanitised by `safe_clip_id`.
   """
   root = pathlib.Path(folder)
+  if not root.exists():
+    raise FileNotFoundError(f"--input {root}: no such folder or CSV")
   if not root.is_dir():
-    raise FileNotFoundError(f"{root}: not a directory")
+    raise checks.InputError(f"--input {root}: neither a folder of videos nor a .csv manifest")
   paths = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in vio.VIDEO_EXTENSIONS]
   stems = collections.Counter(str(p.relative_to(root).with_suffix("")) for p in paths)
   items = []
   for p in paths:
     side = p.with_suffix(".txt")
-    caption = side.read_text().strip() if side.exists() else ""
+    caption, error = "", ""
+    if side.exists():
+      try:
+        caption = checks.read_text(side, "caption file").strip()
+      except (checks.InputError, OSError) as e:
+        error = f"caption {checks.one_line(e)}"
     rel = p.relative_to(root)
     # the path without suffix, unless two videos differ only by extension (a.mp4, a.mkv)
     cid = str(rel.with_suffix("")) if stems[str(rel.with_suffix(""))] == 1 else str(rel)
-    items.append(ClipItem(str(p), caption, safe_clip_id(cid)))
+    items.append(ClipItem(str(p), caption, safe_clip_id(cid), error))
   return items
 
 
@@ -96,27 +103,31 @@ def read_manifest(path: str | os.PathLike) -> list[ClipItem]:
   against the CSV's folder. A missing clip_id defaults to the video's path below that folder (without
   suffix) or, for videos elsewhere, its file stem."""
   path = pathlib.Path(path)
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    cols = reader.fieldnames or []
-    vcol = "video" if "video" in cols else ("path" if "path" in cols else None)
-    if vcol is None or "caption" not in cols:
-      raise ValueError(f"{path}: manifest needs columns 'video' (or 'path') and 'caption'; has {cols}")
-    items = []
-    for n, row in enumerate(reader, start=2):
-      v = (row.get(vcol) or "").strip()
-      if not v:
-        raise ValueError(f"{path}:{n}: empty '{vcol}'")
-      vp = pathlib.Path(v)
-      if not vp.is_absolute():
-        vp = path.parent / vp
-      cid = (row.get("clip_id") or "").strip()
-      if not cid:   # default: the path below the manifest's folder without suffix, else the stem
-        try:
-          cid = str(vp.resolve().relative_to(path.parent.resolve()).with_suffix(""))
-        except ValueError:
-          cid = vp.stem
-      items.append(ClipItem(str(vp), row.get("caption") or "", safe_clip_id(cid)))
+  cols, rows = checks.read_csv(path, "manifest")
+  vcol = "video" if "video" in cols else ("path" if "path" in cols else None)
+  if vcol is None or "caption" not in cols:
+    raise checks.InputError(f"{path}: manifest needs columns 'video' (or 'path') and 'caption'; has {cols}")
+  items = []
+  for n, row in rows:
+    v = (row.get(vcol) or "").strip()
+    if not v:
+      items.append(ClipItem(f"{path}:{n}", "", f"row{n}", f"empty '{vcol}'"))
+      continue
+    vp = pathlib.Path(v)
+    if not vp.is_absolute():
+      vp = path.parent / vp
+    cid = (row.get("clip_id") or "").strip()
+    if not cid:   # default: the path below the manifest's folder without suffix, else the stem
+      try:
+        cid = str(vp.resolve().relative_to(path.parent.resolve()).with_suffix(""))
+      except ValueError:
+        cid = vp.stem
+    try:
+      cid = safe_clip_id(cid)
+    except ValueError as e:
+      items.append(ClipItem(str(vp), "", f"row{n}", str(e)))
+      continue
+    items.append(ClipItem(str(vp), row.get("caption") or "", cid))
   return items
 
 
@@ -127,7 +138,7 @@ def collect_items(source: str | os.PathLike) -> list[ClipItem]:
   seen = collections.Counter(it.clip_id for it in items)
   dups = [k for k, n in seen.items() if n > 1]
   if dups:
-    raise ValueError(f"{source}: duplicate clip ids {dups[:10]}")
+    raise checks.InputError(f"{source}: duplicate clip ids {dups[:10]} (give each a unique clip_id)")
   return items
 
 
@@ -215,8 +226,8 @@ class _Pending:
 def _decode(item: ClipItem, cfg: ExtractConfig):
   try:
     return vpre.load_video_frames(item.path, max_duration_sec=cfg.max_duration_sec, rule=cfg.rule)
-  except vio.VideoError as e:
-    return e
+  except Exception as e:  # noqa: BLE001 -- any decode failure is this clip's (reported, the rest go on)
+    return e if isinstance(e, vio.VideoError) else vio.VideoError(f"{item.path}: {checks.one_line(e)}")
 
 
 def _load_tokenizer(tokenizer):
@@ -228,27 +239,41 @@ def _load_tokenizer(tokenizer):
   if p.is_dir():
     p = p / "tokenizer.json"
   if not p.exists():
-    raise FileNotFoundError(f"{p}: tokenizer.json not found")
-  return Tokenizer.from_file(str(p))
+    raise FileNotFoundError(f"--tokenizer {p}: tokenizer.json not found")
+  try:
+    return Tokenizer.from_file(str(p))
+  except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception
+    raise checks.InputError(f"--tokenizer {p}: not a tokenizer.json ({checks.one_line(e, 200)})") from None
 
 
 def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, encoders: Encoders,
                      cfg: ExtractConfig = ExtractConfig(), *, tokenizer=None,
                      audio_tokenizer: Callable[[str, float], np.ndarray] | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, strict: bool = False) -> dict:
   """Extracts both streams for every item not yet written; returns {'written','skipped','failed'}.
 
   tokenizer: None, a path to tokenizer.json (HF `tokenizers`) or an object with `.encode(text).ids`.
   audio_tokenizer(path, duration_sec) -> int (K, Ta) codes at 25 Hz, stored as audio_codes int16.
-  Clips that fail to decode are listed in `failed` (path, message) and in `<out_dir>/_failed.tsv`.
+  Clips that fail (decode, caption, tokenizer, audio codes) are listed in `failed` (path, message), in
+  `<out_dir>/failures.json` ([{"item", "reason", "clip_id"}]) and `<out_dir>/_failed.tsv`; the others
+  finish. strict=True: the first failure raises (after writing failures.json).
   """
   from tqdm.auto import tqdm
 
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = checks.writable_dir(out_dir, "--output_dir")
   tok = _load_tokenizer(tokenizer)
+  failures = checks.Failures(out_dir, strict=strict)
   todo = [it for it in items if not record_path(out_dir, it.clip_id).exists()]
   stats = {"written": 0, "skipped": len(items) - len(todo), "failed": []}
+
+  def fail(item: ClipItem, reason) -> None:
+    msg = reason if isinstance(reason, str) else checks.one_line(reason)
+    stats["failed"].append((item.path, msg if item.path in msg else f"{item.path}: {msg}"))
+    log.warning("skipping %s", stats["failed"][-1][1])
+    failures.add(item.path, msg, clip_id=item.clip_id)
+
+  bad = [it for it in todo if it.error]
+  todo = [it for it in todo if not it.error]
   bar = tqdm(total=len(items), initial=stats["skipped"], disable=not progress, unit="clip",
              desc="extract")
 
@@ -264,14 +289,18 @@ def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, enco
           # one token per 25 fps frame (the length rule, video.preprocess.sync_cover_indices)
           "sync_feats": np.concatenate(p.sync_feats)[:fr.sync_u8.shape[0]].astype(np.float16),
           "duration": np.float32(fr.duration_sec)}
-    if tok is not None:
-      ex["text_ids"] = np.asarray(tok.encode(p.item.caption).ids, np.int32)
-    if audio_tokenizer is not None:
-      ex["audio_codes"] = np.asarray(audio_tokenizer(p.item.path, fr.duration_sec)).astype(np.int16)
-    if cfg.store_frames:
-      ex["frames_clip"], ex["frames_sync"] = fr.clip_u8, fr.sync_u8
-    write_record_atomic(out_dir, ex)
-    stats["written"] += 1
+    try:
+      if tok is not None:
+        ex["text_ids"] = np.asarray(tok.encode(checks.utf8_text(p.item.caption, "caption")).ids, np.int32)
+      if audio_tokenizer is not None:
+        ex["audio_codes"] = np.asarray(audio_tokenizer(p.item.path, fr.duration_sec)).astype(np.int16)
+      if cfg.store_frames:
+        ex["frames_clip"], ex["frames_sync"] = fr.clip_u8, fr.sync_u8
+      write_record_atomic(out_dir, ex)
+    except Exception as e:  # noqa: BLE001 -- this clip's record cannot be made; the others go on
+      fail(p.item, e)
+    else:
+      stats["written"] += 1
     bar.update(1)
     bar.set_postfix(written=stats["written"], failed=len(stats["failed"]))
 
@@ -296,14 +325,16 @@ def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, enco
           return
         inflight.append((nxt, pool.submit(_decode, nxt, cfg)))
 
+    for b in bad:
+      fail(b, b.error)
+      bar.update(1)
     refill()
     while inflight:
       item, fut = inflight.popleft()
       refill()
       fr = fut.result()
       if isinstance(fr, Exception):
-        log.warning("skipping %s", fr)
-        stats["failed"].append((item.path, str(fr)))
+        fail(item, fr)
         bar.update(1)
         continue
       windows = vpre.sync_cover_windows(fr.sync_u8)
@@ -315,6 +346,7 @@ def extract_features(items: Sequence[ClipItem], out_dir: str | os.PathLike, enco
     drain(clip_q, encoders.clip, clip_batch, "clip_feats", True)
     drain(sync_q, encoders.sync, sync_batch, "sync_feats", True)
   bar.close()
+  failures.write()
   if stats["failed"]:
     (out_dir / "_failed.tsv").write_text("".join(f"{p}\t{m}\n" for p, m in stats["failed"]))
   return stats
@@ -372,7 +404,7 @@ def _module_config(module_cls, overrides: dict):
   raise TypeError(f"{module_cls.__name__}: no dataclass 'config'/'cfg' field to build")
 
 
-def _restore_placed(ckpt, module, mesh, example):
+def _restore_placed(ckpt, module, mesh, example, flag: str = "checkpoint"):
   """Restores an orbax params checkpoint directly into the sharded layout `module.init` declares."""
   from dreamfoley_jax.convert import common
 
@@ -387,14 +419,29 @@ def _restore_placed(ckpt, module, mesh, example):
   abstract = nn.unbox(abstract)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                         shardings)
+  found = _checkpoint_shapes(ckpt, flag)
+  bare = not any(k.startswith("params/") for k in found)   # saved without the {'params': ...} wrapper
+  want = {k: tuple(v.shape) for k, v in common.flatten(target["params"] if bare else target).items()}
+  checks.tree_mismatch(want, found, f"{flag} {ckpt} does not fit {type(module).__name__}")
+  return {"params": common.load_params(ckpt, target["params"])} if bare else common.load_params(ckpt, target)
+
+
+def _checkpoint_shapes(ckpt, flag: str) -> dict:
+  """{path: shape} of a params checkpoint from orbax's metadata (nothing loaded)."""
+  import orbax.checkpoint as ocp
+
+  from dreamfoley_jax.convert import common
+
+  item = pathlib.Path(ckpt).absolute() / "params"
+  if not item.is_dir():
+    raise checks.InputError(f"{flag} {ckpt}: not a params checkpoint (no 'params' directory inside; "
+                            "tools/convert_checkpoint.py --family eva_clip / synchformer writes one)")
   try:
-    return common.load_params(ckpt, target)
-  except Exception as first:  # checkpoints saved without the {'params': ...} wrapper
-    try:
-      return {"params": common.load_params(ckpt, target["params"])}
-    except Exception as second:
-      raise common.ConversionError(f"{ckpt}: does not match {type(module).__name__} "
-                                   f"(as {{'params': ...}}: {first}; as bare params: {second})") from second
+    meta = ocp.StandardCheckpointer().metadata(item)
+  except Exception as e:  # noqa: BLE001
+    raise checks.InputError(f"{flag} {ckpt}: unreadable orbax checkpoint ({checks.one_line(e, 200)})") from None
+  meta = getattr(meta, "item_metadata", meta)
+  return {k: tuple(v.shape) for k, v in common.flatten(dict(meta)).items() if hasattr(v, "shape")}
 
 
 def build_real_encoders(eva_ckpt: str, sync_ckpt: str, mesh, cfg: ExtractConfig) -> Encoders:
@@ -410,15 +457,16 @@ def build_real_encoders(eva_ckpt: str, sync_ckpt: str, mesh, cfg: ExtractConfig)
                       f"and Synchformer ports); they are not in this checkout ({e})") from e
   from dreamfoley_jax.convert import common
 
-  for p in (eva_ckpt, sync_ckpt):
+  for flag, p in (("--eva_ckpt", eva_ckpt), ("--sync_ckpt", sync_ckpt)):
     if not p or not pathlib.Path(p).exists():
-      raise FileNotFoundError(f"{p!r}: encoder checkpoint directory not found")
+      raise FileNotFoundError(f"{flag} {p!r}: encoder checkpoint directory not found")
   eva = eva_clip.EvaVisionTower(_module_config(eva_clip.EvaVisionTower,
                                                common.read_metadata(eva_ckpt).get("config", {})))
   syn = synchformer.Synchformer(_module_config(synchformer.Synchformer,
                                                common.read_metadata(sync_ckpt).get("config", {})))
-  eva_params = _restore_placed(eva_ckpt, eva, mesh, jnp.zeros((1, 224, 224, 3), jnp.float32))
-  syn_params = _restore_placed(sync_ckpt, syn, mesh, jnp.zeros((1, 1, 16, 224, 224, 3), jnp.float32))
+  eva_params = _restore_placed(eva_ckpt, eva, mesh, jnp.zeros((1, 224, 224, 3), jnp.float32), "--eva_ckpt")
+  syn_params = _restore_placed(sync_ckpt, syn, mesh, jnp.zeros((1, 1, 16, 224, 224, 3), jnp.float32),
+                               "--sync_ckpt")
   return Encoders(
       clip=make_jax_encoder(lambda p, x: eva.apply(p, x)[0], eva_params, mesh, batch=cfg.clip_batch,
                             kind="clip"),

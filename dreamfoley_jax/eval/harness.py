@@ -13,7 +13,6 @@ stem only; "stem" pairs the exact stem, else the stem without a '-<k>' sample su
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -24,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from dreamfoley_jax import hosts
+from dreamfoley_jax import checks, hosts
 from dreamfoley_jax.eval import media, metrics
 from dreamfoley_jax.eval.embedders.base import Embedder
 
@@ -38,12 +37,14 @@ ALL_EMBEDDERS = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
 # --------------------------------------------------------------------------------------------------
 
 
-def list_media(folder, exts: Sequence[str]) -> dict[str, pathlib.Path]:
+def list_media(folder, exts: Sequence[str], what: str = "folder") -> dict[str, pathlib.Path]:
   """{stem: path} of the files in `folder` with one of `exts`; a stem present twice is an error."""
   out: dict[str, pathlib.Path] = {}
   folder = pathlib.Path(folder).expanduser()
+  if not folder.exists():
+    raise FileNotFoundError(f"{what} {folder}: no such directory")
   if not folder.is_dir():
-    raise FileNotFoundError(f"{folder}: not a directory")
+    raise checks.InputError(f"{what} {folder}: not a directory")
   for p in sorted(folder.iterdir()):
     if p.is_file() and p.suffix.lower() in exts:
       if p.stem in out:
@@ -54,11 +55,10 @@ def list_media(folder, exts: Sequence[str]) -> dict[str, pathlib.Path]:
 
 def read_captions(path) -> dict[str, str]:
   """`name,caption` CSV (header row required, extra columns ignored) -> {name: caption}."""
-  with open(pathlib.Path(path).expanduser(), newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if reader.fieldnames is None or "name" not in reader.fieldnames or "caption" not in reader.fieldnames:
-      raise ValueError(f"{path}: needs a header with 'name' and 'caption' columns, got {reader.fieldnames}")
-    return {str(r["name"]).strip(): r["caption"] for r in reader}
+  header, rows = checks.read_csv(pathlib.Path(path).expanduser(), "captions CSV")
+  if "name" not in header or "caption" not in header:
+    raise checks.InputError(f"{path}: needs a header with 'name' and 'caption' columns, got {header}")
+  return {str(r["name"]).strip(): r["caption"] or "" for _, r in rows}
 
 
 _SAMPLE_SUFFIX = re.compile(r"^(.*)-\d+$")
@@ -209,15 +209,80 @@ def _inception(m, key, logits, notes, splits: int = 10):
   m[f"{key}-mean"], m[f"{key}-std"] = metrics.inception_score(logits, splits=splits)
 
 
-def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
-  """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts'}."""
-  gen = list_media(inputs.gen_dir, media.AUDIO_EXTS)
+def _check_audio(path) -> None:
+  """The file decodes to a non-empty, finite signal (else InputError naming it)."""
+  try:
+    wav, _ = media.load_audio(path)
+  except Exception as e:  # noqa: BLE001 -- soundfile / PyAV raise several kinds
+    raw = " ".join(str(e).split())   # the reader's own message when it names the file, else its type too
+    msg = raw.removeprefix(f"{path}: ") if raw.startswith(f"{path}: ") else checks.one_line(e)
+    raise checks.InputError(f"{path}: {msg if 'decode' in msg or 'audio' in msg else 'cannot read audio (' + msg + ')'}"
+                            ) from None
+  if wav.size == 0 or wav.shape[-1] == 0:
+    raise checks.InputError(f"{path}: no audio samples")
+  if not np.isfinite(wav).all():
+    raise checks.InputError(f"{path}: audio holds NaN or infinite samples")
+
+
+def _check_video(path, duration_s: float) -> None:
+  from dreamfoley_jax.video import io as vio
+
+  info = vio.probe_video(path)
+  if info.duration_sec + 1e-6 < duration_s:
+    raise ValueError(f"{path}: {info.duration_sec:.3f} s of decodable video, the protocol needs {duration_s:g} s")
+
+
+def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, failures: checks.Failures,
+                 log=log.warning) -> tuple[dict, dict, dict]:
+  """(gen, gt, videos) without the clips whose files cannot be scored; each one goes to `failures`.
+
+  A generated clip that fails is left out of every metric; a reference whose audio fails is left out of
+  the reference audio sets only (its video still scores IB/DeSync), and the other way round. With several
+  hosts each checks its share (hosts.share) and every host gets every host's failures, in host order."""
+  todo = [("generated", n, p, _check_audio) for n, p in gen.items()]
+  todo += [("reference audio", n, p, _check_audio) for n, p in gt.items()]
+  if check_videos:
+    todo += [("video", n, p, lambda p: _check_video(p, duration_s)) for n, p in videos.items()]
+  several = hosts.index_count()[1] > 1
+  mine = checks.Failures() if several else failures   # strict acts once all hosts know (below)
+  for i in hosts.share(todo):
+    role, name, path, check = todo[i]
+    try:
+      check(path)
+    except Exception as e:  # noqa: BLE001 -- any unreadable clip is reported and left out
+      log(f"{role} clip {name} left out: {checks.one_line(e)}")
+      mine.add(str(path), e, role=role, name=name, pos=i)
+  if several:   # in list order, as one process finds them
+    for f in sorted((f for part in hosts.allgather_json(mine.items) for f in part), key=lambda f: f["pos"]):
+      failures.add(f.pop("item"), f.pop("reason"), **f)
+  bad = {(f["role"], f.get("name")) for f in failures.items}
+  for f in failures.items:
+    f.pop("name", None)
+    f.pop("pos", None)
+  return ({n: p for n, p in gen.items() if ("generated", n) not in bad},
+          {n: p for n, p in gt.items() if ("reference audio", n) not in bad},
+          {n: p for n, p in videos.items() if ("video", n) not in bad})
+
+
+def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures: checks.Failures | None = None,
+             strict: bool = False) -> dict:
+  """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts',
+  'failures'}. Clips that cannot be scored are listed under 'failures' ([{"item", "reason", "role"}])
+  and left out; strict=True raises at the first one instead."""
+  failures = failures if failures is not None else checks.Failures(strict=strict)
+  gen = list_media(inputs.gen_dir, media.AUDIO_EXTS, "gen_dir")
   if not gen:
-    raise FileNotFoundError(f"{inputs.gen_dir}: no .wav/.flac files")
-  videos = list_media(inputs.video_dir, media.VIDEO_EXTS) if inputs.video_dir else {}
-  gt = list_media(inputs.gt_audio_dir, media.AUDIO_EXTS) if inputs.gt_audio_dir else dict(videos)
+    raise checks.InputError(f"gen_dir {inputs.gen_dir}: no .wav/.flac files")
+  videos = list_media(inputs.video_dir, media.VIDEO_EXTS, "video_dir") if inputs.video_dir else {}
+  gt = list_media(inputs.gt_audio_dir, media.AUDIO_EXTS, "gt_audio_dir") if inputs.gt_audio_dir else dict(videos)
   captions = read_captions(inputs.captions_csv) if inputs.captions_csv else None
-  refs = {**{k: None for k in gt}, **{k: None for k in videos}}
+  listed_gen, listed_videos = dict(gen), dict(videos)
+  gen, gt, videos = screen_clips(gen, gt, videos, duration_s=inputs.duration_s, failures=failures,
+                                 check_videos=any(k in embedders for k in ("imagebind", "synchformer")))
+  if not gen:
+    raise checks.InputError(f"gen_dir {inputs.gen_dir}: none of the {len(listed_gen)} generated clips can be "
+                            f"read ({failures.items[0]['item']}: {failures.items[0]['reason']}, ...)")
+  refs = {**{k: None for k in gt}, **{k: None for k in listed_videos}}
   pairing = pair(gen, refs, captions, inputs.pairing)
   if pairing.gen_unpaired:
     log.warning("%d generated clips have no reference and count only in IS/FD: %s",
@@ -231,13 +296,47 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     st = pathlib.Path(path).stat()
     return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
+  several = hosts.index_count()[1] > 1
+  pending: list[dict] = []     # several hosts: this host's failures since the last sync_failures()
+
+  def guarded(path, role, emb, fn):
+    """fn() or None: a clip one embedder cannot score is reported (with the embedder) and left out."""
+    try:
+      return fn()
+    except Exception as e:  # noqa: BLE001
+      if failures.strict and not several:
+        raise
+      msg = checks.one_line(e).removeprefix(f"{path}: ")
+      if role in ("generated", "reference audio"):
+        wav, sr = media.load_audio(path)
+        msg = f"{emb.name} cannot score its {wav.shape[-1] / sr:.3f} s of audio ({msg})"
+      else:
+        msg = f"{emb.name} cannot score it ({msg})"
+      log.warning("%s clip %s left out: %s", role, path, msg)
+      pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
+      return None
+
+  def sync_failures():
+    """After each pass (spread): this pass's failures of every host, on every host, sorted by file, so
+    one host and many list the same (with several hosts --strict then stops all of them together instead
+    of one host leaving the others waiting in a collective)."""
+    parts = hosts.allgather_json(pending) if several else [list(pending)]
+    pending.clear()
+    for f in sorted((f for part in parts for f in part), key=lambda f: (f["item"], f["role"])):
+      failures.add(f.pop("item"), f.pop("reason"), **f)
+
   def gen_audio(e, g):
-    return gen_cache.get_or_compute("gen", e, g, tag(gen[g]),
-                                    lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g])))
+    return guarded(gen[g], "generated", e, lambda: gen_cache.get_or_compute(
+        "gen", e, g, tag(gen[g]), lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g]))))
+
+  def present(d):
+    return {k: v for k, v in d.items() if v is not None}
 
   def spread(names, fn, desc):
-    """{name: fn(name)}: with several hosts each computes its share (hosts.map_features), all get all."""
-    bar = _progress(range(len(hosts.share(list(names)))), desc)
+    """{name: fn(name)} without the names fn gave None for (a clip it could not score): with several hosts
+    each computes its share (hosts.map_features), all get all, and every host learns every host's failures."""
+    names = list(names)
+    bar = _progress(range(len(hosts.share(names))), desc)
     it = iter(bar)
 
     def step(n):
@@ -245,21 +344,22 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
       next(it, None)
       return out
 
-    out = hosts.map_features(list(names), step)
+    out = hosts.map_features(names, step)
     getattr(bar, "close", lambda: None)()
+    sync_failures()
     return out
 
   def gen_audio_feats(emb, names=None):
     return spread(sorted(gen) if names is None else names, lambda g: gen_audio(emb, g), f"{emb.name}: generated audio")
 
   def ref_audio_feats(emb):
-    return spread(sorted(gt), lambda r: ref_cache.get_or_compute(
-        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r]))),
+    return spread(sorted(gt), lambda r: guarded(gt[r], "reference audio", emb, lambda: ref_cache.get_or_compute(
+        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))),
         f"{emb.name}: reference audio")
 
   def video_feat(emb, key, loader, r):
-    return ref_cache.get_or_compute("video", emb, r, tag(videos[r]),
-                                    lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r])))
+    return guarded(videos[r], "video", emb, lambda: ref_cache.get_or_compute(
+        "video", emb, r, tag(videos[r]), lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r]))))
 
   def video_feats(emb, key, loader):
     return spread(sorted(set(pairing.gen_to_ref.values()) & set(videos)),
@@ -276,7 +376,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
     if fr:
       m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
                                               np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
-    pp = [(g, r) for g, r in pairing.kl_panns.items() if r in fr]
+    pp = [(g, r) for g, r in pairing.kl_panns.items() if r in fr and g in fg]
     if pp:
       m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
                                                  np.stack([fg[g]["panns_logits"] for g, _ in pp]))
@@ -299,7 +399,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if "passt" in embedders:
     e = embedders["passt"]
     fg, fr = gen_audio_feats(e), ref_audio_feats(e)
-    pp = [(g, r) for g, r in paired if r in fr]
+    pp = [(g, r) for g, r in paired if r in fr and g in fg]
     if pp:
       m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
                                                np.stack([fr[r]["passt_embed"] for _, r in pp]), method=fdm)
@@ -314,8 +414,8 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if "imagebind" in embedders and videos:
     e = embedders["imagebind"]
     fv = video_feats(e, "ib_crops", media.imagebind_video_input)
-    pp = [(g, r) for g, r in paired if r in fv]
-    fa = gen_audio_feats(e, [g for g, _ in pp])
+    fa = gen_audio_feats(e, [g for g, r in paired if r in fv])
+    pp = [(g, r) for g, r in paired if r in fv and g in fa]
     if pp:
       m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
                                           np.stack([fa[g]["ib_audio"] for g, _ in pp]))
@@ -324,21 +424,28 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   if "synchformer" in embedders and videos:
     e = embedders["synchformer"]
     pp = [(g, r) for g, r in paired if r in videos]
-    # Per pair on the host that owns it: only the (2, 21) logits travel, not the (S, 8, 768) features.
     pair_of = dict(pp)
-    lg = spread([g for g, _ in pp], lambda g: {"logits": e.sync_logits(
-        video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])["sync_video"], gen_audio(e, g)["sync_audio"])},
-        "synchformer: DeSync")
+
+    def desync(g):   # per pair on the host that owns it: only the (2, 21) logits travel, not the features
+      v = video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])
+      a = None if v is None else gen_audio(e, g)
+      lg = None if a is None else guarded(gen[g], "generated", e,
+                                          lambda: e.sync_logits(v["sync_video"], a["sync_audio"]))
+      return None if lg is None else {"logits": lg}
+
+    lg = spread([g for g, _ in pp], desync, "synchformer: DeSync")
     if lg:
-      m["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp]))
-    counts["DeSync"] = len(pp)
+      m["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp if g in lg]))
+    counts["DeSync"] = len(lg)
 
   if "clap" in embedders and captions is not None:
     e = embedders["clap"]
     pp = [(g, r) for g, r in paired if r in captions]
-    ft = spread(sorted({r for _, r in pp}), lambda r: ref_cache.get_or_compute(
-        "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r])), "clap: captions")
-    fa = gen_audio_feats(e, [g for g, _ in pp])
+    ft = spread(sorted({r for _, r in pp}), lambda r: guarded(
+        f"{inputs.captions_csv} [{r}]", "caption", e, lambda: ref_cache.get_or_compute(
+            "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r]))), "clap: captions")
+    fa = gen_audio_feats(e, [g for g, r in pp if r in ft])
+    pp = [(g, r) for g, r in pp if r in ft and g in fa]
     if pp:
       m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
                                                   np.stack([fa[g]["clap_audio"] for g, _ in pp]))
@@ -347,13 +454,14 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder]) -> dict:
   kl = metrics.combined_kl(m)
   if kl is not None:
     m["KL"] = kl
-  counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos))
+  sync_failures()   # (every guarded call runs inside a spread; this keeps a later one from being lost)
+  counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos), failed=len(failures))
   cache = {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses}
   per_host = hosts.allgather_json(cache)
   if len(per_host) > 1:   # this host's own counts first, then every host's
     cache = dict(cache, hosts=per_host)
   return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
-          "cache": cache,
+          "failures": list(failures.items), "cache": cache,
           "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
 
 
@@ -363,7 +471,9 @@ def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_sca
   table = metrics.markdown_table({row_name: result["metrics"]}, ib_scale=ib_scale)
   result = dict(result, table=table, ib_scale=ib_scale)
   p = pathlib.Path(out_json).expanduser()
-  p.parent.mkdir(parents=True, exist_ok=True)
-  p.write_text(json.dumps(result, indent=1, sort_keys=True))
-  p.with_suffix(".md").write_text(table + "\n")
+  checks.writable_dir(p.parent, "--config.out's folder")
+  with checks.atomic_files(p, p.with_suffix(".md"), p.parent / "failures.json") as (tj, tm, tf):
+    tj.write_text(json.dumps(result, indent=1, sort_keys=True))
+    tm.write_text(table + "\n")
+    tf.write_text(json.dumps(result.get("failures", []), indent=1) + "\n")
   return table

@@ -36,7 +36,7 @@ def load_audio(path) -> tuple[np.ndarray, int]:
       for f in res.resample(None):
         chunks.append(f.to_ndarray())
   except av.error.FFmpegError as e:
-    raise ValueError(f"{path}: cannot decode audio ({e})") from e
+    raise ValueError(f"{path}: cannot decode audio ({getattr(e, 'strerror', None) or e})") from e
   if not chunks:
     raise ValueError(f"{path}: audio stream is empty")
   return np.concatenate(chunks, axis=1).astype(np.float64), int(sr)

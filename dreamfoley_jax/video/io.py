@@ -40,6 +40,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".m
 
 class VideoError(ValueError):
   """A video that cannot be used: unreadable, corrupt, no video stream, or too short."""
+  plain_message = True   # the message names the file and the problem (checks.one_line prints it alone)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,11 +216,7 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
       s.sink(s.pending)
     s.pending = done[key]
 
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError) as e:
-    raise VideoError(f"{path}: cannot open as a video container ({e})") from e
-  with container:
+  with _open(path) as container:
     if not container.streams.video:
       raise VideoError(f"{path}: no video stream (streams: "
                        f"{[s.type for s in container.streams]})")
@@ -296,3 +293,192 @@ def sample_frames(path: str | os.PathLike, fps_list: Sequence[float], *, rule: s
     else:
       outs.append(np.stack(s.out))
   return outs, meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Probing and muxing
+# --------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  path: str
+  duration_sec: float      # decoded: last frame end - first frame time (as sample_frames counts it)
+  start_sec: float         # time of the first decodable frame
+  num_frames: int          # decodable frames
+  width: int               # stored (before any display rotation)
+  height: int
+  codec: str
+  streams: tuple           # every stream's type, e.g. ("video", "audio")
+
+
+def _open(path):
+  import av
+
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise VideoError(f"{path}: no such file")
+  if os.path.isdir(path):
+    raise VideoError(f"{path}: is a directory, not a video file")
+  if os.path.getsize(path) == 0:
+    raise VideoError(f"{path}: empty file (0 bytes)")
+  try:
+    return av.open(path)
+  except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+    raise VideoError(f"{path}: not a video PyAV can open ({type(e).__name__}: "
+                     f"{getattr(e, 'strerror', None) or e})") from None
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+  """Decodes every frame of the first video stream (no pixel conversion) and measures what decodes.
+
+  The duration is the decoded one (not the container's claim): a truncated file is as long as its
+  decodable frames. Raises VideoError naming the file when nothing decodes.
+  """
+  import av
+
+  path = os.fspath(path)
+  with _open(path) as c:
+    types = tuple(s.type for s in c.streams)
+    if not c.streams.video:
+      raise VideoError(f"{path}: no video stream (streams: {list(types) or 'none'})")
+    vs = c.streams.video[0]
+    vs.thread_type = "AUTO"
+    tb = vs.time_base
+    rate = vs.guessed_rate or vs.average_rate or Fraction(25)
+    t0 = last = end = None
+    n = 0
+    try:
+      for frame in c.decode(vs):
+        t = (Fraction(frame.pts) * Fraction(frame.time_base or tb) if frame.pts is not None
+             else (last + 1 / Fraction(rate) if last is not None else Fraction(0)))
+        if last is not None and t <= last:
+          continue
+        dur = (Fraction(frame.duration) * Fraction(frame.time_base or tb) if frame.duration
+               else 1 / Fraction(rate))
+        t0 = t if t0 is None else t0
+        last, end, n = t, t + dur, n + 1
+    except av.FFmpegError as e:
+      if n == 0:
+        raise VideoError(f"{path}: undecodable video data ({e})") from None
+      # a damaged tail: keep what decoded (the frames before it are whole)
+    if n == 0:
+      raise VideoError(f"{path}: the video stream has no decodable frames")
+    return VideoInfo(path=path, duration_sec=float(end - t0), start_sec=float(t0), num_frames=n,
+                     width=vs.codec_context.width, height=vs.codec_context.height,
+                     codec=vs.codec_context.name, streams=types)
+
+
+# Video codecs ffmpeg's mp4 muxer takes as they are; others (vp8, theora, ffv1, rawvideo, ...) are
+# re-encoded with libx264.
+MP4_COPY_CODECS = ("h264", "hevc", "mpeg4", "av1", "vp9", "mjpeg", "mpeg1video", "mpeg2video")
+
+
+def _copy_packets(vin):
+  """The stream's packets in decode order with a dts each (None when a pts is missing: re-encode).
+
+  Matroska/WebM give no dts to the first packets of a stream with B-frames (the demuxer cannot know
+  the reorder delay yet); mp4 needs one, so dts_i = sorted(pts)[i] - D with the smallest D that keeps
+  every dts <= its pts: increasing, and the decoder's reorder delay as ffmpeg itself would set it.
+  """
+  pkts = [p for p in vin.container.demux(vin) if p.size]
+  if not pkts or any(p.pts is None for p in pkts):
+    return None
+  if any(p.dts is None for p in pkts):
+    pts = [int(p.pts) for p in pkts]
+    s = sorted(pts)
+    if len(set(s)) != len(s):
+      return None
+    d = max(si - pi for si, pi in zip(s, pts))
+    for p, si in zip(pkts, s):
+      p.dts = si - d
+  return pkts
+
+
+def _encode_audio(dst, aout, audio, sr):
+  import av
+
+  n = aout.codec_context.frame_size or 1024
+  pts = 0
+  for s in range(0, len(audio), n):
+    chunk = np.ascontiguousarray(audio[s:s + n])
+    fr = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
+    fr.sample_rate = sr
+    fr.pts = pts
+    fr.time_base = Fraction(1, sr)
+    pts += len(chunk)
+    for p in aout.encode(fr):
+      dst.mux(p)
+  for p in aout.encode(None):
+    dst.mux(p)
+
+
+def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aac") -> str:
+  """Writes `out_path` (.mp4): the video of `video_path` plus `audio` (mono float) as its only audio track.
+
+  The video stream is copied packet for packet when mp4 can hold its codec (every frame, its timing and
+  its display matrix unchanged), else re-encoded with libx264 frame by frame at the same timestamps.
+  Timestamps are shifted so the first frame is at 0, where the audio starts. Returns "copy" or "reencode".
+  """
+  import av
+
+  audio = np.clip(np.asarray(audio, np.float32).reshape(-1), -1.0, 1.0)
+  with _open(video_path) as src:
+    if not src.streams.video:
+      raise VideoError(f"{video_path}: no video stream to mux")
+    vin = src.streams.video[0]
+    pkts = _copy_packets(vin) if vin.codec_context.name in MP4_COPY_CODECS else None
+    if pkts is not None:
+      try:
+        with av.open(os.fspath(out_path), "w", format="mp4") as dst:
+          vout = dst.add_stream_from_template(vin)
+          aout = dst.add_stream(audio_codec, rate=sr, layout="mono")
+          off = min(p.pts for p in pkts)   # the first frame at time 0, where the audio starts
+          for p in pkts:
+            p.pts, p.dts, p.stream = p.pts - off, p.dts - off, vout
+            dst.mux(p)
+          _encode_audio(dst, aout, audio, sr)
+        return "copy"
+      except av.FFmpegError:
+        pass   # a codec variant the mp4 muxer refuses: re-encode instead
+  _mux_reencode(video_path, audio, sr, out_path, audio_codec)
+  return "reencode"
+
+
+def _mux_reencode(video_path, audio, sr, out_path, audio_codec):
+  import av
+
+  with av.open(os.fspath(video_path)) as src, av.open(os.fspath(out_path), "w", format="mp4") as dst:
+    vin = src.streams.video[0]
+    tb = vin.time_base or Fraction(1, 1000)
+    rate = vin.guessed_rate or vin.average_rate or Fraction(25)
+    vout = dst.add_stream("libx264", rate=rate)
+    cc = vin.codec_context
+    vout.width, vout.height = cc.width + cc.width % 2, cc.height + cc.height % 2   # 4:2:0 needs even sizes
+    vout.pix_fmt = "yuv420p"
+    vout.time_base = tb
+    vout.codec_context.time_base = tb          # keeps each frame's own pts (variable frame rate)
+    vout.options = {"crf": "12", "preset": "veryfast"}
+    aout = dst.add_stream(audio_codec, rate=sr, layout="mono")
+    t0, last, started = None, None, False
+    try:
+      for frame in src.decode(vin):
+        if frame.pts is None or (last is not None and frame.pts <= last):
+          continue
+        if not started:
+          sd = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+          if sd is not None:
+            vout.set_display_matrix([int(x) for x in np.frombuffer(bytes(sd), "<i4")])
+          t0, started = frame.pts, True
+        last = frame.pts
+        out = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
+        out.pts, out.time_base = frame.pts - t0, tb
+        for p in vout.encode(out):
+          dst.mux(p)
+    except av.FFmpegError:
+      if not started:
+        raise
+    if not started:
+      raise VideoError(f"{video_path}: no decodable video frames to mux")
+    for p in vout.encode(None):
+      dst.mux(p)
+    _encode_audio(dst, aout, audio, sr)

@@ -100,12 +100,33 @@ def build_report(out_dir: str, name: str, stage_names: Sequence[str], identity: 
   return report
 
 
-def write_report(report: dict, out_dir: str) -> tuple[str, str]:
-  """report.json and report.png (temp-then-rename, local or remote out_dir)."""
+def failures(out_dir: str, name: str) -> list[dict]:
+  """The bad items of every run so far (issue 19's failures.json): files that gave nothing because they
+  could not be used (unreadable, no video / audio, decode errors, too short, ...) and clips a stage failed
+  on (reason "error"), as [{"item": source or source#clip_id, "reason", "stage"}]. The quality filters'
+  rejections (silence, speech, ...) are the pipeline working, not failures: they are in report.json."""
+  out, seen = [], set()
+  for idx in shards.read_indexes(out_dir, name):
+    for r in idx["rejections"]:
+      if r["reason"] == "duplicate" or not (r["clip_id"] is None or r["reason"] == "error"):
+        continue
+      item = r["source"] if r["clip_id"] is None else f"{r['source']}#{r['clip_id']}"
+      reason = f"{r['reason']}: {r['detail']}" if r.get("detail") else str(r["reason"])
+      if (item, reason) not in seen:
+        seen.add((item, reason))
+        out.append({"item": item, "reason": reason, "stage": r["stage"]})
+  return sorted(out, key=lambda f: f["item"])
+
+
+def write_report(report: dict, out_dir: str, failed: Sequence[dict] | None = None) -> tuple[str, str]:
+  """report.json, report.png and, given `failed`, failures.json (temp-then-rename, local or remote out_dir)."""
   js = shards.join(out_dir, "report.json")
   shards._write_bytes_atomic(js, json.dumps(report, indent=1, sort_keys=False, default=str).encode())
   png = shards.join(out_dir, "report.png")
   shards._write_bytes_atomic(png, plot_page(report))
+  if failed is not None:
+    shards._write_bytes_atomic(shards.join(out_dir, "failures.json"),
+                               (json.dumps(list(failed), indent=1, ensure_ascii=False) + "\n").encode())
   return js, png
 
 

@@ -114,5 +114,6 @@ def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *,
          "duplicates": _counter(res, "input", "duplicates"), "seconds": round(time.time() - t0, 2),
          "runner": runner, "config_hash": cfg_hash, "worker_processes": processes}
   rep = report_lib.build_report(out_dir, name, [s.name for s in stage_objs], ident, run)
-  report_lib.write_report(rep, out_dir)
+  rep["failures"] = report_lib.failures(out_dir, name)   # also out_dir/failures.json (issue 19)
+  report_lib.write_report(rep, out_dir, rep["failures"])
   return rep
