@@ -38,6 +38,14 @@ class CheckpointError(RuntimeError):
   """No checkpoint in the workdir can be trusted (each one's reason in the message)."""
 
 
+class InitWeightsError(CheckpointError, ValueError):
+  """train.pretrained_decoder / train.init_from cannot be used as given (tools/train.py: exit 2, one line)."""
+
+
+class InitWeightsNotFoundError(InitWeightsError, FileNotFoundError):
+  """The named initial-weights directory does not exist or is not a converted checkpoint."""
+
+
 class CorruptCheckpointError(RuntimeError):
   pass
 
@@ -150,9 +158,7 @@ class Checkpointer:
       raise ValueError(f"train.ckpt_every={every}: must be >= 1")
     if int(keep) <= 0:
       raise ValueError(f"train.keep_ckpts={keep}: must be >= 1")
-    self.workdir = epath.Path(workdir)
-    if not str(workdir).startswith(("gs://", "s3://")):
-      self.workdir = epath.Path(pathlib.Path(workdir).absolute())
+    self.workdir = as_path(workdir)
     self.directory = self.workdir / "checkpoints"
     self.rejected_dir = self.workdir / "rejected_checkpoints"
     self.every, self.keep = int(every), int(keep)
@@ -291,9 +297,14 @@ class Checkpointer:
     self.manager.close()
 
 
+def as_path(path) -> epath.Path:
+  """A local path made absolute, or a remote one (gs://, s3://, ...) as it is: what orbax reads and writes."""
+  return epath.Path(path) if "://" in str(path) else epath.Path(pathlib.Path(path).absolute())
+
+
 def has_checkpoint(workdir: str) -> bool:
   """Whether `workdir` holds a saved step (a numbered directory under checkpoints/), without orbax."""
-  d = pathlib.Path(workdir) / "checkpoints"
+  d = as_path(workdir) / "checkpoints"
   return d.is_dir() and any(p.is_dir() and p.name.isdigit() for p in d.iterdir())
 
 
@@ -365,7 +376,7 @@ def parse_init_from(entries: Sequence[Any]) -> list[tuple[str, str, str]]:
   for e in entries or ():
     if isinstance(e, str):
       if "=" not in e:
-        raise ValueError(f"train.init_from entry {e!r}: expected 'TARGET=PATH' or 'TARGET=PATH::SOURCE'")
+        raise InitWeightsError(f"train.init_from entry {e!r}: expected 'TARGET=PATH' or 'TARGET=PATH::SOURCE'")
       target, rest = e.split("=", 1)
       path, _, source = rest.partition("::")
       out.append((target.strip("/"), path, source.strip("/")))
@@ -398,14 +409,14 @@ def initial_weight_entries(t) -> list[tuple[str, str, str]]:
   if path:
     triples.append(("decoder", path, "model" if _has_subtree(path, "model") else ""))
   elif "from_scratch" in t and not t.from_scratch:
-    raise ValueError("train.pretrained_decoder is not set: this config starts from a converted Qwen2.5 "
+    raise InitWeightsError("train.pretrained_decoder is not set: this config starts from a converted Qwen2.5 "
                      f"checkpoint ({PRETRAINED_HELP}); pass --config.train.pretrained_decoder=DIR, or "
                      "--config.train.from_scratch=True to train the decoder from random init")
   for target, p, _ in triples:
     if "://" not in p and not (pathlib.Path(p) / "params").is_dir():
       key = "train.pretrained_decoder" if (target, p) == ("decoder", path) else "train.init_from"
       what = "no such directory" if not pathlib.Path(p).exists() else "not a converted checkpoint (no params/)"
-      raise FileNotFoundError(f"{key}={p}: {what}; {PRETRAINED_HELP}")
+      raise InitWeightsNotFoundError(f"{key}={p}: {what}; {PRETRAINED_HELP}")
   return triples
 
 
@@ -420,7 +431,7 @@ def _checkpoint_tree(path: str) -> dict:
   """Nested dict of ArrayMetadata (shape, dtype) of a `convert.common.save_params` checkpoint."""
   import orbax.checkpoint as ocp
 
-  meta = ocp.StandardCheckpointer().metadata(pathlib.Path(path).absolute() / "params")
+  meta = ocp.StandardCheckpointer().metadata(as_path(path) / "params")
   meta = getattr(meta, "item_metadata", meta)
   return dict(getattr(meta, "tree", meta))
 
@@ -521,7 +532,7 @@ def load_initial_weights(params, param_shardings, entries: Sequence[Any]):
     prefix = [x for x in source.split("/") if x]
     nested = common.unflatten({"/".join(prefix + [k]): v for k, v in item.items()})
     restored = ocp.PyTreeCheckpointer().restore(
-        pathlib.Path(path).absolute() / "params",
+        as_path(path) / "params",
         args=ocp.args.PyTreeRestore(item=nested, restore_args=ocp.checkpoint_utils.construct_restore_args(nested),
                                     partial_restore=True))
     flat = common.flatten(_subtree(restored, source, path))

@@ -743,11 +743,13 @@ def device_budget(host_budget: tuple[int, str]) -> tuple[int, str]:
 
 
 def check_window(cfg: foley.FoleyConfig, window_frames: int, context_frames: int, text_len: int, batch: int,
-                 budget: tuple[int, str], guided: bool = True, devices: int = 1) -> None:
+                 budget: tuple[int, str], guided: bool = True, devices: int = 1,
+                 model_shards: Optional[int] = None) -> None:
   """--window_s / --context_s against the model (whole seconds in frames mode) and the memory budget of
   one device: window_bytes plus twice the weights (XLA keeps a working copy: sampling a 2-layer paper_7b
   on CPU, compile().memory_analysis() gave 4.94 GiB at 10 s and 6.69 at 30 s, this 4.95 / 6.76), split
-  over `devices` (a --mesh)."""
+  over `devices` (a --mesh): the KV cache and prefill over all of them, the weights over `model_shards`
+  (the mesh's tensor x fsdp axes; replicated over data; default all devices)."""
   if window_frames < 1:
     raise checks.UsageError(f"--window_s: {window_frames / AUDIO_FRAME_RATE:g} s is under one audio frame "
                             f"({1 / AUDIO_FRAME_RATE:g} s)")
@@ -757,7 +759,7 @@ def check_window(cfg: foley.FoleyConfig, window_frames: int, context_frames: int
   weights = 2 * param_bytes(cfg)
 
   def need(w):
-    return (window_bytes(cfg, w, text_len, batch, guided) + weights) / max(1, devices)
+    return window_bytes(cfg, w, text_len, batch, guided) / max(1, devices) + weights / max(1, model_shards or devices)
 
   if need(window_frames) > budget[0]:
     if need(1) > budget[0]:
@@ -839,13 +841,16 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   validate_args(window_s=window_s, context_s=context_s, vision_mode=cfg.vision_mode)
   max_text_len = int(exp.get("data", {}).get("max_text_len", 64))
   budget = memory_budget(max_memory_gb)
-  n_dev = 1
+  n_dev, n_model = 1, 1
   if mesh is not None:
     import jax
 
     n_dev = len(mesh.devices.flat) if hasattr(mesh, "devices") else len(jax.devices())
+    shape = dict(getattr(mesh, "shape", {}))
+    n_model = int(shape.get("tensor", 1)) * int(shape.get("fsdp", 1)) if shape else n_dev
   check_window(cfg, int(round(window_s * fr)), int(round(context_s * fr)), max(max_text_len, cfg.null_text_len),
-               int(batch_size), device_budget(budget), guided=sc.cfg_scale is not None, devices=n_dev)
+               int(batch_size), device_budget(budget), guided=sc.cfg_scale is not None, devices=n_dev,
+               model_shards=n_model)
   if not smoke_random:
     missing = [n for n, v in (("--checkpoint", checkpoint), ("--codec_checkpoint", codec_checkpoint),
                               ("--tokenizer", tokenizer)) if not v]

@@ -336,12 +336,19 @@ class MetricWriter:
     self.tb = None
     self.jsonl = None
     if self.main:
-      pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-      self.jsonl = open(pathlib.Path(workdir) / "metrics.jsonl", "a")
+      local = pathlib.Path(workdir)
+      if "://" in str(workdir):
+        # Checkpoints go to the bucket (orbax); an append-only log cannot (objects are immutable): the
+        # metrics stay on process 0's disk, and the log says where.
+        local = pathlib.Path("metrics") / str(workdir).replace("://", "/")
+        logging.warning("workdir %s is remote: metrics.jsonl and TensorBoard events go to %s on process 0",
+                        workdir, local.absolute())
+      local.mkdir(parents=True, exist_ok=True)
+      self.jsonl = open(local / "metrics.jsonl", "a")
       try:
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+        self.tb = SummaryWriter(str(local / "tb"))
       except ImportError:
         logging.warning("tensorboardX not installed: no TensorBoard events (pip install tensorboardX)")
 

@@ -298,3 +298,16 @@ def test_exported_params_are_verified(runs, tmp_path, caplog):
   assert "previous intact checkpoint step 4" in caplog.text
   with pytest.raises(model_dir.ModelDirError, match=r"no intact checkpoint \(step 8: .*checksum mismatch.*audio_embed"):
     model_dir.train_params(work, 8)
+
+
+def test_remote_paths_keep_their_scheme(tmp_path, monkeypatch):
+  """gs:// workdirs and pretrained checkpoints reach orbax as remote paths (not ./gs:/...); the metrics log,
+  which is appended to, goes to a named local directory on process 0."""
+  assert str(ckptlib.as_path("gs://bucket/qwen7b_jax") / "params") == "gs://bucket/qwen7b_jax/params"
+  assert str(ckptlib.as_path("rel/dir")) == str(tmp_path.cwd() / "rel/dir")
+  monkeypatch.chdir(tmp_path)
+  w = train.MetricWriter("gs://bucket/run7b", total_steps=3)
+  w.write(1, {"loss": 2.0})
+  w.close()
+  rows = (tmp_path / "metrics/gs/bucket/run7b/metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r)["loss"] for r in rows] == [2.0] and not (tmp_path / "gs:").exists()

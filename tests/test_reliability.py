@@ -317,6 +317,24 @@ def test_window_memory_limit_names_the_flag():
   with pytest.raises(checks.UsageError, match=r"the model.s weights alone need about 27\.\d GiB per device.* --mesh"):
     G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"))
   G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"), devices=4)    # --mesh tensor=4
+  # --mesh data=2,tensor=4: weights over the 4 tensor shards (replicated over data), the cache over all 8.
+  G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"), devices=8, model_shards=4)
+  with pytest.raises(checks.UsageError, match=r"weights alone need about 27\.\d GiB per device"):
+    G.check_window(cfg, 250, 75, 64, 8, (16 * 2**30, "16 GiB"), devices=8, model_shards=1)   # data=8
+
+
+def test_preflight_memory_check_sees_the_mesh():
+  """tools/generate.py checks memory before loading, on the --mesh it will sample with (a 7B on 16 GiB chips
+  fits with data=2,tensor=4 and is refused without a mesh)."""
+  import jax
+  from dreamfoley_jax import sharding
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 devices (conftest's XLA_FLAGS)")
+  mesh = sharding.make_mesh({"data": 2, "tensor": 4}, devices=jax.devices()[:8])
+  kw = dict(smoke_random=True, load=False, max_memory_gb=16, batch_size=1)
+  G.build_generator("experiments/paper_7b.py", mesh=mesh, **kw)
+  with pytest.raises(checks.UsageError, match=r"weights alone need about .* GiB per device.*--mesh"):
+    G.build_generator("experiments/paper_7b.py", **kw)
 
 
 def test_validate_args_ranges():
@@ -445,6 +463,20 @@ def test_generate_cli_usage_and_input_errors(tmp_path, corpus):
       "input) (--strict: stopped at the first failure)"], p.stderr
   assert [f["item"] for f in json.loads((tmp_path / "s2" / "failures.json").read_text())] == [f"{csv2}:3"]
   assert not list((tmp_path / "s2").glob("*.wav"))
+
+
+def test_generate_cli_memory_check_uses_the_mesh(tmp_path, corpus):
+  """The 7B on 16 GiB chips: refused before loading without --mesh; with --mesh data=2,tensor=4 the check
+  passes and the (bad) item is what stops it, still before any weights load."""
+  _, paths = corpus
+  base = [ROOT / "tools" / "generate.py", "--config", "experiments/paper_7b.py", "--smoke_random", "--max_memory_gb",
+          "16", "--batch_size", "1", "--video", paths["garbage.mp4"], "--out_dir", tmp_path / "o"]
+  p = _tool(*base)
+  assert p.returncode == 2 and "weights alone need about" in p.stderr and "--mesh" in p.stderr, p.stderr[-800:]
+  p = _tool(*base, "--mesh", "data=2,tensor=4")
+  assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+      f"generate: error: {paths['garbage.mp4']}: not a video PyAV can open (InvalidDataError: Invalid data found "
+      "when processing input)"], p.stderr[-800:]
 
 
 def test_docs_table_is_the_corpus():

@@ -197,3 +197,11 @@ def test_tool_exits_2_with_one_line(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1] == "ERROR: train.steps=-5: must be an integer >= 0"
+  # The paper's recipe without its pretrained decoder: exit 2, one line naming the flag and the opt-out.
+  out = subprocess.run([sys.executable, "tools/train.py", "--config=experiments/paper_7b.py",
+                        f"--workdir={tmp_path / 'w7'}"], capture_output=True, text=True, timeout=600, cwd=root,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("ERROR: train.pretrained_decoder is not set") and "from_scratch=True" in last, last
+  assert "Traceback" not in out.stderr

@@ -107,12 +107,18 @@ def _run() -> int:
         raise checks.InputError(f"--model {e}") from None
     return G.build_generator(FLAGS.config, smoke_random=FLAGS.smoke_random, **kw, **extra)
 
-  def build_and_load():
-    local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
-    return build(mesh=None if spec is None else sharding.make_mesh(spec, devices=local))
+  local = jax.local_devices() if n_hosts > 1 else None   # each host samples its own clips
+  try:
+    mesh = None if spec is None else sharding.make_mesh(spec, devices=local)
+  except ValueError as e:
+    raise checks.UsageError(f"--mesh {FLAGS.mesh}: {e}") from None
 
-  # Everything is checked before the model loads: flags, paths, checkpoint shapes, then every item.
-  pre = build(load=False)
+  def build_and_load():
+    return build(mesh=mesh)
+
+  # Everything is checked before the model loads: flags, paths, checkpoint shapes, then every item; the
+  # memory check per device of the --mesh.
+  pre = build(load=False, mesh=mesh)
   out = checks.writable_dir(FLAGS.out_dir)
   first = hosts.index_count()[0] == 0       # with several hosts process 0 writes failures.json
   failures = checks.Failures(out if first else None, strict=FLAGS.strict, log=print if FLAGS.csv else None)

@@ -45,12 +45,14 @@ def main(argv):
   import jax
 
   from dreamfoley_jax import checkpoint, train
+  from dreamfoley_jax.convert.common import ConversionError
 
   try:
     logging.info("%s", train.init_distributed(_COORD.value, _NPROC.value, _PID.value,
                                               heartbeat_timeout_s=_HEARTBEAT.value, init_timeout_s=_INIT_TIMEOUT.value))
     res = train.train(_CONFIG.value, _WORKDIR.value)
-  except (train.ConfigError, checkpoint.CheckpointError) as e:
+  except (train.ConfigError, checkpoint.CheckpointError, ConversionError) as e:
+    # ConversionError: initial weights (train.pretrained_decoder / init_from) that do not fit the model.
     _fail(2, str(e))
   except train.NonFiniteLossError as e:
     _fail(3, str(e))
