@@ -105,6 +105,20 @@ def checksums(state) -> tuple[dict[str, list[int]], dict[str, bool]]:
   return {_path(p): [int(v[0]), int(v[1])] for p, v in flat}, {k: bool(v) for k, v in finite.items()}
 
 
+def checksums_on_host(tree) -> tuple[dict[str, list[int]], dict[str, bool]]:
+  """`checksums` of a tree of host (numpy) arrays, computed on the CPU backend: a 7B read to host for
+  export must not be copied onto one accelerator to be checked (same sums: the reduction is exact)."""
+  if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)):
+    try:
+      cpu = jax.devices("cpu")[0]
+    except RuntimeError:     # JAX_PLATFORMS without cpu
+      cpu = None
+    if cpu is not None:
+      with jax.default_device(cpu):
+        return checksums(tree)
+  return checksums(tree)
+
+
 def _json_sha(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -282,7 +296,7 @@ class Checkpointer:
     if not isinstance(meta, dict) or "arrays" not in meta:
       return False
     want = {k: v for k, v in meta["arrays"].items() if k.split("/")[0] == prefix}
-    sums, _ = checksums({prefix: tree})
+    sums, _ = checksums_on_host({prefix: tree})
     bad = sorted(k for k in set(sums) | set(want) if sums.get(k) != want.get(k))
     if bad:
       raise CorruptCheckpointError(f"checksum mismatch in {len(bad)} of {len(want)} {prefix} arrays "
