@@ -86,7 +86,7 @@ def random_batch(c, fcfg, B, seed=0):
   from dreamfoley_jax import train
   from dreamfoley_jax.data import pipeline
 
-  spec = pipeline.batch_spec(train.pipeline_config(c, fcfg, local_batch=B))
+  spec = pipeline.batch_spec(train.pipeline_config(c, fcfg, batch_size=B))
   rng = np.random.default_rng(seed)
   b = {}
   for k, (s, dt) in spec.items():
