@@ -355,7 +355,11 @@ def test_object_store_paths_in_and_out(tmp_path, monkeypatch):
                           show_progress=False)
   assert rep["records"] == 2 and rep["files"]["total"] == 2
   out = tmp_path / "store" / "bucket" / "out"
-  assert sorted(p.suffix for p in out.iterdir()) == [".array_record", ".json", ".json", ".json", ".png"]
+  names = sorted(p.name for p in out.iterdir())
+  assert [n for n in names if not n.startswith("train-")] == ["dataset.json", "failures.json", "report.json",
+                                                               "report.png"], names
+  assert sorted(pathlib.Path(n).suffix for n in names if n.startswith("train-")) == [".array_record", ".json"], names
+  assert json.loads((out / "failures.json").read_text()) == []      # written remotely too, empty: none failed
   assert sorted(_ids(out)) == ["v0-000", "v1-000"]
   assert not list(out.glob(".tmp-*")) and not (tmp_path / "fakegs:").exists()
   rep2 = run.build_dataset("fakegs://bucket/videos/*.mp4", "fakegs://bucket/out", cfg, beam_options=IN_PROCESS,
