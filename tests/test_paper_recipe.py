@@ -205,8 +205,8 @@ def test_generate_features_cover_the_whole_video(tmp_path, fixtures_dir):
   f = fn(video)
   assert f["sync_feats"].shape == (50, 64) and f["clip_feats"].shape == (8, 32)   # MMAudio's windows: 40
   g = G.Generator.__new__(G.Generator)          # the batch builder alone (no params needed)
-  g.cfg, g.feature_fn = cfg, lambda _: f
-  batch = g._video([G.Item(video=video)], [50])
+  g.cfg, g.window_frames = cfg, 250
+  batch = g._video([f], [50])                    # the video's features, its 50 audio frames
   assert batch["video_mask"].shape == (1, 50) and batch["video_mask"].all()
 
 
