@@ -9,6 +9,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow   # the older GPU bench; benchmarks/generate_gpu.py has the default smoke test (test_benchmarks_gpu)
 def test_bench_sample_gpu_tiny_cpu(tmp_path):
   out = tmp_path / "rows.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")

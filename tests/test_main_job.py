@@ -174,6 +174,9 @@ def tiny_higgs_checkpoint(tmp_path_factory, fixtures_dir):
   return conv.convert_to_orbax(d / "hf", d / "orbax")
 
 
+# A whole short job with the converted higgs tokenizer (~2 min on CI): slow; the tokenizer itself is tested in
+# test_higgs.py against its goldens.
+@pytest.mark.slow
 def test_main_job_with_the_higgs_tokenizer_by_path(tmp_path, tiny_higgs_checkpoint):
   """main.codec_checkpoint: the same pipeline with the higgs tokenizer instead of the synthetic codec."""
   from dreamfoley_jax import generate

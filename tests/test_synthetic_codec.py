@@ -54,6 +54,18 @@ def test_decode_rejects_bad_codes(codec):
       codec.decode(np.zeros(bad, np.int64))
 
 
+def test_decode_first_k_levels(codec, heldout):
+  """Table 4's 1- and 4-codebook models: the first k levels decode alone, as the RVQ's coarser prefix."""
+  codes = codec.encode(heldout[0]["audio"])
+  full = codec.decode(codes)
+  for k in (1, 4):
+    want = sum(codec.codebooks[j][codes[j]] for j in range(k))
+    np.testing.assert_allclose(codec.dequantize(codes[:k]), want, rtol=1e-6)
+    a = codec.decode(codes[:k])
+    assert a.shape == full.shape and np.isfinite(a).all() and np.abs(a - full).max() > 1e-4
+  np.testing.assert_array_equal(codec.decode(codes[:8]), full)
+
+
 def test_stft_istft_roundtrip():
   x = np.random.default_rng(0).standard_normal((2, 960 * 7)).astype(np.float32)
   y = sc.istft(sc.stft(x, 960, 240), 960, 240)
