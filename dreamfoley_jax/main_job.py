@@ -434,6 +434,13 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     audios_swap = [codec.decode(x) for x in codes_swap]
     audios_vid = [codec.decode(x) for x in codes_vid]
     audios_txt = [codec.decode(x) for x in codes_txt]
+    # The sampled codes themselves (K x T per clip and mode): what a refactor must leave bit-identical.
+    arrays = {f"{x['clip_id']}/{mode}": np.asarray(k, np.int32) for mode, cs in
+              (("video+text", codes), ("shuffled_video", codes_shuf), ("swapped_caption", codes_swap),
+               ("video_only", codes_vid), ("text_only", codes_txt)) for x, k in zip(held, cs)}
+    with open(out / ".codes.npz.tmp", "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(out / ".codes.npz.tmp", out / "codes.npz")
     for x, a, s, w in zip(held, audios, audios_shuf, audios_swap):
       name = x["clip_id"]
       synthetic.write_wav(str(out / f"{name}.wav"), a, sr)

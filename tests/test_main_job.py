@@ -41,6 +41,10 @@ def test_same_command_twice_gives_the_same_metrics(job, tmp_path):
   assert drop(a) == drop(b)
   n = a["per_clip"][0]["clip_id"]
   assert (wd / "samples" / f"{n}.wav").read_bytes() == (tmp_path / "samples" / f"{n}.wav").read_bytes()
+  with np.load(wd / "samples" / "codes.npz") as ca, np.load(tmp_path / "samples" / "codes.npz") as cb:
+    assert sorted(ca.files) == sorted(cb.files) and len(ca.files) == 5 * len(a["per_clip"])
+    for k in ca.files:
+      np.testing.assert_array_equal(ca[k], cb[k], err_msg=k)
 
 
 def test_writes_every_file(job):
