@@ -6,7 +6,7 @@ at batch 1 / 8 / 32 / 64 / the largest that fits, JAX and the PyTorch module, pl
   JAX_PLATFORMS=cpu python benchmarks/generate_gpu.py --config=tiny --framework=jax,torch --batches=1,2 \
       --seconds=1 --long_seconds=2 --reps=1                                              # CPU smoke run
 
-JAX runs the path tools/generate.py runs (`sample.sample_long`: video fused on the host, one window for a
+JAX runs the path tools/generate.py runs (`sampling.sample_long`: video fused on the host, one window for a
 10 s clip; `foley.inference_layout`-style bf16 weights, unrolled layers), with the paper's sampling settings
 (CFG 3 as a doubled batch, top-k 25, top-p 0.9, temperature 1). PyTorch: the exported module's
 `generate(cache_implementation="static", compile=True)` (torch.compile, CUDA graphs on a GPU).
@@ -143,22 +143,22 @@ class Ceilings:
 
 
 def sampler_dot_flops(cfg, params, B, frames):
-  """FLOPs of the dot ops of the sampler program (`sample._sample_jit` lowered as sample_long calls it for one
+  """FLOPs of the dot ops of the sampler program (`sampling.sample_program` lowered as sample_long calls it for one
   window, not compiled): its prefill, plus one decode step (the loop body appears once)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   b = prompt(cfg, B, frames)
   v, m = S.fused_video(cfg, b)
   batch = {"text_ids": jnp.asarray(b["text_ids"]), "text_mask": jnp.asarray(b["text_mask"]),
            "video_feats": jnp.asarray(v), "video_mask": jnp.asarray(m)}
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(B, dtype=jnp.uint32))
-  z = jnp.zeros((B,), bool)
-  lowered = S._sample_jit.lower(params, batch, jnp.full((B,), frames, jnp.int32), keys, z, z, None, None, None, None,
-                                cfg=cfg, sc=S.SampleConfig(), max_frames=frames, return_logits=False)
+  pr = S.make_prompt(cfg, batch, np.full((B,), frames, np.int32))
+  lowered = S.sample_program.lower(params, pr, keys, cfg=cfg, sc=S.SampleConfig(), max_frames=frames,
+                                   return_logits=False)
   return gpu_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
 
 
@@ -184,7 +184,7 @@ def run_jax(res, deadline, log):
   import jax
   import numpy as np
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   import bench_common
 
@@ -285,7 +285,7 @@ def run_jax(res, deadline, log):
 def jax_batch(cfg, params, B, frames, K, slots, wb, ceil, log):
   import jax
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   import bench_common
 
@@ -314,7 +314,7 @@ def jax_batch(cfg, params, B, frames, K, slots, wb, ceil, log):
 def long_clip(cfg, params, res, deadline, log, last):
   """A --long_seconds clip in windows (window = --seconds, context = experiments/paper_7b.py's 3 s): wall time of
   a warm run (after one run that compiles) and its real-time factor."""
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   frames = int(round(FLAGS.long_seconds * 25))
   window = int(round(FLAGS.seconds * 25))
@@ -444,7 +444,7 @@ def check_torch(log):
   import numpy as np
   import torch
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   import bench_common
 

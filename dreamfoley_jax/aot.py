@@ -144,14 +144,14 @@ def check_sample_args(topology: str, batch: int, seconds: float, mesh: dict | No
 
 def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh: dict | None = None,
                    text_len: int = 32) -> dict:
-  """Compiles the jitted CFG sampling loop (`sample._sample_jit`, the program `sample.sample(mesh=...)` and
+  """Compiles the jitted CFG sampling loop (`sampling.sample_program`, the program `sampling.sample(mesh=...)` and
   tools/generate.py --mesh run) for `c`'s model in its inference layout (`foley.inference_layout`: unrolled
   layers, weights in the compute dtype) on `topology`, for `batch` clips of `seconds` of audio. Returns
   per-chip memory and the weight-streaming ceiling of one decode step (weight bytes per chip / datasheet
   HBM bandwidth; KV-cache reads and collectives come on top)."""
   import numpy as np
 
-  from dreamfoley_jax import sample, sharding, train
+  from dreamfoley_jax import sampling, sharding, train
   from dreamfoley_jax.models import foley
 
   t = check_sample_args(topology, batch, seconds, mesh)
@@ -166,38 +166,40 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   icfg = holder["cfg"]
   mesh_spec = dict(mesh) if mesh else default_sample_mesh(icfg, t.chips)
   m = sharding.make_mesh(mesh_spec, devices=devices)
-  rules = sample.mesh_rules(m, batch)
-  p_sh = sample._param_shardings(icfg, m, tuple(tuple(r) for r in rules))
+  rules = sampling.mesh_rules(m, batch)
+  p_sh = sampling.param_shardings(icfg, m, rules)
   if jax.tree.structure(p_sh) != jax.tree.structure(a_params):
     raise ValueError("the inference-layout params do not match the model of the inference config")
   a_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), a_params, p_sh)
   frames = int(round(seconds * icfg.sync_rate))
   prompt = {k: v for k, v in jax.eval_shape(lambda: foley.dummy_batch(
       icfg, batch, text_len=text_len, video_frames=frames)).items() if not k.startswith("audio_")}
-  a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sample.clip_sharding(m, rules, v.ndim))
+  a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sampling.clip_sharding(m, rules, v.ndim))
              for k, v in prompt.items()}
-  # sample.sample hands lengths, keys and the drop flags over uncommitted: replicated on the mesh
+  # sampling.sample hands lengths, keys and the drop flags over uncommitted: replicated on the mesh
   rep = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(m))
   a_keys = rep(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
   a_lengths = rep(jax.ShapeDtypeStruct((batch,), np.int32))
   a_flag = rep(jax.ShapeDtypeStruct((batch,), np.bool_))
-  sc = sample.sample_config_from_dict(c.get("sample", {}))
+  sc = sampling.sample_config_from_dict(c.get("sample", {}))
+  a_prompt = sampling.Prompt(text_ids=a_batch.pop("text_ids"), text_mask=a_batch.pop("text_mask"), video=a_batch,
+                             lengths=a_lengths, drop_text=a_flag, drop_video=a_flag)
   t0 = time.time()
   with sharding.use_mesh(m, rules):
-    lowered = sample._sample_jit.lower(a_params, a_batch, a_lengths, a_keys, a_flag, a_flag, None, None, None,
-                                       None, cfg=icfg, sc=sc, max_frames=frames, return_logits=False)
+    lowered = sampling.sample_program.lower(a_params, a_prompt, a_keys, cfg=icfg, sc=sc, max_frames=frames,
+                                            return_logits=False)
     compiled = lowered.compile()
   secs = time.time() - t0
   mem = compiled.memory_analysis()
   gib = 1024 ** 3
   per_chip = lambda x: math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
   w_chip = sum(per_chip(x) for x in jax.tree.leaves(a_params))
-  step_w = sum(per_chip(x) for x in sample.decode_weights(a_params))
+  step_w = sum(per_chip(x) for x in sampling.decode_weights(a_params))
   hbm_gbs = _HBM_GBS[topology.partition("-")[0]]
   return {
       "topology": t.name, "tpu_topology": t.topology, "chips": t.chips, "mesh": dict(m.shape),
       "batch": batch, "cfg_rows": 2 * batch if sc.cfg_scale is not None else batch, "seconds": seconds,
-      "frames": frames, "decode_steps": sample.num_columns(frames, icfg.num_codebooks) - 1,
+      "frames": frames, "decode_steps": sampling.num_columns(frames, icfg.num_codebooks) - 1,
       "params": sum(math.prod(x.shape) for x in jax.tree.leaves(a_params)),
       "param_dtype": str(icfg.decoder.param_dtype), "params_gib_per_chip": w_chip / gib,
       "step_weight_gib_per_chip": step_w / gib, "clips_split": rules is sharding.LOGICAL_RULES,

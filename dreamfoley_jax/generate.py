@@ -23,7 +23,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from dreamfoley_jax import checks
-from dreamfoley_jax import sample as sampling
+from dreamfoley_jax import sampling
 from dreamfoley_jax.models import foley
 from dreamfoley_jax.video import io as vio
 

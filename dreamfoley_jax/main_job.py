@@ -13,7 +13,7 @@ command). Stages, each timed and logged:
   5. train     the real trainer (`dreamfoley_jax.train.train`) with experiments/synthetic.py
   6. sample    held-out clips with CFG: real video; video shuffled across clips (control); caption with
                another material (timbre control). Clips longer than the training crops are generated with
-               the sampler's windowed continuation (`sample.sample_long`, sample.window_s / context_s)
+               the sampler's windowed continuation (`sampling.sample_long`, sample.window_s / context_s)
   7. write     wav, mp4 (synthetic video + generated sound), spectrogram PNG with true event times
                (stage 5 also writes model/: the model directory tools/generate.py / tools/demo.py --model read)
   8. metrics   onset F1 within +-40 ms, mean |onset offset|, same for shuffled video; spectral centroid
@@ -194,12 +194,12 @@ def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: 
   """Codes (K, T_i) for each clip, sampled with the jitted CFG sampler, in batches of `batch_size`.
 
   window_frames > 0: batches with clips longer than that are generated in windows of the trained length
-  overlapping by `context_frames` (`sample.sample_long`); shorter batches in one pass.
+  overlapping by `context_frames` (`sampling.sample_long`); shorter batches in one pass.
   mode: "video+text", "video" (null text: video-only) or "text" (null video: text-to-audio).
   """
   if mode not in CFG_MODES:
     raise ValueError(f"mode must be one of {CFG_MODES}, got {mode!r}")
-  from dreamfoley_jax import sample
+  from dreamfoley_jax import sampling
 
   videos = clips if videos is None else videos
   out = []
@@ -209,10 +209,10 @@ def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: 
     n = len(lengths)
     drops = dict(drop_text=np.full(n, mode == "video"), drop_video=np.full(n, mode == "text"))
     if window_frames and max(lengths) > window_frames:
-      res = sample.sample_long(fcfg, params, b, lengths, window_frames=window_frames,
-                               context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s, **drops)
+      res = sampling.sample_long(fcfg, params, b, lengths, window_frames=window_frames,
+                                 context_frames=context_frames, sample_cfg=sample_cfg, seed=seed + s, **drops)
     else:
-      res = sample.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s, **drops)
+      res = sampling.sample(fcfg, params, b, lengths, sample_cfg=sample_cfg, seed=seed + s, **drops)
     codes = np.asarray(res["codes"])
     out += [codes[i, :, :n] for i, n in enumerate(lengths)]
   return out
@@ -332,9 +332,9 @@ def mode_metrics(held, codes, audios, sr: int, material_centroid: dict, mode: st
 
 def mode_sample_config(c, mode: str):
   """The sampling settings of a CFG mode: sample.*, with sample.text_only's overrides for text-only."""
-  from dreamfoley_jax import sample
+  from dreamfoley_jax import sampling
 
-  sc = sample.sample_config_from_dict(c.sample)
+  sc = sampling.sample_config_from_dict(c.sample)
   over = c.sample.get("text_only") if mode == "text" else None
   return sc.replace(**dict(over)) if over else sc
 
@@ -398,7 +398,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
   fcfg = foley.config_from_dict(c.model)
-  scfg = sample.sample_config_from_dict(c.sample)
+  scfg = sampling.sample_config_from_dict(c.sample)
   text_len = max(int(c.data.max_text_len), fcfg.null_text_len)
   captions = [x["caption"] for x in held]
   swapped = [synthetic.caption_for(MATERIAL_SWAP[x["material"]], x["floor"], int(x["num_events"]))

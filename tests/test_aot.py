@@ -55,7 +55,7 @@ def test_check_sample_args_names_the_bad_argument():
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu: pip install 'jax[tpu]'")
 def test_tiny_sampler_compiles_for_v5e_4(monkeypatch):
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from dreamfoley_jax import configs, sample, train
+  from dreamfoley_jax import configs, sampling, train
 
   c = configs.load_config("experiments/tiny.py")
   r = aot.compile_sample(c, "v5e-4", batch=4, seconds=2.0)
@@ -63,7 +63,7 @@ def test_tiny_sampler_compiles_for_v5e_4(monkeypatch):
   kv = cfg.decoder.num_key_value_heads
   assert r["mesh"]["tensor"] == max(d for d in (1, 2, 4) if kv % d == 0) and r["chips"] == 4 and r["fits"]
   assert r["mesh"]["data"] == 2 and r["clips_split"]            # 4 clips over data = 2: split
-  assert (r["frames"], r["decode_steps"], r["cfg_rows"]) == (50, sample.num_columns(50, 8) - 1, 8)
+  assert (r["frames"], r["decode_steps"], r["cfg_rows"]) == (50, sampling.num_columns(50, 8) - 1, 8)
   # The per-chip weights really are split: the whole model's bytes over the tensor axis (+ replicated norms)
   whole = r["params"] * 4          # tiny: fp32 params
   assert whole / r["mesh"]["tensor"] <= r["params_gib_per_chip"] * 1024 ** 3 < whole

@@ -68,7 +68,7 @@ def test_train_rows_flops_and_loss_parity(train_doc):
 
 
 def test_generate_rows_consistent_and_greedy_parity(gen_doc):
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   assert gen_doc["torch_greedy_check"]["equal"] == 1.0
   fc = gen_doc["flops_check"]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamfoley_jax import sample as S
+from dreamfoley_jax import sampling as S
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.convert import common
 from dreamfoley_jax.convert import dreamfoley as cd

@@ -24,7 +24,7 @@ def test_demo_run_applies_cfg_to_text_only_and_reports_a_failed_item(tmp_path):
   """The page's CFG scale reaches text-to-audio items too (they sample with sample.text_only, issue 19), and an
   item Generator.run reports as failed (it does not raise) becomes the page's message."""
   from dreamfoley_jax import generate as G
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
 
   class Stub:
     sample_cfg, text_only_cfg, seed = S.SampleConfig(cfg_scale=1.5), S.SampleConfig(temperature=1.0, cfg_scale=3.0), 0

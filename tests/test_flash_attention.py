@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamfoley_jax import sample as S
+from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
 
 

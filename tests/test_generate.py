@@ -12,7 +12,7 @@ import soundfile as sf
 
 from dreamfoley_jax import checks
 from dreamfoley_jax import generate as G
-from dreamfoley_jax import sample as S
+from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
 
 CFG = foley.FoleyConfig(

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dreamfoley_jax import configs, optim, sample
+from dreamfoley_jax import configs, optim, sampling
 from dreamfoley_jax.models import foley
 
 
@@ -103,16 +103,16 @@ def test_heads_last_projection_is_fp32_under_bf16_compute(depth):
 
 @pytest.mark.parametrize("depth", [1, 2])
 def test_sampler_heads_equal_training_heads_in_fp32(depth):
-  """The decode step's heads (sample.step_heads) give the training heads' fp32 logits, so CFG guidance
+  """The decode step's heads (sampling.step_heads) give the training heads' fp32 logits, so CFG guidance
   (x3 at scale 3) never amplifies bf16 rounding."""
   m, p, h = _heads_setup(depth, seed=1)
   cfg = _cfg(dtype="bfloat16").replace(num_codebooks=8, codebook_size=1024, head_depth=depth)
-  hw = sample.step_heads_weights(cfg, p)
-  got = sample.step_heads(cfg, hw, h.reshape(-1, h.shape[-1]))
+  hw = sampling.step_heads_weights(cfg, p)
+  got = sampling.step_heads(cfg, hw, h.reshape(-1, h.shape[-1]))
   want = m.apply({"params": p}, h).reshape(got.shape)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
-  g = sample.guide(jnp.concatenate([got, 0.5 * got]), 3.0)
+  g = sampling.guide(jnp.concatenate([got, 0.5 * got]), 3.0)
   np.testing.assert_allclose(np.asarray(g), np.asarray(2.0 * want), atol=3e-5 * float(jnp.abs(want).max()))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from dreamfoley_jax import sample as S
+from dreamfoley_jax import sampling as S
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
 
@@ -386,14 +386,14 @@ def test_frames_mode_windows_slice_both_frame_rates():
   fs[0, :, 0, 0, 0] = np.arange(T)
   fc = np.zeros((1, 16, 2, 2, 3), np.uint8)
   fc[0, :, 0, 0, 0] = np.arange(16)
-  win = S._frames_windower(cfg, {"frames_sync": fs, "frames_clip": fc}, total=125, window=50, context=25)
+  win = S.frames_windower(cfg, {"frames_sync": fs, "frames_clip": fc}, total=125, window=50, context=25)
   b = win(25, np.array([50]))
   np.testing.assert_array_equal(b["frames_sync"][0, :, 0, 0, 0], 25 + np.arange(50))
   np.testing.assert_array_equal(b["frames_clip"][0, :, 0, 0, 0], 4 + np.arange(8))
   b = win(75, np.array([25]))                                  # the last window: 1 s of real video left
   assert b["frames_sync_mask"][0].sum() == 25 and b["frames_clip_mask"][0].sum() == 4
   with pytest.raises(ValueError, match="whole seconds"):
-    S._frames_windower(cfg, {"frames_sync": fs}, total=125, window=60, context=25)
+    S.frames_windower(cfg, {"frames_sync": fs}, total=125, window=60, context=25)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_inference_layout_follows_the_checkpoint_and_names_bad_params(params, sc
 
 _EXACT_CAST_SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
-from dreamfoley_jax import sample as S
+from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
 cfg = foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"].replace(dtype="bfloat16", scan_layers=True), codebook_size=64,
                         sync_dim=32, clip_dim=16, null_text_len=2, null_video_len=2)

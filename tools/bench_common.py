@@ -3,7 +3,7 @@ import time
 
 
 def random_prompt_batch(cfg, B, frames, seed=0, text_len=16):
-  """A random [text | video] prompt batch for `sample.sample`: text ids, 25 Hz sync and 4 fps clip features."""
+  """A random [text | video] prompt batch for `sampling.sample`: text ids, 25 Hz sync and 4 fps clip features."""
   import numpy as np
 
   rng = np.random.default_rng(seed)
@@ -86,7 +86,7 @@ def check_greedy(cfg):
   import jax.numpy as jnp
   import numpy as np
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
 
   params = foley.init_params(cfg, seed=1)
@@ -143,9 +143,9 @@ def time_ms(fn, n):
 
 def weight_bytes(params) -> int:
   """Bytes every decode step must read: decoder layers + final norm (not the token embedding) + heads."""
-  from dreamfoley_jax import sample
+  from dreamfoley_jax import sampling
 
-  return sum(x.size * x.dtype.itemsize for x in sample.decode_weights(params))
+  return sum(x.size * x.dtype.itemsize for x in sampling.decode_weights(params))
 
 
 def kv_bytes(cfg, rows, slots) -> int:

@@ -72,9 +72,9 @@ class TorchFoley:
 
 def flops_per_step(cfg, params, B, S):
   """Matmul FLOPs of one decode step for 2B rows: every decoder/head weight once per row + attention."""
-  from dreamfoley_jax import sample
+  from dreamfoley_jax import sampling
 
-  n = sum(x.size for x in sample.decode_weights(params))
+  n = sum(x.size for x in sampling.decode_weights(params))
   d = cfg.decoder
   attn = 2 * 2 * d.num_hidden_layers * d.num_attention_heads * d.head_size * S
   return 2 * B * (2 * n + attn)
@@ -98,7 +98,7 @@ def gemm_gflops():
 
 def compare_scanned(sc, frames):
   """scan_layers params vs their foley.inference_layout (unrolled), same weights, interleaved medians."""
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
 
   for name in FLAGS.configs:
@@ -128,7 +128,7 @@ def main(argv):
   import numpy as np
   import torch
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
 
   thread_counts = [int(t) or os.cpu_count() for t in FLAGS.threads]

@@ -73,7 +73,7 @@ def main(argv):
   del argv
   import jax
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
 
   dev = jax.devices()[0]

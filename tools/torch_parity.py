@@ -56,7 +56,7 @@ def main(argv):
   import numpy as np
   import torch
 
-  from dreamfoley_jax import sample as S
+  from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
 
   if FLAGS.dtype == "float32":

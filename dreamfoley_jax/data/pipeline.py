@@ -93,6 +93,11 @@ class PipelineConfig:
     return self.codebook_size + 1
 
   @property
+  def delay_pattern(self) -> delay.DelayPattern:
+    """The model's delay pattern (its K codebooks, BOS / EOS ids): how audio_ids are laid out."""
+    return delay.DelayPattern(self.num_codebooks, bos=self.bos_id, eos=self.eos_id)
+
+  @property
   def text_len(self) -> int:
     return max(self.max_text_len, self.null_text_len)
 
@@ -115,7 +120,7 @@ class PipelineConfig:
     """(Tv, Tc, La) padded lengths of a bucket."""
     hi = self.edges()[bucket][1]
     tv = self.frames(hi)
-    return tv, math.ceil(tv * self.clip_rate / self.audio_rate), delay.delayed_length(tv, self.num_codebooks)
+    return tv, math.ceil(tv * self.clip_rate / self.audio_rate), self.delay_pattern.length(tv)
 
 
 def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
@@ -198,6 +203,7 @@ class BatchTransform:
     out["text_ids"][:] = p.text_pad_id
     out["audio_ids"][:] = p.eos_id
     K = p.num_codebooks
+    pattern = p.delay_pattern
     lo_f, hi_f = max(p.frames(lo_s), 1), p.frames(hi_s)
     for i, (data, row) in enumerate(zip(raw, rows)):
       rng = np.random.default_rng([p.seed, int(index), int(row)])   # per example: any host split
@@ -231,11 +237,11 @@ class BatchTransform:
       if codes.shape[0] != K:
         raise ValueError(f"record {ex.get('clip_id', '?')!r}: audio_codes has {codes.shape[0]} codebooks, "
                          f"model needs {K}")
-      d = delay.build_delay_pattern(codes, p.bos_id, p.eos_id)      # (K, n+2+K-1)
+      d = pattern.build(codes)                                      # (K, n+2+K-1)
       L = d.shape[1]
       out["audio_ids"][i, :L] = d.T
       out["audio_mask"][i, :L] = True
-      out["audio_vacant"][i, :L] = delay.vacant_mask(K, n).T
+      out["audio_vacant"][i, :L] = pattern.vacant(n).T
     return out
 
 
