@@ -69,3 +69,49 @@ def test_batch_lengths_pad_with_eos():
   assert ids.shape == (3, 9 + 9, 8)
   np.testing.assert_array_equal(mask.sum(1), [t + 9 for t in lens])
   assert (ids[~mask] == delay.EOS).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pattern_object_round_trips(seed):
+  """DelayPattern alone: build -> revert is the identity; the sampler's time-major layout of T frames agrees
+  with build() on every known cell, marks exactly build()'s code cells as to-draw and vacant() as the
+  staircase, and frames() of the filled buffer gives the codes back, zero past each clip's length."""
+  rng = np.random.default_rng(100 + seed)
+  K, cb = int(rng.integers(1, 9)), int(rng.integers(4, 1024))
+  pat = delay.DelayPattern(K, bos=cb, eos=cb + 1, wrap=bool(seed % 2) or K > 4)
+  lengths = rng.integers(1, 12, size=3)
+  T = int(lengths.max())
+  codes = rng.integers(0, cb, size=(3, K, T))
+  for xp in (np, jnp):
+    d = np.asarray(pat.build(xp.asarray(codes), xp=xp))
+    assert d.shape == (3, K, pat.length(T)) and pat.num_frames(d.shape[-1]) == T
+    np.testing.assert_array_equal(np.asarray(pat.revert(xp.asarray(d), xp=xp, codebook_size=cb)), codes)
+  if not pat.wrap:
+    with pytest.raises(ValueError, match="wrapped"):
+      pat.layout(lengths, pat.length(T))
+    return
+  L = pat.length(T)
+  for xp in (np, jnp):
+    ids, known, vacant = (np.asarray(a) for a in pat.layout(xp.asarray(lengths), L, xp=xp))
+    filled = ids.copy()
+    for i, t in enumerate(lengths):
+      want = pat.build(codes[i, :, :t]).T                                   # (t+K+1, K) time-major
+      n = want.shape[0]
+      np.testing.assert_array_equal(known[i, :n], np.isin(want, (cb, cb + 1)))
+      np.testing.assert_array_equal(ids[i, :n][known[i, :n]], want[known[i, :n]])
+      np.testing.assert_array_equal(vacant[i, :n], pat.vacant(t).T)
+      assert known[i, n:].all() and (ids[i, n:] == cb + 1).all() and vacant[i, n:].all()
+      filled[i, :n] = want
+    got = np.asarray(pat.frames(xp.asarray(filled), xp.asarray(lengths), T, cb, xp=xp))
+    np.testing.assert_array_equal(got, np.where(np.arange(T) < lengths[:, None, None], codes, 0))
+    # A prefix of C frames is copied in and counted as known.
+    C = int(min(lengths.min(), 3))
+    pids, pknown, _ = (np.asarray(a) for a in pat.layout(xp.asarray(lengths), L, xp.asarray(codes[..., :C]), xp=xp))
+    for i in range(3):
+      for k in range(K):
+        np.testing.assert_array_equal(pids[i, 1 + k:1 + k + C, k], codes[i, k, :C])
+        assert pknown[i, 1 + k:1 + k + C, k].all() and not pknown[i, 1 + k + C:1 + k + lengths[i], k].any()
+  ids_b, mask_b = pat.batch([codes[i, :, :t] for i, t in enumerate(lengths)])
+  for i, t in enumerate(lengths):
+    np.testing.assert_array_equal(ids_b[i, :t + K + 1], pat.build(codes[i, :, :t]).T)
+    assert mask_b[i].sum() == t + K + 1

@@ -553,3 +553,20 @@ def test_inference_layout_never_widens(params):
   cfg2, p2 = foley.inference_layout(cfg, bf)
   assert cfg2.decoder.param_dtype == "bfloat16"
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p2))
+
+
+def test_sample_config_section_rejects_unknown_keys():
+  """A `sample` section with a key nothing reads is refused in one line naming the key and the accepted
+  ones (a typo like top_K used to be dropped silently); the windowing keys and text_only pass."""
+  import ml_collections
+
+  sec = ml_collections.ConfigDict(dict(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0, window_s=3.0,
+                                       context_s=1.0, text_only=dict(temperature=1.0, cfg_scale=3.0)))
+  assert S.sample_config_from_dict(sec) == S.SampleConfig(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0)
+  assert S.sample_config_from_dict({}) == S.SampleConfig()
+  with pytest.raises(ValueError, match=r"^config sample: unknown key 'top_K'; accepted: cfg_scale, context_s, "
+                                       r"temperature, text_only, top_k, top_p, window_s$"):
+    S.sample_config_from_dict(dict(temperature=1.0, top_K=5))
+  with pytest.raises(ValueError, match=r"^config sample.text_only: unknown key 'window_s'; accepted: cfg_scale, "
+                                       r"temperature, top_k, top_p$"):
+    S.sample_config_from_dict(dict(text_only=dict(window_s=2.0)))
