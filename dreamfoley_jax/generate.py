@@ -103,7 +103,7 @@ def validate_args(*, temperature=None, top_k=None, top_p=None, cfg_scale=None, w
 
 
 def validate_sample_config(sc: sampling.SampleConfig) -> None:
-  """The merged sampling settings (config file + flags); a config's top_k = 0 means off, as in sample.py."""
+  """The merged sampling settings (config file + flags); a config's top_k = 0 means off, as in the sampler (sampling/filters.py)."""
   validate_args(temperature=sc.temperature, top_k=sc.top_k if sc.top_k != 0 else None, top_p=sc.top_p,
                 cfg_scale=sc.cfg_scale)
 
@@ -329,7 +329,7 @@ class Generator:
   bucket_frames: int = 50             # 2 s duration buckets
   seed: int = 0
   sample_rate: Optional[int] = None   # output rate; None = the codec's (24 kHz)
-  mesh: Optional[object] = None       # sample sharded over this (data, fsdp, tensor) mesh (sample.sample)
+  mesh: Optional[object] = None       # sample sharded over this (data, fsdp, tensor) mesh (sampling.sample)
   write_mp4: bool = True
   write_png: bool = True
   show_progress: bool = True

@@ -108,7 +108,6 @@ def get_config():
       top_p=0.9,               # Sec. 5.1: top-p 0.9
       top_k=25,                # Sec. 5.1: top-k 25
       cfg_scale=3.0,           # Table 5: CFG scale 3 (the best row of the ablation)
-      seed=0,
       window_s=10.0,           # clips longer than the trained length (10 s) are generated in windows ...
       context_s=3.0,           # ... each carrying the last 3 s of audio + video as context (OUR CHOICE; sec. 7)
   ))

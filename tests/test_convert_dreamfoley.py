@@ -164,7 +164,7 @@ def test_greedy_prefix_and_negative_prompt_identical(exported):
 
 
 def jax_uniforms(seed, B, La, K, V):
-  """(La, B, K, V) uniforms behind sample.sample's Gumbel draws: column j of item i uses
+  """(La, B, K, V) uniforms behind sampling.sample's Gumbel draws: column j of item i uses
   fold_in(fold_in(key(seed), i), j) (jax.random.gumbel = -log(-log(uniform(minval=tiny))))."""
   base = jax.random.key(seed)
   keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(B, dtype=jnp.uint32))

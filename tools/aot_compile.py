@@ -20,7 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiments/<name>.py", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "v5p-N, v4-N (N TensorCores) or v5e-N (N chips)")
 _JSON = flags.DEFINE_string("json", None, "also write the figures to this JSON file")
-_SAMPLE = flags.DEFINE_bool("sample", False, "compile the sampling loop (sample.sample / tools/generate.py --mesh) "
+_SAMPLE = flags.DEFINE_bool("sample", False, "compile the sampling loop (sampling.sample / tools/generate.py --mesh) "
                             "in the inference layout instead of the train step")
 _BATCH = flags.DEFINE_integer("batch", 8, "--sample: clips per call (CFG doubles the rows)")
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "--sample: seconds of audio per clip")
