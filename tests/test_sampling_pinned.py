@@ -1,4 +1,4 @@
-"""Sampled codes pinned bit-exactly: the tiny model's sampler at six settings (two of them slow) (CFG with the compacted
+"""Sampled codes pinned bit-exactly: the tiny model's sampler at six settings (four of them slow) (CFG with the compacted
 unconditional prefill, no CFG with a prefix, negative prompt + text-only item, scanned layers, greedy logits,
 windowed continuation) against the sha256 of the codes the pre-refactor sampler (sample.py, main 841144d)
 produced on this machine. A refactor of the sampler must leave every digest unchanged."""
@@ -86,17 +86,15 @@ def params():
   return _params(CFG)
 
 
-FAST = ("cfg_default", "nocfg_prefix", "negative_text_only", "greedy_logits")
-
-
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", ["cfg_default", "greedy_logits"])
 def test_sampled_codes_are_pinned(params, name):
   assert _run(name, params) == PINNED[name]
 
 
-@pytest.mark.slow   # ~20 s each (two more compilations): run with -m slow after touching the sampler
-def test_long_codes_are_pinned(params):
-  assert _run("long", params) == PINNED["long"]
+@pytest.mark.slow   # ~5-20 s each (a compilation each): run with -m slow after touching the sampler
+@pytest.mark.parametrize("name", ["nocfg_prefix", "negative_text_only", "long"])
+def test_more_sampled_codes_are_pinned(params, name):
+  assert _run(name, params) == PINNED[name]
 
 
 @pytest.mark.slow
