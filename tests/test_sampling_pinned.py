@@ -1,6 +1,6 @@
-"""Sampled codes pinned bit-exactly: the tiny model's sampler at six settings (four of them slow) (CFG with the compacted
-unconditional prefill, no CFG with a prefix, negative prompt + text-only item, scanned layers, greedy logits,
-windowed continuation) against the sha256 of the codes the pre-refactor sampler (sample.py, main 841144d)
+"""Sampled codes pinned bit-exactly: the tiny model's sampler at six settings (CFG with the compacted
+unconditional prefill, greedy logits; slow: no CFG with a prefix, negative prompt + text-only item, scanned
+layers, windowed continuation) against the sha256 of the codes the pre-refactor sampler (sample.py, main 841144d)
 produced on this machine. A refactor of the sampler must leave every digest unchanged."""
 import hashlib
 
