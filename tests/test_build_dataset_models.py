@@ -539,7 +539,7 @@ def test_ast_stage_loads_the_published_key_layout(tmp_path, tiny_ast):
 
 def test_local_video_captioner_frames(tmp_path):
   """The frames a local Qwen2.5-VL gets: 2 fps from the standardised clip, an even count (its temporal
-  patch is 2 frames). (The model call itself needs torchvision for transformers' video processor.)"""
+  patch is 2 frames)."""
   p = ms.write_media(tmp_path / "v.mp4", seconds=3.0, size=(48, 64), audio=ms.noise(3.0), shift_px=1.0)
   clip = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=48))[0][0]
   with st.MediaFile(clip.video_mp4) as f:
@@ -549,3 +549,96 @@ def test_local_video_captioner_frames(tmp_path):
                                                                                  clip_seconds=2.48))[0][0]
   with st.MediaFile(short.video_mp4) as f:
     assert captions._frames_2fps(f).shape[0] == 4   # 2.48 s: 4 frames at 2 fps (4.96 -> 4, even)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25_vl(tmp_path_factory):
+  """A tiny random Qwen2.5-VL (windowed ViT + mrope Qwen2 decoder) with its image processor config and a
+  Qwen-style chat template (video as <|vision_start|><|video_pad|><|vision_end|>) in chat_template.jinja,
+  saved as a local directory."""
+  torch = pytest.importorskip("torch")
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import AutoImageProcessor, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+  d = tmp_path_factory.mktemp("qwen25_vl")
+  sp = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+  words = ["<unk>"] + sp + ["user", "assistant", "system", "\n"] + [f"w{i}" for i in range(50)]
+  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
+                          additional_special_tokens=sp).save_pretrained(d)
+  (d / "chat_template.jinja").write_text(
+      "{% for m in messages %}<|im_start|> {{ m['role'] }} {% for c in m['content'] %}{% if c['type'] == 'video' %}"
+      "<|vision_start|><|video_pad|><|vision_end|> {% elif c['type'] == 'text' %}{{ c['text'] }} {% endif %}"
+      "{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+  # the published Qwen2.5-VL preprocessor_config.json's processor type and normalisation
+  (d / "preprocessor_config.json").write_text(json.dumps({
+      "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True, "do_normalize": True,
+      "do_convert_rgb": True, "rescale_factor": 1 / 255, "resample": 3, "patch_size": 14, "temporal_patch_size": 2,
+      "merge_size": 2, "min_pixels": 3136, "max_pixels": 12845056,
+      "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+  assert AutoImageProcessor.from_pretrained(d).size["longest_edge"] == 12845056
+  torch.manual_seed(0)
+  cfg = Qwen2_5_VLConfig(
+      vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16,
+                     "fullatt_block_indexes": [1], "window_size": 56},
+      text_config={"vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "num_key_value_heads": 1, "eos_token_id": 2, "pad_token_id": 0,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+      image_token_id=words.index("<|image_pad|>"), video_token_id=words.index("<|video_pad|>"),
+      vision_start_token_id=words.index("<|vision_start|>"))
+  Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(d)
+  return str(d)
+
+
+def _video_patches_reference(frames_TxHxWx3, patch=14, merge=2, tp=2):
+  """Qwen2-VL's video layout written out from its definition (frames already on the 28-px grid): CLIP
+  normalisation, then (T/tp, tp, C, h/m, m, P, w/m, m, P) -> rows (t, h/m, w/m, m, m), columns (C, tp, P, P)."""
+  mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+  std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+  x = ((frames_TxHxWx3.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)   # T C H W
+  T, C, H, W = x.shape
+  gh, gw = H // patch, W // patch
+  x = x.reshape(T // tp, tp, C, gh // merge, merge, patch, gw // merge, merge, patch)
+  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+  return x.reshape(T // tp * gh * gw, C * tp * patch * patch), (T // tp, gh, gw)
+
+
+def test_local_video_captioner_in_the_stage(tmp_path, tiny_qwen25_vl, endpoint):
+  """Video captions from a local Qwen2.5-VL directory, no torchvision: the clip's 2 fps frames become the
+  video tensors of Qwen2-VL's layout (checked against the layout written out independently), and the
+  caption is transformers' generate on exactly those inputs, with its provenance."""
+  import torch
+  from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+  p = ms.write_media(tmp_path / "v.mp4", seconds=2.0, size=(56, 112), audio=ms.noise(2.0), shift_px=3.0)
+  clip = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=56, clip_seconds=2.0))[0][0]
+  cfg = dataclasses.replace(_caption_stage(endpoint.url).cfg, video_endpoint="", video_model=tiny_qwen25_vl,
+                            max_new_tokens=5, integrate=False, check_consistency=False)
+  stage = captions.CaptionStage(cfg)
+  out = stage(clip)
+  prov = json.loads(out.fields["captions_json"])
+  assert prov[1] == {"role": "video", "model": f"{tiny_qwen25_vl} (transformers)", "prompt": "video_caption@1",
+                     "text": prov[1]["text"]} and prov[1]["text"]
+
+  with st.MediaFile(clip.video_mp4) as f:
+    frames = captions._frames_2fps(f)
+  assert frames.shape == (4, 56, 112, 3)
+  want_pv, want_grid = _video_patches_reference(frames)
+  chat = stage.video_cap
+  inputs = chat.video_prompt_inputs(captions.caption_prompts.get("video_caption@1"), frames, 2.0)
+  np.testing.assert_allclose(inputs["pixel_values_videos"].numpy(), want_pv, atol=1e-5)
+  assert inputs["video_grid_thw"].tolist() == [list(want_grid)] == [[2, 4, 8]]
+  assert inputs["second_per_grid_ts"].tolist() == [1.0]
+  m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25_vl).eval()
+  ids = inputs["input_ids"]
+  assert int((ids == m.config.video_token_id).sum()) == 2 * 4 * 8 // 4 == int(inputs["mm_token_type_ids"].sum()) // 2
+  with torch.no_grad():
+    gen = m.generate(**inputs, max_new_tokens=5, do_sample=False)
+    # the video reaches the decoder: other frames give other first-token logits
+    a = m(**inputs).logits[0, -1]
+    b = m(**{**inputs, "pixel_values_videos": inputs["pixel_values_videos"].flip(0)}).logits[0, -1]
+  assert not torch.allclose(a, b)
+  want = AutoTokenizer.from_pretrained(tiny_qwen25_vl).decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+  assert prov[1]["text"] == want and want
+  assert prov[0]["role"] == "audio" and out.caption == prov[0]["text"]   # integration off: the audio caption

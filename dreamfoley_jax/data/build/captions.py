@@ -4,8 +4,8 @@ Each of the three roles (audio captioner, video captioner, LLM) is either
   * an OpenAI-compatible HTTP endpoint the user runs (vLLM, SGLang, llama.cpp, ...; `/chat/completions`,
     media as base64 data URLs: `audio_url` (16 kHz wav) / `video_url` (the standardised mp4)), or
   * a local transformers directory (`from_pretrained(..., local_files_only=True)`): Qwen2-Audio /
-    Qwen2.5-Omni thinker for audio, Qwen2.5-VL for video (transformers' video processor needs
-    torchvision), a causal LM (Qwen2.5-Instruct) for the LLM.
+    Qwen2.5-Omni thinker for audio, Qwen2.5-VL for video (frames at 2 fps through its image processor,
+    packed into video patches: no torchvision needed), a causal LM (Qwen2.5-Instruct) for the LLM.
 Prompts live in caption_prompts.py; every caption keeps its provenance (role, model, prompt id) in the
 record's `captions_json`, and `caption` becomes the integrated caption (the input's own caption, if any,
 is kept in the provenance as role "input").
@@ -121,7 +121,8 @@ class HttpChat:
 
 class LocalChat:
   """A local transformers model (greedy). kind: 'text' (AutoModelForCausalLM + chat template), 'audio'
-  (Qwen2-Audio / Qwen2.5-Omni thinker via AutoProcessor), 'video' (Qwen2.5-VL via AutoProcessor)."""
+  (Qwen2-Audio / Qwen2.5-Omni thinker via AutoProcessor), 'video' (Qwen2.5-VL: tokenizer + image processor,
+  see video_inputs)."""
 
   def __init__(self, path: str, kind: str, cfg: CaptionConfig):
     import transformers
@@ -131,10 +132,21 @@ class LocalChat:
     if kind == "text":
       self.tok = transformers.AutoTokenizer.from_pretrained(path, **kw)
       self.model = transformers.AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+      return
+    arch = transformers.AutoConfig.from_pretrained(path, **kw).architectures[0]
+    self.model = getattr(transformers, arch).from_pretrained(path, **kw).eval()
+    if kind == "video":
+      # not AutoProcessor: transformers' Qwen2-VL video processor needs torchvision, and PyPI's torchvision
+      # builds are CUDA builds that do not load beside the CPU torch
+      self.tok = transformers.AutoTokenizer.from_pretrained(path, **kw)
+      self.image_processor = transformers.AutoImageProcessor.from_pretrained(path, **kw)
+      self.chat_template = processor_chat_template(path) or self.tok.chat_template
+      if not self.chat_template:
+        raise ValueError(f"{path}: no chat template (chat_template.jinja / chat_template.json / tokenizer_config.json)")
+      self.video_token_id = int(self.model.config.video_token_id)
+      self.video_token = self.tok.convert_ids_to_tokens(self.video_token_id)
     else:
       self.processor = transformers.AutoProcessor.from_pretrained(path, **kw)
-      arch = transformers.AutoConfig.from_pretrained(path, **kw).architectures[0]
-      self.model = getattr(transformers, arch).from_pretrained(path, **kw).eval()
 
   def __call__(self, text, audio=None, video=None) -> str:
     import torch
@@ -145,26 +157,90 @@ class LocalChat:
       with torch.no_grad():
         out = self.model.generate(**ids, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
       reply = self.tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    else:
-      kind = "audio" if audio is not None else "video"
-      msgs = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": text}]}]
+    elif audio is not None:
+      msgs = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": text}]}]
       prompt = self.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-      if audio is not None:
-        sr = self.processor.feature_extractor.sampling_rate
-        inputs = self.processor(text=prompt, audio=[resample_np(audio[0], audio[1], sr)], sampling_rate=sr,
-                                return_tensors="pt")
-      else:
-        from dreamfoley_jax.data.build import standardise
-
-        with standardise.MediaFile(video) as p:
-          frames = _frames_2fps(p)
-        inputs = self.processor(text=prompt, videos=[frames], return_tensors="pt")
+      sr = self.processor.feature_extractor.sampling_rate
+      inputs = self.processor(text=prompt, audio=[resample_np(audio[0], audio[1], sr)], sampling_rate=sr,
+                              return_tensors="pt")
       with torch.no_grad():
         out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
       reply = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+    else:
+      from dreamfoley_jax.data.build import standardise
+
+      with standardise.MediaFile(video) as p:
+        frames = _frames_2fps(p)
+      inputs = self.video_prompt_inputs(text, frames, VIDEO_FPS)
+      with torch.no_grad():
+        out = self.model.generate(**inputs, max_new_tokens=self.cfg.max_new_tokens, do_sample=False)
+      reply = self.tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     if not reply.strip():
       raise ReplyError(f"{self.name}: empty reply")
     return reply.strip()
+
+  def video_prompt_inputs(self, text: str, frames_TxHxWx3: np.ndarray, fps: float) -> dict:
+    """Qwen2.5-VL generate() inputs for one video + prompt: the chat prompt with the video placeholder
+    expanded to one token per merged patch, and the video tensors (video_inputs)."""
+    import torch
+
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    prompt = self.tok.apply_chat_template(msgs, chat_template=self.chat_template, add_generation_prompt=True,
+                                          tokenize=False)
+    if prompt.count(self.video_token) != 1:
+      raise ValueError(f"{self.name}: the chat template put {prompt.count(self.video_token)} {self.video_token} "
+                       "in a one-video prompt")
+    vid = video_inputs(self.image_processor, frames_TxHxWx3, fps)
+    n = int(np.prod(vid["video_grid_thw"][0])) // self.image_processor.merge_size ** 2
+    enc = self.tok(prompt.replace(self.video_token, self.video_token * n), return_tensors="pt")
+    ids = enc["input_ids"]
+    if int((ids == self.video_token_id).sum()) != n:
+      raise ValueError(f"{self.name}: {self.video_token} did not tokenize to one id per video patch")
+    return {"input_ids": ids, "attention_mask": enc["attention_mask"],
+            "mm_token_type_ids": (ids == self.video_token_id).to(torch.int32) * 2,   # 0 text, 1 image, 2 video
+            **{k: torch.from_numpy(v) for k, v in vid.items()}}
+
+
+VIDEO_FPS = 2.0                 # Qwen2.5-VL's default video sampling rate
+VIDEO_MAX_PIXELS = 768 * 28 * 28   # per frame: transformers' Qwen2-VL video processor default
+
+
+def video_inputs(image_processor, frames_TxHxWx3: np.ndarray, fps: float) -> dict[str, np.ndarray]:
+  """Qwen2-VL / Qwen2.5-VL video tensors from an even number of frames, without the video processor.
+
+  Each frame goes through the model's own image processor (resize to the patch grid, CLIP normalisation,
+  patchify), which lays out one frame as (patches, C x tp x P x P) with the frame repeated tp times along
+  the temporal patch; frames 2g..2g+tp-1 are then packed into the tp slots of temporal patch g, the
+  layout of the video processor (grid (T/tp, h, w), patches t-major). second_per_grid_ts = tp / fps.
+  """
+  tp = int(image_processor.temporal_patch_size)
+  T = len(frames_TxHxWx3)
+  if T == 0 or T % tp:
+    raise ValueError(f"video_inputs: {T} frames; need a positive multiple of temporal_patch_size={tp}")
+  size = {"shortest_edge": image_processor.size["shortest_edge"],
+          "longest_edge": min(image_processor.size["longest_edge"], VIDEO_MAX_PIXELS)}
+  out = image_processor(images=list(frames_TxHxWx3), size=size, return_tensors="np")
+  pv, grid = np.asarray(out["pixel_values"]), np.asarray(out["image_grid_thw"])
+  if not (grid == grid[0]).all():
+    raise ValueError(f"video_inputs: frames resized to different grids {np.unique(grid, axis=0).tolist()}")
+  n, P = int(grid[0, 1] * grid[0, 2]), int(image_processor.patch_size)
+  x = pv.reshape(T // tp, tp, n, -1, tp, P, P)                     # (group, frame in group, patch, C, slot, P, P)
+  x = np.stack([x[:, k, :, :, k] for k in range(tp)], axis=3)      # slot k <- frame k of the group
+  return {"pixel_values_videos": x.reshape(T // tp * n, -1),
+          "video_grid_thw": np.array([[T // tp, grid[0, 1], grid[0, 2]]], np.int64),
+          "second_per_grid_ts": np.array([tp / fps], np.float32)}
+
+
+def processor_chat_template(path) -> str | None:
+  """The processor's chat template of a local checkpoint (chat_template.jinja or chat_template.json)."""
+  import pathlib
+
+  p = pathlib.Path(path)
+  if (p / "chat_template.jinja").exists():
+    return (p / "chat_template.jinja").read_text()
+  if (p / "chat_template.json").exists():
+    return json.loads((p / "chat_template.json").read_text()).get("chat_template")
+  return None
 
 
 def _frames_2fps(path) -> np.ndarray:
