@@ -382,25 +382,36 @@ def test_beam_build_with_labels_and_captions(tmp_path, tiny_ast, endpoint):
 def tiny_llm(tmp_path_factory):
   """A tiny random Qwen2 causal LM + a word-level tokenizer with a Qwen-style chat template, saved as a
   local transformers directory."""
-  torch = pytest.importorskip("torch")
-  from tokenizers import Tokenizer, models, pre_tokenizers
-  from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+  return _save_tiny_llm(tmp_path_factory.mktemp("llm"))
 
-  d = tmp_path_factory.mktemp("llm")
-  words = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n", "yes", "no", "rain", "roof", "a",
-           "tin", "on", "falls", "the", "sound"] + [f"w{i}" for i in range(48)]
-  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
-                                additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-  tok.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-                       "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+def _save_tiny_llm(d, hidden_size=16, initializer_range=0.02):
+  """A byte-level BPE (the Qwen2 tokenizer's kind: transformers 5 loads a Qwen2 directory's tokenizer.json
+  as a Qwen2Tokenizer, which rebuilds a BPE from it) fitted on the caption prompts, <|im_start|> /
+  <|im_end|> specials and a Qwen-style chat template."""
+  torch = pytest.importorskip("torch")
+  from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+  from dreamfoley_jax import text as text_lib
+
+  corpus = list(captions.caption_prompts.PROMPTS.values()) + ["rain falls on a tin roof", "yes", "no",
+                                                              "a tin roof in the rain", "Rain drums on a tin roof."]
+  bpe = text_lib.train_bpe(corpus, vocab_size=360)
+  bpe.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+  tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+  tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
   tok.save_pretrained(d)
+  ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
   torch.manual_seed(0)
-  cfg = Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                    eos_token_id=2, pad_token_id=0, bos_token_id=1, tie_word_embeddings=False)
+  cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                    eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                    bos_token_id=ids["<|im_start|>"], tie_word_embeddings=False, initializer_range=initializer_range)
   Qwen2ForCausalLM(cfg).eval().save_pretrained(d)
+  back = AutoTokenizer.from_pretrained(d)
+  assert back("rain falls on a tin roof").input_ids == tok("rain falls on a tin roof").input_ids
+  assert len(set(back("rain falls on a tin roof").input_ids)) > 3
   return str(d)
 
 
@@ -642,3 +653,99 @@ def test_local_video_captioner_in_the_stage(tmp_path, tiny_qwen25_vl, endpoint):
   want = AutoTokenizer.from_pretrained(tiny_qwen25_vl).decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
   assert prov[1]["text"] == want and want
   assert prov[0]["role"] == "audio" and out.caption == prov[0]["text"]   # integration off: the audio caption
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_hf(tmp_path_factory):
+  """Like tiny_llm, with weights large enough (std 0.3) that its greedy continuations depend on the whole
+  context (at std 0.02 they settle into a 2-token loop that would hide a position or cache error)."""
+  return _save_tiny_llm(tmp_path_factory.mktemp("llm_hf"), hidden_size=32, initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_jax(tiny_llm_hf, tmp_path_factory):
+  """tiny_llm_hf converted to the project's Flax Qwen2 checkpoint (orbax), as tools/convert_checkpoint.py does."""
+  from dreamfoley_jax.convert import qwen2 as convert_qwen2
+
+  out = tmp_path_factory.mktemp("llm_jax") / "ckpt"
+  convert_qwen2.convert_to_orbax(tiny_llm_hf, out)
+  return str(out)
+
+
+def _merge_prompt(audio, video):
+  return captions.caption_prompts.get("integrate@1").format(audio=audio, video=video)
+
+
+def test_jax_llm_backend_greedy_is_transformers_generate(tiny_llm_hf, tiny_llm_jax):
+  """The converted checkpoint on the Flax Qwen2 (KV-cache prefill + decode), greedy with the checkpoint's
+  chat template, gives the same tokens as transformers' generate(do_sample=False) on the HF original, for
+  merge prompts padded into two different prompt buckets."""
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+
+  cfg = captions.CaptionConfig(llm_backend="jax", max_new_tokens=12)
+  chat = captions.make_backend("", tiny_llm_jax, "text", cfg)
+  assert isinstance(chat, captions.JaxChat) and chat.stop_ids == {chat.tok.convert_tokens_to_ids("<|im_end|>")}
+  tok, m = AutoTokenizer.from_pretrained(tiny_llm_hf), AutoModelForCausalLM.from_pretrained(tiny_llm_hf).eval()
+  ref = captions.make_backend("", tiny_llm_hf, "text", dataclasses.replace(cfg, llm_backend="transformers"))
+  lengths = []
+  for audio, video in (("rain falls on a tin roof", "a tin roof"),
+                       ("the sound w3 w5 rain " * 4, "w7 w9 w11 on the roof " * 3)):
+    text = _merge_prompt(audio, video)
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    assert chat.prompt_ids(text) == ids["input_ids"][0].tolist()
+    lengths.append(ids["input_ids"].shape[1])
+    with torch.no_grad():
+      want = m.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    got = chat.generate_ids(chat.prompt_ids(text), 12)
+    assert got == want and len(set(got)) >= 6, (got, want)
+    assert chat(text) == ref(text)
+  B = captions.JaxChat.PROMPT_BUCKET   # padded prompts (the padding slots masked), two bucket shapes
+  assert all(n % B for n in lengths) and len({-(-n // B) for n in lengths}) == 2, lengths
+
+
+def test_jax_llm_backend_errors(tmp_path, tiny_llm_hf, tiny_llm_jax):
+  import shutil
+
+  cfg = captions.CaptionConfig(llm_backend="jax")
+  with pytest.raises(Exception, match="not a qwen2 checkpoint|no such file|not a dreamfoley_jax params"):
+    captions.make_backend("", tiny_llm_hf, "text", cfg)           # an HF directory, not converted
+  moved = tmp_path / "ckpt"
+  shutil.copytree(tiny_llm_jax, moved)
+  meta = json.loads((moved / "dreamfoley_meta.json").read_text())
+  (moved / "dreamfoley_meta.json").write_text(json.dumps({**meta, "source": str(tmp_path / "gone")}))
+  with pytest.raises(ValueError, match="no tokenizer.json.*--caption_llm_tokenizer"):
+    captions.make_backend("", str(moved), "text", cfg)
+  assert captions.make_backend("", str(moved), "text", dataclasses.replace(cfg, llm_tokenizer=tiny_llm_hf)).stop_ids
+  with pytest.raises(ValueError, match="--caption_llm_backend 'vllm': choose from transformers, jax"):
+    captions.CaptionStage(dataclasses.replace(cfg, llm_backend="vllm", audio_model="a", video_model="v",
+                                              llm_model="l")).load()
+
+
+def test_caption_stage_with_the_jax_llm(tiny_llm_hf, tiny_llm_jax, endpoint):
+  """The stage end to end on 3 clips with the Flax LLM as consistency discriminator and integrator
+  (captioners from the endpoint): the same kept captions, rejections and provenance texts as with the
+  transformers LLM on the HF original."""
+  clips = [_clip(ms.noise(0.5 + 0.25 * i, amp=0.2, seed=i)[0], mp4=b"\0" * 8, cid=f"c-{i:03d}") for i in range(3)]
+  base = dataclasses.replace(_caption_stage(endpoint.url).cfg, max_new_tokens=8, retries=0, backoff_s=0.0)
+  for consistency in (False, True):
+    outs = {}
+    for backend, model in (("jax", tiny_llm_jax), ("transformers", tiny_llm_hf)):
+      cfg = dataclasses.replace(base, llm_endpoint="", llm_model=model, llm_backend=backend,
+                                check_consistency=consistency)
+      outs[backend] = captions.CaptionStage(cfg).process_batch(clips)
+    got, want = outs["jax"], outs["transformers"]
+    assert [o.clip_id for o in got] == [c.clip_id for c in clips]
+    for g, w in zip(got, want):
+      assert type(g) is type(w)
+      if isinstance(g, Rejection):
+        assert (g.reason, g.detail) == (w.reason, w.detail.replace(f"{tiny_llm_hf} (transformers)", f"{tiny_llm_jax} (jax)"))
+        continue
+      pg, pw = json.loads(g.fields["captions_json"]), json.loads(w.fields["captions_json"])
+      assert [(p["role"], p["prompt"], p["text"]) for p in pg] == [(p["role"], p["prompt"], p["text"]) for p in pw]
+      assert g.caption == w.caption == pg[-1]["text"] and pg[-1]["role"] == "integrated"
+      assert pg[-1]["model"] == f"{tiny_llm_jax} (jax)"
+    if not consistency:
+      assert all(isinstance(g, Clip) for g in got)
+      assert len({g.caption for g in got}) == 3   # each clip's own audio caption went into its merge prompt

@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import pathlib
 import time
 import urllib.error
 import urllib.request
@@ -51,6 +52,8 @@ class CaptionConfig:
   video_model: str = ""         # endpoint model name, or a local Qwen2.5-VL directory
   llm_endpoint: str = ""
   llm_model: str = ""           # endpoint model name, or a local causal-LM directory (Qwen2.5-Instruct)
+  llm_backend: str = "transformers"   # a local llm_model: transformers (HF directory) | jax (converted, JaxChat)
+  llm_tokenizer: str = ""       # jax: the HF directory with the tokenizer files (default: the converted one's source)
   api_key_env: str = ""         # name of an environment variable holding a bearer token (never the token)
   timeout_s: float = 120.0
   retries: int = 2
@@ -233,8 +236,6 @@ def video_inputs(image_processor, frames_TxHxWx3: np.ndarray, fps: float) -> dic
 
 def processor_chat_template(path) -> str | None:
   """The processor's chat template of a local checkpoint (chat_template.jinja or chat_template.json)."""
-  import pathlib
-
   p = pathlib.Path(path)
   if (p / "chat_template.jinja").exists():
     return (p / "chat_template.jinja").read_text()
@@ -257,10 +258,114 @@ def _frames_2fps(path) -> np.ndarray:
   return f if len(f) % 2 == 0 else np.concatenate([f, f[-1:]])
 
 
+class JaxChat:
+  """A Qwen2 / Qwen2.5(-Instruct) causal LM converted to the project's Flax Qwen2 (tools/convert_checkpoint.py
+  --family qwen2), greedy with the chat template. The prompt is prefilled into the decoder's KV cache and
+  each new token is one cached decode step (models/qwen2.py's cache path, as the sampler uses it).
+
+  The tokenizer and chat template come from transformers' tokenizer files (tokenizer.json +
+  tokenizer_config.json / chat_template.jinja) in `tokenizer_dir`, by default the directory the checkpoint
+  was converted from (recorded in its dreamfoley_meta.json); generation stops at generation_config.json's
+  eos_token_id(s) there (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>), else config.json's, else the
+  tokenizer's. Prompts are padded to a multiple of PROMPT_BUCKET tokens so a few shapes get compiled."""
+
+  PROMPT_BUCKET = 64
+
+  def __init__(self, path: str, cfg: CaptionConfig, tokenizer_dir: str = ""):
+    import jax
+    import jax.numpy as jnp
+    import transformers
+
+    from dreamfoley_jax.convert import common as convert_common
+    from dreamfoley_jax.convert import qwen2 as convert_qwen2
+    from dreamfoley_jax.models import qwen2
+
+    self.cfg, self.name = cfg, f"{path} (jax)"
+    params, self.model_cfg = convert_qwen2.load_orbax(path)
+    tok_dir = tokenizer_dir or convert_common.read_metadata(path).get("source", "")
+    if not tok_dir or not (pathlib.Path(tok_dir) / "tokenizer.json").exists():
+      raise ValueError(f"{path}: no tokenizer.json in {tok_dir or '(no source recorded)'}; pass "
+                       "--caption_llm_tokenizer (the Qwen2.5-Instruct directory it was converted from)")
+    self.tok = transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    self.stop_ids = _stop_ids(pathlib.Path(tok_dir), self.tok)
+    model = qwen2.Qwen2ForCausalLM(self.model_cfg)
+    self.params = jax.device_put(params)
+    self.init_cache = lambda n: qwen2.init_cache(self.model_cfg, 1, n)
+
+    def prefill(params, ids_1xT, valid_1xT, last, cache):
+      logits, aux = model.apply({"params": params}, ids_1xT, attention_mask_BxT=valid_1xT, cache=cache)
+      return jnp.argmax(logits[0, last]).astype(jnp.int32), aux["cache"]
+
+    def step(params, token, position, cache):
+      logits, aux = model.apply({"params": params}, token.reshape(1, 1), positions_BxT=position.reshape(1, 1),
+                                cache=cache)
+      return jnp.argmax(logits[0, -1]).astype(jnp.int32), aux["cache"]
+
+    self._prefill = jax.jit(prefill, donate_argnums=4)
+    self._step = jax.jit(step, donate_argnums=3)
+
+  def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of `prompt_ids` (the stop token included when reached)."""
+    import jax.numpy as jnp
+
+    T = len(prompt_ids)
+    Tp = -(-T // self.PROMPT_BUCKET) * self.PROMPT_BUCKET
+    if Tp + max_new_tokens > self.model_cfg.max_position_embeddings:
+      raise ReplyError(f"{self.name}: prompt of {T} tokens + {max_new_tokens} new exceeds the model's "
+                       f"{self.model_cfg.max_position_embeddings} positions")
+    ids = np.zeros((1, Tp), np.int32)
+    ids[0, :T] = prompt_ids
+    valid = np.arange(Tp)[None] < T             # padding slots stay invalid keys in the cache
+    token, cache = self._prefill(self.params, jnp.asarray(ids), jnp.asarray(valid), T - 1,
+                                 self.init_cache(Tp + max_new_tokens))
+    out = []
+    for i in range(max_new_tokens):
+      t = int(token)
+      out.append(t)
+      if t in self.stop_ids or i == max_new_tokens - 1:
+        break
+      # position T + i (the real prompt length, not the padded slot the cache writes next)
+      token, cache = self._step(self.params, token, jnp.asarray(T + i, jnp.int32), cache)
+    return out
+
+  def prompt_ids(self, text: str) -> list[int]:
+    ids = self.tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=True)["input_ids"]
+    return list(ids)
+
+  def __call__(self, text, audio=None, video=None) -> str:
+    if audio is not None or video is not None:
+      raise ValueError(f"{self.name}: a text-only LLM backend got media")
+    out = self.generate_ids(self.prompt_ids(text), self.cfg.max_new_tokens)
+    reply = self.tok.decode(out, skip_special_tokens=True)
+    if not reply.strip():
+      raise ReplyError(f"{self.name}: empty reply")
+    return reply.strip()
+
+
+def _stop_ids(d: pathlib.Path, tok) -> frozenset[int]:
+  for name in ("generation_config.json", "config.json"):
+    f = d / name
+    if f.exists():
+      eos = json.loads(f.read_text()).get("eos_token_id")
+      if eos is not None:
+        return frozenset(eos if isinstance(eos, list) else [eos])
+  if tok.eos_token_id is None:
+    raise ValueError(f"{d}: no eos_token_id in generation_config.json, config.json or the tokenizer")
+  return frozenset([tok.eos_token_id])
+
+
+LLM_BACKENDS = ("transformers", "jax")
+
+
 def make_backend(endpoint: str, model: str, kind: str, cfg: CaptionConfig):
   if not model:
     raise ValueError(f"the caption stage needs --caption_{kind if kind != 'text' else 'llm'}_model")
-  return HttpChat(endpoint, model, cfg) if endpoint else LocalChat(model, kind, cfg)
+  if endpoint:
+    return HttpChat(endpoint, model, cfg)
+  if kind == "text" and cfg.llm_backend == "jax":
+    return JaxChat(model, cfg, cfg.llm_tokenizer)
+  return LocalChat(model, kind, cfg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,6 +410,8 @@ class CaptionStage(ModelStage):
 
   def load(self):
     c = self.cfg
+    if c.llm_backend not in LLM_BACKENDS:
+      raise ValueError(f"--caption_llm_backend {c.llm_backend!r}: choose from {', '.join(LLM_BACKENDS)}")
     self.audio_cap = make_backend(c.audio_endpoint, c.audio_model, "audio", c)
     self.video_cap = make_backend(c.video_endpoint, c.video_model, "video", c)
     self.llm = make_backend(c.llm_endpoint, c.llm_model, "text", c) if (c.check_consistency or c.integrate) else None
@@ -349,7 +456,7 @@ class CaptionStage(ModelStage):
   def process_batch(self, clips):
     if not self._loaded:
       super().process_batch([])   # loads once
-    local = any(isinstance(b, LocalChat) for b in (self.audio_cap, self.video_cap, self.llm))
+    local = any(isinstance(b, (LocalChat, JaxChat)) for b in (self.audio_cap, self.video_cap, self.llm))
     n = 1 if local else max(1, min(self.cfg.concurrency, len(clips)))   # a local model: one generate at a time
     with concurrent.futures.ThreadPoolExecutor(n) as ex:
       futs = {ex.submit(self.caption_one, c): c.clip_id for c in clips}
