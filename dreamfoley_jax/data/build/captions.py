@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import json
 import pathlib
@@ -35,6 +36,9 @@ from dreamfoley_jax.audio.resample import resample_np
 from dreamfoley_jax.data.build import caption_prompts
 from dreamfoley_jax.data.build.clip import Clip, Rejection
 from dreamfoley_jax.data.build.model_stage import ModelStage, path_fingerprint
+
+
+LLM_BACKENDS = ("transformers", "jax")
 
 
 class ReplyError(Exception):
@@ -66,6 +70,12 @@ class CaptionConfig:
   video_prompt: str = "video_caption@1"
   consistency_prompt: str = "consistency@1"
   integrate_prompt: str = "integrate@1"
+
+  def __post_init__(self):
+    if self.llm_backend not in LLM_BACKENDS:
+      raise ValueError(f"--caption_llm_backend {self.llm_backend!r}: choose from {', '.join(LLM_BACKENDS)}")
+    if self.llm_backend == "jax" and self.llm_endpoint:
+      raise ValueError("--caption_llm_backend=jax runs a local converted checkpoint: drop --caption_llm_endpoint")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +158,7 @@ class LocalChat:
         raise ValueError(f"{path}: no chat template (chat_template.jinja / chat_template.json / tokenizer_config.json)")
       self.video_token_id = int(self.model.config.video_token_id)
       self.video_token = self.tok.convert_ids_to_tokens(self.video_token_id)
+      self.video_size = video_size(path)
     else:
       self.processor = transformers.AutoProcessor.from_pretrained(path, **kw)
 
@@ -193,7 +204,7 @@ class LocalChat:
     if prompt.count(self.video_token) != 1:
       raise ValueError(f"{self.name}: the chat template put {prompt.count(self.video_token)} {self.video_token} "
                        "in a one-video prompt")
-    vid = video_inputs(self.image_processor, frames_TxHxWx3, fps)
+    vid = video_inputs(self.image_processor, frames_TxHxWx3, fps, self.video_size)
     n = int(np.prod(vid["video_grid_thw"][0])) // self.image_processor.merge_size ** 2
     enc = self.tok(prompt.replace(self.video_token, self.video_token * n), return_tensors="pt")
     ids = enc["input_ids"]
@@ -204,15 +215,29 @@ class LocalChat:
             **{k: torch.from_numpy(v) for k, v in vid.items()}}
 
 
-VIDEO_FPS = 2.0                 # Qwen2.5-VL's default video sampling rate
-VIDEO_MAX_PIXELS = 768 * 28 * 28   # per frame: transformers' Qwen2-VL video processor default
+VIDEO_FPS = 2.0   # Qwen2.5-VL's default video sampling rate
+# pixels per frame: qwen-vl-utils' / transformers' Qwen2-VL video processor defaults (a checkpoint's
+# video_preprocessor_config.json overrides them)
+VIDEO_SIZE = {"shortest_edge": 128 * 28 * 28, "longest_edge": 768 * 28 * 28}
 
 
-def video_inputs(image_processor, frames_TxHxWx3: np.ndarray, fps: float) -> dict[str, np.ndarray]:
+def video_size(path) -> dict[str, int]:
+  """The per-frame pixel range of a local checkpoint's video processor config, else VIDEO_SIZE."""
+  f = pathlib.Path(path) / "video_preprocessor_config.json"
+  if not f.exists():
+    return dict(VIDEO_SIZE)
+  d = json.loads(f.read_text())
+  size = dict(d.get("size") or {})
+  return {"shortest_edge": int(d.get("min_pixels") or size.get("shortest_edge") or VIDEO_SIZE["shortest_edge"]),
+          "longest_edge": int(d.get("max_pixels") or size.get("longest_edge") or VIDEO_SIZE["longest_edge"])}
+
+
+def video_inputs(image_processor, frames_TxHxWx3: np.ndarray, fps: float,
+                 size: Mapping[str, int] = VIDEO_SIZE) -> dict[str, np.ndarray]:
   """Qwen2-VL / Qwen2.5-VL video tensors from an even number of frames, without the video processor.
 
-  Each frame goes through the model's own image processor (resize to the patch grid, CLIP normalisation,
-  patchify), which lays out one frame as (patches, C x tp x P x P) with the frame repeated tp times along
+  Each frame goes through the model's own image processor (resize into `size` pixels on the 28-px grid, CLIP
+  normalisation, patchify), which lays out one frame as (patches, C x tp x P x P) with the frame repeated tp times along
   the temporal patch; frames 2g..2g+tp-1 are then packed into the tp slots of temporal patch g, the
   layout of the video processor (grid (T/tp, h, w), patches t-major). second_per_grid_ts = tp / fps.
   """
@@ -220,9 +245,7 @@ def video_inputs(image_processor, frames_TxHxWx3: np.ndarray, fps: float) -> dic
   T = len(frames_TxHxWx3)
   if T == 0 or T % tp:
     raise ValueError(f"video_inputs: {T} frames; need a positive multiple of temporal_patch_size={tp}")
-  size = {"shortest_edge": image_processor.size["shortest_edge"],
-          "longest_edge": min(image_processor.size["longest_edge"], VIDEO_MAX_PIXELS)}
-  out = image_processor(images=list(frames_TxHxWx3), size=size, return_tensors="np")
+  out = image_processor(images=list(frames_TxHxWx3), size=dict(size), return_tensors="np")
   pv, grid = np.asarray(out["pixel_values"]), np.asarray(out["image_grid_thw"])
   if not (grid == grid[0]).all():
     raise ValueError(f"video_inputs: frames resized to different grids {np.unique(grid, axis=0).tolist()}")
@@ -272,37 +295,35 @@ class JaxChat:
   PROMPT_BUCKET = 64
 
   def __init__(self, path: str, cfg: CaptionConfig, tokenizer_dir: str = ""):
-    import jax
-    import jax.numpy as jnp
     import transformers
 
     from dreamfoley_jax.convert import common as convert_common
     from dreamfoley_jax.convert import qwen2 as convert_qwen2
-    from dreamfoley_jax.models import qwen2
 
-    self.cfg, self.name = cfg, f"{path} (jax)"
-    params, self.model_cfg = convert_qwen2.load_orbax(path)
+    params, model_cfg = convert_qwen2.load_orbax(path)
     tok_dir = tokenizer_dir or convert_common.read_metadata(path).get("source", "")
     if not tok_dir or not (pathlib.Path(tok_dir) / "tokenizer.json").exists():
       raise ValueError(f"{path}: no tokenizer.json in {tok_dir or '(no source recorded)'}; pass "
                        "--caption_llm_tokenizer (the Qwen2.5-Instruct directory it was converted from)")
-    self.tok = transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    self.stop_ids = _stop_ids(pathlib.Path(tok_dir), self.tok)
-    model = qwen2.Qwen2ForCausalLM(self.model_cfg)
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    self._setup(params, model_cfg, cfg, f"{path} (jax)", tok, _stop_ids(pathlib.Path(tok_dir), tok))
+
+  @classmethod
+  def from_params(cls, params, model_cfg, cfg: CaptionConfig, name: str, tok=None, stop_ids=frozenset()):
+    """From in-memory params (benchmarks; `generate_ids` needs no tokenizer)."""
+    self = cls.__new__(cls)
+    self._setup(params, model_cfg, cfg, name, tok, frozenset(stop_ids))
+    return self
+
+  def _setup(self, params, model_cfg, cfg, name, tok, stop_ids):
+    import jax
+
+    from dreamfoley_jax.models import qwen2
+
+    self.cfg, self.name, self.model_cfg, self.tok, self.stop_ids = cfg, name, model_cfg, tok, stop_ids
     self.params = jax.device_put(params)
     self.init_cache = lambda n: qwen2.init_cache(self.model_cfg, 1, n)
-
-    def prefill(params, ids_1xT, valid_1xT, last, cache):
-      logits, aux = model.apply({"params": params}, ids_1xT, attention_mask_BxT=valid_1xT, cache=cache)
-      return jnp.argmax(logits[0, last]).astype(jnp.int32), aux["cache"]
-
-    def step(params, token, position, cache):
-      logits, aux = model.apply({"params": params}, token.reshape(1, 1), positions_BxT=position.reshape(1, 1),
-                                cache=cache)
-      return jnp.argmax(logits[0, -1]).astype(jnp.int32), aux["cache"]
-
-    self._prefill = jax.jit(prefill, donate_argnums=4)
-    self._step = jax.jit(step, donate_argnums=3)
+    self._prefill, self._step = _greedy_fns(model_cfg)
 
   def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation of `prompt_ids` (the stop token included when reached)."""
@@ -343,6 +364,29 @@ class JaxChat:
     return reply.strip()
 
 
+@functools.lru_cache(maxsize=4)
+def _greedy_fns(model_cfg):
+  """Jitted (prefill, decode step) of a Qwen2ForCausalLM, shared by every JaxChat of one model config (Beam
+  makes a stage copy per worker thread; their compiled programs are the same)."""
+  import jax
+  import jax.numpy as jnp
+
+  from dreamfoley_jax.models import qwen2
+
+  model = qwen2.Qwen2ForCausalLM(model_cfg)
+
+  def prefill(params, ids_1xT, valid_1xT, last, cache):
+    logits, aux = model.apply({"params": params}, ids_1xT, attention_mask_BxT=valid_1xT, cache=cache)
+    return jnp.argmax(logits[0, last]).astype(jnp.int32), aux["cache"]
+
+  def step(params, token, position, cache):
+    logits, aux = model.apply({"params": params}, token.reshape(1, 1), positions_BxT=position.reshape(1, 1),
+                              cache=cache)
+    return jnp.argmax(logits[0, -1]).astype(jnp.int32), aux["cache"]
+
+  return jax.jit(prefill, donate_argnums=4), jax.jit(step, donate_argnums=3)
+
+
 def _stop_ids(d: pathlib.Path, tok) -> frozenset[int]:
   for name in ("generation_config.json", "config.json"):
     f = d / name
@@ -353,9 +397,6 @@ def _stop_ids(d: pathlib.Path, tok) -> frozenset[int]:
   if tok.eos_token_id is None:
     raise ValueError(f"{d}: no eos_token_id in generation_config.json, config.json or the tokenizer")
   return frozenset([tok.eos_token_id])
-
-
-LLM_BACKENDS = ("transformers", "jax")
 
 
 def make_backend(endpoint: str, model: str, kind: str, cfg: CaptionConfig):
@@ -410,8 +451,6 @@ class CaptionStage(ModelStage):
 
   def load(self):
     c = self.cfg
-    if c.llm_backend not in LLM_BACKENDS:
-      raise ValueError(f"--caption_llm_backend {c.llm_backend!r}: choose from {', '.join(LLM_BACKENDS)}")
     self.audio_cap = make_backend(c.audio_endpoint, c.audio_model, "audio", c)
     self.video_cap = make_backend(c.video_endpoint, c.video_model, "video", c)
     self.llm = make_backend(c.llm_endpoint, c.llm_model, "text", c) if (c.check_consistency or c.integrate) else None
