@@ -745,7 +745,8 @@ def test_caption_stage_with_the_jax_llm(tiny_llm_hf, tiny_llm_jax, endpoint):
     for g, w in zip(got, want):
       assert type(g) is type(w)
       if isinstance(g, Rejection):
-        assert (g.reason, g.detail) == (w.reason, w.detail.replace(f"{tiny_llm_hf} (transformers)", f"{tiny_llm_jax} (jax)"))
+        want_detail = w.detail.replace(f"{tiny_llm_hf} (transformers)", f"{tiny_llm_jax} (jax)")
+        assert (g.reason, g.detail) == (w.reason, want_detail)
         continue
       pg, pw = json.loads(g.fields["captions_json"]), json.loads(w.fields["captions_json"])
       assert [(p["role"], p["prompt"], p["text"]) for p in pg] == [(p["role"], p["prompt"], p["text"]) for p in pw]
@@ -767,7 +768,8 @@ def test_video_inputs_default_pixel_range_and_errors(tmp_path):
   ip = Qwen2VLImageProcessorPil()
   frames = np.random.default_rng(0).integers(0, 256, (4, 360, 640, 3), dtype=np.uint8)
   v = captions.video_inputs(ip, frames, 2.0)
-  assert v["video_grid_thw"].tolist() == [[2, 26, 46]] and v["pixel_values_videos"].shape == (2 * 26 * 46, 3 * 2 * 14 * 14)
+  assert v["video_grid_thw"].tolist() == [[2, 26, 46]]
+  assert v["pixel_values_videos"].shape == (2 * 26 * 46, 3 * 2 * 14 * 14)
   assert v["second_per_grid_ts"].tolist() == [1.0]
   with pytest.raises(ValueError, match="3 frames; need a positive multiple of temporal_patch_size=2"):
     captions.video_inputs(ip, frames[:3], 2.0)
