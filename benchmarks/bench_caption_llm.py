@@ -80,7 +80,8 @@ def main():
 
     sd = convert_qwen2.params_to_state_dict(params, cfg)
     hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**qwen2.to_hf_config(cfg))).eval()
-    hf.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)   # tied: no lm_head
     ids = torch.tensor([prompt])
 
     def gen():
