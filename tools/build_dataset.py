@@ -14,6 +14,7 @@ happened to every file. --tfds_data_dir builds the same records as a TFDS datase
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import sys
@@ -151,6 +152,11 @@ def main(argv):
       local = not n.startswith("caption_") or not getattr(F, n.replace("_model", "_endpoint"))
       if local and not pathlib.Path(v).expanduser().exists():
         raise app.UsageError(f"--{n}={v}: no such file or directory (weights are read by local path)")
+  if "caption" in cfg.stages and F.caption_llm_backend == "jax":
+    meta = pathlib.Path(F.caption_llm_model).expanduser() / "dreamfoley_meta.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("family") != "qwen2":
+      raise app.UsageError(f"--caption_llm_model={F.caption_llm_model}: not a checkpoint converted with "
+                           "tools/convert_checkpoint.py --family qwen2 (--caption_llm_backend jax runs one)")
   if "encode" in cfg.stages and not F.codec_ckpt:
     raise app.UsageError("--codec_ckpt is required: records need audio_codes (or leave out the encode stage "
                          "with --stages=-encode to only filter)")
