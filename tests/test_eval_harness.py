@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from dreamfoley_jax.eval import frontends, harness, media, metrics
-from dreamfoley_jax.eval.embedders import base, panns, passt, torch_ref, vggish
+from dreamfoley_jax.eval.embedders import base, panns, passt, vggish
 
 DUR = 8.0
 
@@ -101,7 +101,7 @@ class FakeSynchformer(_Proj):
     self.wa, self.wv, self.head = r.normal(size=(128, 8)), r.normal(size=(3, 8)), r.normal(size=(16, 21))
 
   def audio_features(self, wav, sr, dur, name):
-    segs = torch_ref.check_sync_audio(wav, sr, dur, name)  # (S, 66, 128), raises if too short
+    segs = frontends.check_sync_audio(wav, sr, dur, name)  # (S, 66, 128), raises if too short
     return {"sync_audio": (segs.mean(1) @ self.wa)[:, None]}  # (S, 1, 8)
 
   def video_features(self, video, name):
@@ -113,7 +113,7 @@ class FakeSynchformer(_Proj):
   def sync_logits(self, video, audio):
     self.window_shapes = []
     out = []
-    for v, a in torch_ref.sync_windows(video, audio):
+    for v, a in metrics.desync_window_pairs(video, audio):
       self.window_shapes.append((v.shape[0], a.shape[0]))
       out.append(np.concatenate([v.mean((0, 1)), a.mean((0, 1))]) @ self.head)
     return np.stack(out)
@@ -255,7 +255,7 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
   sf.write(gen / "a.wav", np.zeros(16000 * 6), 16000)  # 6 s for an 8 s protocol
   inp = harness.EvalInputs(gen_dir=str(gen), video_dir=str(dataset / "videos"), duration_s=DUR,
                            cache_dir=str(tmp_path / "c"))
-  with pytest.raises(torch_ref.AudioTooShortError, match=r"a\.wav: audio is 6\.000 s.*full 8 s"):
+  with pytest.raises(frontends.AudioTooShortError, match=r"a\.wav: audio is 6\.000 s.*full 8 s"):
     harness.evaluate(inp, {"synchformer": FakeSynchformer()}, strict=True)
   # Without strict the clip is left out and reported: no DeSync from it, one failure naming the file.
   r = harness.evaluate(inp, {"synchformer": FakeSynchformer()})
@@ -264,8 +264,8 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
                                                                           "synchformer")]
   assert "audio is 6.000 s" in r["failures"][0]["reason"]
   # Even without a clip length, fewer than 4.8 s cannot be scored.
-  with pytest.raises(torch_ref.AudioTooShortError, match="at least 4.8 s"):
-    torch_ref.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")
+  with pytest.raises(frontends.AudioTooShortError, match="at least 4.8 s"):
+    frontends.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")
 
 
 def test_cli_reports_missing_weights_clearly(dataset, tmp_path):
