@@ -13,7 +13,8 @@ The PyTorch cross-checks `clap_torch`, `imagebind_torch`, `synchformer_torch` an
 models themselves) live outside the package, in tests/torch_embedders.py; its `register()` adds them here
 (tools/evaluate.py does when one is asked for). They produce the same feature names as their Flax
 counterparts and score the same metrics.
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 from typing import Callable
 
