@@ -16,6 +16,7 @@ from absl import app, flags
 import bench_common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))   # test_eval_passt's imports
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
