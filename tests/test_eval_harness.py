@@ -281,6 +281,50 @@ def test_cli_reports_missing_weights_clearly(dataset, tmp_path):
   assert "MissingWeightsError" in p.stderr and "Cnn14_16k_mAP=0.438.pth" in p.stderr
 
 
+
+def test_scorer_table_and_torch_outside_the_package():
+  """One scorer per metric family, keyed like the registry; the JAX path imports no torch, and the
+  PyTorch cross-checks join the registry only through tests/torch_embedders.py."""
+  import subprocess
+  import sys
+
+  from dreamfoley_jax.eval import embedders
+
+  assert harness.ALL_EMBEDDERS == tuple(harness.SCORERS) == ("panns", "vggish", "passt", "imagebind", "synchformer",
+                                                             "clap")
+  assert set(harness.SCORERS) == set(embedders.NATIVE_FLAX)
+  assert [k for k, s in harness.SCORERS.items() if s.needs_video] == ["imagebind", "synchformer"]
+  assert [k for k, s in harness.SCORERS.items() if s.needs_captions] == ["clap"]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import sys; from dreamfoley_jax.eval import embedders, harness; "
+          "print(sorted(embedders.REGISTRY), 'torch' in sys.modules)")
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                     env={**__import__("os").environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert p.returncode == 0, p.stderr
+  assert p.stdout.split() == ["['clap',", "'imagebind',", "'panns',", "'passt',", "'synchformer',", "'vggish']",
+                              "False"]
+
+
+def test_cli_loads_the_torch_cross_checks(dataset, tmp_path):
+  """--config.metrics=passt_torch reaches tests/torch_embedders.py's PasstEmbedder (weights checked first)."""
+  import subprocess
+  import sys
+
+  pytest.importorskip("torch")
+  try:
+    import hear21passt  # noqa: F401
+    pytest.skip("hear21passt is installed: the embedder would load the dummy file")
+  except ImportError:
+    pass
+  root = pathlib.Path(__file__).resolve().parents[1]
+  (tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt").write_bytes(b"x")
+  cmd = [sys.executable, str(root / "tools" / "evaluate.py"), f"--config={root / 'experiments' / 'eval_vggsound.py'}",
+         f"--config.gen_dir={dataset / 'gen'}", f"--config.weights_dir={tmp_path}", "--config.metrics=passt_torch"]
+  p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120,
+                     env={**__import__("os").environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert p.returncode != 0
+  assert "MissingPackageError" in p.stderr and "hear21passt" in p.stderr, p.stderr[-2000:]
+
 def test_experiment_configs_load():
   import importlib.util
 
