@@ -47,7 +47,7 @@ def pam_assets(tmp_path_factory):
 
 def test_pam_stage_is_pam_on_the_reference(pam_assets, fixtures_dir):
   """The stage (checkpoint file + GPT-2 tokenizer files by path, PAM's prompts, 7 s windows, mean) gives
-  the file score msclap's classes gave for the golden signal (tools/goldens/make_pam_golden.py)."""
+  the file score msclap's classes gave for the golden signal (tests/fixtures/make/make_pam_golden.py)."""
   from make_pam_golden import signal
 
   model, tok = pam_assets
