@@ -347,7 +347,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   """Runs the whole job into `workdir` and returns the metrics (also written to metrics.json)."""
   import jax
 
-  from dreamfoley_jax import model_dir, sample, text, train
+  from dreamfoley_jax import model_dir, sampling, text, train
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.eval import sync
   from dreamfoley_jax.models import foley
