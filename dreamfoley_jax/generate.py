@@ -25,6 +25,7 @@ import numpy as np
 from dreamfoley_jax import checks
 from dreamfoley_jax import sample as sampling
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 from dreamfoley_jax.video import io as vio
 
 AUDIO_FRAME_RATE = 25.0   # higgs-audio-v2 codes per second (= the sync video rate)
@@ -655,10 +656,10 @@ def check_checkpoint(path, cfg: foley.FoleyConfig, flag: str = "--checkpoint", c
     raise checks.InputError(f"{flag} {p}: unreadable orbax checkpoint ({checks.one_line(e, 200)})") from None
   meta = getattr(meta, "item_metadata", meta)
   found = {k: tuple(v.shape) for k, v in common.flatten(dict(meta)).items() if hasattr(v, "shape")}
-  # Either layer layout (scanned or unrolled) is fine: foley.inference_layout converts.
+  # Either layer layout (scanned or unrolled) is fine: foley_params.inference_layout converts.
   scanned = any(k.startswith("decoder/layers/layer/") for k in found)
   c = cfg.replace(decoder=cfg.decoder.replace(scan_layers=scanned))
-  want = {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley.abstract_params(c))).items()}
+  want = {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley_params.abstract_params(c))).items()}
   checks.tree_mismatch(want, found, f"{flag} {p} does not fit {config}")
 
 
@@ -720,13 +721,13 @@ def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batc
 
 def param_bytes(cfg: foley.FoleyConfig) -> int:
   """Bytes of the model's weights in the sampling layout (floats narrowed to the compute dtype, as
-  foley.inference_layout stores them); from the abstract params, nothing allocated."""
+  foley_params.inference_layout stores them); from the abstract params, nothing allocated."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
   cd = jnp.dtype(cfg.decoder.dtype).itemsize
-  leaves = jax.tree.leaves(nn.unbox(foley.abstract_params(cfg)))
+  leaves = jax.tree.leaves(nn.unbox(foley_params.abstract_params(cfg)))
   return int(sum(np.prod(x.shape) * (min(cd, x.dtype.itemsize) if jnp.issubdtype(x.dtype, jnp.floating)
                                      else x.dtype.itemsize) for x in leaves))
 
@@ -809,7 +810,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   flag's value, exit 2; InputError / FileNotFoundError for a file, exit 1). load=False stops after the
   checks and returns a Preflight (tools/generate.py then validates the items before loading the model).
 
-  inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
+  inference_layout: sample with `foley_params.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
   a Mesh to sample sharded across devices, e.g. {"data": -1, "tensor": 4} for a 7B model on 16 GB chips.
 
@@ -820,7 +821,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
 
   try:
     exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
-    cfg = foley.config_from_dict(exp.model)
+    cfg = configs.model_config(exp.model)
   except FileNotFoundError as e:
     raise checks.UsageError(f"--config: {e}") from None
   except Exception as e:  # noqa: BLE001 -- a broken experiment file
@@ -874,10 +875,10 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
     if not load:
       return Preflight(cfg, tokenize, ToneCodec.sample_rate, sample_rate, max_text_len, max_memory_gb)
-    params = foley.init_params(cfg, seed)
+    params = foley_params.init_params(cfg, seed)
     codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
   if inference_layout:
-    cfg, params = foley.inference_layout(cfg, params)
+    cfg, params = foley_params.inference_layout(cfg, params)
   if isinstance(mesh, dict):
     from dreamfoley_jax import sharding
 

@@ -143,9 +143,9 @@ def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> 
   """
   from dreamfoley_jax import encoder_pretrain
   from dreamfoley_jax.convert import common
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax import configs
 
-  fcfg = foley.config_from_dict(c.model)
+  fcfg = configs.model_config(c.model)
   if fcfg.vision_mode != "frames" or not (fcfg.use_sync and fcfg.use_clip):
     raise ValueError("main.pretrain_encoders needs model.vision_mode='frames' with both towers")
   pc = encoder_pretrain.PretextConfig(**dict(c.main.get("pretext", {})))
@@ -350,7 +350,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   from dreamfoley_jax import model_dir, sample, text, train
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.eval import sync
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax import configs
 
   wd = pathlib.Path(workdir).absolute()
   wd.mkdir(parents=True, exist_ok=True)
@@ -397,7 +397,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
                     source={"what": "main job", "workdir": str(wd), "step": int(result.step)})
     log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
-  fcfg = foley.config_from_dict(c.model)
+  fcfg = configs.model_config(c.model)
   scfg = sample.sample_config_from_dict(c.sample)
   text_len = max(int(c.data.max_text_len), fcfg.null_text_len)
   captions = [x["caption"] for x in held]

@@ -44,6 +44,7 @@ import numpy as np
 from dreamfoley_jax import sharding
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import params as foley_params
 
 Array = jax.Array
 
@@ -414,7 +415,7 @@ def clip_sharding(mesh, rules, ndim: int):
 @functools.lru_cache(maxsize=8)
 def _param_shardings(cfg: foley.FoleyConfig, mesh, rules):
   with sharding.use_mesh(mesh, rules):
-    return sharding.shardings_for(foley.abstract_params(cfg), mesh, rules)
+    return sharding.shardings_for(foley_params.abstract_params(cfg), mesh, rules)
 
 
 def place_params(cfg: foley.FoleyConfig, params, mesh, rules=sharding.LOGICAL_RULES):
@@ -423,7 +424,7 @@ def place_params(cfg: foley.FoleyConfig, params, mesh, rules=sharding.LOGICAL_RU
   sh = _param_shardings(cfg, mesh, tuple(tuple(r) for r in rules))
   want, got = jax.tree.structure(sh), jax.tree.structure(params)
   if want != got:
-    raise ValueError(f"params do not match the model of this config (pass them through foley.inference_layout "
+    raise ValueError(f"params do not match the model of this config (pass them through models.params.inference_layout "
                      f"with this config first): expected the tree {want}, got {got}")
 
   def put(path, x, s):

@@ -7,7 +7,7 @@ import numpy as np
 from dreamfoley_jax import configs, model_dir, text
 from dreamfoley_jax.audio import synthetic_codec
 from dreamfoley_jax.data import synthetic
-from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 
 CODEBOOK = 16
 
@@ -42,13 +42,13 @@ def make_parts(root, *, hidden: int = 32, vocab: int = 300, codebook: int = CODE
 
 
 def random_params(exp, seed: int = 0, scale: float = 0.1):
-  """Normal(0, scale) weights of the model's shapes straight from numpy (foley.init_params compiles the whole
+  """Normal(0, scale) weights of the model's shapes straight from numpy (foley_params.init_params compiles the whole
   init, ~17 s here for this config; the tests need a random model, not its initialiser)."""
   import flax.linen as nn
   import jax
 
   rng = np.random.default_rng(seed)
-  abstract = nn.unbox(foley.abstract_params(foley.config_from_dict(exp.model)))
+  abstract = nn.unbox(foley_params.abstract_params(configs.model_config(exp.model)))
   return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(s.dtype), abstract)
 
 

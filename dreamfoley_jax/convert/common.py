@@ -307,7 +307,7 @@ def load_params(path: PathLike, target=None, *, host: bool = False):
 
   host=True restores every array as numpy in host memory, whatever devices or mesh wrote it: the way to
   read a checkpoint written on another slice, or one larger than a single chip, before re-laying it out
-  (foley.inference_layout, sample.place_params)."""
+  (models.params.inference_layout, sample.place_params)."""
   import orbax.checkpoint as ocp
 
   p = pathlib.Path(path).absolute()

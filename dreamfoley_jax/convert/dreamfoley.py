@@ -360,7 +360,7 @@ def resolve_config(ckpt_dir, config=None) -> tuple[foley.FoleyConfig, Optional[d
   except (FileNotFoundError, AttributeError) as e:
     raise ConversionError(f"model config {text}: {e} (pass --model_config experiments/<name>.py)") from e
   try:
-    cfg = foley.config_from_dict(exp.model)
+    cfg = configs.model_config(exp.model)
   except (ValueError, TypeError, KeyError) as e:
     raise ConversionError(f"model config {text}: model section: {e}") from e
   sampling = dict(exp.sample.to_dict()) if "sample" in exp else None

@@ -21,7 +21,6 @@ Sequence order and special tokens (our choices, documented here because the pape
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import flax.linen as nn
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax import sharding
-from dreamfoley_jax.models import eva_clip, fusion, qwen2, synchformer
+from dreamfoley_jax.models import eva_clip, fusion, heads, qwen2, synchformer
 from dreamfoley_jax.video import preprocess as vpre
 
 Array = jax.Array
@@ -108,35 +107,6 @@ class FoleyConfig:
       raise ValueError("at least one of use_sync / use_clip must be True")
 
 
-def config_from_dict(d) -> FoleyConfig:
-  """FoleyConfig from an ml_collections ConfigDict / dict (the `model` section of an experiment)."""
-  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-  dec = dict(d.pop("decoder", {}))
-  preset = dec.pop("preset", None)
-  if "hf_config" in dec and dec["hf_config"]:
-    dcfg = qwen2.from_hf_config(dec.pop("hf_config"), **dec)
-  else:
-    dec.pop("hf_config", None)
-    dcfg = qwen2.from_preset(preset, **dec) if preset else qwen2.Qwen2Config(**dec)
-  known = {f.name for f in dataclasses.fields(FoleyConfig)}
-  unknown = set(d) - known
-  if unknown:
-    raise ValueError(f"model config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
-  if "loss_weights" in d:
-    d["loss_weights"] = tuple(float(w) for w in d["loss_weights"])
-  for key, mod in (("synchformer", synchformer), ("eva", eva_clip)):
-    sub = d.get(key)
-    if isinstance(sub, dict):
-      sub = dict(sub)
-      d[key] = mod.from_preset(sub.pop("preset"), **sub) if sub.get("preset") else None
-  if d.get("vision_mode") == "frames":
-    if d.get("synchformer") is not None:
-      d["sync_dim"] = d["synchformer"].width
-    if d.get("eva") is not None:
-      d["clip_dim"] = d["eva"].embed_dim
-  return FoleyConfig(decoder=dcfg, **d)
-
-
 # --------------------------------------------------------------------------------------------------
 # Video fusion (eq. 1): parameter-free time alignment + concatenation.
 # --------------------------------------------------------------------------------------------------
@@ -194,50 +164,6 @@ class MLP(nn.Module):
       x = sharding.constrain(x, ("batch", "length", "act_mlp"))
     return qwen2.Linear(self.out, ("mlp" if self.depth > 1 else self.in_axis, self.out_axis), use_bias=True,
                         name=f"fc{self.depth}", **kw)(x)
-
-
-class CodebookHeads(nn.Module):
-  """K independent MLP heads (stacked params, one einsum): (B,L,D) -> (B,L,K,V)."""
-  num_codebooks: int
-  vocab: int
-  hidden: int
-  depth: int = 2
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-
-  @nn.compact
-  def __call__(self, h_BxLxD):
-    K, D = self.num_codebooks, h_BxLxD.shape[-1]
-    pd, cd = jnp.dtype(self.param_dtype), jnp.dtype(self.dtype)
-    init = nn.initializers.normal(0.02)
-    B, L = h_BxLxD.shape[:2]
-    x = h_BxLxD.reshape(B * L, D).astype(cd)
-    if self.depth == 1:
-      w = self.param("kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "codebook_vocab")),
-                     (K, D, self.vocab), pd)
-      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
-                     (K, self.vocab), pd)
-      return logits_fp32("nd,kdv->nkv", x, w, b).reshape(B, L, K, self.vocab)
-    w1 = self.param("fc1_kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "mlp")),
-                    (K, D, self.hidden), pd)
-    b1 = self.param("fc1_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "mlp")),
-                    (K, self.hidden), pd)
-    # split over fsdp x tensor: 7B K=8 x 3584 x 1026 fp32 is 112 MB (+ Adam), replicated before
-    w2 = self.param("fc2_kernel", nn.with_logical_partitioning(init, ("codebooks", "head_mlp", "codebook_vocab")),
-                    (K, self.hidden, self.vocab), pd)
-    b2 = self.param("fc2_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
-                    (K, self.vocab), pd)
-    z = nn.gelu(jnp.einsum("nd,kdh->nkh", x, w1.astype(cd)) + b1.astype(cd), approximate=False)
-    return logits_fp32("nkh,khv->nkv", z, w2, b2).reshape(B, L, K, self.vocab)
-
-
-def logits_fp32(spec: str, x, w, b) -> Array:
-  """The heads' last projection in fp32 whatever the compute dtype: bf16 logits would be off by up to a
-  bf16 ulp (0.06 at |logit| 8; ~0.016 nats/token of CE, x3 after CFG guidance). HIGHEST keeps TPUs (bf16
-  passes by default) and GPUs (TF32) from rounding the fp32 operands. ~0.4% of the 7B step's FLOPs."""
-  f32 = jnp.float32
-  y = jnp.einsum(spec, x.astype(f32), w.astype(f32), precision=jax.lax.Precision.HIGHEST)
-  return y + b.astype(f32)
 
 
 def positions_from_mask(mask_BxT: Array) -> Array:
@@ -320,8 +246,8 @@ class DreamFoley(nn.Module):
                                 (c.null_text_len, D), pd)
     self.null_video = self.param("null_video", nn.with_logical_partitioning(init, ("null", "embed")),
                                  (c.null_video_len, D), pd)
-    self.heads = CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
-                               dtype=d.dtype, param_dtype=d.param_dtype)
+    self.heads = heads.CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
+                                     dtype=d.dtype, param_dtype=d.param_dtype)
     if c.vision_mode == "frames":
       if c.use_sync:
         self.synchformer = synchformer.Synchformer(c.synchformer)
@@ -404,7 +330,7 @@ class DreamFoley(nn.Module):
                         cache=cache)
 
   def predict(self, h_BxLxD) -> Array:
-    return self.heads(h_BxLxD)      # fp32 (`logits_fp32`)
+    return self.heads(h_BxLxD)      # fp32 (`heads.logits_fp32`)
 
   # -- training forward -------------------------------------------------------------------------------
 
@@ -426,186 +352,3 @@ class DreamFoley(nn.Module):
     P = prompt.shape[1]
     logits = self.predict(h[:, P:])
     return logits, {"prompt_len": P}
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------------
-
-def cfg_drop(rng, batch_size: int, p_text: float, p_video: float):
-  """Independent per-example drop decisions for text and video (deterministic given rng)."""
-  kt, kv = jax.random.split(rng)
-  return (jax.random.uniform(kt, (batch_size,)) < p_text, jax.random.uniform(kv, (batch_size,)) < p_video)
-
-
-def target_mask(cfg: FoleyConfig, batch: dict) -> Array:
-  """(B, La-1, K): which next-column cells are trained: real codes and the final EOS; not BOS/staircase."""
-  ids = batch["audio_ids"]
-  tgt = ids[:, 1:]
-  valid = batch.get("audio_mask", jnp.ones(ids.shape[:2], bool))[:, 1:, None]
-  m = valid & (tgt != cfg.bos_id)
-  if "audio_vacant" in batch:
-    m = m & ~batch["audio_vacant"][:, 1:]
-  return m
-
-
-def weighted_loss(cfg: FoleyConfig, logits_BxLxKxV: Array, batch: dict):
-  """sum_k w_k * CE_k (section 5.1), CE_k averaged over the trained cells of codebook k."""
-  ids = batch["audio_ids"]
-  logits = logits_BxLxKxV[:, :-1].astype(jnp.float32)
-  tgt = ids[:, 1:]
-  m = target_mask(cfg, batch).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, tgt[..., None].astype(jnp.int32), axis=-1)[..., 0]   # (B,L,K)
-  count = m.sum(axis=(0, 1))
-  ce_k = (nll * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
-  acc_k = ((jnp.argmax(logits, -1) == tgt) * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
-  w = jnp.asarray(cfg.loss_weights[:cfg.num_codebooks], jnp.float32)
-  loss = jnp.sum(w * ce_k)
-  aux = {"loss": loss, "ce_per_codebook": ce_k, "acc_per_codebook": acc_k, "num_targets": count.sum()}
-  return loss, aux
-
-
-# --------------------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------------------
-
-def dummy_batch(cfg: FoleyConfig, batch: int = 1, text_len: int = 16, video_frames: int = 50,
-                audio_cols: int = 59) -> dict:
-  """Abstract-shaped example inputs (zeros) for init / eval_shape."""
-  Tc = max(1, math.ceil(video_frames * cfg.clip_rate / cfg.sync_rate))
-  b = {"text_ids": jnp.zeros((batch, max(text_len, cfg.null_text_len)), jnp.int32),
-       "video_mask": jnp.ones((batch, max(video_frames, cfg.null_video_len)), bool),
-       "audio_ids": jnp.zeros((batch, audio_cols, cfg.num_codebooks), jnp.int32),
-       "audio_mask": jnp.ones((batch, audio_cols), bool),
-       "audio_vacant": jnp.zeros((batch, audio_cols, cfg.num_codebooks), bool)}
-  b["text_mask"] = jnp.ones(b["text_ids"].shape, bool)
-  Tv = b["video_mask"].shape[1]
-  if cfg.vision_mode == "frames":
-    del b["video_mask"]
-    if cfg.use_sync:
-      sc = cfg.synchformer
-      Tf = max(Tv, sc.window + sc.stride * ((cfg.null_video_len + sc.token_frames - 1) // sc.token_frames))
-      b["frames_sync"] = jnp.zeros((batch, Tf, sc.image_size, sc.image_size, 3), jnp.uint8)
-    if cfg.use_clip:
-      ec = cfg.eva
-      b["frames_clip"] = jnp.zeros((batch, max(Tc, cfg.null_video_len), ec.image_size, ec.image_size, 3), jnp.uint8)
-    return b
-  if cfg.use_sync:
-    b["sync_feats"] = jnp.zeros((batch, Tv, cfg.sync_dim), jnp.float32)
-  if cfg.use_clip:
-    b["clip_feats"] = jnp.zeros((batch, Tc, cfg.clip_dim), jnp.float32)
-  return b
-
-
-def _init_inputs(cfg: FoleyConfig) -> dict:
-  return dummy_batch(cfg, text_len=cfg.null_text_len, video_frames=cfg.null_video_len,
-                     audio_cols=cfg.num_codebooks + 2)
-
-
-def abstract_params(cfg: FoleyConfig):
-  """The params' shapes, dtypes and logical partitioning (boxed), without allocating anything: the key is
-  made inside the traced function too, so this is safe under any mesh (also an AOT topology's)."""
-  model = DreamFoley(cfg)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), _init_inputs(cfg)))["params"]
-
-
-def init_params(cfg: FoleyConfig, seed: int = 0):
-  """Randomly initialised (unboxed) params of the model, made by its own jitted init."""
-  model = DreamFoley(cfg)
-  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), _init_inputs(cfg))["params"])
-
-
-# Params whose every use casts them to the decoder's compute dtype first (qwen2.Linear kernels/biases, the
-# token embedding, RMSNorm scales applied in the activation dtype, the heads, the null embeddings), so storing
-# them in that dtype changes no result. audio_embed / audio_pad are summed over the K codebooks in their own
-# dtype before the cast, and the encoders have their own dtypes: those stay as they are. The heads' last
-# projection runs in fp32 (`logits_fp32`): its params keep their dtype (7B: +59 MB per decode step, 0.4%).
-_COMPUTE_DTYPE_PARAMS = ("decoder", "projector", "heads", "null_text", "null_video")
-_FP32_HEAD_PARAMS = ("fc2_kernel", "fc2_bias", "kernel", "bias")
-
-
-def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: bool = True):
-  """(cfg, params) laid out for sampling; the same model:
-  - unscan: a `scan_layers` checkpoint (the training layout) becomes the unrolled layers_0..L-1 layout,
-    whose per-layer KV caches the decode step updates in place (same weights; logits equal up to float
-    reassociation, ~6e-7 on the tiny model);
-  - cast: with a lower-precision compute dtype (experiments/paper_7b.py: bf16 compute, fp32 master weights)
-    the params in `_COMPUTE_DTYPE_PARAMS` are stored in that dtype (only ever narrowed): half the memory and half the bytes each
-    decode step reads (7B: 13.3 instead of 26.6 GB per step). Every use of them casts to the compute dtype
-    anyway, so the logits are bit-identical when XLA must honour each rounding
-    (XLA_FLAGS=--xla_allow_excess_precision=false; tested). By default XLA may skip some fp32 -> bf16
-    roundings of fp32 weights inside a fused dot, so with fp32 weights the result carries a little excess
-    precision (tiny model: logits differ by <= 0.01, bf16 rounding level).
-  """
-  params = dict(nn.unbox(params))
-  d = cfg.decoder
-  if "decoder" not in params:
-    raise ValueError(f"params have no 'decoder' (keys: {sorted(params)})")
-  scanned = qwen2.is_scanned(params["decoder"], "params/decoder")
-  if scanned != d.scan_layers:      # the checkpoint's layout decides (e.g. an HF conversion under paper_7b)
-    d = d.replace(scan_layers=scanned)
-  cd = jnp.dtype(d.dtype)
-  # Only ever narrower (fp32 -> bf16), never widening bf16 weights into an fp32 compute dtype.
-  narrow = cast and cd.itemsize < jnp.dtype(d.param_dtype).itemsize
-  to_cd = ((lambda x: x.astype(cd) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != cd else x)
-           if narrow else (lambda x: x))
-  if unscan and d.scan_layers:
-    # Slice and cast each layer in one step (works on host numpy too): no full-size unstacked copy.
-    params["decoder"] = qwen2.unstack_layers(params["decoder"], d.num_hidden_layers, where="params/decoder",
-                                             fn=to_cd)
-    d = d.replace(scan_layers=False)
-  if narrow:
-    for k in _COMPUTE_DTYPE_PARAMS:
-      if k == "heads" and k in params:
-        params[k] = {n: (v if n in _FP32_HEAD_PARAMS else to_cd(v)) for n, v in params[k].items()}
-      elif k in params:
-        params[k] = jax.tree.map(to_cd, params[k])
-    d = d.replace(param_dtype=d.dtype)
-  return cfg.replace(decoder=d), params
-
-
-def param_table(params) -> list[tuple[str, int]]:
-  """(component, #params) rows; decoder split into embedding / layers / norm."""
-  params = nn.unbox(params)
-  rows: dict[str, int] = {}
-
-  def count(t):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
-
-  for k, v in params.items():
-    if k == "decoder":
-      for kk, vv in v.items():
-        name = "decoder/layers" if kk.startswith("layers") else f"decoder/{kk}"
-        rows[name] = rows.get(name, 0) + count(vv)
-    else:
-      rows[k] = count(v)
-  return sorted(rows.items())
-
-
-def main(argv=None):
-  import argparse
-
-  from dreamfoley_jax import configs as cfglib
-
-  ap = argparse.ArgumentParser(description="DreamFoley model summary (abstract shapes only, no memory)")
-  ap.add_argument("--config", required=True, help="experiments/<name>.py")
-  ap.add_argument("--summary", action="store_true", help="print the parameter table")
-  args = ap.parse_args(argv)
-  exp = cfglib.load_config(args.config)
-  cfg = config_from_dict(exp.model)
-  rows = param_table(abstract_params(cfg))
-  total = sum(n for _, n in rows)
-  w = max(len(r) for r, _ in rows)
-  print(f"{'component':<{w}}  {'params':>15}  {'share':>7}")
-  for name, n in rows:
-    print(f"{name:<{w}}  {n:>15,}  {100 * n / total:6.2f}%")
-  print(f"{'total':<{w}}  {total:>15,}")
-  d = cfg.decoder
-  print(f"decoder: {d.num_hidden_layers} layers, width {d.hidden_size}, {d.num_attention_heads} heads "
-        f"({d.num_key_value_heads} kv), MLP {d.intermediate_size}, vocab {d.vocab_size}; "
-        f"K={cfg.num_codebooks} codebooks x {cfg.vocab_per_codebook}; video dim {cfg.video_dim}")
-
-
-if __name__ == "__main__":
-  main()
