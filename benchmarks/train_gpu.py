@@ -161,7 +161,7 @@ class JaxTrainer:
     with sharding.use_mesh(self.mesh):
       self.init = train.make_init_fn(self.model, self.tx, fcfg, 0)
       a = jax.eval_shape(self.init)
-      self.state_sh = train.state_shardings(a, self.mesh, self.tx)
+      self.state_sh = train.state_shardings(a, self.mesh)
       self.abstract_state = train.unbox_abstract(a)
     self.n_params = sum(int(x.size) for x in jax.tree.leaves(self.abstract_state.params))
     self.n_matmul = train.matmul_params(ap)

@@ -90,7 +90,7 @@ def compile_train_step(c, topology: str) -> dict:
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, int(c.train.seed))
     abstract = jax.eval_shape(init)
-    state_sh = train.state_shardings(abstract, mesh, tx)
+    state_sh = train.state_shardings(abstract, mesh)
     abstract = train.unbox_abstract(abstract)
     a_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
     replicated = sharding.large_replicated(abstract, state_sh)     # params / Adam leaves >= 64 MB on every chip

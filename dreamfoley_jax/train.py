@@ -142,7 +142,7 @@ def unbox_abstract(tree):
                       tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def state_shardings(abstract_state: TrainState, mesh, tx=None) -> TrainState:
+def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
   """NamedShardings of the (unboxed) state: params by logical names, optimizer moments like their params.
 
   An optimizer-state leaf whose key path ends with a param's path (and has its shape) takes that
@@ -244,7 +244,7 @@ def abstract_state(c, mesh):
   tx, _ = optim.make_optimizer(c.optim, int(c.train.steps), ap, c.train.get("frozen_regex") or None)
   with sharding.use_mesh(mesh):
     a = jax.eval_shape(make_init_fn(model, tx, fcfg, int(c.train.seed)))
-    sh = state_shardings(a, mesh, tx)
+    sh = state_shardings(a, mesh)
   return ckptlib.abstract_with_shardings(unbox_abstract(a), sh), model, fcfg
 
 
@@ -515,7 +515,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
       # --- eval_shape -> shardings -> jit(init) -----------------------------------------------------
       init_fn = make_init_fn(model, tx, fcfg, seed)
       abstract_state = jax.eval_shape(init_fn)
-      state_sh = state_shardings(abstract_state, mesh, tx)
+      state_sh = state_shardings(abstract_state, mesh)
       abstract_state = unbox_abstract(abstract_state)
 
       # --- jit(update) with donated state ----------------------------------------------------------

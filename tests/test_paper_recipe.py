@@ -344,7 +344,7 @@ def _paper_state_shardings(mesh_shape):
   tx, _ = optim.make_optimizer(c.optim, 10, ap, c.train.frozen_regex)
   with nn.logical_axis_rules(sharding.LOGICAL_RULES):
     a = jax.eval_shape(train.make_init_fn(foley.DreamFoley(fcfg), tx, fcfg, 0))
-    sh = train.state_shardings(a, mesh, tx)
+    sh = train.state_shardings(a, mesh)
   return train.unbox_abstract(a), sh
 
 
@@ -378,7 +378,7 @@ tx, sched = optim.make_optimizer(c.optim, 10, ap)
 spec = train.global_batch_spec(c, fcfg)
 with sharding.use_mesh(mesh):
   a = jax.eval_shape(train.make_init_fn(model, tx, fcfg, 0))
-  sh = train.state_shardings(a, mesh, tx)
+  sh = train.state_shardings(a, mesh)
   a_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), train.unbox_abstract(a), sh)
   b_sh = train.batch_shardings(spec, mesh)
   a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in spec.items()}
@@ -440,7 +440,7 @@ def _three_steps(c, params, batches, mesh):
     a = jax.eval_shape(lambda: train.TrainState(step=state.step, params=foley_params.abstract_params(fcfg),
                                                 opt_state=tx.init(nn.unbox(foley_params.abstract_params(fcfg))),
                                                 rng=state.rng))
-    sh = train.state_shardings(a, mesh, tx)
+    sh = train.state_shardings(a, mesh)
     state = jax.device_put(state, sh)
     b_sh = {k: sharding.data_sharding(mesh, v.ndim) for k, v in batches[0].items()}
     step = jax.jit(train.make_train_step(model, fcfg, tx, sched, labels, int(c.train.grad_accum)),

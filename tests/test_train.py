@@ -41,7 +41,7 @@ def _setup(c, mesh, grad_accum=1):
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, 0)
     abstract = jax.eval_shape(init)
-    sh = train.state_shardings(abstract, mesh, tx)
+    sh = train.state_shardings(abstract, mesh)
     state = nn.unbox(jax.jit(init, out_shardings=sh)())
     step = jax.jit(train.make_train_step(model, fcfg, tx, sched, labels, grad_accum), out_shardings=(sh, None))
   return fcfg, state, step, sh

@@ -49,7 +49,7 @@ def main(argv):
   S = train.seq_len({k: v.shape for k, v in batch.items()})
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, 0)
-    sh = train.state_shardings(jax.eval_shape(init), mesh, tx)
+    sh = train.state_shardings(jax.eval_shape(init), mesh)
     state = nn.unbox(jax.jit(init, out_shardings=sh)())
     b_sh = train.batch_shardings(batch, mesh)
     gb = {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()}

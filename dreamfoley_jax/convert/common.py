@@ -257,12 +257,6 @@ def conv_to_jax(w):  # torch (O, I, *k) -> flax (*k, I, O)
   return np.ascontiguousarray(np.transpose(w, tuple(range(2, w.ndim)) + (1, 0)))
 
 
-def conv_to_torch(w):  # flax (*k, I, O) -> torch (O, I, *k)
-  w = np.asarray(w)
-  n = w.ndim
-  return np.ascontiguousarray(np.transpose(w, (n - 1, n - 2) + tuple(range(n - 2))))
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------

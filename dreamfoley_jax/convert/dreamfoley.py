@@ -170,12 +170,6 @@ def _validated(params: Mapping, cfg: foley.FoleyConfig, where: Any):
   return params, scanned, es
 
 
-def params_to_state_dict(params: Mapping, cfg: foley.FoleyConfig) -> dict[str, np.ndarray]:
-  """The HF state dict (numpy, torch layout) of DreamFoley params (tests and small models)."""
-  params, scanned, es = _validated(params, cfg, "<params>")
-  return {e.hf_key: _tensor(params, e, scanned) for e in es}
-
-
 def _tensor(params: Mapping, e: Entry, scanned: bool) -> np.ndarray:
   """Entry `e` of the params as an HF tensor (one layer's slice of a scanned stack)."""
   x = _leaf(params, jax_path(e, scanned))

@@ -207,11 +207,6 @@ def load_hf(path, *, progress: bool = False, **config_overrides) -> tuple[dict, 
   return source_to_params(common.TensorSource(weights), cfg, progress=progress, where=weights), cfg
 
 
-def state_dict_to_params(state_dict: Mapping[str, Any], cfg: qwen2.Qwen2Config) -> dict:
-  """An in-memory HF state dict (torch tensors or arrays) -> params."""
-  return source_to_params(common.TensorSource.from_dict(state_dict), cfg, where="<state dict>")
-
-
 # --------------------------------------------------------------------------------------------------
 # params -> HF
 # --------------------------------------------------------------------------------------------------
@@ -387,13 +382,6 @@ def save_hf(params: Mapping, cfg: qwen2.Qwen2Config, output_dir, **kw) -> pathli
   if "model" not in params:
     raise ConversionError(f"expected Qwen2ForCausalLM params with a 'model' subtree, got keys {sorted(params)}")
   return save_decoder_hf(params["model"], cfg, output_dir, lm_head=params.get("lm_head"), **kw)
-
-
-def params_to_state_dict(params: Mapping, cfg: qwen2.Qwen2Config) -> dict[str, np.ndarray]:
-  """In-memory HF state dict of numpy arrays (for tests and small models)."""
-  params = _unbox(params)
-  entries, get, _ = decoder_hf_tensors(params["model"], cfg, lm_head=params.get("lm_head"))
-  return {e.hf_key: get(e) for e in entries}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ class Qwen2Config:
   param_dtype: str = "float32"
   dtype: str = "float32"            # compute dtype; norms, softmax and rope run in fp32 regardless
   scan_layers: bool = False
-  remat_policy: str = "none"        # none | full | dots | dots_no_batch | save_qkv_out
+  remat_policy: str = "none"        # none | full | dots | dots_no_batch
   attention_impl: str = "xla"       # xla (einsum + softmax) | dot_product_attention (jax.nn, its default: XLA)
                                     # | cudnn (jax.nn's cuDNN flash kernel: GPU only; training and prefill)
                                     # | blocked (causal query blocks that skip fully masked key blocks)
