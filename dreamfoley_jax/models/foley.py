@@ -1,7 +1,8 @@
 """The DreamFoley model (paper section 3): [text | video | audio] through a Qwen2 decoder, K codebook heads.
 
-Legend: B batch, Lt text tokens, Tv video frames (25 Hz), Tc CLIP frames (4 fps), La delayed audio
-columns, P prompt (= Lt + Tv), K codebooks, V per-codebook vocab (codebook_size + BOS + EOS), D width.
+Legend (dreamfoley_jax.models): B batch, Lt text tokens, Tv video frames (25 Hz), Tc CLIP frames (4 fps),
+La delayed audio columns, P prompt (= Lt + Tv), K codebooks, V per-codebook vocab (codebook_size + BOS + EOS),
+D width, Ds / Dc / Dv sync / CLIP / fused video widths, Nw Synchformer windows, Tw token frames per window.
 
 Sequence order and special tokens (our choices, documented here because the paper does not spell them out):
   * [text | video | audio]: the condition precedes what is generated, so one causal pass trains all
@@ -207,7 +208,7 @@ def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] =
   frames'); each example's windows repeat its own last real frame (`lengths_B`, default all T).
   Shared by DreamFoley.encode_frames and encoder_pretrain."""
   T = frames_BxTxHxWxC.shape[1]
-  idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (S, window), clamped to T - 1
+  idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (Nw, window), clamped to T - 1
   if lengths_B is None:
     x = frames_BxTxHxWxC[:, idx]
   else:
@@ -255,7 +256,7 @@ class DreamFoley(nn.Module):
         self.eva_clip = eva_clip.EvaVisionTower(c.eva)
 
   def encode_frames(self, batch: dict):
-    """frames mode: uint8 frames -> (sync tokens (B,S*8,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
+    """frames mode: uint8 frames -> (sync tokens (B,Tv,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
     c = self.config
     sync = clip = None
     mask = None
@@ -264,7 +265,7 @@ class DreamFoley(nn.Module):
       B, Tf = fr.shape[:2]
       # Real frames come first (a prefix mask); token i stands for frame i (the length rule).
       n_B = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(jnp.int32).sum(axis=1)
-      feats, _ = self.synchformer(sync_windows_input(fr, c.synchformer, n_B))   # (B,S,stride,Ds)
+      feats, _ = self.synchformer(sync_windows_input(fr, c.synchformer, n_B))   # (B,Nw,Tw,Ds)
       sync = feats.reshape(B, -1, feats.shape[-1])[:, :Tf]
       mask = jnp.arange(Tf)[None] < n_B[:, None]
     if c.use_clip:
@@ -280,14 +281,14 @@ class DreamFoley(nn.Module):
 
   # -- pieces (also used by the sampler) -----------------------------------------------------------
 
-  def _substitute(self, x_BxLxD, mask_BxL, null_NxD, drop_B, field: str):
-    L, N = x_BxLxD.shape[1], null_NxD.shape[0]
-    if L < N:
-      raise ValueError(f"{field}: region length {L} is shorter than the null sequence ({N}); pad it to >= {N}")
-    null = jnp.zeros((L, x_BxLxD.shape[-1]), x_BxLxD.dtype).at[:N].set(null_NxD.astype(x_BxLxD.dtype))
-    null_mask = jnp.arange(L) < N
+  def _substitute(self, x_BxTxD, mask_BxT, null_NxD, drop_B, field: str):
+    T, N = x_BxTxD.shape[1], null_NxD.shape[0]
+    if T < N:
+      raise ValueError(f"{field}: region length {T} is shorter than the null sequence ({N}); pad it to >= {N}")
+    null_TxD = jnp.zeros((T, x_BxTxD.shape[-1]), x_BxTxD.dtype).at[:N].set(null_NxD.astype(x_BxTxD.dtype))
+    null_mask_T = jnp.arange(T) < N
     d = drop_B[:, None]
-    return jnp.where(d[..., None], null[None], x_BxLxD), jnp.where(d, null_mask[None], mask_BxL)
+    return jnp.where(d[..., None], null_TxD[None], x_BxTxD), jnp.where(d, null_mask_T[None], mask_BxT)
 
   def embed_prompt(self, batch: dict, drop_text_B: Optional[Array] = None, drop_video_B: Optional[Array] = None):
     """[text | video] embeddings (B,P,D) and mask (B,P); drop_* swap in the null sequences."""
@@ -316,21 +317,21 @@ class DreamFoley(nn.Module):
       xv, video_mask = self._substitute(xv, video_mask, self.null_video, drop_video_B, "video")
     return jnp.concatenate([xt, xv], axis=1), jnp.concatenate([text_mask, video_mask], axis=1)
 
-  def embed_audio(self, ids_BxLxK: Array, vacant_BxLxK: Optional[Array] = None) -> Array:
+  def embed_audio(self, ids_BxLaxK: Array, vacant_BxLaxK: Optional[Array] = None) -> Array:
     """Sum over codebooks of table_k[id_k]; vacant staircase cells use the learnable pad (eq. 2)."""
     c = self.config
     K = c.num_codebooks
-    e = self.audio_embed[jnp.arange(K), ids_BxLxK]            # (B,L,K,D)
-    if c.learnable_pad and vacant_BxLxK is not None:
-      e = jnp.where(vacant_BxLxK[..., None], self.audio_pad[None, None].astype(e.dtype), e)
+    e = self.audio_embed[jnp.arange(K), ids_BxLaxK]            # (B,La,K,D)
+    if c.learnable_pad and vacant_BxLaxK is not None:
+      e = jnp.where(vacant_BxLaxK[..., None], self.audio_pad[None, None].astype(e.dtype), e)
     return e.sum(axis=2).astype(jnp.dtype(c.decoder.dtype))
 
   def decode(self, x_BxTxD, mask_BxT, positions_BxT, cache=None):
     return self.decoder(inputs_embeds_BxTxD=x_BxTxD, attention_mask_BxT=mask_BxT, positions_BxT=positions_BxT,
                         cache=cache)
 
-  def predict(self, h_BxLxD) -> Array:
-    return self.heads(h_BxLxD)      # fp32 (`heads.logits_fp32`)
+  def predict(self, h_BxLaxD) -> Array:
+    return self.heads(h_BxLaxD)      # fp32 (`heads.logits_fp32`)
 
   # -- training forward -------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The K codebook heads: one MLP per codebook over the decoder's hidden states, logits in fp32.
 
-Legend: B batch, L audio columns, K codebooks, D decoder width, Dh head hidden width, V per-codebook
-vocab, N = B * L flattened rows.
+Legend (dreamfoley_jax.models): B batch, La audio columns, K codebooks, D decoder width, F head hidden width,
+V per-codebook vocab, R = B * La flattened rows.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ Array = jax.Array
 
 
 class CodebookHeads(nn.Module):
-  """K independent MLP heads (stacked params, one einsum): (B,L,D) -> (B,L,K,V)."""
+  """K independent MLP heads (stacked params, one einsum): (B,La,D) -> (B,La,K,V)."""
   num_codebooks: int
   vocab: int
   hidden: int
@@ -22,18 +22,18 @@ class CodebookHeads(nn.Module):
   param_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, h_BxLxD):
-    K, D = self.num_codebooks, h_BxLxD.shape[-1]
+  def __call__(self, h_BxLaxD):
+    K, D = self.num_codebooks, h_BxLaxD.shape[-1]
     pd, cd = jnp.dtype(self.param_dtype), jnp.dtype(self.dtype)
     init = nn.initializers.normal(0.02)
-    B, L = h_BxLxD.shape[:2]
-    x = h_BxLxD.reshape(B * L, D).astype(cd)
+    B, La = h_BxLaxD.shape[:2]
+    x_RxD = h_BxLaxD.reshape(B * La, D).astype(cd)
     if self.depth == 1:
       w = self.param("kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "codebook_vocab")),
                      (K, D, self.vocab), pd)
       b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
                      (K, self.vocab), pd)
-      return logits_fp32("nd,kdv->nkv", x, w, b).reshape(B, L, K, self.vocab)
+      return logits_fp32("rd,kdv->rkv", x_RxD, w, b).reshape(B, La, K, self.vocab)
     w1 = self.param("fc1_kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "mlp")),
                     (K, D, self.hidden), pd)
     b1 = self.param("fc1_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "mlp")),
@@ -43,8 +43,8 @@ class CodebookHeads(nn.Module):
                     (K, self.hidden, self.vocab), pd)
     b2 = self.param("fc2_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
                     (K, self.vocab), pd)
-    z = nn.gelu(jnp.einsum("nd,kdh->nkh", x, w1.astype(cd)) + b1.astype(cd), approximate=False)
-    return logits_fp32("nkh,khv->nkv", z, w2, b2).reshape(B, L, K, self.vocab)
+    z_RxKxF = nn.gelu(jnp.einsum("rd,kdf->rkf", x_RxD, w1.astype(cd)) + b1.astype(cd), approximate=False)
+    return logits_fp32("rkf,kfv->rkv", z_RxKxF, w2, b2).reshape(B, La, K, self.vocab)
 
 
 def logits_fp32(spec: str, x, w, b) -> Array:

@@ -1,6 +1,6 @@
 """The training loss (section 5.1): CFG condition drop, the trained-cell mask, the weighted per-codebook CE.
 
-Legend: B batch, La delayed audio columns, K codebooks, V per-codebook vocab.
+Legend (dreamfoley_jax.models): B batch, La delayed audio columns, K codebooks, V per-codebook vocab.
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ def target_mask(cfg: FoleyConfig, batch: dict) -> Array:
   return m
 
 
-def weighted_loss(cfg: FoleyConfig, logits_BxLxKxV: Array, batch: dict):
+def weighted_loss(cfg: FoleyConfig, logits_BxLaxKxV: Array, batch: dict):
   """sum_k w_k * CE_k (section 5.1), CE_k averaged over the trained cells of codebook k."""
   ids = batch["audio_ids"]
-  logits = logits_BxLxKxV[:, :-1].astype(jnp.float32)
+  logits = logits_BxLaxKxV[:, :-1].astype(jnp.float32)
   tgt = ids[:, 1:]
   m = target_mask(cfg, batch).astype(jnp.float32)
   logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, tgt[..., None].astype(jnp.int32), axis=-1)[..., 0]   # (B,L,K)
+  nll = -jnp.take_along_axis(logp, tgt[..., None].astype(jnp.int32), axis=-1)[..., 0]   # (B,La-1,K)
   count = m.sum(axis=(0, 1))
   ce_k = (nll * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
   acc_k = ((jnp.argmax(logits, -1) == tgt) * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)

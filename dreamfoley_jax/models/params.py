@@ -1,7 +1,8 @@
 """DreamFoley params without a training run: dummy batches, abstract / random init, the inference layout
 and a per-component parameter table.
 
-Legend: B batch, Lt text tokens, Tv video frames, Tc CLIP frames, La audio columns, K codebooks, D width.
+Legend (dreamfoley_jax.models): B batch, Lt text tokens, Tv video frames, Tc CLIP frames, La audio columns,
+K codebooks, D width.
 """
 from __future__ import annotations
 
