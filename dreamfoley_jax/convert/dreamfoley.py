@@ -12,6 +12,8 @@ Import (to_jax): such a directory (safetensors only, never a pickle) -> params i
 first, with one error naming each problem; tensors are then streamed one at a time. JAX -> HF -> JAX is bitwise.
 
 The hf_template files are package data, never imported by dreamfoley_jax (they need torch).
+
+Shapes: the package's legend (dreamfoley_jax.models): D width, F head MLP width, K codebooks, V vocab.
 """
 from __future__ import annotations
 
@@ -76,10 +78,10 @@ def entries(cfg: foley.FoleyConfig) -> list[Entry]:
     out += [Entry("heads.fc1.weight", ("heads", "kernel"), None, "swap", (K, V, D)),
             Entry("heads.fc1.bias", ("heads", "bias"), None, "same", (K, V))]
   else:
-    H = cfg.head_hidden or D
-    out += [Entry("heads.fc1.weight", ("heads", "fc1_kernel"), None, "swap", (K, H, D)),
-            Entry("heads.fc1.bias", ("heads", "fc1_bias"), None, "same", (K, H)),
-            Entry("heads.fc2.weight", ("heads", "fc2_kernel"), None, "swap", (K, V, H)),
+    F = cfg.head_hidden or D
+    out += [Entry("heads.fc1.weight", ("heads", "fc1_kernel"), None, "swap", (K, F, D)),
+            Entry("heads.fc1.bias", ("heads", "fc1_bias"), None, "same", (K, F)),
+            Entry("heads.fc2.weight", ("heads", "fc2_kernel"), None, "swap", (K, V, F)),
             Entry("heads.fc2.bias", ("heads", "fc2_bias"), None, "same", (K, V))]
   return out
 

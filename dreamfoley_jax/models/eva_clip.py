@@ -1,7 +1,8 @@
 """EVA01-CLIP-g/14 image tower in Flax linen, matching timm ``eva_giant_patch14_224`` as open_clip uses it.
 
-Legend: B batch, H/W image height/width, C channels, N tokens (1 cls + 256 patches), D width,
-A heads, E head dim, F MLP width, O projection (CLIP embedding) width.
+Legend (dreamfoley_jax.models): B batch, HxWxC image height / width / channels, N tokens (1 cls + Np = 256
+patches), D width, H heads (in attention), Dh head dim, F MLP width, O projection (CLIP embedding) width;
+einsum: t / s query / key token, h H, e Dh.
 
 Geometry (real model): patch 14 at 224 (16x16 grid + cls = 257 tokens), learned absolute position
 embedding, 40 pre-LN blocks of width 1408 with 16 heads, fused qkv without bias plus separate q/v biases
@@ -100,19 +101,19 @@ class EvaAttention(nn.Module):
   def __call__(self, x_BxNxD: Array) -> Array:
     c = self.config
     B, N, D = x_BxNxD.shape
-    A, E = c.num_heads, c.head_dim
+    H, Dh = c.num_heads, c.head_dim
     qkv = Linear(3 * D, ("embed", "heads"), use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
                  name="qkv")(x_BxNxD)
     init = nn.with_logical_partitioning(nn.initializers.zeros, ("heads",))
     q_bias = self.param("q_bias", init, (D,), _dt(c.param_dtype)).astype(c.dtype)
     v_bias = self.param("v_bias", init, (D,), _dt(c.param_dtype)).astype(c.dtype)
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    q = (q + q_bias).reshape(B, N, A, E)
-    k = k.reshape(B, N, A, E)
-    v = (v + v_bias).reshape(B, N, A, E)
-    scores = jnp.einsum("bqae,bkae->baqk", q * (E ** -0.5), k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("baqk,bkae->bqae", probs, v).reshape(B, N, D)
+    q_BxNxHxDh = (q + q_bias).reshape(B, N, H, Dh)
+    k_BxNxHxDh = k.reshape(B, N, H, Dh)
+    v_BxNxHxDh = (v + v_bias).reshape(B, N, H, Dh)
+    scores = jnp.einsum("bthe,bshe->bhts", q_BxNxHxDh * (Dh ** -0.5), k_BxNxHxDh, preferred_element_type=jnp.float32)
+    probs_BxHxNxN = jax.nn.softmax(scores, axis=-1).astype(v_BxNxHxDh.dtype)
+    out = jnp.einsum("bhts,bshe->bthe", probs_BxHxNxN, v_BxNxHxDh).reshape(B, N, D)
     return Linear(D, ("heads", "embed"), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
                   name="proj")(out)
 
@@ -157,7 +158,7 @@ class EvaVisionTower(nn.Module):
     D, P = c.width, c.patch_size
     pdt = _dt(c.param_dtype)
     # Patch embedding: Conv2d k=s=P written as one matmul over flattened (P,P,C) patches.
-    x = PatchEmbed(D, (P, P), c.dtype, c.param_dtype, name="patch_embed")(pixels_BxHxWxC)  # (B, G*G, D)
+    x = PatchEmbed(D, (P, P), c.dtype, c.param_dtype, name="patch_embed")(pixels_BxHxWxC)  # (B, Np, D)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(1e-6),
                                                                (None, None, "embed")), (1, 1, D), pdt)
     pos = self.param("pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02),
