@@ -114,6 +114,15 @@ def model_config(d, where: str = "model") -> foley.FoleyConfig:
   return foley.FoleyConfig(**kw)
 
 
+def pretext_config(d, where: str = "main.pretext"):
+  """encoder_pretrain.PretextConfig from the synthetic job's `main.pretext` section."""
+  from dreamfoley_jax import encoder_pretrain
+
+  d = _plain(d)
+  check_keys(d, _fields(encoder_pretrain.PretextConfig), where)
+  return encoder_pretrain.PretextConfig(**d)
+
+
 # Keys of the `data` section: those the pipeline reads (`pipeline_config`) and the trainer's own.
 DATA_KEYS = ("crop_min_s", "crop_max_s", "max_text_len", "bucket_seconds", "text_pad_id", "balance_by",
              "balance_power", "train_records", "num_workers")

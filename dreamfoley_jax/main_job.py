@@ -141,14 +141,13 @@ def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> 
   c.train.frozen_regex so DreamFoley trains with those towers frozen (the others train end to end).
   Returns the pretext report (losses, impact diagnostics).
   """
-  from dreamfoley_jax import encoder_pretrain
+  from dreamfoley_jax import configs, encoder_pretrain
   from dreamfoley_jax.convert import common
-  from dreamfoley_jax import configs
 
   fcfg = configs.model_config(c.model)
   if fcfg.vision_mode != "frames" or not (fcfg.use_sync and fcfg.use_clip):
     raise ValueError("main.pretrain_encoders needs model.vision_mode='frames' with both towers")
-  pc = encoder_pretrain.PretextConfig(**dict(c.main.get("pretext", {})))
+  pc = configs.pretext_config(c.main.get("pretext", {}))
   towers, report = encoder_pretrain.pretrain(fcfg.synchformer, fcfg.eva, train_clips, pc, held=held, log=log)
   common.save_params(towers, out_dir, overwrite=True, metadata={"what": "pretext-pretrained video towers",
                                                                 "pretext": dataclasses.asdict(pc)})

@@ -29,6 +29,8 @@ def test_experiment_converts_every_component(path):
   if fc.vision_mode == "frames":
     assert fc.synchformer.width == fc.sync_dim and fc.eva.embed_dim == fc.clip_dim
   p = configs.pipeline_config(c, fc, 2, 0)
+  if "main" in c:
+    assert configs.pretext_config(c.main.pretext).steps == c.main.pretext.steps
   assert (p.batch_size, p.num_codebooks, p.max_text_len) == (2, fc.num_codebooks, c.data.max_text_len)
   assert "vision" not in c and "audio_frame_rate" not in c.data       # keys nothing read
 
@@ -54,6 +56,13 @@ def test_unknown_key_is_rejected_by_name(section, where):
   msg = str(e.value)
   assert msg.startswith(f"{where}: unknown fields ['widht']; accepted: ") and "\n" not in msg
   assert "preset" in msg if where != "model" else "vision_mode" in msg
+
+
+def test_unknown_pretext_key_is_rejected_by_name():
+  c = configs.load_config(str(ROOT / "experiments/synthetic.py"))
+  c.main.pretext.step = 3
+  with pytest.raises(ValueError, match=r"^main.pretext: unknown fields \['step'\]; accepted: .*steps"):
+    configs.pretext_config(c.main.pretext)
 
 
 def test_unknown_data_key_is_rejected_by_name():
