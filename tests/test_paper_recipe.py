@@ -296,7 +296,7 @@ def test_scanned_conversion_loads_into_unscanned_model_exactly(tmp_path):
   cfg = _cfg().replace(decoder=qwen2.from_hf_config(str(tmp_path / "hf")))
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
   model = foley.DreamFoley(cfg)
-  params, shard = sharding.init_sharded(model, mesh, jax.random.key(0), foley_params._init_inputs(cfg))
+  params, shard = sharding.init_sharded(model, mesh, jax.random.key(0), foley_params.init_inputs(cfg))
   with sharding.use_mesh(mesh):
     out = ckptlib.load_initial_weights(params["params"], shard["params"], [f"decoder={tmp_path / 'qwen_scan'}::model"])
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
@@ -307,7 +307,7 @@ def test_scanned_conversion_loads_into_unscanned_model_exactly(tmp_path):
   # a 3-layer checkpoint into a 2-layer model: one error naming the mis-shaped stack / unexpected layer
   from dreamfoley_jax.convert.common import ConversionError
   cfg2 = cfg.replace(decoder=cfg.decoder.replace(num_hidden_layers=2))
-  p2, s2 = sharding.init_sharded(foley.DreamFoley(cfg2), mesh, jax.random.key(0), foley_params._init_inputs(cfg2))
+  p2, s2 = sharding.init_sharded(foley.DreamFoley(cfg2), mesh, jax.random.key(0), foley_params.init_inputs(cfg2))
   with pytest.raises(ConversionError, match="layers_2"):
     ckptlib.load_initial_weights(p2["params"], s2["params"], [f"decoder={tmp_path / 'qwen_scan'}::model"])
 

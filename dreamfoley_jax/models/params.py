@@ -45,7 +45,7 @@ def dummy_batch(cfg: FoleyConfig, batch: int = 1, text_len: int = 16, video_fram
   return b
 
 
-def _init_inputs(cfg: FoleyConfig) -> dict:
+def init_inputs(cfg: FoleyConfig) -> dict:
   return dummy_batch(cfg, text_len=cfg.null_text_len, video_frames=cfg.null_video_len,
                      audio_cols=cfg.num_codebooks + 2)
 
@@ -54,13 +54,13 @@ def abstract_params(cfg: FoleyConfig):
   """The params' shapes, dtypes and logical partitioning (boxed), without allocating anything: the key is
   made inside the traced function too, so this is safe under any mesh (also an AOT topology's)."""
   model = DreamFoley(cfg)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), _init_inputs(cfg)))["params"]
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), init_inputs(cfg)))["params"]
 
 
 def init_params(cfg: FoleyConfig, seed: int = 0):
   """Randomly initialised (unboxed) params of the model, made by its own jitted init."""
   model = DreamFoley(cfg)
-  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), _init_inputs(cfg))["params"])
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), init_inputs(cfg))["params"])
 
 
 # Params whose every use casts them to the decoder's compute dtype first (qwen2.Linear kernels/biases, the
