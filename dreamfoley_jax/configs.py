@@ -57,12 +57,12 @@ def _plain(d) -> dict:
   return dict(d.to_dict() if hasattr(d, "to_dict") else d)
 
 
-def check_keys(d: Mapping[str, Any], accepted: Iterable[str], where: str) -> None:
-  """ValueError naming the unknown keys of section `where` and the accepted ones."""
+def check_keys(d: Mapping[str, Any], accepted: Iterable[str], where: str, error: type = ValueError) -> None:
+  """`error` (a ValueError) naming the unknown keys of section `where` and the accepted ones."""
   accepted = set(accepted)
   unknown = set(d) - accepted
   if unknown:
-    raise ValueError(f"{where}: unknown fields {sorted(unknown)}; accepted: {', '.join(sorted(accepted))}")
+    raise error(f"{where}: unknown fields {sorted(unknown)}; accepted: {', '.join(sorted(accepted))}")
 
 
 def _fields(cls) -> set[str]:
@@ -122,6 +122,12 @@ def pretext_config(d, where: str = "main.pretext"):
   check_keys(d, _fields(encoder_pretrain.PretextConfig), where)
   return encoder_pretrain.PretextConfig(**d)
 
+
+# Keys of the sections read as ConfigDicts (train.validate checks them): every key some code reads.
+TRAIN_KEYS = ("global_batch", "steps", "grad_accum", "seed", "data_seed", "frozen_regex", "log_every", "ckpt_every",
+              "keep_ckpts", "async_ckpt", "pretrained_decoder", "from_scratch", "init_from")
+OPTIM_KEYS = ("name", "lr", "b1", "b2", "eps", "weight_decay", "warmup_steps", "schedule", "final_lr_frac",
+              "clip_norm")
 
 # Keys of the `data` section: those the pipeline reads (`pipeline_config`) and the trainer's own.
 DATA_KEYS = ("crop_min_s", "crop_max_s", "max_text_len", "bucket_seconds", "text_pad_id", "balance_by",

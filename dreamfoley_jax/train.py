@@ -56,6 +56,9 @@ class ConfigError(ValueError):
 def validate(c, mesh=None, process_count: int | None = None) -> None:
   """Rejects impossible values before anything is built or compiled (ConfigError naming the key)."""
   t = c.train
+  configs.check_keys(t, configs.TRAIN_KEYS, "train", ConfigError)
+  configs.check_keys(c.optim, configs.OPTIM_KEYS, "optim", ConfigError)
+  configs.check_keys(c.data, configs.DATA_KEYS, "data", ConfigError)
 
   def need(ok, msg):
     if not ok:

@@ -4,7 +4,7 @@ import pathlib
 import ml_collections
 import pytest
 
-from dreamfoley_jax import configs
+from dreamfoley_jax import configs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAINING_EXPERIMENTS = ["paper_7b.py", "qwen05.py", "tiny.py", "synthetic.py", "ablation_vision.py:sync",
@@ -33,6 +33,7 @@ def test_experiment_converts_every_component(path):
     assert configs.pretext_config(c.main.pretext).steps == c.main.pretext.steps
   assert (p.batch_size, p.num_codebooks, p.max_text_len) == (2, fc.num_codebooks, c.data.max_text_len)
   assert "vision" not in c and "audio_frame_rate" not in c.data       # keys nothing read
+  train.validate(c)                                                   # train / optim / data keys all known
 
 
 def test_paper_encoder_presets():
@@ -76,3 +77,11 @@ def test_encoder_section_without_preset_uses_the_dataclass_defaults():
   sc = configs.synchformer_config(ml_collections.ConfigDict(dict(depth=1)))
   assert (sc.depth, sc.width) == (1, 768)
   assert configs.synchformer_config({}) is None and configs.eva_config(None) is None
+
+
+@pytest.mark.parametrize("section,key", [("train", "global_bach"), ("optim", "learning_rate"), ("data", "crop_max")])
+def test_trainer_rejects_unknown_section_keys(section, key):
+  c = configs.load_config(str(ROOT / "experiments/tiny.py"))
+  c[section][key] = 1
+  with pytest.raises(train.ConfigError, match=rf"^{section}: unknown fields \['{key}'\]; accepted: "):
+    train.validate(c)
