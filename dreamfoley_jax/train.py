@@ -95,7 +95,11 @@ def validate(c, mesh=None, process_count: int | None = None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def model_config(c) -> foley.FoleyConfig:
-  return configs.model_config(c.model)
+  """The FoleyConfig of `c`; a bad model section is a ConfigError (tools/train.py: one line, exit 2)."""
+  try:
+    return configs.model_config(c.model)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
 
 
 def pipeline_config(c, fcfg: foley.FoleyConfig, batch_size: int | None = None):

@@ -85,3 +85,10 @@ def test_trainer_rejects_unknown_section_keys(section, key):
   c[section][key] = 1
   with pytest.raises(train.ConfigError, match=rf"^{section}: unknown fields \['{key}'\]; accepted: "):
     train.validate(c)
+
+
+def test_trainer_model_section_error_is_a_config_error():
+  c = configs.load_config(str(ROOT / "experiments/tiny.py"))
+  c.model.decoder.widht = 3
+  with pytest.raises(train.ConfigError, match=r"^model.decoder: unknown fields \['widht'\]"):
+    train.model_config(c)
