@@ -22,8 +22,9 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from dreamfoley_jax import checks
+from dreamfoley_jax import checks, plots
 from dreamfoley_jax import sample as sampling
+from dreamfoley_jax.audio import io as aio
 from dreamfoley_jax.models import foley
 from dreamfoley_jax.video import io as vio
 
@@ -273,45 +274,6 @@ def buckets(frames: Sequence[int], bucket_frames: int, batch_size: int) -> list[
   return out
 
 
-def resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
-  if src == dst:
-    return audio
-  from scipy.signal import resample_poly
-
-  g = math.gcd(src, dst)
-  return resample_poly(audio, dst // g, src // g).astype(np.float32)
-
-
-def write_wav(path, audio: np.ndarray, sr: int) -> None:
-  import soundfile as sf
-
-  sf.write(str(path), np.clip(audio, -1.0, 1.0).astype(np.float32), sr, subtype="PCM_16")
-
-
-def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aac") -> str:
-  """The video's frames (stream-copied where mp4 holds the codec) plus `audio` as its track (vio.mux)."""
-  return vio.mux(video_path, audio, sr, out_path, audio_codec=audio_codec)
-
-
-def write_spectrogram(path, audio: np.ndarray, sr: int, title: str = "") -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(10, 3.5), dpi=100)
-  nfft = 1024 if sr >= 22050 else 512
-  hop = max(nfft // 2, len(audio) // 4000)    # at most ~4000 columns: an hour-long item stays small
-  ax.specgram(np.asarray(audio, np.float32) + 1e-9, NFFT=nfft, Fs=sr, noverlap=max(0, nfft - hop),
-              cmap="magma")
-  ax.set_xlabel("time (s)")
-  ax.set_ylabel("frequency (Hz)")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(str(path), format="png")
-  plt.close(fig)
-
-
 @dataclasses.dataclass
 class Generator:
   """Everything a generate run needs; `run(items, out_dir)` writes the outputs and returns their paths."""
@@ -514,7 +476,7 @@ class Generator:
     audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
     want = int(round(p.duration * self.codec.sample_rate))
     audio = np.pad(audio, (0, max(0, want - len(audio))))[:want]
-    audio = resample(audio, self.codec.sample_rate, sr_out)
+    audio = aio.resample(audio, self.codec.sample_rate, sr_out)
     r = {"name": p.name, "frames": p.frames, "codes": codes, "wav": out / f"{p.name}.wav"}
     if self.write_mp4 and p.item.video is not None:
       r["mp4"] = out / f"{p.name}.mp4"
@@ -523,11 +485,11 @@ class Generator:
     kinds = [k for k in ("wav", "mp4", "png") if k in r]
     with checks.atomic_files(*(r[k] for k in kinds)) as tmps:
       tmp = dict(zip(kinds, tmps))
-      write_wav(tmp["wav"], audio, sr_out)
+      aio.save_wav(tmp["wav"], audio, sr_out)
       if "mp4" in tmp:
-        r["mux"] = mux(p.item.video, audio, sr_out, tmp["mp4"])
+        r["mux"] = vio.mux(p.item.video, audio, sr_out, tmp["mp4"])
       if "png" in tmp:
-        write_spectrogram(tmp["png"], audio, sr_out, title=p.item.caption or p.name)
+        plots.write_spectrogram(tmp["png"], audio, sr_out, title=p.item.caption or p.name)
     return r
 
 
@@ -585,33 +547,6 @@ def random_feature_fn(cfg: foley.FoleyConfig) -> Callable[[str], dict]:
   return fn
 
 
-class HiggsCodec:
-  """The higgs-audio-v2 tokenizer (converted orbax checkpoint) behind the codec interface."""
-
-  def __init__(self, path):
-    from dreamfoley_jax.audio import tokenizer
-    from dreamfoley_jax.convert import higgs as convert_higgs
-
-    cfg, params = convert_higgs.load_orbax(path)
-    self.tok = tokenizer.AudioTokenizer(params, cfg)
-    self.path = str(path)
-    self.sample_rate = int(cfg.sample_rate)
-    self.frame_rate = float(cfg.frame_rate)
-    self.num_codebooks = int(cfg.num_quantizers)
-    self.codebook_size = int(cfg.codebook_size)
-
-  def encode(self, audio_N):
-    """(N,) float at sample_rate -> (K, T) int32 codes."""
-    return self.tok.encode([np.asarray(audio_N, np.float32).reshape(-1)])[0]
-
-  def encode_many(self, audios):
-    """Batched (bucketed) encode of many clips: list of (K, T_i)."""
-    return self.tok.encode([np.asarray(a, np.float32).reshape(-1) for a in audios])
-
-  def decode(self, codes_KxT):
-    return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)
-
-
 def load_codec(path):
   """The audio decoder: a fitted synthetic codec (.npz, `audio/synthetic_codec.py`) or a converted
   higgs-audio-v2 tokenizer checkpoint directory (tools/convert_checkpoint.py --family higgs)."""
@@ -619,7 +554,7 @@ def load_codec(path):
   if not p.exists():
     raise FileNotFoundError(f"--codec_checkpoint {p}: not found")
   if p.is_file() or p.with_suffix(".npz").is_file():
-    from dreamfoley_jax.audio import synthetic_codec
+    from dreamfoley_jax.synthetic import codec as synthetic_codec
 
     try:
       return synthetic_codec.SyntheticCodec.load(str(p))
@@ -629,7 +564,9 @@ def load_codec(path):
   if not (p / "params").exists():
     raise GenerateError(f"--codec_checkpoint {p}: neither a synthetic codec file nor an orbax checkpoint")
   try:
-    return HiggsCodec(p)
+    from dreamfoley_jax.audio import tokenizer
+
+    return tokenizer.HiggsCodec(p)
   except Exception as e:  # noqa: BLE001
     raise checks.InputError(f"--codec_checkpoint {p}: not a converted higgs-audio-v2 tokenizer "
                             f"({checks.one_line(e, 300)})") from None

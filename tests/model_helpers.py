@@ -4,10 +4,11 @@ import pathlib
 
 import numpy as np
 
-from dreamfoley_jax import configs, model_dir, text
-from dreamfoley_jax.audio import synthetic_codec
-from dreamfoley_jax.data import synthetic
+from dreamfoley_jax import configs, model_dir
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.synthetic import bpe
+from dreamfoley_jax.synthetic import codec as synthetic_codec
+from dreamfoley_jax.synthetic import world as synthetic
 
 CODEBOOK = 16
 
@@ -36,7 +37,7 @@ def make_parts(root, *, hidden: int = 32, vocab: int = 300, codebook: int = CODE
   codec = synthetic_codec.SyntheticCodec.fit([c["audio"] for c in cs], synthetic_codec.CodecConfig(
       codebook_size=codebook, kmeans_iters=2, seed=seed), verbose=False)
   codec.save(str(root / "codec.npz"))
-  tok = text.train_bpe([c["caption"] for c in cs] + ["a metal ball bounces on a wooden floor"], vocab)
+  tok = bpe.train_bpe([c["caption"] for c in cs] + ["a metal ball bounces on a wooden floor"], vocab)
   tok.save(str(root / "tokenizer.json"))
   return exp, random_params(exp, seed), root / "codec.npz", root / "tokenizer.json"
 

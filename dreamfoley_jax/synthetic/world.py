@@ -411,19 +411,6 @@ def _atomic_target(path: str) -> tuple[str, str]:
   return path, os.path.join(d, f".{root}.tmp{os.getpid()}{ext}")
 
 
-def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
-  """Float32 mono wav (PCM_16), written atomically."""
-  import soundfile as sf
-  path, tmp = _atomic_target(path)
-  try:
-    sf.write(tmp, np.clip(np.asarray(audio, np.float32), -1, 1), sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
-
-
 def write_mp4(path: str, frames_TxHxWx3: np.ndarray, audio: np.ndarray | None = None,
               fps: int = FPS, sample_rate: int = SAMPLE_RATE, scale: int = 8) -> str:
   """H.264 video (frames upscaled `scale`x, nearest) with the audio muxed in as AAC; atomic."""
@@ -473,10 +460,14 @@ def write_mp4(path: str, frames_TxHxWx3: np.ndarray, audio: np.ndarray | None = 
 def write_clip(out_dir: str, clip: Mapping[str, Any], audio: np.ndarray | None = None,
                name: str | None = None) -> dict[str, str]:
   """<name>.wav and <name>.mp4 (video + `audio`, default the clip's own audio) in out_dir."""
+  from dreamfoley_jax.audio import io as aio
+
   name = name or clip["clip_id"]
   audio = clip["audio"] if audio is None else audio
+  wav = os.path.join(out_dir, f"{name}.wav")
+  aio.save_wav(wav, audio, clip["sample_rate"])
   return {
-      "wav": write_wav(os.path.join(out_dir, f"{name}.wav"), audio, clip["sample_rate"]),
+      "wav": wav,
       "mp4": write_mp4(os.path.join(out_dir, f"{name}.mp4"), clip["frames_sync"], audio,
                        clip["fps"], clip["sample_rate"]),
   }
