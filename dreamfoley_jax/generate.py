@@ -27,6 +27,7 @@ from dreamfoley_jax import sample as sampling
 from dreamfoley_jax.audio import io as aio
 from dreamfoley_jax.models import foley
 from dreamfoley_jax.video import io as vio
+from dreamfoley_jax.video import preprocess as vpre
 
 AUDIO_FRAME_RATE = 25.0   # higgs-audio-v2 codes per second (= the sync video rate)
 CSV_COLUMNS = ("video", "caption", "negative", "duration", "name")
@@ -344,16 +345,7 @@ class Generator:
     # As long as the longest video, not the audio: text-to-audio / --allow_longer windows pad as they go.
     Tf = max([len(v["frames_sync"]) for v in vids if v is not None] + [win, c.null_video_len])
     Tc = math.ceil(Tf * c.clip_rate / c.sync_rate)
-    B = len(vids)
-    batch = {"frames_sync": np.zeros((B, Tf, size, size, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
-             "frames_clip": np.zeros((B, Tc, size, size, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
-    for i, v in enumerate(vids):
-      if v is None:
-        continue
-      fs, fc = np.asarray(v["frames_sync"])[:Tf], np.asarray(v["frames_clip"])[:Tc]
-      batch["frames_sync"][i, :len(fs)], batch["frames_sync_mask"][i, :len(fs)] = fs, True
-      batch["frames_clip"][i, :len(fc)], batch["frames_clip_mask"][i, :len(fc)] = fc, True
-    return batch
+    return vpre.frames_batch(vids, Tf, Tc, size)
 
   def _video(self, vids: Sequence[Optional[dict]], frames: Sequence[int]):
     if self.cfg.vision_mode == "frames":

@@ -167,25 +167,16 @@ def prompt_batch(clips, captions, tokenizer, text_len: int, videos=None) -> tupl
   A video from another clip is cut (or zero-padded and masked) to the target clip's duration.
   """
   from dreamfoley_jax import text
+  from dreamfoley_jax.video import preprocess as vpre
 
   videos = clips if videos is None else videos
-  B = len(clips)
   lengths = [int(c["frames_sync"].shape[0]) for c in clips]
   Tf = int(np.ceil(max(lengths) / 8) * 8)
   Tc = int(np.ceil(Tf * 4 / 25))
-  H = clips[0]["frames_sync"].shape[1]
   ids, mask = text.encode(tokenizer, captions, text_len)
-  b = {"text_ids": ids, "text_mask": mask,
-       "frames_sync": np.zeros((B, Tf, H, H, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
-       "frames_clip": np.zeros((B, Tc, H, H, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
-  for i, v in enumerate(videos):
-    n = min(lengths[i], v["frames_sync"].shape[0])
-    b["frames_sync"][i, :n] = v["frames_sync"][:n]
-    b["frames_sync_mask"][i, :n] = True
-    nc = min(int(np.ceil(n * 4 / 25)), v["frames_clip"].shape[0])
-    b["frames_clip"][i, :nc] = v["frames_clip"][:nc]
-    b["frames_clip_mask"][i, :nc] = True
-  return b, lengths
+  b = vpre.frames_batch(videos, Tf, Tc, clips[0]["frames_sync"].shape[1], lengths=lengths,
+                        clip_fps=world.CLIP_FPS, sync_fps=world.FPS)
+  return dict(b, text_ids=ids, text_mask=mask), lengths
 
 
 def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: int, seed: int, videos=None,

@@ -232,6 +232,31 @@ def sync_cover_windows(frames_TxHxWxC: np.ndarray, window: int = SYNC_WINDOW, st
   return frames_TxHxWxC[sync_cover_indices(frames_TxHxWxC.shape[0], window, stride)]
 
 
+def frames_batch(videos, num_sync: int, num_clip: int, size: int, *, lengths=None, clip_fps: float = CLIP_FPS,
+                 sync_fps: float = SYNC_FPS) -> dict:
+  """Frames-mode model input for B clips: uint8 frames_sync (B, num_sync, size, size, 3) and frames_clip
+  (B, num_clip, size, size, 3), zero-padded, with masks (B, num_sync) / (B, num_clip) True on real frames.
+
+  videos[i]: {"frames_sync", "frames_clip"} or None (no video: all masked). lengths[i] cuts video i to that
+  many 25 fps frames and its 4 fps frames to ceil(n * clip_fps / sync_fps), e.g. another clip's video cut
+  to this clip's duration (the main job's shuffled-video control); default: as many as fit.
+  """
+  B = len(videos)
+  batch = {"frames_sync": np.zeros((B, num_sync, size, size, 3), np.uint8),
+           "frames_sync_mask": np.zeros((B, num_sync), bool),
+           "frames_clip": np.zeros((B, num_clip, size, size, 3), np.uint8),
+           "frames_clip_mask": np.zeros((B, num_clip), bool)}
+  for i, v in enumerate(videos):
+    if v is None:
+      continue
+    fs, fc = np.asarray(v["frames_sync"]), np.asarray(v["frames_clip"])
+    n = min(len(fs), num_sync if lengths is None else int(lengths[i]))
+    nc = min(len(fc), num_clip if lengths is None else math.ceil(n * clip_fps / sync_fps))
+    batch["frames_sync"][i, :n], batch["frames_sync_mask"][i, :n] = fs[:n], True
+    batch["frames_clip"][i, :nc], batch["frames_clip_mask"][i, :nc] = fc[:nc], True
+  return batch
+
+
 @dataclasses.dataclass
 class VideoFrames:
   """Both encoder inputs of one clip, uint8 224x224 RGB (the record fields frames_clip/frames_sync)."""
