@@ -8,12 +8,13 @@ The pieces that live on other branches are injected, so this runs end to end wit
 
 Outputs per clip, in out_dir: <stem>.wav (codec rate or --sample_rate 44100/48000), <stem>.mp4 (the
 original video stream copied packet by packet -- no re-encode -- plus the new audio as AAC), and
-<stem>.png (log-magnitude spectrogram).
+<stem>.png (log-magnitude spectrogram). The media I/O lives in audio.io (wav, resampling), video.io (probing,
+muxing), video.preprocess (frames, batches) and plots; this module keeps the CSV, the checks, the Generator and
+build_generator.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
@@ -155,22 +156,10 @@ def read_csv(path: str | os.PathLike, failures: Optional[checks.Failures] = None
   return items
 
 
-@functools.lru_cache(maxsize=4096)
-def _probe(path: str, size: int, mtime_ns: int) -> vio.VideoInfo:
-  del size, mtime_ns   # cache key: a changed file is probed again
-  return vio.probe_video(path)
-
-
-def probe(path: str | os.PathLike) -> vio.VideoInfo:
-  """The decoded duration etc. of a video (vio.probe_video), cached per file version."""
-  st = os.stat(path)
-  return _probe(os.fspath(path), st.st_size, st.st_mtime_ns)
-
-
 def probe_duration(path: str | os.PathLike) -> float:
   """Seconds of the first video stream as decoded (what the features and the mp4 get)."""
   try:
-    return probe(path).duration_sec
+    return vio.probe_video_cached(path).duration_sec
   except FileNotFoundError:
     raise GenerateError(f"{path}: no such video") from None
   except vio.VideoError as e:

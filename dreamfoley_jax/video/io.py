@@ -26,6 +26,7 @@ round(start * fps), i.e. at most one more trailing frame. "mmaudio_eval" yields 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from fractions import Fraction
@@ -371,6 +372,19 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # Video codecs ffmpeg's mp4 muxer takes as they are; others (vp8, theora, ffv1, rawvideo, ...) are
 # re-encoded with libx264.
 MP4_COPY_CODECS = ("h264", "hevc", "mpeg4", "av1", "vp9", "mjpeg", "mpeg1video", "mpeg2video")
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
+  del size, mtime_ns   # cache key: a changed file is probed again
+  return probe_video(path)
+
+
+def probe_video_cached(path: str | os.PathLike) -> VideoInfo:
+  """probe_video, cached per file version (path, size, mtime), so generate's repeated probes of one file
+  (its checks, then its feature function) decode it once. FileNotFoundError for a missing file."""
+  st = os.stat(path)
+  return _probe_cached(os.fspath(path), st.st_size, st.st_mtime_ns)
 
 
 def _copy_packets(vin):

@@ -174,8 +174,10 @@ def resize_crop(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE, method: str = "pi
 
 
 def clip_normalize(frames_u8: np.ndarray) -> np.ndarray:
-  """uint8 (..., 3) -> float32 EVA-CLIP pixels with OpenAI CLIP mean/std."""
-  x = frames_u8.astype(np.float32) / np.float32(255.0)
+  """uint8 (..., 3) -> float32 EVA-CLIP pixels with OpenAI CLIP mean/std, bit-equal to open_clip's
+  ToTensor + Normalize. Host-side numpy on purpose: XLA may turn the divisions into reciprocal multiplies
+  (1-ulp differences)."""
+  x = np.asarray(frames_u8).astype(np.float32) / np.float32(255.0)
   return (x - np.asarray(OPENAI_CLIP_MEAN, np.float32)) / np.asarray(OPENAI_CLIP_STD, np.float32)
 
 
@@ -196,25 +198,27 @@ def normalize_lut(kind: str) -> np.ndarray:
   raise ValueError(f"kind must be 'clip' or 'sync', got {kind!r}")
 
 
-def num_sync_windows(num_frames: int) -> int:
-  """S = (T - 16) // 8 + 1 (0 when T < 16)."""
-  if num_frames < SYNC_WINDOW:
+def num_sync_windows(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> int:
+  """S = (T - window) // stride + 1 (0 when T < window): trailing frames that do not fill a window drop."""
+  if num_frames < window:
     return 0
-  return (num_frames - SYNC_WINDOW) // SYNC_STRIDE + 1
+  return (num_frames - window) // stride + 1
 
 
-def sync_window_indices(num_frames: int) -> np.ndarray:
-  """(S, 16) int32 frame indices of MMAudio's Synchformer windows for a T-frame 25 fps video."""
-  s = num_sync_windows(num_frames)
+def sync_window_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> np.ndarray:
+  """(S, window) int32 frame indices of MMAudio's Synchformer windows (encode_video_with_sync) for a
+  T-frame 25 fps video: row s = [s * stride, s * stride + window)."""
+  s = num_sync_windows(num_frames, window, stride)
   if s == 0:
-    raise ValueError(f"{num_frames} frames is shorter than one Synchformer window ({SYNC_WINDOW})")
-  return (np.arange(s, dtype=np.int32)[:, None] * SYNC_STRIDE
-          + np.arange(SYNC_WINDOW, dtype=np.int32)[None, :])
+    raise ValueError(f"a video of {num_frames} frames is shorter than one Synchformer window ({window} frames)")
+  return (np.arange(s, dtype=np.int32)[:, None] * stride
+          + np.arange(window, dtype=np.int32)[None, :])
 
 
-def sync_windows(frames_TxHxWxC: np.ndarray) -> np.ndarray:
-  """(T, H, W, C) -> (S, 16, H, W, C) windows (a gather; works for uint8 or float)."""
-  return frames_TxHxWxC[sync_window_indices(frames_TxHxWxC.shape[0])]
+def sync_windows(frames, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE, *, axis: int = 0):
+  """(..., T, H, W, C) with T at `axis` -> (..., S, window, H, W, C) windows (a gather; numpy or jax
+  arrays, uint8 or float), e.g. axis=1 for a (B, T, H, W, C) batch."""
+  return frames[(slice(None),) * axis + (sync_window_indices(frames.shape[axis], window, stride),)]
 
 
 def sync_cover_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> np.ndarray:
