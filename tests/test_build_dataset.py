@@ -308,9 +308,13 @@ def test_cli_failures_json_and_strict(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"1 failed (files or clips that could not be used; reasons in {tmp_path / 'o'}/failures.json)" in r.stdout
   r = _cli(*args, "--out_dir", str(tmp_path / "s"), "--strict")
-  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(
-      f"build_dataset: error: {tmp_path / 'v' / 'gone.mp4'}: unreadable: "), r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert r.returncode == 1 and last.startswith(f"build_dataset: error: {tmp_path / 'v' / 'gone.mp4'}: unreadable: ") \
+      and "--strict: stopped at the first failure" in last, r.stderr[-2000:]
   assert [pathlib.Path(f["item"]).name for f in json.loads((tmp_path / "s" / "failures.json").read_text())] == ["gone.mp4"]
+  # the first failure is fatal: the pipeline stopped before writing any shard (the good file's included) or report
+  assert not list((tmp_path / "s").glob("*.array_record")) and not (tmp_path / "s" / "report.json").exists()
+  assert "1 failed" not in r.stdout
 
 
 @pytest.mark.slow
@@ -392,3 +396,21 @@ def test_tools_train_reads_built_records_unchanged(tmp_path, assets):
   rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   losses = [row["loss"] for row in rows if "loss" in row]
   assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_strict_failure_survives_beams_rewrapping():
+  """--strict's first failure travels from a worker to the driver as text (Beam re-raises workers' errors as
+  new exceptions holding the message); quality rejections and duplicates are not failures and pass."""
+  from dreamfoley_jax.data.build import beam_pipeline
+
+  base = {"stage": "input", "value": None, "source": "/v/a.mp4", "file_key": "k", "clip_id": None, "detail": ""}
+  quality = dict(base, stage="silence", reason="silence_ratio", clip_id="a_000", value=0.9)
+  assert beam_pipeline.StrictFailure.raise_for(quality) is quality
+  assert beam_pipeline.StrictFailure.raise_for(dict(base, reason="duplicate")) is not None
+  with pytest.raises(RuntimeError) as e:
+    beam_pipeline.StrictFailure.raise_for(dict(base, reason="unreadable", detail="FileNotFoundError: gone"))
+  wrapped = RuntimeError(f"Pipeline failed in stage Strict: Traceback ...\n{e.value}\n... [while running 'Strict']")
+  f = beam_pipeline.StrictFailure.find(wrapped)
+  assert f.failure == {"item": "/v/a.mp4", "reason": "unreadable: FileNotFoundError: gone", "stage": "input"}
+  assert str(f) == "/v/a.mp4: unreadable: FileNotFoundError: gone"
+  assert beam_pipeline.StrictFailure.find(RuntimeError("some other worker error")) is None

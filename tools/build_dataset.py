@@ -80,9 +80,9 @@ flags.DEFINE_string("name", "train", "Shard name prefix: NAME-<hash>.array_recor
 flags.DEFINE_bool("share_model", False, "One copy of each model per machine (Beam large_model): on an "
                   "accelerator host, so a single process owns the TPU/GPU.")
 flags.DEFINE_bool("progress", True, "Per-stage progress bars (local runs).")
-flags.DEFINE_bool("strict", False, "exit with status 1 naming the first file that could not be used (Beam "
-                  "still runs the whole batch; default: the good files finish, the bad ones are listed in "
-                  "OUT_DIR/failures.json, status 0)")
+flags.DEFINE_bool("strict", False, "stop at the first file or clip that cannot be used: exit 1 naming it "
+                  "(also in OUT_DIR/failures.json; shards already written stay and a rerun resumes from them). "
+                  "Default: the good files finish, the bad ones are listed in OUT_DIR/failures.json, status 0")
 flags.DEFINE_string("tfds_data_dir", None, "Build a TFDS dataset here instead (no resume, no report).")
 flags.DEFINE_string("tfds_config_name", "clips", "TFDS builder config name for --tfds_data_dir (not \"default\").")
 
@@ -166,7 +166,11 @@ def main(argv):
   try:
     rep = run.build_dataset(F.input, F.out_dir, cfg, runner=F.runner, beam_options=extra,
                             num_workers=F.num_workers, name=F.name, files_per_shard=F.files_per_shard,
-                            show_progress=F.progress, share_model=F.share_model)
+                            show_progress=F.progress, share_model=F.share_model, strict=F.strict)
+  except beam_pipeline.StrictFailure as e:
+    print(f"build_dataset: error: {e} (--strict: stopped at the first failure; {F.out_dir}/failures.json)",
+          file=sys.stderr)
+    sys.exit(1)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from None
   print("\n".join(report.summary_lines(rep)))
@@ -177,10 +181,6 @@ def main(argv):
   failed = rep.get("failures", [])
   if failed:
     print(f"{len(failed)} failed (files or clips that could not be used; reasons in {F.out_dir}/failures.json)")
-    if F.strict:
-      print(f"build_dataset: error: {failed[0]['item']}: {failed[0]['reason']} (--strict; "
-            f"{len(failed)} failed in all)", file=sys.stderr)
-      sys.exit(1)
 
 
 if __name__ == "__main__":

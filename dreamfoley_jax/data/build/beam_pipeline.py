@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import traceback
@@ -35,6 +36,37 @@ INPUT = "input"
 def _error(stage: str, source: str, file_key: str, clip_id, e: BaseException) -> Rejection:
   log.warning("%s: %s failed on %s: %s", stage, clip_id or "file", source, traceback.format_exc(limit=3))
   return Rejection(stage, "error", None, source, file_key, clip_id, f"{type(e).__name__}: {e}"[:300])
+
+
+class StrictFailure(RuntimeError):
+  """--strict: the first file or clip that could not be used stops the build (item, reason, stage)."""
+  MARK = "dreamfoley-strict-failure:"
+
+  def __init__(self, failure: dict):
+    self.failure = dict(failure)
+    super().__init__(f"{failure['item']}: {failure['reason']}")
+
+  @classmethod
+  def raise_for(cls, r: dict) -> dict:
+    from dreamfoley_jax.data.build import report
+
+    f = report.as_failure(r)
+    if f is not None:   # the JSON between marks survives Beam's re-raising in the driver (only text does)
+      raise RuntimeError(f"{cls.MARK}{json.dumps(f)}{cls.MARK}")
+    return r
+
+  @classmethod
+  def find(cls, e: BaseException) -> "StrictFailure | None":
+    """The failure a worker raised, from the driver's exception (whatever Beam wrapped it in), or None."""
+    text = str(e)
+    i = text.find(cls.MARK)
+    j = text.find(cls.MARK, i + len(cls.MARK)) if i >= 0 else -1
+    if j < 0:
+      return None
+    try:
+      return cls(json.loads(text[i + len(cls.MARK):j]))
+    except (ValueError, KeyError):
+      return None
 
 
 def file_key(sha: str, cfg_hash: str) -> str:
@@ -224,6 +256,7 @@ class PipelineSpec:
   files_per_shard: int = 64
   progress_dir: str | None = None
   share_model: bool = False
+  strict: bool = False          # the first failure (report.as_failure) stops the pipeline
 
 
 def clip_stages(root, spec: PipelineSpec):
@@ -258,13 +291,19 @@ def build(p: beam.Pipeline, spec: PipelineSpec):
       num_files | "Shards" >> beam.Map(lambda n, fps: max(1, math.ceil(n / fps)), spec.files_per_shard))
   tagged = (
       (recs | "Tag records" >> beam.Map(lambda r: (r[1], ("r", r))),
-       rejected | "All rejections" >> beam.Flatten()
+       _strict(rejected | "All rejections" >> beam.Flatten(), spec.strict)
        | "Tag rejections" >> beam.Map(lambda r: (r.file_key, ("x", r.to_json()))),
        files | "Tag files" >> beam.Map(lambda f: (f["file_key"], ("f", f))))
       | "Outcomes" >> beam.Flatten()
       | "Key by shard" >> beam.Map(lambda kv, n: (_shard_of(kv[0], n), kv[1]), n_shards))
   return tagged | "ByShard" >> beam.GroupByKey() | "Write" >> beam.ParDo(
       WriteShardFn(spec.out_dir, spec.name, spec.cfg_hash, spec.progress_dir))
+
+
+def _strict(rejections, strict: bool):
+  if not strict:
+    return rejections
+  return rejections | "Strict" >> beam.Map(lambda r: StrictFailure.raise_for(r.to_json()) and r)
 
 
 class KeptRecords(beam.PTransform):

@@ -108,14 +108,26 @@ def failures(out_dir: str, name: str) -> list[dict]:
   out, seen = [], set()
   for idx in shards.read_indexes(out_dir, name):
     for r in idx["rejections"]:
-      if r["reason"] == "duplicate" or not (r["clip_id"] is None or r["reason"] == "error"):
-        continue
-      item = r["source"] if r["clip_id"] is None else f"{r['source']}#{r['clip_id']}"
-      reason = f"{r['reason']}: {r['detail']}" if r.get("detail") else str(r["reason"])
-      if (item, reason) not in seen:
-        seen.add((item, reason))
-        out.append({"item": item, "reason": reason, "stage": r["stage"]})
+      f = as_failure(r)
+      if f is not None and (f["item"], f["reason"]) not in seen:
+        seen.add((f["item"], f["reason"]))
+        out.append(f)
   return sorted(out, key=lambda f: f["item"])
+
+
+def as_failure(r: dict) -> dict | None:
+  """A rejection (Rejection.to_json()) as a failures.json entry, or None when it is not a failure (a quality
+  rejection or a duplicate)."""
+  if r["reason"] == "duplicate" or not (r["clip_id"] is None or r["reason"] == "error"):
+    return None
+  item = r["source"] if r["clip_id"] is None else f"{r['source']}#{r['clip_id']}"
+  reason = f"{r['reason']}: {r['detail']}" if r.get("detail") else str(r["reason"])
+  return {"item": item, "reason": reason, "stage": r["stage"]}
+
+
+def write_failures(out_dir: str, failed: Sequence[dict]) -> None:
+  shards._write_bytes_atomic(shards.join(out_dir, "failures.json"),
+                             (json.dumps(list(failed), indent=1, ensure_ascii=False) + "\n").encode())
 
 
 def write_report(report: dict, out_dir: str, failed: Sequence[dict] | None = None) -> tuple[str, str]:
@@ -125,8 +137,7 @@ def write_report(report: dict, out_dir: str, failed: Sequence[dict] | None = Non
   png = shards.join(out_dir, "report.png")
   shards._write_bytes_atomic(png, plot_page(report))
   if failed is not None:
-    shards._write_bytes_atomic(shards.join(out_dir, "failures.json"),
-                               (json.dumps(list(failed), indent=1, ensure_ascii=False) + "\n").encode())
+    write_failures(out_dir, failed)
   return js, png
 
 

@@ -57,9 +57,12 @@ def _counter(result, namespace, name) -> int:
 def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *, runner: str = "DirectRunner",
                   beam_options: Sequence[str] = (), num_workers: int = 0, name: str = "train",
                   files_per_shard: int = 64, show_progress: bool = True, share_model: bool = False,
-                  pipeline_hook=None) -> dict:
+                  strict: bool = False, pipeline_hook=None) -> dict:
   """Runs the whole build; returns the report (also written to out_dir/report.json and report.png).
 
+  strict: the first file or clip that cannot be used stops the pipeline: raises beam_pipeline.StrictFailure
+  after writing out_dir/failures.json (that item, plus any failure recorded in shards finished before it);
+  shards already written stay (complete; a rerun without --strict resumes from them).
   pipeline_hook(pipeline_options) -> options lets tests pick the in-process runner.
   """
   import apache_beam as beam
@@ -77,7 +80,8 @@ def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *,
   pdir = tempfile.mkdtemp(prefix="dreamfoley_progress_") if local else None
   spec = beam_pipeline.PipelineSpec(items=tuple(items), std=cfg.standardise, stages=tuple(stage_objs),
                                     cfg_hash=cfg_hash, done=done, out_dir=out_dir, name=name,
-                                    files_per_shard=files_per_shard, progress_dir=pdir, share_model=share_model)
+                                    files_per_shard=files_per_shard, progress_dir=pdir, share_model=share_model,
+                                    strict=strict)
   opts = beam_pipeline.pipeline_options(runner, beam_options, num_workers)
   if pipeline_hook is not None:
     opts = pipeline_hook(opts)
@@ -108,6 +112,11 @@ def build_dataset(input_spec: str, out_dir: str, cfg: stages_lib.BuildConfig, *,
       processes = len({f.split("-")[0] for f in os.listdir(pdir) if f.endswith(".json")})
       shutil.rmtree(pdir, ignore_errors=True)
   if "error" in outcome:
+    failure = beam_pipeline.StrictFailure.find(outcome["error"]) if strict else None
+    if failure is not None:
+      earlier = [f for f in report_lib.failures(out_dir, name) if f["item"] != failure.failure["item"]]
+      report_lib.write_failures(out_dir, [failure.failure] + earlier)
+      raise failure from None
     raise outcome["error"]
   res = outcome["result"]
   run = {"inputs": len(items), "skipped_done": _counter(res, "input", "skipped_done"),
