@@ -529,7 +529,7 @@ def random_feature_fn(cfg: foley.FoleyConfig) -> Callable[[str], dict]:
 
 
 def load_codec(path):
-  """The audio decoder: a fitted synthetic codec (.npz, `audio/synthetic_codec.py`) or a converted
+  """The audio decoder: a fitted synthetic codec (.npz, `synthetic/codec.py`) or a converted
   higgs-audio-v2 tokenizer checkpoint directory (tools/convert_checkpoint.py --family higgs)."""
   p = pathlib.Path(path)
   if not p.exists():

@@ -9,6 +9,7 @@ from dreamfoley_jax.models import foley
 from dreamfoley_jax.synthetic import bpe
 from dreamfoley_jax.synthetic import codec as synthetic_codec
 from dreamfoley_jax.synthetic import world as synthetic
+from dreamfoley_jax.video import io as vio
 
 CODEBOOK = 16
 
@@ -62,7 +63,7 @@ def make_model_dir(root, name: str = "model", **kw) -> pathlib.Path:
 def write_clip(path, seconds: float = 2.0, seed: int = 1) -> pathlib.Path:
   """A synthetic clip (H.264 + AAC) as the main job writes them: what a user would upload."""
   c = synthetic.make_dataset(1, seed=seed, cfg=synthetic.SynthConfig(min_duration=seconds, max_duration=seconds))[0]
-  synthetic.write_mp4(str(path), c["frames_sync"], c["audio"])
+  vio.write_mp4(path, c["frames_sync"], c["audio"], scale=synthetic.PREVIEW_SCALE)
   return pathlib.Path(path)
 
 

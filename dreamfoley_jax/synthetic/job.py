@@ -318,6 +318,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.models import foley
   from dreamfoley_jax.synthetic import bpe, onsets
+  from dreamfoley_jax.video import io as vio
 
   wd = pathlib.Path(workdir).absolute()
   wd.mkdir(parents=True, exist_ok=True)
@@ -416,7 +417,8 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       aio.save_wav(out / f"{name}_swapped_caption.wav", w, sr)
       aio.save_wav(out / f"{name}_video_only.wav", audios_vid[held.index(x)], sr)
       aio.save_wav(out / f"{name}_text_only.wav", audios_txt[held.index(x)], sr)
-      world.write_mp4(str(out / f"{name}.mp4"), x["frames_sync"], a)
+      vio.write_mp4(out / f"{name}.mp4", x["frames_sync"], a, fps=world.FPS, sample_rate=sr,
+                    scale=world.PREVIEW_SCALE)
       plots.write_spectrogram(out / f"{name}.png", a, sr, f"{name}: generated (caption: {x['caption']}); dashed = "
                               "true events", event_times=x["event_times"], detected=onsets.detect_onsets(a, sr),
                               nfft=512, hop=128, figsize=(8, 3), title_size=9)
