@@ -39,8 +39,8 @@ SMALL = foley.FoleyConfig(
 CONFIGS = {"tiny": TINY, "small": SMALL}
 
 
-sys.path.insert(0, str(REPO / "tools"))
-import bench_common  # noqa: E402  (random_params: one definition for the tests and tools/torch_parity.py)
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_common  # noqa: E402  (random_params: one definition for the tests and benchmarks/torch_parity.py)
 
 random_params = bench_common.random_params
 

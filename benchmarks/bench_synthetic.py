@@ -1,6 +1,6 @@
 """Time the synthetic world + codec pipeline and print the codec's reconstruction quality.
 
-  python tools/bench_synthetic.py --num_clips=1500 --num_eval=40
+  python benchmarks/bench_synthetic.py --num_clips=1500 --num_eval=40
 
 Prints: data generation time, feature + k-means fit time, encode/decode time per clip, and on held-out
 clips (seed differs from the fit set) onset F1 (+-40 ms) / mean |offset| of the original and decoded
