@@ -38,7 +38,7 @@ setuptools.setup(
     extras_require={
         # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
         # librosa: reference for the eval front-end tests only. torchlibrosa: laion_clap's front end, for
-        # tools/bench_clap.py (the laion_clap source itself pins numpy<2: unzip its wheel, see that tool).
+        # benchmarks/bench_clap.py (the laion_clap source itself pins numpy<2: unzip its wheel, see that tool).
         # data: tools/build_dataset.py (docs/data.md). tfds 4.9.10 imports importlib_resources for a builder
         # defined in a package although it declares it only for Python < 3.9. The Silero VAD weights come
         # from the silero-vad wheel: `pip install silero-vad==6.2.3 --no-deps` (its torch is not needed).

@@ -30,9 +30,9 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import gpu_common  # noqa: E402
+import bench_common  # noqa: E402
 
-gpu_common.gpu_memory_env()
+bench_common.gpu_memory_env()
 
 from absl import app, flags  # noqa: E402
 
@@ -128,11 +128,11 @@ class Ceilings:
     import bench_common
 
     self.read_gbs, self.copy_gbs = bench_common.measured_bandwidth()
-    self.bf16 = gpu_common.matmul_rate("bfloat16")
-    self.fp32 = gpu_common.matmul_rate("float32", precision="highest")
+    self.bf16 = bench_common.matmul_rate("bfloat16")
+    self.fp32 = bench_common.matmul_rate("float32", precision="highest")
     kind = jax.devices()[0].device_kind
-    self.datasheet_gbs = gpu_common.datasheet(kind, gpu_common.DATASHEET_HBM_GBS)
-    self.datasheet_flops = gpu_common.datasheet(kind, gpu_common.DATASHEET_BF16_FLOPS)
+    self.datasheet_gbs = bench_common.datasheet(kind, bench_common.DATASHEET_HBM_GBS)
+    self.datasheet_flops = bench_common.datasheet(kind, bench_common.DATASHEET_BF16_FLOPS)
     log(f"measured: read {self.read_gbs:.0f} GB/s (elementwise read+write {self.copy_gbs:.0f}), bf16 matmul "
         f"{self.bf16 / 1e12:.1f} TFLOP/s, fp32 HIGHEST matmul {self.fp32 / 1e12:.2f} TFLOP/s; datasheet "
         f"{self.datasheet_gbs} GB/s, {None if self.datasheet_flops is None else self.datasheet_flops / 1e12} TFLOP/s")
@@ -159,14 +159,14 @@ def sampler_dot_flops(cfg, params, B, frames):
   z = jnp.zeros((B,), bool)
   lowered = S._sample_jit.lower(params, batch, jnp.full((B,), frames, jnp.int32), keys, z, z, None, None, None, None,
                                 cfg=cfg, sc=S.SampleConfig(), max_frames=frames, return_logits=False)
-  return gpu_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
+  return bench_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
 
 
 def floors(cfg, ceil, B, frames, weight_bytes, kv_bytes, slots):
   """Per-step and prefill floors (s) of B clips with CFG (2B rows)."""
   rows = 2 * B
-  bf, f32 = gpu_common.decode_flops(cfg, slots)
-  pbf, _ = gpu_common.prefill_flops(cfg, TEXT_LEN + frames, TEXT_LEN + cfg.null_video_len, frames, slots)
+  bf, f32 = bench_common.decode_flops(cfg, slots)
+  pbf, _ = bench_common.prefill_flops(cfg, TEXT_LEN + frames, TEXT_LEN + cfg.null_video_len, frames, slots)
   bw = (weight_bytes + kv_bytes) / (ceil.read_gbs * 1e9)
   compute = rows * (bf / ceil.bf16 + f32 / ceil.fp32)
   prefill = max(B * pbf / ceil.bf16, weight_bytes / (ceil.read_gbs * 1e9))
@@ -189,7 +189,7 @@ def run_jax(res, deadline, log):
   import bench_common
 
   dev = jax.devices()[0]
-  res.doc["machine"] = gpu_common.machine_line(dev.device_kind)
+  res.doc["machine"] = bench_common.machine_line(dev.device_kind)
   res.doc["jax_version"] = jax.__version__
   log(f"generate_gpu [jax {jax.__version__}]: {res.doc['machine']}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   if FLAGS.check:
@@ -363,7 +363,7 @@ def run_torch(res, deadline, log, jax_rows):
   import bench_common
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  res.doc.setdefault("machine", gpu_common.machine_line(torch.cuda.get_device_name() if device.type == "cuda"
+  res.doc.setdefault("machine", bench_common.machine_line(torch.cuda.get_device_name() if device.type == "cuda"
                                                         else "cpu"))
   log(f"generate_gpu [torch {torch.__version__}] on {device}")
   cfg = model_config(FLAGS.config)
@@ -476,8 +476,8 @@ def main(argv):
       raise app.UsageError(f"--batches / --variant_batches: {b!r} is not a positive integer, max or long")
   if "jax" not in fw:
     os.environ["JAX_PLATFORMS"] = "cpu"     # host-side helpers only: no JAX allocation on the GPU PyTorch uses
-  deadline = gpu_common.Deadline(FLAGS.deadline_s)
-  res = gpu_common.Results(FLAGS.json_out, bench="generate_gpu", argv=sys.argv[1:], config=FLAGS.config,
+  deadline = bench_common.Deadline(FLAGS.deadline_s)
+  res = bench_common.Results(FLAGS.json_out, bench="generate_gpu", argv=sys.argv[1:], config=FLAGS.config,
                            seconds=FLAGS.seconds)
   if "jax" in fw:
     run_jax(res, deadline, log)
@@ -503,7 +503,7 @@ def main(argv):
           ("compute floor ms", "compute_floor_ms", "{:.3g}"), ("bound", "bound", None),
           ("step / floor", "step_over_floor", "{:.2f}"), ("prefill ms", "prefill_ms", "{:.3g}"),
           ("prefill floor ms", "prefill_floor_ms", "{:.3g}"), ("HBM peak GiB", "hbm_peak_gib", "{:.1f}")]
-  print("\n" + gpu_common.table(rows, cols))
+  print("\n" + bench_common.table(rows, cols))
   for r in res.doc["rows"]:
     if r.get("kind") == "long_clip":
       print(f"{r['seconds']:g} s clip x{r['batch']}: {r['windows']} windows, {r['wall_s']:.2f} s = "

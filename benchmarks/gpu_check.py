@@ -8,7 +8,7 @@ beside the PyTorch module, the 60 s windowed clip and the cuDNN attention varian
 Stages run one after the other, each in its own process (JAX and PyTorch never share the chip's memory):
 gen_jax (benchmarks/generate_gpu.py: 7B, batches 1/8/32/64/max, the 60 s clip, then cuDNN prefill at the max
 batch), train_jax (benchmarks/train_gpu.py: 1.5B then 0.5B, largest batch, then cuDNN attention), train_torch
-(the same sizes at the JAX run's batch), gen_torch (batches 1 / 64 / the JAX max), parity (tools/torch_parity.py
+(the same sizes at the JAX run's batch), gen_torch (batches 1 / 64 / the JAX max), parity (torch_parity.py
 on the small config, if time is left). Each stage gets a slice of what is left of the budget (by its share)
 and skips, inside itself, work that would not fit; every stage writes its JSON after each row, so a stage cut
 short keeps what it measured. At the end: summary.md (the merged tables, JAX / PyTorch ratios, each goal
@@ -26,7 +26,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import gpu_common  # noqa: E402
+import bench_common  # noqa: E402
 
 GOALS = {"mfu_1.5b": 0.50, "train_ratio": 1.2, "clips_per_s": 17.0, "step_over_floor": 1.25}
 
@@ -50,7 +50,7 @@ def stages(smoke: bool):
                                  "--batches_from={out}/train_jax.json"]),
           ("gen_torch", 0.18, [py, gen, "--framework=torch", "--batches=1,64,max", "--reps=1",
                                "--batches_from={out}/gen_jax.json"]),
-          ("parity", 0.05, [py, str(ROOT / "tools/torch_parity.py"), "--config=small", "--seconds=4", "--batch=2"])]
+          ("parity", 0.05, [py, str(HERE / "torch_parity.py"), "--config=small", "--seconds=4", "--batch=2"])]
 
 
 GRACE_S = 20          # a stage's process may run this long past its slice (it checks its own deadline)
@@ -188,7 +188,7 @@ def summarize(docs: dict) -> dict:
 
 
 def summary_markdown(s: dict) -> str:
-  T = gpu_common.table
+  T = bench_common.table
   out = [f"# GPU check: {s['machine']}", ""]
   if s.get("ceilings"):
     c = s["ceilings"]

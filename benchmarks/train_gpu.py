@@ -19,7 +19,7 @@ chip, compile that and shrink while the analysis says it does not fit. Remat "au
 that batch is >= --min_batch_no_remat, else remat_policy=full. PyTorch reuses the JAX run's batch and remat
 (--batches_from) and halves the batch on out-of-memory.
 
-FLOPs: `gpu_common.train_step_flops` (by parts; attention counted as XLA's dense kernel computes it, every
+FLOPs: `bench_common.train_step_flops` (by parts; attention counted as XLA's dense kernel computes it, every
 query against every key) is checked against XLA's cost analysis of the same step lowered with unrolled
 layers, no remat and XLA attention (`cost_analysis` counts a scanned body once). MFU = model FLOPs per
 second / the chip's dense bf16 datasheet peak (train.PEAK_FLOPS; measured GEMM rate printed beside it).
@@ -30,9 +30,9 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import gpu_common  # noqa: E402
+import bench_common  # noqa: E402
 
-gpu_common.gpu_memory_env()
+bench_common.gpu_memory_env()
 
 from absl import app, flags  # noqa: E402
 
@@ -62,7 +62,7 @@ def experiment(size: str, dtype: str):
   """(experiment ConfigDict, FoleyConfig): experiments/paper_7b.py with the decoder of `size`."""
   from dreamfoley_jax import configs, train
 
-  c = configs.load_config(str(gpu_common.ROOT / "experiments/paper_7b.py"))
+  c = configs.load_config(str(bench_common.ROOT / "experiments/paper_7b.py"))
   d = c.model.decoder
   d.dtype = dtype
   d.scan_layers = True
@@ -113,7 +113,7 @@ def seq_parts(batch):
 
 
 def model_flops(fcfg, batch):
-  return gpu_common.train_step_flops(fcfg, batch["text_ids"].shape[0], *seq_parts(batch))
+  return bench_common.train_step_flops(fcfg, batch["text_ids"].shape[0], *seq_parts(batch))
 
 
 def peak_flops(device_kind: str):
@@ -204,7 +204,7 @@ def xla_flops(c, fcfg, batch) -> tuple[float, float]:
   ab = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
   with sharding.use_mesh(tw.mesh):
     lowered = jax.jit(tw.update).lower(tw.abstract_state, ab)
-  return float(lowered.cost_analysis()["flops"]), gpu_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
+  return float(lowered.cost_analysis()["flops"]), bench_common.hlo_dot_flops(lowered.as_text(dialect="hlo"))
 
 
 def device_limit_bytes():
@@ -401,7 +401,7 @@ def run_torch(sizes, res, deadline, log, chosen):
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   peak, peak_src = peak_flops(torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
-  log(f"torch device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else gpu_common.cpu_model()}), "
+  log(f"torch device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else bench_common.cpu_model()}), "
       f"peak {peak / 1e12:.1f} TFLOP/s ({peak_src})")
   for size in sizes:
     what = f"torch {size}"
@@ -530,8 +530,8 @@ def check_loss(log):
 def main(argv):
   del argv
   log = lambda s: print(s, flush=True)
-  deadline = gpu_common.Deadline(FLAGS.deadline_s)
-  res = gpu_common.Results(FLAGS.json_out, bench="train_gpu", argv=sys.argv[1:])
+  deadline = bench_common.Deadline(FLAGS.deadline_s)
+  res = bench_common.Results(FLAGS.json_out, bench="train_gpu", argv=sys.argv[1:])
   fw = [f.strip() for f in FLAGS.framework]
   bad = [f for f in fw if f not in ("jax", "torch")]
   if bad:
@@ -555,11 +555,11 @@ def main(argv):
   if "jax" in fw:
     import jax
 
-    res.doc["machine"] = gpu_common.machine_line(jax.devices()[0].device_kind)
+    res.doc["machine"] = bench_common.machine_line(jax.devices()[0].device_kind)
     res.doc["jax_version"] = jax.__version__
     log(f"train_gpu [jax {jax.__version__}]: {res.doc['machine']}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     if jax.default_backend() != "cpu":
-      res.doc["measured_bf16_matmul_flops"] = gpu_common.matmul_rate("bfloat16")
+      res.doc["measured_bf16_matmul_flops"] = bench_common.matmul_rate("bfloat16")
       log(f"measured bf16 matmul (8192^3): {res.doc['measured_bf16_matmul_flops'] / 1e12:.0f} TFLOP/s")
     run_jax(FLAGS.sizes, res, deadline, log)
     for r in res.doc["rows"]:
@@ -567,7 +567,7 @@ def main(argv):
   if "torch" in fw:
     import torch
 
-    res.doc.setdefault("machine", gpu_common.machine_line(torch.cuda.get_device_name() if torch.cuda.is_available()
+    res.doc.setdefault("machine", bench_common.machine_line(torch.cuda.get_device_name() if torch.cuda.is_available()
                                                           else "cpu"))
     log(f"train_gpu [torch {torch.__version__}]")
     run_torch(FLAGS.sizes, res, deadline, log, chosen)
@@ -579,7 +579,7 @@ def main(argv):
           ("step ms", "step_ms", "{:.1f}"), ("tokens/s", "tokens_per_s", "{:,.0f}"),
           ("model TFLOP/s", "model_tflops_per_s", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
           ("peak mem GiB", "peak_mem_gib", "{:.1f}"), ("XLA/model FLOPs", "xla_over_model", "{:.4f}")]
-  print("\n" + gpu_common.table(res.doc["rows"], cols))
+  print("\n" + bench_common.table(res.doc["rows"], cols))
 
 
 if __name__ == "__main__":

@@ -115,12 +115,12 @@ def model_config(d, where: str = "model") -> foley.FoleyConfig:
 
 
 def pretext_config(d, where: str = "main.pretext"):
-  """encoder_pretrain.PretextConfig from the synthetic job's `main.pretext` section."""
-  from dreamfoley_jax import encoder_pretrain
+  """synthetic.pretext.PretextConfig from the synthetic job's `main.pretext` section."""
+  from dreamfoley_jax.synthetic import pretext
 
   d = _plain(d)
-  check_keys(d, _fields(encoder_pretrain.PretextConfig), where)
-  return encoder_pretrain.PretextConfig(**d)
+  check_keys(d, _fields(pretext.PretextConfig), where)
+  return pretext.PretextConfig(**d)
 
 
 # Keys of the sections read as ConfigDicts (train.validate checks them): every key some code reads.

@@ -91,7 +91,7 @@ def validate(c, mesh=None, process_count: int | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Pieces (used by the trainer, tools/aot_compile.py, tools/bench_train.py and the tests)
+# Pieces (used by the trainer, tools/aot_compile.py, benchmarks/bench_train.py and the tests)
 # --------------------------------------------------------------------------------------------------
 
 def model_config(c) -> foley.FoleyConfig:

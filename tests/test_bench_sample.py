@@ -1,4 +1,4 @@
-"""tools/bench_sample.py stays runnable: a tiny-config CPU run of the whole script (bandwidth and GEMV
+"""benchmarks/bench_sample.py stays runnable: a tiny-config CPU run of the whole script (bandwidth and GEMV
 probes, the greedy JAX-vs-torch agreement check, the interleaved timing and the summary table)."""
 import math
 import os
@@ -16,7 +16,7 @@ def test_bench_sample_tiny_cpu():
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  r = subprocess.run([sys.executable, str(ROOT / "tools/bench_sample.py"), "--configs=tiny", "--batches=1",
+  r = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_sample.py"), "--configs=tiny", "--batches=1",
                       "--reps=1", "--seconds=1", "--probe_mb=8", "--threads=1"],
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]

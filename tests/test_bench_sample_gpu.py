@@ -1,4 +1,4 @@
-"""tools/bench_sample_gpu.py stays runnable: a tiny-config CPU run of the whole script (its device check,
+"""benchmarks/bench_sample_gpu.py stays runnable: a tiny-config CPU run of the whole script (its device check,
 bandwidth probe, random weights and the by-difference step timing)."""
 import json
 import os
@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_bench_sample_gpu_tiny_cpu(tmp_path):
   out = tmp_path / "rows.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  r = subprocess.run([sys.executable, str(ROOT / "tools/bench_sample_gpu.py"), "--config=tiny", "--batches=2",
+  r = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_sample_gpu.py"), "--config=tiny", "--batches=2",
                       "--variants=xla", "--reps=1", "--seconds=1", f"--json_out={out}"],
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
-import gpu_common  # noqa: E402
+import bench_common  # noqa: E402
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT))
 
@@ -163,7 +163,7 @@ def test_hlo_dot_flops_reads_both_operand_styles():
        "  ROOT d = f32[3,5]{1,0} dot(a.1, b.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}\n"
        "  e = f32[2,3,5]{2,1,0} dot(f32[2,3,4]{2,1,0} %x, f32[2,4,5]{2,1,0} %y), lhs_batch_dims={0}, "
        "lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}\n")
-  assert gpu_common.hlo_dot_flops(t) == 2 * 3 * 5 * 4 + 2 * 2 * 3 * 5 * 4
+  assert bench_common.hlo_dot_flops(t) == 2 * 3 * 5 * 4 + 2 * 2 * 3 * 5 * 4
 
 
 def test_run_stage_logs_and_kills_at_the_limit(tmp_path, monkeypatch, capsys):

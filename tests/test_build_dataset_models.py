@@ -47,7 +47,7 @@ def pam_assets(tmp_path_factory):
 
 def test_pam_stage_is_pam_on_the_reference(pam_assets, fixtures_dir):
   """The stage (checkpoint file + GPT-2 tokenizer files by path, PAM's prompts, 7 s windows, mean) gives
-  the file score msclap's classes gave for the golden signal (tools/goldens/make_pam_golden.py)."""
+  the file score msclap's classes gave for the golden signal (tests/fixtures/make/make_pam_golden.py)."""
   from make_pam_golden import signal
 
   model, tok = pam_assets
@@ -382,25 +382,36 @@ def test_beam_build_with_labels_and_captions(tmp_path, tiny_ast, endpoint):
 def tiny_llm(tmp_path_factory):
   """A tiny random Qwen2 causal LM + a word-level tokenizer with a Qwen-style chat template, saved as a
   local transformers directory."""
-  torch = pytest.importorskip("torch")
-  from tokenizers import Tokenizer, models, pre_tokenizers
-  from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+  return _save_tiny_llm(tmp_path_factory.mktemp("llm"))
 
-  d = tmp_path_factory.mktemp("llm")
-  words = ["<unk>", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n", "yes", "no", "rain", "roof", "a",
-           "tin", "on", "falls", "the", "sound"] + [f"w{i}" for i in range(48)]
-  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
-                                additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-  tok.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
-                       "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+
+def _save_tiny_llm(d, hidden_size=16, initializer_range=0.02):
+  """A byte-level BPE (the Qwen2 tokenizer's kind: transformers 5 loads a Qwen2 directory's tokenizer.json
+  as a Qwen2Tokenizer, which rebuilds a BPE from it) fitted on the caption prompts, <|im_start|> /
+  <|im_end|> specials and a Qwen-style chat template."""
+  torch = pytest.importorskip("torch")
+  from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+  from dreamfoley_jax.synthetic import bpe as bpe_lib
+
+  corpus = list(captions.caption_prompts.PROMPTS.values()) + ["rain falls on a tin roof", "yes", "no",
+                                                              "a tin roof in the rain", "Rain drums on a tin roof."]
+  bpe = bpe_lib.train_bpe(corpus, vocab_size=360)
+  bpe.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+  tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+  tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
   tok.save_pretrained(d)
+  ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
   torch.manual_seed(0)
-  cfg = Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                    eos_token_id=2, pad_token_id=0, bos_token_id=1, tie_word_embeddings=False)
+  cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                    eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                    bos_token_id=ids["<|im_start|>"], tie_word_embeddings=False, initializer_range=initializer_range)
   Qwen2ForCausalLM(cfg).eval().save_pretrained(d)
+  back = AutoTokenizer.from_pretrained(d)
+  assert back("rain falls on a tin roof").input_ids == tok("rain falls on a tin roof").input_ids
+  assert len(set(back("rain falls on a tin roof").input_ids)) > 3
   return str(d)
 
 
@@ -539,7 +550,7 @@ def test_ast_stage_loads_the_published_key_layout(tmp_path, tiny_ast):
 
 def test_local_video_captioner_frames(tmp_path):
   """The frames a local Qwen2.5-VL gets: 2 fps from the standardised clip, an even count (its temporal
-  patch is 2 frames). (The model call itself needs torchvision for transformers' video processor.)"""
+  patch is 2 frames)."""
   p = ms.write_media(tmp_path / "v.mp4", seconds=3.0, size=(48, 64), audio=ms.noise(3.0), shift_px=1.0)
   clip = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=48))[0][0]
   with st.MediaFile(clip.video_mp4) as f:
@@ -549,3 +560,216 @@ def test_local_video_captioner_frames(tmp_path):
                                                                                  clip_seconds=2.48))[0][0]
   with st.MediaFile(short.video_mp4) as f:
     assert captions._frames_2fps(f).shape[0] == 4   # 2.48 s: 4 frames at 2 fps (4.96 -> 4, even)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25_vl(tmp_path_factory):
+  """A tiny random Qwen2.5-VL (windowed ViT + mrope Qwen2 decoder) with its image processor config and a
+  Qwen-style chat template (video as <|vision_start|><|video_pad|><|vision_end|>) in chat_template.jinja,
+  saved as a local directory."""
+  torch = pytest.importorskip("torch")
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import AutoImageProcessor, PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+  d = tmp_path_factory.mktemp("qwen25_vl")
+  sp = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+  words = ["<unk>"] + sp + ["user", "assistant", "system", "\n"] + [f"w{i}" for i in range(50)]
+  tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>",
+                          additional_special_tokens=sp).save_pretrained(d)
+  (d / "chat_template.jinja").write_text(
+      "{% for m in messages %}<|im_start|> {{ m['role'] }} {% for c in m['content'] %}{% if c['type'] == 'video' %}"
+      "<|vision_start|><|video_pad|><|vision_end|> {% elif c['type'] == 'text' %}{{ c['text'] }} {% endif %}"
+      "{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+  # the published Qwen2.5-VL preprocessor_config.json's processor type and normalisation
+  (d / "preprocessor_config.json").write_text(json.dumps({
+      "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True, "do_normalize": True,
+      "do_convert_rgb": True, "rescale_factor": 1 / 255, "resample": 3, "patch_size": 14, "temporal_patch_size": 2,
+      "merge_size": 2, "min_pixels": 3136, "max_pixels": 12845056,
+      "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+  assert AutoImageProcessor.from_pretrained(d).size["longest_edge"] == 12845056
+  # frames of at least 56 x 56 px kept as they are (the default video minimum, 128 x 28 x 28, would upscale them)
+  (d / "video_preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 3136,
+                                                                         "longest_edge": 602112}}))
+  torch.manual_seed(0)
+  cfg = Qwen2_5_VLConfig(
+      vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16,
+                     "fullatt_block_indexes": [1], "window_size": 56},
+      text_config={"vocab_size": len(words), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "num_key_value_heads": 1, "eos_token_id": 2, "pad_token_id": 0,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]}},
+      image_token_id=words.index("<|image_pad|>"), video_token_id=words.index("<|video_pad|>"),
+      vision_start_token_id=words.index("<|vision_start|>"))
+  Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(d)
+  return str(d)
+
+
+def _video_patches_reference(frames_TxHxWx3, patch=14, merge=2, tp=2):
+  """Qwen2-VL's video layout written out from its definition (frames already on the 28-px grid): CLIP
+  normalisation, then (T/tp, tp, C, h/m, m, P, w/m, m, P) -> rows (t, h/m, w/m, m, m), columns (C, tp, P, P)."""
+  mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+  std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+  x = ((frames_TxHxWx3.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)   # T C H W
+  T, C, H, W = x.shape
+  gh, gw = H // patch, W // patch
+  x = x.reshape(T // tp, tp, C, gh // merge, merge, patch, gw // merge, merge, patch)
+  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+  return x.reshape(T // tp * gh * gw, C * tp * patch * patch), (T // tp, gh, gw)
+
+
+def test_local_video_captioner_in_the_stage(tmp_path, tiny_qwen25_vl, endpoint):
+  """Video captions from a local Qwen2.5-VL directory, no torchvision: the clip's 2 fps frames become the
+  video tensors of Qwen2-VL's layout (checked against the layout written out independently), and the
+  caption is transformers' generate on exactly those inputs, with its provenance."""
+  import torch
+  from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+  p = ms.write_media(tmp_path / "v.mp4", seconds=2.0, size=(56, 112), audio=ms.noise(2.0), shift_px=3.0)
+  clip = st.standardise(st.InputItem(str(p), "", "v"), "k", st.StandardiseConfig(short_side=56, clip_seconds=2.0))[0][0]
+  cfg = dataclasses.replace(_caption_stage(endpoint.url).cfg, video_endpoint="", video_model=tiny_qwen25_vl,
+                            max_new_tokens=5, integrate=False, check_consistency=False)
+  stage = captions.CaptionStage(cfg)
+  out = stage(clip)
+  prov = json.loads(out.fields["captions_json"])
+  assert prov[1] == {"role": "video", "model": f"{tiny_qwen25_vl} (transformers)", "prompt": "video_caption@1",
+                     "text": prov[1]["text"]} and prov[1]["text"]
+
+  with st.MediaFile(clip.video_mp4) as f:
+    frames = captions._frames_2fps(f)
+  assert frames.shape == (4, 56, 112, 3)
+  want_pv, want_grid = _video_patches_reference(frames)
+  chat = stage.video_cap
+  assert chat.video_size == {"shortest_edge": 3136, "longest_edge": 602112}
+  inputs = chat.video_prompt_inputs(captions.caption_prompts.get("video_caption@1"), frames, 2.0)
+  np.testing.assert_allclose(inputs["pixel_values_videos"].numpy(), want_pv, atol=1e-5)
+  assert inputs["video_grid_thw"].tolist() == [list(want_grid)] == [[2, 4, 8]]
+  assert inputs["second_per_grid_ts"].tolist() == [1.0]
+  m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_qwen25_vl).eval()
+  ids = inputs["input_ids"]
+  assert int((ids == m.config.video_token_id).sum()) == 2 * 4 * 8 // 4 == int(inputs["mm_token_type_ids"].sum()) // 2
+  with torch.no_grad():
+    gen = m.generate(**inputs, max_new_tokens=5, do_sample=False)
+    # the video reaches the decoder: other frames give other first-token logits
+    a = m(**inputs).logits[0, -1]
+    b = m(**{**inputs, "pixel_values_videos": inputs["pixel_values_videos"].flip(0)}).logits[0, -1]
+  assert not torch.allclose(a, b)
+  want = AutoTokenizer.from_pretrained(tiny_qwen25_vl).decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+  assert prov[1]["text"] == want and want
+  assert prov[0]["role"] == "audio" and out.caption == prov[0]["text"]   # integration off: the audio caption
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_hf(tmp_path_factory):
+  """Like tiny_llm, with weights large enough (std 0.3) that its greedy continuations depend on the whole
+  context (at std 0.02 they settle into a 2-token loop that would hide a position or cache error)."""
+  return _save_tiny_llm(tmp_path_factory.mktemp("llm_hf"), hidden_size=32, initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm_jax(tiny_llm_hf, tmp_path_factory):
+  """tiny_llm_hf converted to the project's Flax Qwen2 checkpoint (orbax), as tools/convert_checkpoint.py does."""
+  from dreamfoley_jax.convert import qwen2 as convert_qwen2
+
+  out = tmp_path_factory.mktemp("llm_jax") / "ckpt"
+  convert_qwen2.convert_to_orbax(tiny_llm_hf, out)
+  return str(out)
+
+
+def _merge_prompt(audio, video):
+  return captions.caption_prompts.get("integrate@1").format(audio=audio, video=video)
+
+
+def test_jax_llm_backend_greedy_is_transformers_generate(tiny_llm_hf, tiny_llm_jax):
+  """The converted checkpoint on the Flax Qwen2 (KV-cache prefill + decode), greedy with the checkpoint's
+  chat template, gives the same tokens as transformers' generate(do_sample=False) on the HF original, for
+  merge prompts padded into two different prompt buckets."""
+  import torch
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+
+  cfg = captions.CaptionConfig(llm_backend="jax", max_new_tokens=12)
+  chat = captions.make_backend("", tiny_llm_jax, "text", cfg)
+  assert isinstance(chat, captions.JaxChat) and chat.stop_ids == {chat.tok.convert_tokens_to_ids("<|im_end|>")}
+  tok, m = AutoTokenizer.from_pretrained(tiny_llm_hf), AutoModelForCausalLM.from_pretrained(tiny_llm_hf).eval()
+  lengths = []
+  for audio, video in (("rain falls on a tin roof", "a tin roof"),
+                       ("the sound w3 w5 rain " * 4, "w7 w9 w11 on the roof " * 3)):
+    text = _merge_prompt(audio, video)
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    assert chat.prompt_ids(text) == ids["input_ids"][0].tolist()
+    lengths.append(ids["input_ids"].shape[1])
+    with torch.no_grad():
+      want = m.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    got = chat.generate_ids(chat.prompt_ids(text), 12)
+    assert got == want and len(set(got)) >= 6, (got, want)
+    assert chat(text) == tok.decode(want, skip_special_tokens=True).strip()
+  B = captions.JaxChat.PROMPT_BUCKET   # padded prompts (the padding slots masked), two bucket shapes
+  assert all(n % B for n in lengths) and len({-(-n // B) for n in lengths}) == 2, lengths
+
+
+def test_jax_llm_backend_errors(tmp_path, tiny_llm_hf, tiny_llm_jax):
+  import shutil
+
+  cfg = captions.CaptionConfig(llm_backend="jax")
+  with pytest.raises(Exception, match="not a qwen2 checkpoint|no such file|not a dreamfoley_jax params"):
+    captions.make_backend("", tiny_llm_hf, "text", cfg)           # an HF directory, not converted
+  moved = tmp_path / "ckpt"
+  shutil.copytree(tiny_llm_jax, moved)
+  meta = json.loads((moved / "dreamfoley_meta.json").read_text())
+  (moved / "dreamfoley_meta.json").write_text(json.dumps({**meta, "source": str(tmp_path / "gone")}))
+  with pytest.raises(ValueError, match="no tokenizer.json.*--caption_llm_tokenizer"):
+    captions.make_backend("", str(moved), "text", cfg)
+  assert captions.make_backend("", str(moved), "text", dataclasses.replace(cfg, llm_tokenizer=tiny_llm_hf)).stop_ids
+  with pytest.raises(ValueError, match="drop --caption_llm_endpoint"):
+    dataclasses.replace(cfg, llm_endpoint="http://127.0.0.1:1/v1")
+  with pytest.raises(ValueError, match="--caption_llm_backend 'vllm': choose from transformers, jax"):
+    captions.CaptionStage(dataclasses.replace(cfg, llm_backend="vllm", audio_model="a", video_model="v",
+                                              llm_model="l")).load()
+
+
+def test_caption_stage_with_the_jax_llm(tiny_llm_hf, tiny_llm_jax, endpoint):
+  """The stage end to end on 3 clips with the Flax LLM as consistency discriminator and integrator
+  (captioners from the endpoint): the same kept captions, rejections and provenance texts as with the
+  transformers LLM on the HF original."""
+  clips = [_clip(ms.noise(0.5 + 0.25 * i, amp=0.2, seed=i)[0], mp4=b"\0" * 8, cid=f"c-{i:03d}") for i in range(3)]
+  base = dataclasses.replace(_caption_stage(endpoint.url).cfg, max_new_tokens=8, retries=0, backoff_s=0.0)
+  for consistency in (False, True):
+    outs = {}
+    for backend, model in (("jax", tiny_llm_jax), ("transformers", tiny_llm_hf)):
+      cfg = dataclasses.replace(base, llm_endpoint="", llm_model=model, llm_backend=backend,
+                                check_consistency=consistency)
+      outs[backend] = captions.CaptionStage(cfg).process_batch(clips)
+    got, want = outs["jax"], outs["transformers"]
+    assert [o.clip_id for o in got] == [c.clip_id for c in clips]
+    for g, w in zip(got, want):
+      assert type(g) is type(w)
+      if isinstance(g, Rejection):
+        want_detail = w.detail.replace(f"{tiny_llm_hf} (transformers)", f"{tiny_llm_jax} (jax)")
+        assert (g.reason, g.detail) == (w.reason, want_detail)
+        continue
+      pg, pw = json.loads(g.fields["captions_json"]), json.loads(w.fields["captions_json"])
+      assert [(p["role"], p["prompt"], p["text"]) for p in pg] == [(p["role"], p["prompt"], p["text"]) for p in pw]
+      assert g.caption == w.caption == pg[-1]["text"] and pg[-1]["role"] == "integrated"
+      assert pg[-1]["model"] == f"{tiny_llm_jax} (jax)"
+    if consistency:   # a random discriminator: its verdict is no yes/no, a recorded caption_failed per clip
+      assert all(isinstance(g, Rejection) and "neither yes nor no" in g.detail for g in got)
+    else:
+      assert all(isinstance(g, Clip) for g in got)
+      assert len({g.caption for g in got}) == 3   # each clip's own audio caption went into its merge prompt
+
+
+def test_video_inputs_default_pixel_range_and_errors(tmp_path):
+  """A 360p frame keeps its size on the 28-px grid (364 x 644: 26 x 46 patches) within the default video
+  pixel range; an odd frame count cannot fill the 2-frame temporal patches."""
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+  assert captions.video_size(tmp_path) == captions.VIDEO_SIZE == {"shortest_edge": 100352, "longest_edge": 602112}
+  ip = Qwen2VLImageProcessorPil()
+  frames = np.random.default_rng(0).integers(0, 256, (4, 360, 640, 3), dtype=np.uint8)
+  v = captions.video_inputs(ip, frames, 2.0)
+  assert v["video_grid_thw"].tolist() == [[2, 26, 46]]
+  assert v["pixel_values_videos"].shape == (2 * 26 * 46, 3 * 2 * 14 * 14)
+  assert v["second_per_grid_ts"].tolist() == [1.0]
+  with pytest.raises(ValueError, match="3 frames; need a positive multiple of temporal_patch_size=2"):
+    captions.video_inputs(ip, frames[:3], 2.0)

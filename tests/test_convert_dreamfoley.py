@@ -41,8 +41,8 @@ SMALL = foley.FoleyConfig(
 CONFIGS = {"tiny": TINY, "small": SMALL}
 
 
-sys.path.insert(0, str(REPO / "tools"))
-import bench_common  # noqa: E402  (random_params: one definition for the tests and tools/torch_parity.py)
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_common  # noqa: E402  (random_params: one definition for the tests and benchmarks/torch_parity.py)
 
 random_params = bench_common.random_params
 
@@ -444,14 +444,14 @@ def test_docs_generate_example(tmp_path, monkeypatch, fixtures_dir):
 
   from transformers import PreTrainedTokenizerFast
 
-  from dreamfoley_jax import text
+  from dreamfoley_jax.synthetic import bpe
 
   section = (REPO / "docs/convert.md").read_text().split("## Generating a clip in PyTorch", 1)[1].split("\n## ")[0]
   generate_block, decode_block = re.findall(r"```python\n(.*?)```", section, re.S)
   cfg = TINY.replace(num_codebooks=8, loss_weights=foley.PAPER_LOSS_WEIGHTS,
                      decoder=TINY.decoder.replace(vocab_size=320))
   cd.save_hf(random_params(cfg), cfg, tmp_path / "model")
-  tok = text.train_bpe(["a dog barks twice, then a car passes by", "a metal ball bounces", "rain on a roof"], 300)
+  tok = bpe.train_bpe(["a dog barks twice, then a car passes by", "a metal ball bounces", "rain on a roof"], 300)
   PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "tokenizer")
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "clip.npz", sync_feats=rng.normal(size=(50, cfg.sync_dim)).astype(np.float32),

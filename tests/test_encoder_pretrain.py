@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dreamfoley_jax import configs
-from dreamfoley_jax import encoder_pretrain as ep
-from dreamfoley_jax.data import synthetic
 from dreamfoley_jax.models import foley
 from dreamfoley_jax.models import params as foley_params
+from dreamfoley_jax.synthetic import pretext as ep
+from dreamfoley_jax.synthetic import world as synthetic
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,10 @@ from dreamfoley_jax.eval.embedders import clap as C
 from dreamfoley_jax.eval.embedders import roberta_bpe as R
 from dreamfoley_jax.eval.embedders.base import random_state_dict
 
+import torch_embedders  # tests/: the PyTorch cross-check embedders ('clap_torch')
+
+torch_embedders.register()
+
 TINY = C.ClapConfig.tiny()
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
 
@@ -80,7 +84,7 @@ def test_front_end_pieces(golden):
 
 
 def test_converter_table_matches_the_real_checkpoint_layout(fixtures_dir):
-  """Every key/shape of CLAP(HTSAT-base, roberta-base) as laion_clap builds it (tools/goldens)."""
+  """Every key/shape of CLAP(HTSAT-base, roberta-base) as laion_clap builds it (tests/fixtures/make)."""
   import json
 
   real = json.loads((pathlib.Path(fixtures_dir) / "clap_real_shapes.json").read_text())["shapes"]

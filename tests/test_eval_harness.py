@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from dreamfoley_jax.eval import frontends, harness, media, metrics
-from dreamfoley_jax.eval.embedders import base, panns, passt, torch_ref, vggish
+from dreamfoley_jax.eval.embedders import base, panns, passt, vggish
 
 DUR = 8.0
 
@@ -101,7 +101,7 @@ class FakeSynchformer(_Proj):
     self.wa, self.wv, self.head = r.normal(size=(128, 8)), r.normal(size=(3, 8)), r.normal(size=(16, 21))
 
   def audio_features(self, wav, sr, dur, name):
-    segs = torch_ref.check_sync_audio(wav, sr, dur, name)  # (S, 66, 128), raises if too short
+    segs = frontends.check_sync_audio(wav, sr, dur, name)  # (S, 66, 128), raises if too short
     return {"sync_audio": (segs.mean(1) @ self.wa)[:, None]}  # (S, 1, 8)
 
   def video_features(self, video, name):
@@ -113,7 +113,7 @@ class FakeSynchformer(_Proj):
   def sync_logits(self, video, audio):
     self.window_shapes = []
     out = []
-    for v, a in torch_ref.sync_windows(video, audio):
+    for v, a in metrics.desync_window_pairs(video, audio):
       self.window_shapes.append((v.shape[0], a.shape[0]))
       out.append(np.concatenate([v.mean((0, 1)), a.mean((0, 1))]) @ self.head)
     return np.stack(out)
@@ -255,7 +255,7 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
   sf.write(gen / "a.wav", np.zeros(16000 * 6), 16000)  # 6 s for an 8 s protocol
   inp = harness.EvalInputs(gen_dir=str(gen), video_dir=str(dataset / "videos"), duration_s=DUR,
                            cache_dir=str(tmp_path / "c"))
-  with pytest.raises(torch_ref.AudioTooShortError, match=r"a\.wav: audio is 6\.000 s.*full 8 s"):
+  with pytest.raises(frontends.AudioTooShortError, match=r"a\.wav: audio is 6\.000 s.*full 8 s"):
     harness.evaluate(inp, {"synchformer": FakeSynchformer()}, strict=True)
   # Without strict the clip is left out and reported: no DeSync from it, one failure naming the file.
   r = harness.evaluate(inp, {"synchformer": FakeSynchformer()})
@@ -264,8 +264,8 @@ def test_too_short_generated_audio_names_the_file(dataset, tmp_path):
                                                                           "synchformer")]
   assert "audio is 6.000 s" in r["failures"][0]["reason"]
   # Even without a clip length, fewer than 4.8 s cannot be scored.
-  with pytest.raises(torch_ref.AudioTooShortError, match="at least 4.8 s"):
-    torch_ref.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")
+  with pytest.raises(frontends.AudioTooShortError, match="at least 4.8 s"):
+    frontends.check_sync_audio(np.zeros(16000 * 4), 16000, None, "short.wav")
 
 
 def test_cli_reports_missing_weights_clearly(dataset, tmp_path):
@@ -280,6 +280,50 @@ def test_cli_reports_missing_weights_clearly(dataset, tmp_path):
   assert p.returncode != 0
   assert "MissingWeightsError" in p.stderr and "Cnn14_16k_mAP=0.438.pth" in p.stderr
 
+
+
+def test_scorer_table_and_torch_outside_the_package():
+  """One scorer per metric family, keyed like the registry; the JAX path imports no torch, and the
+  PyTorch cross-checks join the registry only through tests/torch_embedders.py."""
+  import subprocess
+  import sys
+
+  from dreamfoley_jax.eval import embedders
+
+  assert harness.ALL_EMBEDDERS == tuple(harness.SCORERS) == ("panns", "vggish", "passt", "imagebind", "synchformer",
+                                                             "clap")
+  assert set(harness.SCORERS) == set(embedders.NATIVE_FLAX)
+  assert [k for k, s in harness.SCORERS.items() if s.needs_video] == ["imagebind", "synchformer"]
+  assert [k for k, s in harness.SCORERS.items() if s.needs_captions] == ["clap"]
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import sys; from dreamfoley_jax.eval import embedders, harness; "
+          "print(sorted(embedders.REGISTRY), 'torch' in sys.modules)")
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                     env={**__import__("os").environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert p.returncode == 0, p.stderr
+  assert p.stdout.split() == ["['clap',", "'imagebind',", "'panns',", "'passt',", "'synchformer',", "'vggish']",
+                              "False"]
+
+
+def test_cli_loads_the_torch_cross_checks(dataset, tmp_path):
+  """--config.metrics=passt_torch reaches tests/torch_embedders.py's PasstEmbedder (weights checked first)."""
+  import subprocess
+  import sys
+
+  pytest.importorskip("torch")
+  try:
+    import hear21passt  # noqa: F401
+    pytest.skip("hear21passt is installed: the embedder would load the dummy file")
+  except ImportError:
+    pass
+  root = pathlib.Path(__file__).resolve().parents[1]
+  (tmp_path / "passt-s-f128-p16-s10-ap.476-swa.pt").write_bytes(b"x")
+  cmd = [sys.executable, str(root / "tools" / "evaluate.py"), f"--config={root / 'experiments' / 'eval_vggsound.py'}",
+         f"--config.gen_dir={dataset / 'gen'}", f"--config.weights_dir={tmp_path}", "--config.metrics=passt_torch"]
+  p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120,
+                     env={**__import__("os").environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert p.returncode != 0
+  assert "MissingPackageError" in p.stderr and "hear21passt" in p.stderr, p.stderr[-2000:]
 
 def test_experiment_configs_load():
   import importlib.util

@@ -18,7 +18,7 @@ TINY = ib.ImageBindConfig.tiny()
 
 
 def _expand(x, f):
-  """tools/goldens/make_imagebind_golden.py expand_inputs: nearest upsampling + a fixed cosine pattern."""
+  """tests/fixtures/make/make_imagebind_golden.py expand_inputs: nearest upsampling + a fixed cosine pattern."""
   x = np.repeat(np.repeat(x, f, axis=-2), f, axis=-1)
   h, w = x.shape[-2:]
   return (x + 0.3 * np.cos(0.7 * np.arange(h)[:, None] + 1.3 * np.arange(w)[None, :])).astype(np.float32)

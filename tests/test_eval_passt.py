@@ -8,6 +8,10 @@ from dreamfoley_jax.convert.common import ConversionError, TensorSource
 from dreamfoley_jax.eval import embedders, frontends
 from dreamfoley_jax.eval.embedders import base, passt
 
+import torch_embedders  # tests/: the PyTorch cross-check embedders ('passt_torch')
+
+torch_embedders.register()
+
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
@@ -62,11 +66,11 @@ class _TorchPasst(tnn.Module):
 
 
 def _golden_script():
-  """tools/goldens/make_passt_golden.py (numpy-only at import): the test rebuilds its 10 s signal from it."""
+  """tests/fixtures/make/make_passt_golden.py (numpy-only at import): the test rebuilds its 10 s signal from it."""
   import importlib.util
   import pathlib
 
-  path = pathlib.Path(__file__).resolve().parents[1] / "tools/goldens/make_passt_golden.py"
+  path = pathlib.Path(__file__).resolve().parent / "fixtures/make/make_passt_golden.py"
   spec = importlib.util.spec_from_file_location("make_passt_golden", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -140,7 +144,7 @@ def test_converted_vit_matches_reference(golden):
 
 
 def test_torch_transcription_matches_reference(golden):
-  """Keeps tools/bench_eval_embedders.py's PyTorch side honest: it reproduces hear21passt's outputs."""
+  """Keeps benchmarks/bench_eval_embedders.py's PyTorch side honest: it reproduces hear21passt's outputs."""
   m = _TorchPasst(_tiny_config(golden))
   m.load_state_dict({k: torch.from_numpy(v) for k, v in _state(golden).items()}, strict=True)
   with torch.no_grad():

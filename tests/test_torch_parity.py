@@ -1,4 +1,4 @@
-"""tools/torch_parity.py (the GPU check of the PyTorch DreamFoley) stays runnable: a tiny fp32 CPU run, where the
+"""benchmarks/torch_parity.py (the GPU check of the PyTorch DreamFoley) stays runnable: a tiny fp32 CPU run, where the
 two implementations must agree everywhere."""
 import os
 import pathlib
@@ -15,7 +15,7 @@ def test_torch_parity_tiny_cpu():
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=str(ROOT))
-  r = subprocess.run([sys.executable, str(ROOT / "tools/torch_parity.py"), "--config=tiny", "--device=cpu",
+  r = subprocess.run([sys.executable, str(ROOT / "benchmarks/torch_parity.py"), "--config=tiny", "--device=cpu",
                       "--dtype=float32", "--seconds=0.4", "--batch=2", "--nocompile"],
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]

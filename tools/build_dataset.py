@@ -14,6 +14,7 @@ happened to every file. --tfds_data_dir builds the same records as a TFDS datase
 """
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import sys
@@ -64,6 +65,11 @@ flags.DEFINE_string("caption_video_endpoint", "", "OpenAI-compatible base URL fo
 flags.DEFINE_string("caption_video_model", "", "Video captioner: the endpoint's model name, or a local directory.")
 flags.DEFINE_string("caption_llm_endpoint", "", "OpenAI-compatible base URL for the consistency check / integration.")
 flags.DEFINE_string("caption_llm_model", "", "LLM: the endpoint's model name, or a local causal-LM directory.")
+flags.DEFINE_enum("caption_llm_backend", "transformers", ["transformers", "jax"],
+                  "A local --caption_llm_model: a transformers directory (torch), or jax: a Qwen2.5-Instruct converted "
+                  "with tools/convert_checkpoint.py --family qwen2, run on the Flax Qwen2 (TPU / GPU).")
+flags.DEFINE_string("caption_llm_tokenizer", "", "jax LLM: the HF directory with its tokenizer files (default: the "
+                    "directory the checkpoint was converted from).")
 flags.DEFINE_string("caption_api_key_env", "", "Environment variable holding the endpoints' bearer token.")
 flags.DEFINE_float("caption_timeout_s", 120.0, "Seconds per caption request before it is retried.")
 flags.DEFINE_integer("caption_retries", 2, "Retries of a failed/malformed caption request before rejecting.")
@@ -108,7 +114,8 @@ def build_config(f=F):
       ("caption", captions.CaptionConfig(
           audio_endpoint=f.caption_audio_endpoint, audio_model=f.caption_audio_model,
           video_endpoint=f.caption_video_endpoint, video_model=f.caption_video_model,
-          llm_endpoint=f.caption_llm_endpoint, llm_model=f.caption_llm_model, api_key_env=f.caption_api_key_env,
+          llm_endpoint=f.caption_llm_endpoint, llm_model=f.caption_llm_model, llm_backend=f.caption_llm_backend,
+          llm_tokenizer=f.caption_llm_tokenizer, api_key_env=f.caption_api_key_env,
           timeout_s=f.caption_timeout_s, retries=f.caption_retries, check_consistency=f.caption_consistency)),
       ("encode", encode.EncodeConfig(codec_ckpt=f.codec_ckpt or "", eva_ckpt=f.eva_ckpt or "",
                                      sync_ckpt=f.sync_ckpt or "", text_tokenizer=f.text_tokenizer or "",
@@ -134,8 +141,7 @@ def main(argv):
   # the model stages' weights, checked here: a missing one would otherwise reject every clip in the workers
   need = {"separation": ["separation_model"], "pam": ["pam_model", "pam_tokenizer"], "ast": ["ast_model"],
           "imagebind": ["imagebind_model"],
-          "caption": ["caption_audio_model", "caption_video_model"] + (
-              ["caption_llm_model"] if F.caption_consistency else [])}
+          "caption": ["caption_audio_model", "caption_video_model", "caption_llm_model"]}   # integration: always
   for stage, names in need.items():
     if stage not in cfg.stages:
       continue
@@ -146,6 +152,11 @@ def main(argv):
       local = not n.startswith("caption_") or not getattr(F, n.replace("_model", "_endpoint"))
       if local and not pathlib.Path(v).expanduser().exists():
         raise app.UsageError(f"--{n}={v}: no such file or directory (weights are read by local path)")
+  if "caption" in cfg.stages and F.caption_llm_backend == "jax":
+    meta = pathlib.Path(F.caption_llm_model).expanduser() / "dreamfoley_meta.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("family") != "qwen2":
+      raise app.UsageError(f"--caption_llm_model={F.caption_llm_model}: not a checkpoint converted with "
+                           "tools/convert_checkpoint.py --family qwen2 (--caption_llm_backend jax runs one)")
   if "encode" in cfg.stages and not F.codec_ckpt:
     raise app.UsageError("--codec_ckpt is required: records need audio_codes (or leave out the encode stage "
                          "with --stages=-encode to only filter)")

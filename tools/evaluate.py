@@ -48,6 +48,11 @@ def _run() -> int:
     raise checks.UsageError(f"--config.metrics is empty (accepted: a comma list of {', '.join(harness.ALL_EMBEDDERS)})")
   out = c.out or str(pathlib.Path(c.gen_dir).expanduser() / "eval_metrics.json")
   checks.writable_dir(pathlib.Path(out).expanduser().parent, "--config.out's folder")
+  if any(n.endswith("_torch") for n in names):   # the PyTorch cross-checks live beside the tests, not in the package
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+    import torch_embedders
+
+    torch_embedders.register()
   built = {}
   for n in names:
     key = embedders.metric_key(n)  # passt_torch / synchformer_torch score what passt / synchformer do

@@ -386,6 +386,13 @@ def save_hf(params: Mapping, cfg: qwen2.Qwen2Config, output_dir, **kw) -> pathli
   return save_decoder_hf(params["model"], cfg, output_dir, lm_head=params.get("lm_head"), **kw)
 
 
+def params_to_state_dict(params: Mapping, cfg: qwen2.Qwen2Config) -> dict[str, np.ndarray]:
+  """In-memory HF state dict of numpy arrays (for tests and small models)."""
+  params = _unbox(params)
+  entries, get, _ = decoder_hf_tensors(params["model"], cfg, lm_head=params.get("lm_head"))
+  return {e.hf_key: get(e) for e in entries}
+
+
 # --------------------------------------------------------------------------------------------------
 # orbax
 # --------------------------------------------------------------------------------------------------

@@ -246,6 +246,24 @@ def synchformer_audio_segments(wav_16k) -> np.ndarray:
   return (logmel - p["mean"]) / (2 * p["std"])
 
 
+class AudioTooShortError(ValueError):
+  """Generated audio is shorter than the clip length a metric needs (av-benchmark silently skips it)."""
+
+
+def check_sync_audio(wav_CxT, sr: int, duration_s: float | None, name: str) -> np.ndarray:
+  """Synchformer audio input: mono, 16 kHz, exactly duration_s (raises naming the file if shorter)."""
+  from dreamfoley_jax.eval import metrics
+
+  x = prepare_audio(wav_CxT, sr, 16000, duration_s, remove_dc=False)  # the reference keeps DC here
+  if duration_s is not None and x.shape[-1] < int(16000 * duration_s):
+    raise AudioTooShortError(
+        f"{name}: audio is {x.shape[-1] / 16000:.3f} s at 16 kHz but DeSync needs the full {duration_s:g} s clip "
+        f"({int(16000 * duration_s)} samples); av-benchmark would silently score the next file instead")
+  if x.shape[-1] < metrics.SYNC_AUDIO_SEGMENT + (metrics.DESYNC_WINDOW_SEGMENTS - 1) * metrics.SYNC_AUDIO_STEP:
+    raise AudioTooShortError(f"{name}: audio is {x.shape[-1] / 16000:.3f} s; DeSync needs at least 4.8 s")
+  return synchformer_audio_segments(x)
+
+
 def kaldi_fbank(wav, *, sr: int = 16000, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
                 frame_shift_ms: float = 10.0, preemphasis: float = 0.97, low_freq: float = 20.0,
                 high_freq: float = 0.0) -> np.ndarray:

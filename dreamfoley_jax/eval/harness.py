@@ -29,9 +29,6 @@ from dreamfoley_jax.eval.embedders.base import Embedder
 
 log = logging.getLogger(__name__)
 
-ALL_EMBEDDERS = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
-
-
 # --------------------------------------------------------------------------------------------------
 # Pairing
 # --------------------------------------------------------------------------------------------------
@@ -264,6 +261,219 @@ def screen_clips(gen, gt, videos, *, duration_s: float, check_videos: bool, fail
           {n: p for n, p in videos.items() if ("video", n) not in bad})
 
 
+class _Passes:
+  """The feature passes one `evaluate` call shares between its scorers: an embedder's features of the
+  generated audio, the reference audio, the videos or the captions, cached per clip and spread over the hosts
+  (each host computes its share, all get all). A clip an embedder cannot score is reported with the embedder
+  and left out. Scorers add their figures to `metrics`, `counts` and `notes`."""
+
+  def __init__(self, inputs: EvalInputs, gen, gt, videos, captions, pairing: Pairing, failures: checks.Failures):
+    self.inputs, self.gen, self.gt, self.videos, self.captions = inputs, gen, gt, videos, captions
+    self.pairing, self.failures = pairing, failures
+    self.paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
+    cache_root = inputs.cache_dir or str(pathlib.Path(inputs.gen_dir).expanduser() / "eval_cache")
+    self.gen_cache, self.ref_cache = FeatureCache(cache_root), FeatureCache(inputs.ref_cache_dir or cache_root)
+    self.dur, self.fdm = inputs.duration_s, inputs.fd_method
+    self.several = hosts.index_count()[1] > 1
+    self.pending: list[dict] = []     # several hosts: this host's failures since the last sync_failures()
+    self.metrics: dict[str, float] = {}
+    self.counts: dict[str, int] = {}
+    self.notes: list[str] = []
+
+  def tag(self, path):  # a clip's features are stale once its file (or the clip length) changes
+    st = pathlib.Path(path).stat()
+    return f"dur={self.dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+  def guarded(self, path, role, emb, fn):
+    """fn() or None: a clip one embedder cannot score is reported (with the embedder) and left out."""
+    try:
+      return fn()
+    except Exception as e:  # noqa: BLE001
+      if self.failures.strict and not self.several:
+        raise
+      msg = checks.one_line(e).removeprefix(f"{path}: ")
+      if role in ("generated", "reference audio"):
+        wav, sr = media.load_audio(path)
+        msg = f"{emb.name} cannot score its {wav.shape[-1] / sr:.3f} s of audio ({msg})"
+      else:
+        msg = f"{emb.name} cannot score it ({msg})"
+      log.warning("%s clip %s left out: %s", role, path, msg)
+      self.pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
+      return None
+
+  def sync_failures(self):
+    """After each pass (spread): this pass's failures of every host, on every host, sorted by file, so
+    one host and many list the same (with several hosts --strict then stops all of them together instead
+    of one host leaving the others waiting in a collective)."""
+    parts = hosts.allgather_json(self.pending) if self.several else [list(self.pending)]
+    self.pending.clear()
+    for f in sorted((f for part in parts for f in part), key=lambda f: (f["item"], f["role"])):
+      self.failures.add(f.pop("item"), f.pop("reason"), **f)
+
+  def spread(self, names, fn, desc):
+    """{name: fn(name)} without the names fn gave None for (a clip it could not score): with several hosts
+    each computes its share (hosts.map_features), all get all, and every host learns every host's failures."""
+    names = list(names)
+    bar = _progress(range(len(hosts.share(names))), desc)
+    it = iter(bar)
+
+    def step(n):
+      out = fn(n)
+      next(it, None)
+      return out
+
+    out = hosts.map_features(names, step)
+    getattr(bar, "close", lambda: None)()
+    self.sync_failures()
+    return out
+
+  def gen_audio(self, e, g):
+    p = self.gen[g]
+    return self.guarded(p, "generated", e, lambda: self.gen_cache.get_or_compute(
+        "gen", e, g, self.tag(p), lambda: e.audio_features(*media.load_audio(p), self.dur, str(p))))
+
+  def gen_audio_feats(self, emb, names=None):
+    return self.spread(sorted(self.gen) if names is None else names, lambda g: self.gen_audio(emb, g),
+                       f"{emb.name}: generated audio")
+
+  def ref_audio_feats(self, emb):
+    def one(r):
+      p = self.gt[r]
+      return self.guarded(p, "reference audio", emb, lambda: self.ref_cache.get_or_compute(
+          "gt", emb, r, self.tag(p), lambda: emb.audio_features(*media.load_audio(p), self.dur, str(p))))
+    return self.spread(sorted(self.gt), one, f"{emb.name}: reference audio")
+
+  def video_feat(self, emb, key, loader, r):
+    p = self.videos[r]
+    return self.guarded(p, "video", emb, lambda: self.ref_cache.get_or_compute(
+        "video", emb, r, self.tag(p), lambda: emb.video_features({key: loader(p, self.dur)}, str(p))))
+
+  def video_feats(self, emb, key, loader):
+    return self.spread(sorted(set(self.pairing.gen_to_ref.values()) & set(self.videos)),
+                       lambda r: self.video_feat(emb, key, loader, r), f"{emb.name}: video")
+
+  def caption_feats(self, emb, names):
+    def one(r):
+      return self.guarded(f"{self.inputs.captions_csv} [{r}]", "caption", emb, lambda: self.ref_cache.get_or_compute(
+          "text", emb, r, "caption=" + self.captions[r], lambda: emb.text_features(self.captions[r])))
+    return self.spread(names, one, f"{emb.name}: captions")
+
+
+# --------------------------------------------------------------------------------------------------
+# Scorers: one per metric family, run in the order of SCORERS
+# --------------------------------------------------------------------------------------------------
+
+
+def _score_panns(p: _Passes, e: Embedder):
+  """FD-PANN (all vs all), KL-PANNS (the KL_PANNs pairs), ISC-PANNS (every generated clip)."""
+  m, counts = p.metrics, p.counts
+  fg, fr = p.gen_audio_feats(e), p.ref_audio_feats(e)
+  if fr:
+    m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
+                                            np.stack([v["panns_2048"] for v in fr.values()]), method=p.fdm)
+  pp = [(g, r) for g, r in p.pairing.kl_panns.items() if r in fr and g in fg]
+  if pp:
+    m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
+                                               np.stack([fg[g]["panns_logits"] for g, _ in pp]))
+  elif p.pairing.kl_panns != p.pairing.gen_to_ref and p.paired:
+    p.notes.append("KL-PANNS-softmax: skipped, no generated stem equals a reference name (av-benchmark pairs "
+                   "KL_PANNs by the exact stem; --config.pairing=stem pairs NAME-K too)")
+  counts["KL-PANNS-softmax"] = len(pp)
+  logits = np.stack([fg[g]["panns_logits"] for g in sorted(fg)])
+  _inception(m, "ISC-PANNS", logits, p.notes)
+  counts["ISC-PANNS"] = len(logits)
+
+
+def _score_vggish(p: _Passes, e: Embedder):
+  """FD-VGG: every 0.96 s patch of every clip, generated vs reference."""
+  fg, fr = p.gen_audio_feats(e), p.ref_audio_feats(e)
+  if fr:
+    p.metrics["FD-VGG"] = metrics.frechet_distance(np.concatenate([v["vggish"] for v in fg.values()]),
+                                                   np.concatenate([v["vggish"] for v in fr.values()]), method=p.fdm)
+    p.counts["FD-VGG-patches-generated"] = sum(len(v["vggish"]) for v in fg.values())
+
+
+def _score_passt(p: _Passes, e: Embedder):
+  """FD-PASST and KL-PASST on the paired clips; ISC-PASST."""
+  m, counts = p.metrics, p.counts
+  fg, fr = p.gen_audio_feats(e), p.ref_audio_feats(e)
+  pp = [(g, r) for g, r in p.paired if r in fr and g in fg]
+  if pp:
+    m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
+                                             np.stack([fr[r]["passt_embed"] for _, r in pp]), method=p.fdm)
+    m["KL-PASST-softmax"] = metrics.kl_softmax(np.stack([fr[r]["passt_logits"] for _, r in pp]),
+                                               np.stack([fg[g]["passt_logits"] for g, _ in pp]))
+  counts["FD-PASST"] = len(pp)
+  # av-benchmark (paired mode) scores ISC-PASST on the paired generated clips, ISC-PANNS on all of them.
+  isc = [g for g, _ in pp] if fr else sorted(fg)
+  _inception(m, "ISC-PASST", np.stack([fg[g]["passt_logits"] for g in isc]), p.notes)
+  counts["ISC-PASST"] = len(isc)
+
+
+def _score_imagebind(p: _Passes, e: Embedder):
+  """IB-Score: cosine of the video's and the generated audio's embeddings, paired clips."""
+  fv = p.video_feats(e, "ib_crops", media.imagebind_video_input)
+  fa = p.gen_audio_feats(e, [g for g, r in p.paired if r in fv])
+  pp = [(g, r) for g, r in p.paired if r in fv and g in fa]
+  if pp:
+    p.metrics["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
+                                                np.stack([fa[g]["ib_audio"] for g, _ in pp]))
+  p.counts["IB-Score"] = len(pp)
+
+
+def _score_desync(p: _Passes, e: Embedder):
+  """DeSync: Synchformer's offset between each video and its generated audio."""
+  pp = [(g, r) for g, r in p.paired if r in p.videos]
+  pair_of = dict(pp)
+
+  def desync(g):   # per pair on the host that owns it: only the (2, 21) logits travel, not the features
+    v = p.video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])
+    a = None if v is None else p.gen_audio(e, g)
+    lg = None if a is None else p.guarded(p.gen[g], "generated", e,
+                                          lambda: e.sync_logits(v["sync_video"], a["sync_audio"]))
+    return None if lg is None else {"logits": lg}
+
+  lg = p.spread([g for g, _ in pp], desync, "synchformer: DeSync")
+  if lg:
+    p.metrics["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp if g in lg]))
+  p.counts["DeSync"] = len(lg)
+
+
+def _score_clap(p: _Passes, e: Embedder):
+  """LAION-CLAP-Score: cosine of the caption's and the generated audio's embeddings, paired clips."""
+  pp = [(g, r) for g, r in p.paired if r in p.captions]
+  ft = p.caption_feats(e, sorted({r for _, r in pp}))
+  fa = p.gen_audio_feats(e, [g for g, r in pp if r in ft])
+  pp = [(g, r) for g, r in pp if r in ft and g in fa]
+  if pp:
+    p.metrics["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
+                                                        np.stack([fa[g]["clap_audio"] for g, _ in pp]))
+  p.counts["LAION-CLAP-Score"] = len(pp)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """A metric family: `score(passes, embedder)` adds its metrics; it runs when the inputs hold what it needs."""
+  score: Callable[[_Passes, Embedder], None]
+  needs_video: bool = False
+  needs_captions: bool = False
+
+  def ready(self, p: _Passes) -> bool:
+    return (not self.needs_video or bool(p.videos)) and (not self.needs_captions or p.captions is not None)
+
+
+# The embedder slot (embedders.metric_key) -> its scorer, in the order evaluate runs them.
+SCORERS: dict[str, Scorer] = {
+    "panns": Scorer(_score_panns),
+    "vggish": Scorer(_score_vggish),
+    "passt": Scorer(_score_passt),
+    "imagebind": Scorer(_score_imagebind, needs_video=True),
+    "synchformer": Scorer(_score_desync, needs_video=True),
+    "clap": Scorer(_score_clap, needs_captions=True),
+}
+ALL_EMBEDDERS = tuple(SCORERS)
+
+
 def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures: checks.Failures | None = None,
              strict: bool = False) -> dict:
   """Runs every given embedder over the clips it needs and returns {'metrics', 'pairing', 'counts',
@@ -278,7 +488,7 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
   captions = read_captions(inputs.captions_csv) if inputs.captions_csv else None
   listed_gen, listed_videos = dict(gen), dict(videos)
   gen, gt, videos = screen_clips(gen, gt, videos, duration_s=inputs.duration_s, failures=failures,
-                                 check_videos=any(k in embedders for k in ("imagebind", "synchformer")))
+                                 check_videos=any(s.needs_video for k, s in SCORERS.items() if k in embedders))
   if not gen:
     raise checks.InputError(f"gen_dir {inputs.gen_dir}: none of the {len(listed_gen)} generated clips can be "
                             f"read ({failures.items[0]['item']}: {failures.items[0]['reason']}, ...)")
@@ -287,182 +497,25 @@ def evaluate(inputs: EvalInputs, embedders: Mapping[str, Embedder], *, failures:
   if pairing.gen_unpaired:
     log.warning("%d generated clips have no reference and count only in IS/FD: %s",
                 len(pairing.gen_unpaired), pairing.gen_unpaired[:10])
-  cache_root = inputs.cache_dir or str(pathlib.Path(inputs.gen_dir).expanduser() / "eval_cache")
-  gen_cache, ref_cache = FeatureCache(cache_root), FeatureCache(inputs.ref_cache_dir or cache_root)
-  dur = inputs.duration_s
-  fdm = inputs.fd_method
+  p = _Passes(inputs, gen, gt, videos, captions, pairing, failures)
+  for name, scorer in SCORERS.items():
+    if name in embedders and scorer.ready(p):
+      scorer.score(p, embedders[name])
 
-  def tag(path):  # a clip's features are stale once its file (or the clip length) changes
-    st = pathlib.Path(path).stat()
-    return f"dur={dur}|{pathlib.Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-  several = hosts.index_count()[1] > 1
-  pending: list[dict] = []     # several hosts: this host's failures since the last sync_failures()
-
-  def guarded(path, role, emb, fn):
-    """fn() or None: a clip one embedder cannot score is reported (with the embedder) and left out."""
-    try:
-      return fn()
-    except Exception as e:  # noqa: BLE001
-      if failures.strict and not several:
-        raise
-      msg = checks.one_line(e).removeprefix(f"{path}: ")
-      if role in ("generated", "reference audio"):
-        wav, sr = media.load_audio(path)
-        msg = f"{emb.name} cannot score its {wav.shape[-1] / sr:.3f} s of audio ({msg})"
-      else:
-        msg = f"{emb.name} cannot score it ({msg})"
-      log.warning("%s clip %s left out: %s", role, path, msg)
-      pending.append({"item": str(path), "reason": msg, "role": role, "embedder": emb.name})
-      return None
-
-  def sync_failures():
-    """After each pass (spread): this pass's failures of every host, on every host, sorted by file, so
-    one host and many list the same (with several hosts --strict then stops all of them together instead
-    of one host leaving the others waiting in a collective)."""
-    parts = hosts.allgather_json(pending) if several else [list(pending)]
-    pending.clear()
-    for f in sorted((f for part in parts for f in part), key=lambda f: (f["item"], f["role"])):
-      failures.add(f.pop("item"), f.pop("reason"), **f)
-
-  def gen_audio(e, g):
-    return guarded(gen[g], "generated", e, lambda: gen_cache.get_or_compute(
-        "gen", e, g, tag(gen[g]), lambda: e.audio_features(*media.load_audio(gen[g]), dur, str(gen[g]))))
-
-  def present(d):
-    return {k: v for k, v in d.items() if v is not None}
-
-  def spread(names, fn, desc):
-    """{name: fn(name)} without the names fn gave None for (a clip it could not score): with several hosts
-    each computes its share (hosts.map_features), all get all, and every host learns every host's failures."""
-    names = list(names)
-    bar = _progress(range(len(hosts.share(names))), desc)
-    it = iter(bar)
-
-    def step(n):
-      out = fn(n)
-      next(it, None)
-      return out
-
-    out = hosts.map_features(names, step)
-    getattr(bar, "close", lambda: None)()
-    sync_failures()
-    return out
-
-  def gen_audio_feats(emb, names=None):
-    return spread(sorted(gen) if names is None else names, lambda g: gen_audio(emb, g), f"{emb.name}: generated audio")
-
-  def ref_audio_feats(emb):
-    return spread(sorted(gt), lambda r: guarded(gt[r], "reference audio", emb, lambda: ref_cache.get_or_compute(
-        "gt", emb, r, tag(gt[r]), lambda: emb.audio_features(*media.load_audio(gt[r]), dur, str(gt[r])))),
-        f"{emb.name}: reference audio")
-
-  def video_feat(emb, key, loader, r):
-    return guarded(videos[r], "video", emb, lambda: ref_cache.get_or_compute(
-        "video", emb, r, tag(videos[r]), lambda: emb.video_features({key: loader(videos[r], dur)}, str(videos[r]))))
-
-  def video_feats(emb, key, loader):
-    return spread(sorted(set(pairing.gen_to_ref.values()) & set(videos)),
-                  lambda r: video_feat(emb, key, loader, r), f"{emb.name}: video")
-
-  paired = [(g, r) for g, r in pairing.gen_to_ref.items()]
-  m: dict[str, float] = {}
-  counts: dict[str, int] = {}
-  notes: list[str] = []
-
-  if "panns" in embedders:
-    e = embedders["panns"]
-    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
-    if fr:
-      m["FD-PANN"] = metrics.frechet_distance(np.stack([v["panns_2048"] for v in fg.values()]),
-                                              np.stack([v["panns_2048"] for v in fr.values()]), method=fdm)
-    pp = [(g, r) for g, r in pairing.kl_panns.items() if r in fr and g in fg]
-    if pp:
-      m["KL-PANNS-softmax"] = metrics.kl_softmax(np.stack([fr[r]["panns_logits"] for _, r in pp]),
-                                                 np.stack([fg[g]["panns_logits"] for g, _ in pp]))
-    elif pairing.kl_panns != pairing.gen_to_ref and paired:
-      notes.append("KL-PANNS-softmax: skipped, no generated stem equals a reference name (av-benchmark pairs "
-                   "KL_PANNs by the exact stem; --config.pairing=stem pairs NAME-K too)")
-    counts["KL-PANNS-softmax"] = len(pp)
-    logits = np.stack([fg[g]["panns_logits"] for g in sorted(fg)])
-    _inception(m, "ISC-PANNS", logits, notes)
-    counts["ISC-PANNS"] = len(logits)
-
-  if "vggish" in embedders:
-    e = embedders["vggish"]
-    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
-    if fr:
-      m["FD-VGG"] = metrics.frechet_distance(np.concatenate([v["vggish"] for v in fg.values()]),
-                                             np.concatenate([v["vggish"] for v in fr.values()]), method=fdm)
-      counts["FD-VGG-patches-generated"] = sum(len(v["vggish"]) for v in fg.values())
-
-  if "passt" in embedders:
-    e = embedders["passt"]
-    fg, fr = gen_audio_feats(e), ref_audio_feats(e)
-    pp = [(g, r) for g, r in paired if r in fr and g in fg]
-    if pp:
-      m["FD-PASST"] = metrics.frechet_distance(np.stack([fg[g]["passt_embed"] for g, _ in pp]),
-                                               np.stack([fr[r]["passt_embed"] for _, r in pp]), method=fdm)
-      m["KL-PASST-softmax"] = metrics.kl_softmax(np.stack([fr[r]["passt_logits"] for _, r in pp]),
-                                                 np.stack([fg[g]["passt_logits"] for g, _ in pp]))
-    counts["FD-PASST"] = len(pp)
-    # av-benchmark (paired mode) scores ISC-PASST on the paired generated clips, ISC-PANNS on all of them.
-    isc = [g for g, _ in pp] if fr else sorted(fg)
-    _inception(m, "ISC-PASST", np.stack([fg[g]["passt_logits"] for g in isc]), notes)
-    counts["ISC-PASST"] = len(isc)
-
-  if "imagebind" in embedders and videos:
-    e = embedders["imagebind"]
-    fv = video_feats(e, "ib_crops", media.imagebind_video_input)
-    fa = gen_audio_feats(e, [g for g, r in paired if r in fv])
-    pp = [(g, r) for g, r in paired if r in fv and g in fa]
-    if pp:
-      m["IB-Score"] = metrics.mean_cosine(np.stack([fv[r]["ib_video"] for _, r in pp]),
-                                          np.stack([fa[g]["ib_audio"] for g, _ in pp]))
-    counts["IB-Score"] = len(pp)
-
-  if "synchformer" in embedders and videos:
-    e = embedders["synchformer"]
-    pp = [(g, r) for g, r in paired if r in videos]
-    pair_of = dict(pp)
-
-    def desync(g):   # per pair on the host that owns it: only the (2, 21) logits travel, not the features
-      v = video_feat(e, "sync_frames", media.sync_video_input, pair_of[g])
-      a = None if v is None else gen_audio(e, g)
-      lg = None if a is None else guarded(gen[g], "generated", e,
-                                          lambda: e.sync_logits(v["sync_video"], a["sync_audio"]))
-      return None if lg is None else {"logits": lg}
-
-    lg = spread([g for g, _ in pp], desync, "synchformer: DeSync")
-    if lg:
-      m["DeSync"] = metrics.desync_from_logits(np.stack([lg[g]["logits"] for g, _ in pp if g in lg]))
-    counts["DeSync"] = len(lg)
-
-  if "clap" in embedders and captions is not None:
-    e = embedders["clap"]
-    pp = [(g, r) for g, r in paired if r in captions]
-    ft = spread(sorted({r for _, r in pp}), lambda r: guarded(
-        f"{inputs.captions_csv} [{r}]", "caption", e, lambda: ref_cache.get_or_compute(
-            "text", e, r, "caption=" + captions[r], lambda: e.text_features(captions[r]))), "clap: captions")
-    fa = gen_audio_feats(e, [g for g, r in pp if r in ft])
-    pp = [(g, r) for g, r in pp if r in ft and g in fa]
-    if pp:
-      m["LAION-CLAP-Score"] = metrics.mean_cosine(np.stack([ft[r]["clap_text"] for _, r in pp]),
-                                                  np.stack([fa[g]["clap_audio"] for g, _ in pp]))
-    counts["LAION-CLAP-Score"] = len(pp)
-
+  m, counts = p.metrics, p.counts
   kl = metrics.combined_kl(m)
   if kl is not None:
     m["KL"] = kl
-  sync_failures()   # (every guarded call runs inside a spread; this keeps a later one from being lost)
+  p.sync_failures()   # (every guarded call runs inside a spread; this keeps a later one from being lost)
   counts.update(generated=len(gen), reference_audio=len(gt), videos=len(videos), failed=len(failures))
-  cache = {"hits": gen_cache.hits + ref_cache.hits, "misses": gen_cache.misses + ref_cache.misses}
+  cache = {"hits": p.gen_cache.hits + p.ref_cache.hits, "misses": p.gen_cache.misses + p.ref_cache.misses}
   per_host = hosts.allgather_json(cache)
   if len(per_host) > 1:   # this host's own counts first, then every host's
     cache = dict(cache, hosts=per_host)
   return {"metrics": {k: float(v) for k, v in m.items()}, "pairing": pairing.report(), "counts": counts,
           "failures": list(failures.items), "cache": cache,
-          "duration_s": dur, "notes": notes, "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
+          "duration_s": p.dur, "notes": p.notes,
+          "embedders": {k: ("flax" if v.native else "pytorch") for k, v in embedders.items()}}
 
 
 def write_outputs(result: dict, out_json, *, row_name: str = "generated", ib_scale: float = 100.0) -> str:

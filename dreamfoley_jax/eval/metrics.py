@@ -225,6 +225,14 @@ def desync_windows(num_segs: int, window: int = DESYNC_WINDOW_SEGMENTS) -> list[
   return [slice(0, window), slice(num_segs - window, num_segs)]
 
 
+def desync_window_pairs(video_SxTxD, audio_SxTxD):
+  """[(video[:14], audio[:14]), (video[-14:], audio[-14:])]; each stream needs >= 14 segments."""
+  n = DESYNC_WINDOW_SEGMENTS
+  desync_windows(len(video_SxTxD))
+  desync_windows(len(audio_SxTxD))
+  return [(video_SxTxD[:n], audio_SxTxD[:n]), (video_SxTxD[-n:], audio_SxTxD[-n:])]
+
+
 def desync_from_logits(logits_NxWxK, grid: Sequence[float] = DESYNC_GRID_S) -> float:
   """Mean |offset| in seconds of the argmax class over all clips and windows (av-benchmark DeSync)."""
   lg = np.asarray(logits_NxWxK)

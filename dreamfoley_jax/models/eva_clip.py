@@ -12,7 +12,7 @@ head 1408 -> 1024 (the timm head *is* the CLIP projection). No RoPE, no layer sc
 Parameter names follow timm (``patch_embed/proj``, ``cls_token``, ``pos_embed``, ``blocks_{i}/norm1``,
 ``attn/qkv``, ``attn/q_bias``, ``attn/v_bias``, ``attn/proj``, ``norm2``, ``mlp/fc1``, ``mlp/fc2``, ``norm``,
 ``head``); with ``scan_layers`` the blocks live under ``blocks/block`` with a leading layer axis.
-Input pixels are channels-last and already normalised with the OpenAI CLIP mean/std.
+Input pixels are channels-last and already normalised with the OpenAI CLIP mean/std (`video.preprocess.clip_normalize`).
 """
 from __future__ import annotations
 
@@ -22,16 +22,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
                                                  l2_normalize, remat)
 
 Array = jax.Array
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclasses.dataclass(frozen=True)
 class EvaClipConfig:
@@ -184,12 +179,3 @@ class EvaVisionTower(nn.Module):
     aux["tokens"] = tokens
     aux["projected"] = projected
     return l2_normalize(projected), aux
-
-
-def normalize_pixels(images_uint8_BxHxWxC) -> np.ndarray:
-  """(u8/255 - mean)/std with the OpenAI CLIP statistics in float32, bit-equal to open_clip's ToTensor+Normalize.
-
-  Host-side numpy on purpose: XLA may turn the divisions into reciprocal multiplies (1-ulp differences).
-  """
-  x = np.asarray(images_uint8_BxHxWxC).astype(np.float32) / np.float32(255.0)
-  return (x - np.asarray(OPENAI_CLIP_MEAN, np.float32)) / np.asarray(OPENAI_CLIP_STD, np.float32)

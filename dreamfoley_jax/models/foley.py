@@ -219,8 +219,8 @@ def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] =
 
 def clip_pixels_input(frames_BxTcxHxWxC: Array) -> Array:
   """uint8 4 fps frames -> EVA-CLIP input (B*Tc, H, W, C) normalised with the OpenAI CLIP mean/std."""
-  mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
-  std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
+  mean = jnp.asarray(vpre.OPENAI_CLIP_MEAN, jnp.float32)
+  std = jnp.asarray(vpre.OPENAI_CLIP_STD, jnp.float32)
   x = (frames_BxTcxHxWxC.astype(jnp.float32) / 255.0 - mean) / std
   return x.reshape((-1,) + frames_BxTcxHxWxC.shape[2:])
 

@@ -81,7 +81,7 @@ PRESETS: dict[str, Qwen2Config] = {
 }
 
 # Exact options (same math as HF, parity tests cover them) that speed up XLA:CPU training; see
-# tools/bench_decoder.py. Off by default: on TPU, concatenating tensor-sharded kernels costs a reshard.
+# benchmarks/bench_decoder.py. Off by default: on TPU, concatenating tensor-sharded kernels costs a reshard.
 CPU_FAST_OPTIONS = dict(attention_impl="blocked", fuse_projections=True, swiglu_vjp=True)
 
 _HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

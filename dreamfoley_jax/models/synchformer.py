@@ -32,6 +32,7 @@ import numpy as np
 
 from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
                                                  remat)
+from dreamfoley_jax.video import preprocess as vpre
 
 Array = jax.Array
 
@@ -271,29 +272,6 @@ class Synchformer(nn.Module):
     return feats.reshape(B, Nw, Tw, D), aux
 
 
-# --------------------------------------------------------------------------------------------------
-# MMAudio's windowing (FeaturesUtils.encode_video_with_sync)
-# --------------------------------------------------------------------------------------------------
-
-def num_windows(num_frames: int, window: int = 16, stride: int = 8) -> int:
-  """S = (T - window)//stride + 1; trailing frames that do not fill a window are dropped."""
-  if num_frames < window:
-    raise ValueError(f"a video of {num_frames} frames is shorter than one Synchformer window ({window} frames)")
-  return (num_frames - window) // stride + 1
-
-
-def window_index(num_frames: int, window: int = 16, stride: int = 8) -> np.ndarray:
-  """(S, window) int32 frame indices of MMAudio's windows: row s = [s*stride, s*stride + window)."""
-  s = num_windows(num_frames, window, stride)
-  return (np.arange(s, dtype=np.int32)[:, None] * stride + np.arange(window, dtype=np.int32)[None, :])
-
-
-def windows_from_video(video_BxTxHxWxC, window: int = 16, stride: int = 8):
-  """(B,T,H,W,C) -> (B,S,window,H,W,C) windows, as MMAudio cuts them (works on numpy or jax arrays)."""
-  idx = window_index(video_BxTxHxWxC.shape[1], window, stride)
-  return video_BxTxHxWxC[:, idx]
-
-
 @functools.lru_cache(maxsize=8)
 def jitted_apply(config: SynchformerConfig) -> Callable:
   """One jitted (params, windows) -> features per config, so repeated calls reuse compiled executables."""
@@ -310,7 +288,7 @@ def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch
   """
   c = model.config
   B = video_BxTxHxWxC.shape[0]
-  win = windows_from_video(video_BxTxHxWxC, c.window, c.stride)            # (B,S,F,H,W,C)
+  win = vpre.sync_windows(video_BxTxHxWxC, c.window, c.stride, axis=1)   # (B,S,F,H,W,C), MMAudio's windows
   S = win.shape[1]
   flat = win.reshape((B * S, 1) + tuple(win.shape[2:]))
   if apply_fn is None:

@@ -1,4 +1,4 @@
-"""Registry of metric embedders: which are Flax ports, which delegate to PyTorch, and what each feeds.
+"""Registry of metric embedders (all Flax ports) and what each feeds.
 
 | name        | metric(s)                  | implementation                         | checkpoint file                              |
 |-------------|----------------------------|----------------------------------------|----------------------------------------------|
@@ -6,14 +6,13 @@
 | vggish      | FD_VGG                     | Flax port (vggish.py) + converter      | vggish-10086976.pth                          |
 | passt       | FD_PaSST, KL_PaSST         | Flax port (passt.py) + converter       | passt-s-f128-p16-s10-ap.476-swa.pt           |
 | clap        | CLAP                       | Flax port (clap.py: HTSAT + RoBERTa) + converter; captions need roberta-base's tokenizer files | music_speech_audioset_epoch_15_esc_89.98.pt |
-| clap_torch  | CLAP                       | PyTorch reference (laion-clap)         | music_speech_audioset_epoch_15_esc_89.98.pt  |
 | imagebind   | IB-score                   | Flax port (imagebind.py: vision + audio towers) + converter | imagebind_huge.pth      |
-| imagebind_torch | IB-score               | PyTorch reference (ImageBind)          | imagebind_huge.pth                           |
 | synchformer | DeSync                     | Flax ports: video (models/synchformer), audio (sync_audio), head (sync_head) | synchformer_state_dict.pth |
-| synchformer_torch | DeSync               | PyTorch reference extractors (av-benchmark) + Flax head | synchformer_state_dict.pth |
-| passt_torch | FD_PaSST, KL_PaSST         | PyTorch reference (hear21passt; cross-check) | passt-s-f128-p16-s10-ap.476-swa.pt     |
 
-The `*_torch` entries produce the same feature names as their Flax counterparts and score the same metrics.
+The PyTorch cross-checks `clap_torch`, `imagebind_torch`, `synchformer_torch` and `passt_torch` (the reference
+models themselves) live outside the package, in tests/torch_embedders.py; its `register()` adds them here
+(tools/evaluate.py does when one is asked for). They produce the same feature names as their Flax
+counterparts and score the same metrics.
 """
 from __future__ import annotations
 
@@ -25,25 +24,18 @@ from dreamfoley_jax.eval.embedders.imagebind import ImageBindEmbedder
 from dreamfoley_jax.eval.embedders.clap import ClapEmbedder
 from dreamfoley_jax.eval.embedders.panns import PannsEmbedder
 from dreamfoley_jax.eval.embedders.passt import PasstEmbedder
+from dreamfoley_jax.eval.embedders.synchformer import CHECKPOINT_FILES as SYNCHFORMER_FILES
 from dreamfoley_jax.eval.embedders.synchformer import SynchformerEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import AudioTooShortError
-from dreamfoley_jax.eval.embedders.torch_ref import ClapEmbedder as TorchClapEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import ImageBindEmbedder as TorchImageBindEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import PasstEmbedder as TorchPasstEmbedder
-from dreamfoley_jax.eval.embedders.torch_ref import SynchformerEmbedder as TorchSynchformerEmbedder
 from dreamfoley_jax.eval.embedders.vggish import VGGishEmbedder
+from dreamfoley_jax.eval.frontends import AudioTooShortError
 
 REGISTRY: dict[str, Callable[..., Embedder]] = {
     "panns": PannsEmbedder,
     "vggish": VGGishEmbedder,
     "passt": PasstEmbedder,
     "clap": ClapEmbedder,
-    "clap_torch": TorchClapEmbedder,
     "imagebind": ImageBindEmbedder,
-    "imagebind_torch": TorchImageBindEmbedder,
     "synchformer": SynchformerEmbedder,
-    "synchformer_torch": TorchSynchformerEmbedder,
-    "passt_torch": TorchPasstEmbedder,
 }
 NATIVE_FLAX = ("panns", "vggish", "passt", "clap", "imagebind", "synchformer")
 EXPECTED_FILES = {
@@ -51,18 +43,20 @@ EXPECTED_FILES = {
     "vggish": __import__("dreamfoley_jax.eval.embedders.vggish", fromlist=["x"]).CHECKPOINT_FILES,
     "passt": PasstEmbedder.FILES,
     "clap": ClapEmbedder.FILES,
-    "clap_torch": TorchClapEmbedder.FILES,
     "imagebind": ImageBindEmbedder.FILES,
-    "imagebind_torch": TorchImageBindEmbedder.FILES,
-    "synchformer": TorchSynchformerEmbedder.FILES,
-    "synchformer_torch": TorchSynchformerEmbedder.FILES,
-    "passt_torch": TorchPasstEmbedder.FILES,
+    "synchformer": SYNCHFORMER_FILES,
 }
 
 
 def metric_key(name: str) -> str:
   """The embedder slot a registry name fills: 'passt_torch' scores what 'passt' does."""
   return name[:-len("_torch")] if name.endswith("_torch") else name
+
+
+def register(name: str, factory: Callable[..., Embedder], files: tuple[str, ...]) -> None:
+  """Adds an embedder defined outside the package (the PyTorch cross-checks, tests/torch_embedders.py)."""
+  REGISTRY[name] = factory
+  EXPECTED_FILES[name] = tuple(files)
 
 
 def build(name: str, path=None, **kwargs) -> Embedder:
@@ -73,4 +67,4 @@ def build(name: str, path=None, **kwargs) -> Embedder:
 
 
 __all__ = ["Embedder", "MissingPackageError", "MissingWeightsError", "AudioTooShortError", "REGISTRY",
-           "NATIVE_FLAX", "EXPECTED_FILES", "build", "find_checkpoint", "metric_key"]
+           "NATIVE_FLAX", "EXPECTED_FILES", "build", "find_checkpoint", "metric_key", "register"]

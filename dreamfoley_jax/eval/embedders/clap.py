@@ -65,7 +65,7 @@ class HTSATConfig:
     return self.embed_dim * 2 ** (len(self.depths) - 1)
 
   @classmethod
-  def tiny(cls):  # tools/goldens/make_clap_golden.py
+  def tiny(cls):  # tests/fixtures/make/make_clap_golden.py
     return cls(sample_rate=16000, n_fft=256, hop=32, mel_bins=32, fmin=50.0, fmax=8000.0, spec_size=128,
                embed_dim=6, depths=(2, 2, 2, 1), num_heads=(1, 2, 2, 4), window_size=8, num_classes=5)
 

@@ -99,7 +99,7 @@ class ImageBindConfig:
 
   @classmethod
   def tiny(cls) -> "ImageBindConfig":
-    """tools/goldens/make_imagebind_golden.py's constructor: real geometry, width 16, 2 layers, 4 heads, out 12."""
+    """tests/fixtures/make/make_imagebind_golden.py's constructor: real geometry, width 16, 2 layers, 4 heads, out 12."""
     return cls(vision_config(16, 2, 4, 12), audio_config(16, 2, 4, 12))
 
 

@@ -73,7 +73,7 @@ class MsClapConfig:
     return int(round(self.sample_rate * self.window_seconds))
 
   @classmethod
-  def tiny(cls):   # tools/goldens/make_pam_golden.py: 7 s at 44.1 kHz, hop 640 -> 483 frames into 512
+  def tiny(cls):   # tests/fixtures/make/make_pam_golden.py: 7 s at 44.1 kHz, hop 640 -> 483 frames into 512
     return cls(audio=HTSATConfig(sample_rate=32000, n_fft=1024, hop=640, mel_bins=32, fmin=50.0, fmax=14000.0,
                                  spec_size=128, embed_dim=6, depths=(2, 2, 2, 1), num_heads=(1, 2, 2, 4),
                                  window_size=8, num_classes=5),

@@ -3,7 +3,7 @@
 Legend: B batch, S segments (14 per 4.8 s window), Tv/Ta tokens per segment (8 video, 6 audio),
 L sequence (1 + S*Tv + 1 + S*Ta = 198), D width (768), H heads (8), K offset classes (21).
 Reads the `vproj.*`, `aproj.*`, `transformer.*` keys of synchformer_state_dict.pth; the video and
-audio feature extractors (MotionFormer, AST) stay in PyTorch (torch_ref.SynchformerEmbedder).
+audio feature extractors are their own ports (models/synchformer.py, sync_audio.py).
 """
 from __future__ import annotations
 

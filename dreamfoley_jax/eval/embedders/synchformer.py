@@ -13,11 +13,11 @@ import numpy as np
 
 from dreamfoley_jax.convert import synchformer as video_convert
 from dreamfoley_jax.convert.common import TensorSource
-from dreamfoley_jax.eval import metrics
+from dreamfoley_jax.eval import frontends, metrics
 from dreamfoley_jax.eval.embedders import sync_audio, sync_head
 from dreamfoley_jax.eval.embedders.base import Embedder, checkpoint_source, find_checkpoint, random_state_dict
-from dreamfoley_jax.eval.embedders.torch_ref import check_sync_audio, sync_windows
 from dreamfoley_jax.models import synchformer as video_model
+from dreamfoley_jax.video import preprocess as vpre
 
 CHECKPOINT_FILES = ("synchformer_state_dict.pth",)
 
@@ -74,12 +74,12 @@ class SynchformerEmbedder(Embedder):
     return f"synchformer-flax|{self.source}|{self.config}"
 
   def audio_features(self, wav_CxT, sr, duration_s, name):
-    segs = check_sync_audio(wav_CxT, sr, duration_s, name).astype(np.float32)  # (S, 66, 128)
+    segs = frontends.check_sync_audio(wav_CxT, sr, duration_s, name).astype(np.float32)  # (S, 66, 128)
     return {"sync_audio": np.asarray(self._audio(self.audio_vars, segs[None]))[0]}
 
   def video_features(self, video, name):
     v = np.asarray(video["sync_frames"], np.float32).transpose(0, 2, 3, 1)  # (T, H, W, C) in [-1, 1]
-    idx = video_model.window_index(len(v), metrics.SYNC_VIDEO_SEGMENT, metrics.SYNC_VIDEO_STEP)
+    idx = vpre.sync_window_indices(len(v), metrics.SYNC_VIDEO_SEGMENT, metrics.SYNC_VIDEO_STEP)
     wins = v[idx]  # (S, 16, H, W, C)
     n, out = self.config.window_batch, []
     for i in range(0, len(wins), n):
@@ -92,4 +92,4 @@ class SynchformerEmbedder(Embedder):
 
   def sync_logits(self, video_SxTxD, audio_SxTxD) -> np.ndarray:
     return np.stack([np.asarray(self._head(self.head_vars, v[None].astype(np.float32), a[None].astype(np.float32)))[0]
-                     for v, a in sync_windows(video_SxTxD, audio_SxTxD)])
+                     for v, a in metrics.desync_window_pairs(video_SxTxD, audio_SxTxD)])

@@ -1,7 +1,7 @@
 r"""The PyTorch DreamFoley (docs/convert.md) against the JAX model on one device, in one dtype.
 
-  python tools/torch_parity.py --device cuda --dtype bfloat16             # the GPU check (~3 min on an H200)
-  JAX_PLATFORMS=cpu python tools/torch_parity.py --config tiny --device cpu --dtype float32 --seconds 0.4
+  python benchmarks/torch_parity.py --device cuda --dtype bfloat16             # the GPU check (~3 min on an H200)
+  JAX_PLATFORMS=cpu python benchmarks/torch_parity.py --config tiny --device cpu --dtype float32 --seconds 0.4
 
 Same random weights (fp32 master, bench_common.random_params: logits of a trained model's size), exported with
 convert/dreamfoley; then each side in --dtype: JAX through foley_params.inference_layout (bf16 weights, bf16

@@ -1,10 +1,10 @@
 """Per-clip CPU time of the Flax LAION-CLAP towers vs laion_clap's own PyTorch model, in one process.
 
   pip download --no-deps laion_clap==1.1.7 -d /tmp/pd && unzip -qo /tmp/pd/laion_clap-1.1.7-*.whl -d /tmp/clapsrc
-  python tools/bench_clap.py --laion_clap_dir /tmp/clapsrc/laion_clap [--repeats 3]
+  python benchmarks/bench_clap.py --laion_clap_dir /tmp/clapsrc/laion_clap [--repeats 3]
 
 laion_clap's wheel pins numpy<2, so its source is imported from the unzipped wheel as files (as
-tools/goldens/make_clap_golden.py does; needs torchlibrosa, in the [test] extra). Both sides run the
+tests/fixtures/make/make_clap_golden.py does; needs torchlibrosa, in the [test] extra). Both sides run the
 full-size HTSAT-base + roberta-base with the same random weights (converted with convert_clap) on one
 10 s 48 kHz clip and one 77-token caption: laion_clap eager under no_grad, ours jitted with fp32
 ('highest') matmuls as the embedder runs it. Prints ms per call, the ratio (torch / flax; > 1 means
@@ -19,7 +19,7 @@ import bench_common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools/goldens"))
+sys.path.insert(0, str(ROOT / "tests/fixtures/make"))
 
 _DIR = flags.DEFINE_string("laion_clap_dir", "/tmp/clapsrc/laion_clap", "unzipped laion_clap package directory")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per side (after one warm-up)")

@@ -1,8 +1,8 @@
 """Decode roofline on an accelerator: the 7B-shaped DreamFoley (Qwen2.5-7B decoder, K = 8 two-layer heads,
 random bf16 weights) sampling 10 s of audio with CFG, steps/s against the device's memory-bandwidth roofline.
 
-  python tools/bench_sample_gpu.py                                  # 7b, batch 1 and 8, both decoder variants
-  python tools/bench_sample_gpu.py --config=small --batches=1 --reps=1   # smoke run (CPU works too)
+  python benchmarks/bench_sample_gpu.py                                  # 7b, batch 1 and 8, both decoder variants
+  python benchmarks/bench_sample_gpu.py --config=small --batches=1 --reps=1   # smoke run (CPU works too)
 
 A decode step must read every decoder-layer and head weight once (plus the KV cache), so the fastest
 possible step takes (weight + KV bytes) / bandwidth. The bandwidth is measured here, on the same device, as

@@ -1,7 +1,7 @@
 r"""Clips/s per stage of the data pipeline on this machine, and what 1M clips cost (docs/data.md).
 
-  python tools/bench_dataset.py                      # ~3 min on a 2-core CPU
-  python tools/bench_dataset.py --sources 4 --seconds 30 --out /tmp/bench_dataset.json
+  python benchmarks/bench_dataset.py                      # ~3 min on a 2-core CPU
+  python benchmarks/bench_dataset.py --sources 4 --seconds 30 --out /tmp/bench_dataset.json
 
 Sources: generated 1280x720 30 fps H.264 + 48 kHz stereo AAC files (a panning texture and noise),
 standardised with the real defaults (10 s clips, 360 p, 44.1 kHz mono). Every stage runs in this process,
@@ -26,15 +26,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 
+from bench_common import cpu_model  # noqa: E402
+
 PEAKS = {"TPU v5e (197 TFLOP/s bf16)": 197e12, "TPU v5p (459 TFLOP/s bf16)": 459e12,
          "H100 SXM (989 TFLOP/s bf16 dense)": 989e12}
-
-
-def cpu_model() -> str:
-  for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-      return line.split(":", 1)[1].strip()
-  return "unknown CPU"
 
 
 def make_sources(d: pathlib.Path, n: int, seconds: float):

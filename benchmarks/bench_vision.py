@@ -10,7 +10,7 @@ Both JAX models get the reference's own random weights through the real converte
 the max |JAX - torch| on the outputs before timing. JAX and torch repetitions are interleaved because the
 CPU is shared; the table reports the median of each.
 
-  python tools/bench_vision.py --blocks 2 --reps 5
+  python benchmarks/bench_vision.py --blocks 2 --reps 5
 """
 from __future__ import annotations
 

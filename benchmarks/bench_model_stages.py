@@ -1,7 +1,7 @@
 r"""CPU seconds per 10 s clip of part 2's model stages at their REAL size (docs/data.md "Model stages").
 
-  python tools/bench_model_stages.py --out /tmp/bench_model_stages.json
-  python tools/bench_model_stages.py --stages separation,pam --clips 2
+  python benchmarks/bench_model_stages.py --out /tmp/bench_model_stages.json
+  python benchmarks/bench_model_stages.py --stages separation,pam --clips 2
 
 Weights are random (no checkpoint downloads here) but every model has the published geometry, so the
 cost is the real one: HTDemucs (htdemucs kwargs, 42M params) via demucs' apply_model, MS-CLAP 2023 (PAM,
@@ -23,12 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
 
-
-def cpu_model() -> str:
-  for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-      return line.split(":", 1)[1].strip()
-  return "unknown CPU"
+from bench_common import cpu_model  # noqa: E402
 
 
 def clip(seconds=10.0):

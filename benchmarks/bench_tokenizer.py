@@ -11,8 +11,8 @@ Reference venv (once; ~7 GB because PyPI's torch 2.9.1 pulls CUDA wheels, which 
   /work/venv_ta/bin/pip install torch==2.9.1 'torchaudio==2.9.*' transformers numpy safetensors
 
 Run (from the repo root, in the project venv):
-  python tools/bench_tokenizer.py --torch_python=/work/venv_ta/bin/python
-  python tools/bench_tokenizer.py --torch_python=/work/venv_ta/bin/python --seconds=10 --repeats=3 --threads=2
+  python benchmarks/bench_tokenizer.py --torch_python=/work/venv_ta/bin/python
+  python benchmarks/bench_tokenizer.py --torch_python=/work/venv_ta/bin/python --seconds=10 --repeats=3 --threads=2
 Without --torch_python only the JAX side runs.
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Embedders that delegate to the PyTorch reference classes (PaSST, LAION-CLAP, ImageBind, Synchformer).
 
-The default DeSync, PaSST and IB-score embedders are the Flax ports (synchformer.py, passt.py,
-imagebind.py); the PyTorch Synchformer, PaSST and ImageBind here are registered as 'synchformer_torch',
-'passt_torch' and 'imagebind_torch' for cross-checks.
+Every metric embedder of the package is a Flax port (dreamfoley_jax/eval/embedders/); these PyTorch
+reference models stay outside the JAX package, for cross-checks: `register()` adds them to its registry as
+'passt_torch', 'clap_torch', 'imagebind_torch' and 'synchformer_torch' (tools/evaluate.py calls it when
+--config.metrics names one).
 
 These are NOT Flax ports. Each builds the reference architecture without pretrained weights, loads
 the user's local checkpoint with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`
@@ -171,7 +172,7 @@ class SynchformerEmbedder(Embedder):
     return self._fp
 
   def audio_features(self, wav_CxT, sr, duration_s, name):
-    segs = check_sync_audio(wav_CxT, sr, duration_s, name)
+    segs = frontends.check_sync_audio(wav_CxT, sr, duration_s, name)
     x = segs.transpose(0, 2, 1)[None, :, None]  # (1, S, 1, 128 mels, 66 frames)
     with self._torch.no_grad():
       f = self.model.extract_afeats(self._torch.tensor(x, dtype=self._torch.float32, device=self.device))
@@ -189,7 +190,7 @@ class SynchformerEmbedder(Embedder):
   def sync_logits(self, video_SxTxD, audio_SxTxD) -> np.ndarray:
     """(2, 21) logits for the first and the last 14 segments (4.8 s) of each stream, as av-benchmark."""
     out = []
-    for v, a in sync_windows(video_SxTxD, audio_SxTxD):
+    for v, a in metrics.desync_window_pairs(video_SxTxD, audio_SxTxD):
       if self.head == "flax":
         out.append(np.asarray(self._head(self._head_vars, v[None].astype(np.float32), a[None].astype(np.float32)))[0])
         continue
@@ -200,25 +201,10 @@ class SynchformerEmbedder(Embedder):
     return np.stack(out)
 
 
-def sync_windows(video_SxTxD, audio_SxTxD):
-  """[(video[:14], audio[:14]), (video[-14:], audio[-14:])]; each stream needs >= 14 segments."""
-  n = metrics.DESYNC_WINDOW_SEGMENTS
-  metrics.desync_windows(len(video_SxTxD))
-  metrics.desync_windows(len(audio_SxTxD))
-  return [(video_SxTxD[:n], audio_SxTxD[:n]), (video_SxTxD[-n:], audio_SxTxD[-n:])]
+def register():
+  """Adds the `*_torch` cross-check embedders to dreamfoley_jax.eval.embedders' registry."""
+  from dreamfoley_jax.eval import embedders
 
-
-class AudioTooShortError(ValueError):
-  """Generated audio is shorter than the clip length a metric needs (av-benchmark silently skips it)."""
-
-
-def check_sync_audio(wav_CxT, sr: int, duration_s: float | None, name: str) -> np.ndarray:
-  """Synchformer audio input: mono, 16 kHz, exactly duration_s (raises naming the file if shorter)."""
-  x = frontends.prepare_audio(wav_CxT, sr, 16000, duration_s, remove_dc=False)  # the reference keeps DC here
-  if duration_s is not None and x.shape[-1] < int(16000 * duration_s):
-    raise AudioTooShortError(
-        f"{name}: audio is {x.shape[-1] / 16000:.3f} s at 16 kHz but DeSync needs the full {duration_s:g} s clip "
-        f"({int(16000 * duration_s)} samples); av-benchmark would silently score the next file instead")
-  if x.shape[-1] < metrics.SYNC_AUDIO_SEGMENT + (metrics.DESYNC_WINDOW_SEGMENTS - 1) * metrics.SYNC_AUDIO_STEP:
-    raise AudioTooShortError(f"{name}: audio is {x.shape[-1] / 16000:.3f} s; DeSync needs at least 4.8 s")
-  return frontends.synchformer_audio_segments(x)
+  for name, cls in (("passt_torch", PasstEmbedder), ("clap_torch", ClapEmbedder),
+                    ("imagebind_torch", ImageBindEmbedder), ("synchformer_torch", SynchformerEmbedder)):
+    embedders.register(name, cls, cls.FILES)

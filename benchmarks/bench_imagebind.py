@@ -1,6 +1,6 @@
 """Full-size ImageBind-huge towers: Flax port vs the original PyTorch code, parity and CPU time per call.
 
-  python tools/bench_imagebind.py --imagebind_src /tmp/imagebind_ref [--towers audio,vision] [--repeats 2]
+  python benchmarks/bench_imagebind.py --imagebind_src /tmp/imagebind_ref [--towers audio,vision] [--repeats 2]
 
 Builds the original `ImageBindModel` with imagebind_huge()'s vision and audio sizes (the text, depth,
 thermal and imu towers minimal: they are not compared), random weights (seeded; cls/pos embeddings and
@@ -8,7 +8,7 @@ bias_k/bias_v as the reference initialises them, LayerNorms and biases perturbed
 with `convert_imagebind`, and runs both on the same inputs in one process: audio = one file's 3 fbank clips
 (3 x 128 x 204), vision = one 4 s video's 3 crops x 1 two-frame clip. Prints max abs / cosine errors and ms
 per call (torch / flax > 1 means Flax is faster). `--imagebind_src` is a fetched facebookresearch/ImageBind
-checkout (see tools/goldens/make_imagebind_golden.py); nothing is downloaded.
+checkout (see tests/fixtures/make/make_imagebind_golden.py); nothing is downloaded.
 """
 import pathlib
 import sys
@@ -18,7 +18,7 @@ from absl import app, flags
 import bench_common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "goldens"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests/fixtures/make"))
 
 _SRC = flags.DEFINE_string("imagebind_src", None, "directory holding the fetched `imagebind/` package", required=True)
 _TOWERS = flags.DEFINE_list("towers", ["audio", "vision"], "towers to compare")

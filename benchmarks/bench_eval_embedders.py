@@ -1,6 +1,6 @@
 """Per-clip CPU time of the Flax PANNs Cnn14 / VGGish / PaSST ports vs the PyTorch reference networks.
 
-  python tools/bench_eval_embedders.py [--repeats 5]
+  python benchmarks/bench_eval_embedders.py [--repeats 5]
 
 Both sides run the real-size networks (random weights, converted from the same state dict) on the
 same 8 s clip's features in one process; the PyTorch side is the reference network as transcribed in
@@ -16,6 +16,7 @@ from absl import app, flags
 import bench_common
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))   # test_eval_passt's imports
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,8 +2,8 @@
 directory's modeling_dreamfoley.py on transformers' Qwen2Model, its own CFG sampling with a KV cache, loaded
 with trust_remote_code; docs/convert.md), same random weights.
 
-  JAX_PLATFORMS=cpu python tools/bench_sample.py                    # tiny + small, batch 1 and 8, 10 s
-  JAX_PLATFORMS=cpu python tools/bench_sample.py --configs=tiny --batches=1 --reps=1 --seconds=2
+  JAX_PLATFORMS=cpu python benchmarks/bench_sample.py                    # tiny + small, batch 1 and 8, 10 s
+  JAX_PLATFORMS=cpu python benchmarks/bench_sample.py --configs=tiny --batches=1 --reps=1 --seconds=2
 
 10 s of audio = 250 frames -> 258 decode steps (+ K - 1 staircase + EOS) after a prefill of
 [text 16 | video 250]; CFG doubles the batch. JAX and torch runs are interleaved (the CPU is shared) and

@@ -6,7 +6,7 @@ frame, the floor of any PyAV pipeline). Then times the per-frame resize + crop s
 port of torch's uint8 kernel (method="torch"), Pillow (method="pil"), and the reference itself,
 torch.nn.functional.interpolate(uint8, bicubic, antialias=True) + crop (if torch is installed). Example:
 
-  python tools/bench_video_preprocess.py --seconds 10 --height 720 --width 1280 --repeats 3
+  python benchmarks/bench_video_preprocess.py --seconds 10 --height 720 --width 1280 --repeats 3
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Time the synthetic world + codec pipeline and print the codec's reconstruction quality.
 
-  python tools/bench_synthetic.py --num_clips=1500 --num_eval=40
+  python benchmarks/bench_synthetic.py --num_clips=1500 --num_eval=40
 
 Prints: data generation time, feature + k-means fit time, encode/decode time per clip, and on held-out
 clips (seed differs from the fit set) onset F1 (+-40 ms) / mean |offset| of the original and decoded
@@ -12,9 +12,9 @@ import time
 from absl import app, flags
 import numpy as np
 
-from dreamfoley_jax.audio import synthetic_codec as sc
-from dreamfoley_jax.data import synthetic
-from dreamfoley_jax.eval import sync
+from dreamfoley_jax.synthetic import codec as sc
+from dreamfoley_jax.synthetic import onsets as sync
+from dreamfoley_jax.synthetic import world as synthetic
 
 flags.DEFINE_integer("num_clips", 1500, "clips to generate and fit the codec on")
 flags.DEFINE_integer("num_eval", 40, "held-out clips to encode/decode and score")

@@ -4,8 +4,8 @@ Same config, same CPU threads, one process; JAX and torch steps alternate so tha
 both alike; medians are reported. Config from issue 2: hidden 512, 4 layers, 8 heads, 2 kv heads,
 MLP 1408, sequence 1024, batch 4, output vocab 8208 (8 codebooks x 1026).
 
-  python tools/bench_decoder.py                       # optimised JAX path (default flags below)
-  python tools/bench_decoder.py --jax_preset=plain    # the plain jitted decoder, for comparison
+  python benchmarks/bench_decoder.py                       # optimised JAX path (default flags below)
+  python benchmarks/bench_decoder.py --jax_preset=plain    # the plain jitted decoder, for comparison
 """
 from __future__ import annotations
 

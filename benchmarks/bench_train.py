@@ -1,7 +1,7 @@
 """Train-step throughput of the full DreamFoley model (tiny config) on this machine, for regression tracking.
 
-  python tools/bench_train.py                       # experiments/tiny.py, global batch 8, largest bucket
-  python tools/bench_train.py --steps 20 --config.train.global_batch=4
+  python benchmarks/bench_train.py                       # experiments/tiny.py, global batch 8, largest bucket
+  python benchmarks/bench_train.py --steps 20 --config.train.global_batch=4
 
 Runs the real jitted update (model + weighted loss + AdamW) on a fixed batch of the largest length
 bucket over all local devices; prints steps/s, tokens/s and model TFLOP/s.
