@@ -47,9 +47,9 @@ def random_params(cfg, seed=0):
   import jax
   import numpy as np
 
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
-  shapes = nn.unbox(foley.abstract_params(cfg))      # no init compile: every leaf is drawn here
+  shapes = nn.unbox(foley_params.abstract_params(cfg))      # no init compile: every leaf is drawn here
   rng = np.random.default_rng(seed + 1)
   leaves, tdef = jax.tree_util.tree_flatten_with_path(shapes)
   new = []
@@ -68,15 +68,15 @@ def random_params(cfg, seed=0):
 
 def device_random_params(cfg, seed=0):
   """Random weights of the model's shapes and dtypes, drawn leaf by leaf on the device: N(0, 0.02), norm
-  scales 1. Much faster to build than `foley.init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
+  scales 1. Much faster to build than `foley_params.init_params` for 7B (its unrolled 28-layer init took 112 s on an H100,
   mostly compiling); for timing only."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
-  shapes = nn.unbox(foley.abstract_params(cfg))
+  shapes = nn.unbox(foley_params.abstract_params(cfg))
   draw = jax.jit(lambda k, shape, dtype: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype),
                  static_argnums=(1, 2))
   flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
@@ -99,8 +99,9 @@ def check_greedy(cfg):
 
   from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
-  params = foley.init_params(cfg, seed=1)
+  params = foley_params.init_params(cfg, seed=1)
   # Sharper heads (as tests/test_sample.py): well-separated logits, so float rounding cannot flip an argmax.
   params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0
   b, lengths = random_prompt_batch(cfg, 2, 25, seed=3), np.array([25, 17])

@@ -34,7 +34,7 @@ flags.DEFINE_list("batches", ["1", "8"], "batch sizes (clips; CFG doubles them)"
 flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions per side (interleaved)")
 flags.DEFINE_bool("scanned", False, "instead of the torch comparison: time the JAX sampler on the scan_layers layout "
-                  "(as paper_7b trains) against foley.inference_layout of the same params (unrolled)")
+                  "(as paper_7b trains) against foley_params.inference_layout of the same params (unrolled)")
 flags.DEFINE_bool("kernels", True, "also print the GEMV probe: weight-streaming GB/s of XLA and torch matmul chains "
                   "at each batch's row count (2B with CFG), fp32 and bf16 (what bounds a decode step on a CPU)")
 flags.DEFINE_integer("probe_mb", 96, "MiB of distinct weights in the GEMV probe's chain, whatever the dtype (more "
@@ -97,15 +97,15 @@ def gemm_gflops():
 
 
 def compare_scanned(sc, frames):
-  """scan_layers params vs their foley.inference_layout (unrolled), same weights, interleaved medians."""
+  """scan_layers params vs their foley_params.inference_layout (unrolled), same weights, interleaved medians."""
   from dreamfoley_jax import sampling as S
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   for name in FLAGS.configs:
     cfg = configs()[name]
     cfg = cfg.replace(decoder=cfg.decoder.replace(scan_layers=True))
-    params = foley.init_params(cfg, 0)
-    cfg2, p2 = foley.inference_layout(cfg, params)
+    params = foley_params.init_params(cfg, 0)
+    cfg2, p2 = foley_params.inference_layout(cfg, params)
     for B in (int(x) for x in FLAGS.batches):
       b = batch(cfg, B, frames)
       runs = {"scanned": [], "unrolled": []}
@@ -129,7 +129,7 @@ def main(argv):
   import torch
 
   from dreamfoley_jax import sampling as S
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   thread_counts = [int(t) or os.cpu_count() for t in FLAGS.threads]
   frames = int(round(FLAGS.seconds * 25))
@@ -157,7 +157,7 @@ def main(argv):
   rows = []
   for name in FLAGS.configs:
     cfg = configs()[name]
-    params = foley.init_params(cfg, 0)
+    params = foley_params.init_params(cfg, 0)
     tm = TorchFoley(cfg, jax.tree.map(np.asarray, params))
     # Same computation: greedy tokens of a short clip agree between the two implementations.
     gb, gl = batch(cfg, 2, 25, seed=1), [25, 20]

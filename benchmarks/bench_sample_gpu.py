@@ -38,7 +38,7 @@ flags.DEFINE_float("seconds", 10.0, "audio seconds to generate")
 flags.DEFINE_integer("reps", 3, "timed repetitions of each length")
 flags.DEFINE_float("peak_gbs", 3350.0, "datasheet memory bandwidth in GB/s (H100 SXM HBM3: 3350)")
 flags.DEFINE_bool("check", True, "greedy-vs-teacher-forced correctness check on the device first")
-flags.DEFINE_bool("flax_init", False, "build the weights with the model's own init (foley.init_params; slow for "
+flags.DEFINE_bool("flax_init", False, "build the weights with the model's own init (foley_params.init_params; slow for "
                   "7B) instead of random_params")
 flags.DEFINE_string("json_out", "", "write the rows here as JSON")
 
@@ -74,7 +74,7 @@ def main(argv):
   import jax
 
   from dreamfoley_jax import sampling as S
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   dev = jax.devices()[0]
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {dev.device_kind} x{jax.device_count()}; "
@@ -101,7 +101,7 @@ def main(argv):
     cfg = model_config(FLAGS.config, v)
     if params is None:                        # the variants share the parameters
       t = time.perf_counter()
-      params = (foley.init_params if FLAGS.flax_init else random_params)(cfg)
+      params = (foley_params.init_params if FLAGS.flax_init else random_params)(cfg)
       jax.block_until_ready(params)
       print(f"init {FLAGS.config}: {sum(x.size for x in jax.tree.leaves(params)) / 1e9:.2f} B params "
             f"({time.perf_counter() - t:.1f} s)", flush=True)

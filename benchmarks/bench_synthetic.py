@@ -12,9 +12,9 @@ import time
 from absl import app, flags
 import numpy as np
 
-from dreamfoley_jax.audio import synthetic_codec as sc
-from dreamfoley_jax.data import synthetic
-from dreamfoley_jax.eval import sync
+from dreamfoley_jax.synthetic import codec as sc
+from dreamfoley_jax.synthetic import onsets as sync
+from dreamfoley_jax.synthetic import world as synthetic
 
 flags.DEFINE_integer("num_clips", 1500, "clips to generate and fit the codec on")
 flags.DEFINE_integer("num_eval", 40, "held-out clips to encode/decode and score")

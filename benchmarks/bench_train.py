@@ -30,12 +30,13 @@ def main(argv):
   from dreamfoley_jax import optim, sharding, train
   from dreamfoley_jax.data import pipeline
   from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   c = _CONFIG.value
   mesh = sharding.make_mesh({"data": -1})
   fcfg = train.model_config(c)
   model = foley.DreamFoley(fcfg)
-  ap = foley.abstract_params(fcfg)
+  ap = foley_params.abstract_params(fcfg)
   tx, sched = optim.make_optimizer(c.optim, int(c.train.steps), ap, c.train.get("frozen_regex") or None)
   labels = optim.param_labels(ap, c.train.get("frozen_regex") or None)
   B = int(c.train.global_batch)
@@ -48,7 +49,7 @@ def main(argv):
   S = train.seq_len({k: v.shape for k, v in batch.items()})
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, 0)
-    sh = train.state_shardings(jax.eval_shape(init), mesh, tx)
+    sh = train.state_shardings(jax.eval_shape(init), mesh)
     state = nn.unbox(jax.jit(init, out_shardings=sh)())
     b_sh = train.batch_shardings(batch, mesh)
     gb = {k: jax.device_put(v, b_sh[k]) for k, v in batch.items()}

@@ -7,7 +7,7 @@ at batch 1 / 8 / 32 / 64 / the largest that fits, JAX and the PyTorch module, pl
       --seconds=1 --long_seconds=2 --reps=1                                              # CPU smoke run
 
 JAX runs the path tools/generate.py runs (`sampling.sample_long`: video fused on the host, one window for a
-10 s clip; `foley.inference_layout`-style bf16 weights, unrolled layers), with the paper's sampling settings
+10 s clip; `foley_params.inference_layout`-style bf16 weights, unrolled layers), with the paper's sampling settings
 (CFG 3 as a doubled batch, top-k 25, top-p 0.9, temperature 1). PyTorch: the exported module's
 `generate(cache_implementation="static", compile=True)` (torch.compile, CUDA graphs on a GPU).
 
@@ -69,7 +69,7 @@ def model_config(name, variant="xla"):
 
   import bench_common
 
-  if name == "7b":   # experiments/paper_7b.py's model, as foley.inference_layout lays it out
+  if name == "7b":   # experiments/paper_7b.py's model, as foley_params.inference_layout lays it out
     dec = qwen2.PRESETS["qwen2.5-7b"].replace(dtype="bfloat16", param_dtype="bfloat16", attention_impl=variant)
     return foley.FoleyConfig(decoder=dec)
   cfg = bench_common.sample_configs()[name]

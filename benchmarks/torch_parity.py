@@ -4,7 +4,7 @@ r"""The PyTorch DreamFoley (docs/convert.md) against the JAX model on one device
   JAX_PLATFORMS=cpu python benchmarks/torch_parity.py --config tiny --device cpu --dtype float32 --seconds 0.4
 
 Same random weights (fp32 master, bench_common.random_params: logits of a trained model's size), exported with
-convert/dreamfoley; then each side in --dtype: JAX through foley.inference_layout (bf16 weights, bf16
+convert/dreamfoley; then each side in --dtype: JAX through foley_params.inference_layout (bf16 weights, bf16
 compute), PyTorch loaded with `dtype=` (bf16 weights). Prints, for --batch clips of --seconds with CFG:
   teacher-forced: given the same delayed columns (JAX's greedy output), how often the argmax of PyTorch's
     logits equals JAX's at every trained cell, and the largest logit difference;
@@ -36,10 +36,9 @@ flags.DEFINE_bool("compile", True, "also run PyTorch's torch.compile'd static-ca
 
 def model_config(name):
   from dreamfoley_jax import configs
-  from dreamfoley_jax.models import foley
 
   if name == "qwen05":
-    cfg = foley.config_from_dict(configs.load_config(str(pathlib.Path(__file__).parents[1] / "experiments/qwen05.py"))
+    cfg = configs.model_config(configs.load_config(str(pathlib.Path(__file__).parents[1] / "experiments/qwen05.py"))
                                  .model)
   else:
     cfg = bench_common.sample_configs()[name]
@@ -58,6 +57,8 @@ def main(argv):
 
   from dreamfoley_jax import sampling as S
   from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import loss as foley_loss
+  from dreamfoley_jax.models import params as foley_params
 
   if FLAGS.dtype == "float32":
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -70,7 +71,7 @@ def main(argv):
   print(f"{FLAGS.config}: exported and loaded the PyTorch model in {time.perf_counter() - t0:.1f} s "
         f"({tm.__class__.__module__}); device {FLAGS.device} ({jax.devices()[0].device_kind}, torch "
         f"{torch.cuda.get_device_name() if FLAGS.device == 'cuda' else 'cpu'}), dtype {FLAGS.dtype}", flush=True)
-  jcfg, jparams = foley.inference_layout(cfg.replace(decoder=cfg.decoder.replace(dtype=FLAGS.dtype)), params)
+  jcfg, jparams = foley_params.inference_layout(cfg.replace(decoder=cfg.decoder.replace(dtype=FLAGS.dtype)), params)
   jparams = jax.device_put(jparams)
 
   frames, B, K = int(round(FLAGS.seconds * 25)), FLAGS.batch, cfg.num_codebooks
@@ -101,7 +102,7 @@ def main(argv):
   lj = np.asarray(lj, np.float32)
   with torch.no_grad():
     lt = tm(**to_torch(fb), return_loss=False).logits.float().cpu().numpy()
-  tmask = np.asarray(foley.target_mask(cfg, {"audio_ids": ids, "audio_mask": amask, "audio_vacant": rj["vacant"]}))
+  tmask = np.asarray(foley_loss.target_mask(cfg, {"audio_ids": ids, "audio_mask": amask, "audio_vacant": rj["vacant"]}))
   rows = np.zeros(lj.shape[:3], bool)
   rows[:, :-1] = tmask                             # row j predicts column j + 1
   agree = float((lj.argmax(-1) == lt.argmax(-1))[rows].mean())

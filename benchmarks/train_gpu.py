@@ -149,18 +149,19 @@ class JaxTrainer:
 
     from dreamfoley_jax import optim, sharding, train
     from dreamfoley_jax.models import foley
+    from dreamfoley_jax.models import params as foley_params
 
     self.c, self.fcfg = c, fcfg
     self.mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     self.model = foley.DreamFoley(fcfg)
-    ap = foley.abstract_params(fcfg)
+    ap = foley_params.abstract_params(fcfg)
     self.tx, self.sched = optim.make_optimizer(c.optim, int(c.train.steps), ap, None)
     self.labels = optim.param_labels(ap, None)
     self.update = train.make_train_step(self.model, fcfg, self.tx, self.sched, self.labels)
     with sharding.use_mesh(self.mesh):
       self.init = train.make_init_fn(self.model, self.tx, fcfg, 0)
       a = jax.eval_shape(self.init)
-      self.state_sh = train.state_shardings(a, self.mesh, self.tx)
+      self.state_sh = train.state_shardings(a, self.mesh)
       self.abstract_state = train.unbox_abstract(a)
     self.n_params = sum(int(x.size) for x in jax.tree.leaves(self.abstract_state.params))
     self.n_matmul = train.matmul_params(ap)
@@ -509,12 +510,14 @@ def check_loss(log):
   import torch
 
   from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import loss as foley_loss
+  from dreamfoley_jax.models import params as foley_params
 
   c, fcfg = experiment(FLAGS.sizes[0], FLAGS.dtype)
-  params = jax.device_get(foley.init_params(fcfg, seed=3))
+  params = jax.device_get(foley_params.init_params(fcfg, seed=3))
   batch = random_batch(c, fcfg, 2, seed=5)
   logits, _ = foley.DreamFoley(fcfg).apply({"params": params}, jax.tree.map(jnp.asarray, batch))
-  lj = float(foley.weighted_loss(fcfg, logits, jax.tree.map(jnp.asarray, batch))[0])
+  lj = float(foley_loss.weighted_loss(fcfg, logits, jax.tree.map(jnp.asarray, batch))[0])
   device = torch.device("cpu")
   tm = torch_model(fcfg, device, params=jax.tree.map(np.asarray, params))
   with torch.no_grad():

@@ -75,13 +75,14 @@ def compile_train_step(c, topology: str) -> dict:
 
   from dreamfoley_jax import optim, sharding, train
   from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   t = parse_topology(topology)
   devices = topology_devices(t)
   mesh = sharding.make_mesh(dict(c.mesh), devices=devices)
   fcfg = train.model_config(c)
   model = foley.DreamFoley(fcfg)
-  ap = foley.abstract_params(fcfg)
+  ap = foley_params.abstract_params(fcfg)
   regex = c.train.get("frozen_regex") or None
   tx, sched = optim.make_optimizer(c.optim, int(c.train.steps), ap, regex)
   labels = optim.param_labels(ap, regex)
@@ -89,7 +90,7 @@ def compile_train_step(c, topology: str) -> dict:
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, int(c.train.seed))
     abstract = jax.eval_shape(init)
-    state_sh = train.state_shardings(abstract, mesh, tx)
+    state_sh = train.state_shardings(abstract, mesh)
     abstract = train.unbox_abstract(abstract)
     a_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, state_sh)
     replicated = sharding.large_replicated(abstract, state_sh)     # params / Adam leaves >= 64 MB on every chip
@@ -145,14 +146,14 @@ def check_sample_args(topology: str, batch: int, seconds: float, mesh: dict | No
 def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh: dict | None = None,
                    text_len: int = 32) -> dict:
   """Compiles the jitted CFG sampling loop (`sampling.sample_program`, the program `sampling.sample(mesh=...)` and
-  tools/generate.py --mesh run) for `c`'s model in its inference layout (`foley.inference_layout`: unrolled
+  tools/generate.py --mesh run) for `c`'s model in its inference layout (`foley_params.inference_layout`: unrolled
   layers, weights in the compute dtype) on `topology`, for `batch` clips of `seconds` of audio. Returns
   per-chip memory and the weight-streaming ceiling of one decode step (weight bytes per chip / datasheet
   HBM bandwidth; KV-cache reads and collectives come on top)."""
   import numpy as np
 
   from dreamfoley_jax import sampling, sharding, train
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   t = check_sample_args(topology, batch, seconds, mesh)
   devices = topology_devices(t)
@@ -160,9 +161,9 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   holder = {}
 
   def layout(p):
-    holder["cfg"], out = foley.inference_layout(cfg, p)
+    holder["cfg"], out = foley_params.inference_layout(cfg, p)
     return out
-  a_params = jax.eval_shape(layout, foley.abstract_params(cfg))
+  a_params = jax.eval_shape(layout, foley_params.abstract_params(cfg))
   icfg = holder["cfg"]
   mesh_spec = dict(mesh) if mesh else default_sample_mesh(icfg, t.chips)
   m = sharding.make_mesh(mesh_spec, devices=devices)
@@ -172,7 +173,7 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
     raise ValueError("the inference-layout params do not match the model of the inference config")
   a_params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), a_params, p_sh)
   frames = int(round(seconds * icfg.sync_rate))
-  prompt = {k: v for k, v in jax.eval_shape(lambda: foley.dummy_batch(
+  prompt = {k: v for k, v in jax.eval_shape(lambda: foley_params.dummy_batch(
       icfg, batch, text_len=text_len, video_frames=frames)).items() if not k.startswith("audio_")}
   a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sampling.clip_sharding(m, rules, v.ndim))
              for k, v in prompt.items()}

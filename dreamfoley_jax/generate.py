@@ -8,12 +8,13 @@ The pieces that live on other branches are injected, so this runs end to end wit
 
 Outputs per clip, in out_dir: <stem>.wav (codec rate or --sample_rate 44100/48000), <stem>.mp4 (the
 original video stream copied packet by packet -- no re-encode -- plus the new audio as AAC), and
-<stem>.png (log-magnitude spectrogram).
+<stem>.png (log-magnitude spectrogram). The media I/O lives in audio.io (wav, resampling), video.io (probing,
+muxing), video.preprocess (frames, batches) and plots; this module keeps the CSV, the checks, the Generator and
+build_generator.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
@@ -22,10 +23,13 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from dreamfoley_jax import checks
+from dreamfoley_jax import checks, plots
 from dreamfoley_jax import sampling
+from dreamfoley_jax.audio import io as aio
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 from dreamfoley_jax.video import io as vio
+from dreamfoley_jax.video import preprocess as vpre
 
 AUDIO_FRAME_RATE = 25.0   # higgs-audio-v2 codes per second (= the sync video rate)
 CSV_COLUMNS = ("video", "caption", "negative", "duration", "name")
@@ -153,22 +157,10 @@ def read_csv(path: str | os.PathLike, failures: Optional[checks.Failures] = None
   return items
 
 
-@functools.lru_cache(maxsize=4096)
-def _probe(path: str, size: int, mtime_ns: int) -> vio.VideoInfo:
-  del size, mtime_ns   # cache key: a changed file is probed again
-  return vio.probe_video(path)
-
-
-def probe(path: str | os.PathLike) -> vio.VideoInfo:
-  """The decoded duration etc. of a video (vio.probe_video), cached per file version."""
-  st = os.stat(path)
-  return _probe(os.fspath(path), st.st_size, st.st_mtime_ns)
-
-
 def probe_duration(path: str | os.PathLike) -> float:
   """Seconds of the first video stream as decoded (what the features and the mp4 get)."""
   try:
-    return probe(path).duration_sec
+    return vio.probe_video_cached(path).duration_sec
   except FileNotFoundError:
     raise GenerateError(f"{path}: no such video") from None
   except vio.VideoError as e:
@@ -273,45 +265,6 @@ def buckets(frames: Sequence[int], bucket_frames: int, batch_size: int) -> list[
   return out
 
 
-def resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
-  if src == dst:
-    return audio
-  from scipy.signal import resample_poly
-
-  g = math.gcd(src, dst)
-  return resample_poly(audio, dst // g, src // g).astype(np.float32)
-
-
-def write_wav(path, audio: np.ndarray, sr: int) -> None:
-  import soundfile as sf
-
-  sf.write(str(path), np.clip(audio, -1.0, 1.0).astype(np.float32), sr, subtype="PCM_16")
-
-
-def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aac") -> str:
-  """The video's frames (stream-copied where mp4 holds the codec) plus `audio` as its track (vio.mux)."""
-  return vio.mux(video_path, audio, sr, out_path, audio_codec=audio_codec)
-
-
-def write_spectrogram(path, audio: np.ndarray, sr: int, title: str = "") -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(10, 3.5), dpi=100)
-  nfft = 1024 if sr >= 22050 else 512
-  hop = max(nfft // 2, len(audio) // 4000)    # at most ~4000 columns: an hour-long item stays small
-  ax.specgram(np.asarray(audio, np.float32) + 1e-9, NFFT=nfft, Fs=sr, noverlap=max(0, nfft - hop),
-              cmap="magma")
-  ax.set_xlabel("time (s)")
-  ax.set_ylabel("frequency (Hz)")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(str(path), format="png")
-  plt.close(fig)
-
-
 @dataclasses.dataclass
 class Generator:
   """Everything a generate run needs; `run(items, out_dir)` writes the outputs and returns their paths."""
@@ -382,16 +335,7 @@ class Generator:
     # As long as the longest video, not the audio: text-to-audio / --allow_longer windows pad as they go.
     Tf = max([len(v["frames_sync"]) for v in vids if v is not None] + [win, c.null_video_len])
     Tc = math.ceil(Tf * c.clip_rate / c.sync_rate)
-    B = len(vids)
-    batch = {"frames_sync": np.zeros((B, Tf, size, size, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
-             "frames_clip": np.zeros((B, Tc, size, size, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
-    for i, v in enumerate(vids):
-      if v is None:
-        continue
-      fs, fc = np.asarray(v["frames_sync"])[:Tf], np.asarray(v["frames_clip"])[:Tc]
-      batch["frames_sync"][i, :len(fs)], batch["frames_sync_mask"][i, :len(fs)] = fs, True
-      batch["frames_clip"][i, :len(fc)], batch["frames_clip_mask"][i, :len(fc)] = fc, True
-    return batch
+    return vpre.frames_batch(vids, Tf, Tc, size)
 
   def _video(self, vids: Sequence[Optional[dict]], frames: Sequence[int]):
     if self.cfg.vision_mode == "frames":
@@ -514,7 +458,7 @@ class Generator:
     audio = np.asarray(self.codec.decode(codes), np.float32).reshape(-1)
     want = int(round(p.duration * self.codec.sample_rate))
     audio = np.pad(audio, (0, max(0, want - len(audio))))[:want]
-    audio = resample(audio, self.codec.sample_rate, sr_out)
+    audio = aio.resample(audio, self.codec.sample_rate, sr_out)
     r = {"name": p.name, "frames": p.frames, "codes": codes, "wav": out / f"{p.name}.wav"}
     if self.write_mp4 and p.item.video is not None:
       r["mp4"] = out / f"{p.name}.mp4"
@@ -523,11 +467,11 @@ class Generator:
     kinds = [k for k in ("wav", "mp4", "png") if k in r]
     with checks.atomic_files(*(r[k] for k in kinds)) as tmps:
       tmp = dict(zip(kinds, tmps))
-      write_wav(tmp["wav"], audio, sr_out)
+      aio.save_wav(tmp["wav"], audio, sr_out)
       if "mp4" in tmp:
-        r["mux"] = mux(p.item.video, audio, sr_out, tmp["mp4"])
+        r["mux"] = vio.mux(p.item.video, audio, sr_out, tmp["mp4"])
       if "png" in tmp:
-        write_spectrogram(tmp["png"], audio, sr_out, title=p.item.caption or p.name)
+        plots.write_spectrogram(tmp["png"], audio, sr_out, title=p.item.caption or p.name)
     return r
 
 
@@ -585,41 +529,14 @@ def random_feature_fn(cfg: foley.FoleyConfig) -> Callable[[str], dict]:
   return fn
 
 
-class HiggsCodec:
-  """The higgs-audio-v2 tokenizer (converted orbax checkpoint) behind the codec interface."""
-
-  def __init__(self, path):
-    from dreamfoley_jax.audio import tokenizer
-    from dreamfoley_jax.convert import higgs as convert_higgs
-
-    cfg, params = convert_higgs.load_orbax(path)
-    self.tok = tokenizer.AudioTokenizer(params, cfg)
-    self.path = str(path)
-    self.sample_rate = int(cfg.sample_rate)
-    self.frame_rate = float(cfg.frame_rate)
-    self.num_codebooks = int(cfg.num_quantizers)
-    self.codebook_size = int(cfg.codebook_size)
-
-  def encode(self, audio_N):
-    """(N,) float at sample_rate -> (K, T) int32 codes."""
-    return self.tok.encode([np.asarray(audio_N, np.float32).reshape(-1)])[0]
-
-  def encode_many(self, audios):
-    """Batched (bucketed) encode of many clips: list of (K, T_i)."""
-    return self.tok.encode([np.asarray(a, np.float32).reshape(-1) for a in audios])
-
-  def decode(self, codes_KxT):
-    return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)
-
-
 def load_codec(path):
-  """The audio decoder: a fitted synthetic codec (.npz, `audio/synthetic_codec.py`) or a converted
+  """The audio decoder: a fitted synthetic codec (.npz, `synthetic/codec.py`) or a converted
   higgs-audio-v2 tokenizer checkpoint directory (tools/convert_checkpoint.py --family higgs)."""
   p = pathlib.Path(path)
   if not p.exists():
     raise FileNotFoundError(f"--codec_checkpoint {p}: not found")
   if p.is_file() or p.with_suffix(".npz").is_file():
-    from dreamfoley_jax.audio import synthetic_codec
+    from dreamfoley_jax.synthetic import codec as synthetic_codec
 
     try:
       return synthetic_codec.SyntheticCodec.load(str(p))
@@ -629,7 +546,9 @@ def load_codec(path):
   if not (p / "params").exists():
     raise GenerateError(f"--codec_checkpoint {p}: neither a synthetic codec file nor an orbax checkpoint")
   try:
-    return HiggsCodec(p)
+    from dreamfoley_jax.audio import tokenizer
+
+    return tokenizer.HiggsCodec(p)
   except Exception as e:  # noqa: BLE001
     raise checks.InputError(f"--codec_checkpoint {p}: not a converted higgs-audio-v2 tokenizer "
                             f"({checks.one_line(e, 300)})") from None
@@ -655,10 +574,10 @@ def check_checkpoint(path, cfg: foley.FoleyConfig, flag: str = "--checkpoint", c
     raise checks.InputError(f"{flag} {p}: unreadable orbax checkpoint ({checks.one_line(e, 200)})") from None
   meta = getattr(meta, "item_metadata", meta)
   found = {k: tuple(v.shape) for k, v in common.flatten(dict(meta)).items() if hasattr(v, "shape")}
-  # Either layer layout (scanned or unrolled) is fine: foley.inference_layout converts.
+  # Either layer layout (scanned or unrolled) is fine: foley_params.inference_layout converts.
   scanned = any(k.startswith("decoder/layers/layer/") for k in found)
   c = cfg.replace(decoder=cfg.decoder.replace(scan_layers=scanned))
-  want = {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley.abstract_params(c))).items()}
+  want = {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley_params.abstract_params(c))).items()}
   checks.tree_mismatch(want, found, f"{flag} {p} does not fit {config}")
 
 
@@ -720,13 +639,13 @@ def window_bytes(cfg: foley.FoleyConfig, window_frames: int, text_len: int, batc
 
 def param_bytes(cfg: foley.FoleyConfig) -> int:
   """Bytes of the model's weights in the sampling layout (floats narrowed to the compute dtype, as
-  foley.inference_layout stores them); from the abstract params, nothing allocated."""
+  foley_params.inference_layout stores them); from the abstract params, nothing allocated."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
 
   cd = jnp.dtype(cfg.decoder.dtype).itemsize
-  leaves = jax.tree.leaves(nn.unbox(foley.abstract_params(cfg)))
+  leaves = jax.tree.leaves(nn.unbox(foley_params.abstract_params(cfg)))
   return int(sum(np.prod(x.shape) * (min(cd, x.dtype.itemsize) if jnp.issubdtype(x.dtype, jnp.floating)
                                      else x.dtype.itemsize) for x in leaves))
 
@@ -809,7 +728,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   flag's value, exit 2; InputError / FileNotFoundError for a file, exit 1). load=False stops after the
   checks and returns a Preflight (tools/generate.py then validates the items before loading the model).
 
-  inference_layout: sample with `foley.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
+  inference_layout: sample with `foley_params.inference_layout(cfg, params)` (unrolled layers; bf16 weights for a
   bf16-compute config with fp32 weights). mesh: a {axis: size} spec (sharding.make_mesh; -1 = the rest) or
   a Mesh to sample sharded across devices, e.g. {"data": -1, "tensor": 4} for a 7B model on 16 GB chips.
 
@@ -820,7 +739,7 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
 
   try:
     exp = configs.load_config(config) if isinstance(config, (str, os.PathLike)) else config
-    cfg = foley.config_from_dict(exp.model)
+    cfg = configs.model_config(exp.model)
   except FileNotFoundError as e:
     raise checks.UsageError(f"--config: {e}") from None
   except Exception as e:  # noqa: BLE001 -- a broken experiment file
@@ -874,10 +793,10 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
     tokenize = bpe_tokenizer(tokenizer) if tokenizer else (lambda s: [b % cfg.decoder.vocab_size for b in s.encode()])
     if not load:
       return Preflight(cfg, tokenize, ToneCodec.sample_rate, sample_rate, max_text_len, max_memory_gb)
-    params = foley.init_params(cfg, seed)
+    params = foley_params.init_params(cfg, seed)
     codec, feature_fn = ToneCodec(), random_feature_fn(cfg)
   if inference_layout:
-    cfg, params = foley.inference_layout(cfg, params)
+    cfg, params = foley_params.inference_layout(cfg, params)
   if isinstance(mesh, dict):
     from dreamfoley_jax import sharding
 

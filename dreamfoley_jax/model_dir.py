@@ -115,11 +115,11 @@ def expected_shapes(cfg, scanned: Optional[bool] = None) -> dict[str, tuple[int,
   import flax.linen as nn
 
   from dreamfoley_jax.convert import common
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.models import params as foley_params
 
   if scanned is not None and scanned != cfg.decoder.scan_layers:
     cfg = dataclasses.replace(cfg, decoder=cfg.decoder.replace(scan_layers=scanned))
-  return {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley.abstract_params(cfg))).items()}
+  return {k: tuple(v.shape) for k, v in common.flatten(nn.unbox(foley_params.abstract_params(cfg))).items()}
 
 
 def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple], limit: int = 4) -> list[str]:
@@ -143,9 +143,9 @@ def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple], limit: i
 
 def check_parts(exp, *, params=None, codec=None, tokenizer=None, encoders=None, where: str = "") -> None:
   """Raises ModelDirError naming every part that does not belong to the model `exp.model` describes."""
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax import configs
 
-  cfg = foley.config_from_dict(exp.model)
+  cfg = configs.model_config(exp.model)
   problems = []
   if params is not None:
     got = param_shapes(params)

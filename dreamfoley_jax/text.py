@@ -1,12 +1,12 @@
 """Caption tokenisation: a Qwen2.5 BPE tokenizer from a local `tokenizer.json` (HF `tokenizers`).
 
-For the embedded synthetic default (no downloads) `train_bpe` fits a small byte-level BPE of the same
-kind on the captions themselves.
+For the embedded synthetic default (no downloads) `synthetic.bpe.train_bpe` fits a small byte-level BPE
+of the same kind on the captions themselves.
 """
 from __future__ import annotations
 
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -24,19 +24,6 @@ def load_tokenizer(path):
     return Tokenizer.from_file(str(p))
   except Exception as e:
     raise ValueError(f"{p}: not a valid HF tokenizers file ({e})") from e
-
-
-def train_bpe(texts: Iterable[str], vocab_size: int = 256):
-  """A byte-level BPE tokenizer (the Qwen2 tokenizer's kind) fitted on `texts`."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  tok.train_from_iterator(list(texts), trainer)
-  return tok
 
 
 def encode(tokenizer, texts: Sequence[str], max_len: int, pad_id: int = 0):

@@ -31,8 +31,10 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dreamfoley_jax import checkpoint as ckptlib
-from dreamfoley_jax import optim, sharding
+from dreamfoley_jax import configs, optim, sharding
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import loss as foley_loss
+from dreamfoley_jax.models import params as foley_params
 
 
 @flax.struct.dataclass
@@ -54,6 +56,9 @@ class ConfigError(ValueError):
 def validate(c, mesh=None, process_count: int | None = None) -> None:
   """Rejects impossible values before anything is built or compiled (ConfigError naming the key)."""
   t = c.train
+  configs.check_keys(t, configs.TRAIN_KEYS, "train", ConfigError)
+  configs.check_keys(c.optim, configs.OPTIM_KEYS, "optim", ConfigError)
+  configs.check_keys(c.data, configs.DATA_KEYS, "data", ConfigError)
 
   def need(ok, msg):
     if not ok:
@@ -90,15 +95,17 @@ def validate(c, mesh=None, process_count: int | None = None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 def model_config(c) -> foley.FoleyConfig:
-  return foley.config_from_dict(c.model)
+  """The FoleyConfig of `c`; a bad model section is a ConfigError (tools/train.py: one line, exit 2)."""
+  try:
+    return configs.model_config(c.model)
+  except (ValueError, KeyError) as e:
+    raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from e
 
 
 def pipeline_config(c, fcfg: foley.FoleyConfig, batch_size: int | None = None):
   """The data pipeline's config; `batch_size` defaults to the GLOBAL batch (hosts read their rows of it)."""
-  from dreamfoley_jax.data import pipeline
-
   B = int(c.train.global_batch) if batch_size is None else batch_size
-  return pipeline.config_from(c, fcfg, B, data_seed(c))
+  return configs.pipeline_config(c, fcfg, B, data_seed(c))
 
 
 def data_seed(c) -> int:
@@ -128,7 +135,7 @@ def make_init_fn(model: foley.DreamFoley, tx: optax.GradientTransformation, fcfg
   """Pure function building a fresh TrainState (params boxed with logical axis names)."""
   def init():
     rng = jax.random.PRNGKey(seed)
-    ex = foley.dummy_batch(fcfg, text_len=fcfg.null_text_len, video_frames=fcfg.null_video_len,
+    ex = foley_params.dummy_batch(fcfg, text_len=fcfg.null_text_len, video_frames=fcfg.null_video_len,
                            audio_cols=fcfg.num_codebooks + 2)
     params = model.init(jax.random.fold_in(rng, 1 << 30), ex)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(nn.unbox(params)),
@@ -142,7 +149,7 @@ def unbox_abstract(tree):
                       tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def state_shardings(abstract_state: TrainState, mesh, tx=None) -> TrainState:
+def state_shardings(abstract_state: TrainState, mesh) -> TrainState:
   """NamedShardings of the (unboxed) state: params by logical names, optimizer moments like their params.
 
   An optimizer-state leaf whose key path ends with a param's path (and has its shape) takes that
@@ -173,7 +180,7 @@ def batch_shardings(batch_spec: dict, mesh) -> dict:
 
 
 def _target_counts(fcfg, batch):
-  return foley.target_mask(fcfg, batch).sum(axis=(0, 1)).astype(jnp.float32)       # (K,)
+  return foley_loss.target_mask(fcfg, batch).sum(axis=(0, 1)).astype(jnp.float32)       # (K,)
 
 
 def make_train_step(model: foley.DreamFoley, fcfg: foley.FoleyConfig, tx: optax.GradientTransformation,
@@ -185,7 +192,7 @@ def make_train_step(model: foley.DreamFoley, fcfg: foley.FoleyConfig, tx: optax.
   def loss_fn(params, mb, drop_t, drop_v, denom_K):
     params = jax.tree.map(lambda p, l: jax.lax.stop_gradient(p) if l == optim.FROZEN else p, params, labels)
     logits, _ = model.apply({"params": params}, mb, drop_t, drop_v)
-    _, aux = foley.weighted_loss(fcfg, logits, mb)
+    _, aux = foley_loss.weighted_loss(fcfg, logits, mb)
     n = jnp.maximum(_target_counts(fcfg, mb), 1.0)
     # Per-codebook sums over this microbatch, normalised by the global batch's counts: sums of these
     # microbatch losses are exactly the global weighted loss.
@@ -198,7 +205,7 @@ def make_train_step(model: foley.DreamFoley, fcfg: foley.FoleyConfig, tx: optax.
   def update(state: TrainState, batch: dict):
     B = batch["audio_ids"].shape[0]
     key = jax.random.fold_in(state.rng, state.step)
-    drop_t, drop_v = foley.cfg_drop(key, B, fcfg.cfg_drop_text, fcfg.cfg_drop_video)
+    drop_t, drop_v = foley_loss.cfg_drop(key, B, fcfg.cfg_drop_text, fcfg.cfg_drop_video)
     counts = _target_counts(fcfg, batch)
     denom = jnp.maximum(counts, 1.0)
     if grad_accum <= 1:
@@ -240,11 +247,11 @@ def abstract_state(c, mesh):
   """(abstract TrainState with the shardings of `mesh`, model, FoleyConfig): restore targets on any mesh."""
   fcfg = model_config(c)
   model = foley.DreamFoley(fcfg)
-  ap = foley.abstract_params(fcfg)
+  ap = foley_params.abstract_params(fcfg)
   tx, _ = optim.make_optimizer(c.optim, int(c.train.steps), ap, c.train.get("frozen_regex") or None)
   with sharding.use_mesh(mesh):
     a = jax.eval_shape(make_init_fn(model, tx, fcfg, int(c.train.seed)))
-    sh = state_shardings(a, mesh, tx)
+    sh = state_shardings(a, mesh)
   return ckptlib.abstract_with_shardings(unbox_abstract(a), sh), model, fcfg
 
 
@@ -490,7 +497,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
   # --- model + optimizer --------------------------------------------------------------------------
   fcfg = model_config(c)
   model = foley.DreamFoley(fcfg)
-  abstract_params = foley.abstract_params(fcfg)
+  abstract_params = foley_params.abstract_params(fcfg)
   tx, schedule = optim.make_optimizer(c.optim, total_steps, abstract_params, t.get("frozen_regex") or None)
   labels = optim.param_labels(abstract_params, t.get("frozen_regex") or None)
 
@@ -515,7 +522,7 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
       # --- eval_shape -> shardings -> jit(init) -----------------------------------------------------
       init_fn = make_init_fn(model, tx, fcfg, seed)
       abstract_state = jax.eval_shape(init_fn)
-      state_sh = state_shardings(abstract_state, mesh, tx)
+      state_sh = state_shardings(abstract_state, mesh)
       abstract_state = unbox_abstract(abstract_state)
 
       # --- jit(update) with donated state ----------------------------------------------------------

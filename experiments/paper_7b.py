@@ -5,7 +5,7 @@ marked OUR CHOICE (the paper leaves it unsaid).
 
   python tools/train.py --config experiments/paper_7b.py --workdir gs://BUCKET/dreamfoley_7b \
       --config.train.pretrained_decoder=/ckpt/qwen7b_jax --config.data.train_records='/data/records/train-*'
-  python -m dreamfoley_jax.models.foley --config experiments/paper_7b.py --summary
+  python tools/model_summary.py --config experiments/paper_7b.py
   python tools/aot_compile.py --config experiments/paper_7b.py --topology v5p-128
 """
 import ml_collections
@@ -49,20 +49,14 @@ def get_config():
   # features: encoders run offline (tools/extract_features.py) and are frozen (our reading of sec. 3.2);
   # frames: the encoders run inside the model on uint8 frames (params eva_clip/..., synchformer/...).
   c.model.vision_mode = "features"
-  c.model.synchformer = ml_collections.ConfigDict(dict(preset="synchformer"))   # Sec. 3.2: Synchformer
-  c.model.eva = ml_collections.ConfigDict(dict(preset="eva01-g-14"))           # Sec. 3.2: EVA-CLIP-g/14
-
-  c.vision = ml_collections.ConfigDict(dict(
-      eva_clip="eva01-g-14",          # Sec. 3.2: EVA-CLIP-g/14
-      synchformer="synchformer",      # Sec. 3.2: Synchformer (MMAudio's visual branch)
-      window=16, stride=8,            # Sec. 3.2: 16-frame windows, stride 8 (as in MMAudio)
-      frozen=True,                    # OUR READING: the encoders are pretrained and frozen
-  ))
+  # Sec. 3.2: Synchformer (MMAudio's visual branch; its preset: 16-frame windows, stride 8, as in MMAudio) and
+  # EVA-CLIP-g/14; pretrained and frozen (OUR READING: offline features, or train.frozen_regex in frames mode).
+  c.model.synchformer = ml_collections.ConfigDict(dict(preset="synchformer"))
+  c.model.eva = ml_collections.ConfigDict(dict(preset="eva01-g-14"))
 
   c.data = ml_collections.ConfigDict(dict(
       crop_min_s=2.0, crop_max_s=10.0,   # Sec. 5.1: random crops of 2-10 s
       max_text_len=64,                   # OUR CHOICE
-      audio_frame_rate=25.0,             # Sec. 3.2
       train_records="",                  # glob(s) of ArrayRecord shards (tools/write_records.py)
       bucket_seconds=(4.0, 7.0, 10.0),   # OUR CHOICE: padded length buckets (crop upper edges)
       num_workers=4,                     # grain worker processes per host (0 = in-process)

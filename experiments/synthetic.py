@@ -10,7 +10,7 @@ synthetic RVQ codec, the delay pattern, the real grain pipeline, trainer, checkp
 sampler (with its windowed continuation for clips longer than the trained length).
 
 No encoder weights can be downloaded here, so the job pretrains the Synchformer tower first on a
-self-supervised audio-visual pretext (dreamfoley_jax/encoder_pretrain.py: each frame's audio band
+self-supervised audio-visual pretext (dreamfoley_jax/synthetic/pretext.py: each frame's audio band
 energies / onset strength; never the event labels) and then trains DreamFoley with it frozen (our
 reading of the paper, which does not say whether its encoders are frozen) (main.pretrain_encoders, main.pretext); the EVA-CLIP tower trains
 end to end from scratch.
@@ -109,6 +109,6 @@ def get_config():
       sample_batch=16,
       pretrain_encoders=True,   # stage 4: self-supervised audio-visual pretext for the towers, then frozen
       pretext=ml_collections.ConfigDict(dict(steps=300, batch=16, frames=48, lr=3e-3, num_bands=8,
-                                             towers="synchformer")),   # EVA trains end to end (see encoder_pretrain)
+                                             towers="synchformer")),   # EVA trains end to end (synthetic/pretext.py)
   ))
   return c

@@ -1,6 +1,6 @@
 """Tiny DreamFoley for CPU tests: the real architectures at toy width.
 
-  python -m dreamfoley_jax.models.foley --config experiments/tiny.py --summary
+  python tools/model_summary.py --config experiments/tiny.py
 """
 import pathlib
 

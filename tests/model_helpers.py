@@ -4,10 +4,12 @@ import pathlib
 
 import numpy as np
 
-from dreamfoley_jax import configs, model_dir, text
-from dreamfoley_jax.audio import synthetic_codec
-from dreamfoley_jax.data import synthetic
-from dreamfoley_jax.models import foley
+from dreamfoley_jax import configs, model_dir
+from dreamfoley_jax.models import params as foley_params
+from dreamfoley_jax.synthetic import bpe
+from dreamfoley_jax.synthetic import codec as synthetic_codec
+from dreamfoley_jax.synthetic import world as synthetic
+from dreamfoley_jax.video import io as vio
 
 CODEBOOK = 16
 
@@ -36,19 +38,19 @@ def make_parts(root, *, hidden: int = 32, vocab: int = 300, codebook: int = CODE
   codec = synthetic_codec.SyntheticCodec.fit([c["audio"] for c in cs], synthetic_codec.CodecConfig(
       codebook_size=codebook, kmeans_iters=2, seed=seed), verbose=False)
   codec.save(str(root / "codec.npz"))
-  tok = text.train_bpe([c["caption"] for c in cs] + ["a metal ball bounces on a wooden floor"], vocab)
+  tok = bpe.train_bpe([c["caption"] for c in cs] + ["a metal ball bounces on a wooden floor"], vocab)
   tok.save(str(root / "tokenizer.json"))
   return exp, random_params(exp, seed), root / "codec.npz", root / "tokenizer.json"
 
 
 def random_params(exp, seed: int = 0, scale: float = 0.1):
-  """Normal(0, scale) weights of the model's shapes straight from numpy (foley.init_params compiles the whole
+  """Normal(0, scale) weights of the model's shapes straight from numpy (foley_params.init_params compiles the whole
   init, ~17 s here for this config; the tests need a random model, not its initialiser)."""
   import flax.linen as nn
   import jax
 
   rng = np.random.default_rng(seed)
-  abstract = nn.unbox(foley.abstract_params(foley.config_from_dict(exp.model)))
+  abstract = nn.unbox(foley_params.abstract_params(configs.model_config(exp.model)))
   return jax.tree.map(lambda s: (rng.normal(size=s.shape) * scale).astype(s.dtype), abstract)
 
 
@@ -61,7 +63,7 @@ def make_model_dir(root, name: str = "model", **kw) -> pathlib.Path:
 def write_clip(path, seconds: float = 2.0, seed: int = 1) -> pathlib.Path:
   """A synthetic clip (H.264 + AAC) as the main job writes them: what a user would upload."""
   c = synthetic.make_dataset(1, seed=seed, cfg=synthetic.SynthConfig(min_duration=seconds, max_duration=seconds))[0]
-  synthetic.write_mp4(str(path), c["frames_sync"], c["audio"])
+  vio.write_mp4(path, c["frames_sync"], c["audio"], scale=synthetic.PREVIEW_SCALE)
   return pathlib.Path(path)
 
 

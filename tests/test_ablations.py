@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from dreamfoley_jax import configs, main_job
+from dreamfoley_jax import configs
+from dreamfoley_jax.synthetic import job as main_job
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def _check_audio(wd, metrics, k):
 @pytest.mark.parametrize("k", ["1", "4"])
 def test_rvq_ablation_generates_from_the_first_k_levels(tmp_path, k):
   """Table 4: the model predicts the first k of the codec's 8 levels; audio decodes from those k alone."""
-  from dreamfoley_jax.audio import synthetic_codec
+  from dreamfoley_jax.synthetic import codec as synthetic_codec
   c, m = _run(tmp_path, "ablation_rvq", k)
   assert c.model.num_codebooks == int(k) and len(c.model.loss_weights) == int(k)
   _check_audio(tmp_path, m, int(k))

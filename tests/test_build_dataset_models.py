@@ -392,11 +392,11 @@ def _save_tiny_llm(d, hidden_size=16, initializer_range=0.02):
   torch = pytest.importorskip("torch")
   from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-  from dreamfoley_jax import text as text_lib
+  from dreamfoley_jax.synthetic import bpe as bpe_lib
 
   corpus = list(captions.caption_prompts.PROMPTS.values()) + ["rain falls on a tin roof", "yes", "no",
                                                               "a tin roof in the rain", "Rain drums on a tin roof."]
-  bpe = text_lib.train_bpe(corpus, vocab_size=360)
+  bpe = bpe_lib.train_bpe(corpus, vocab_size=360)
   bpe.add_special_tokens(["<|im_start|>", "<|im_end|>"])
   tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
   tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

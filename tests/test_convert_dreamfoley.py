@@ -18,6 +18,8 @@ from dreamfoley_jax.convert import common
 from dreamfoley_jax.convert import dreamfoley as cd
 from dreamfoley_jax.convert.common import ConversionError
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import loss as foley_loss
+from dreamfoley_jax.models import params as foley_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -100,7 +102,7 @@ def test_logits_and_loss_equal(exported, name):
   drop_t, drop_v = np.array([False, True, False]), np.array([True, False, False])   # nulls on two items
   lj, _ = foley.DreamFoley(cfg).apply({"params": params}, jax.tree.map(jnp.asarray, b), jnp.asarray(drop_t),
                                       jnp.asarray(drop_v))
-  loss_j, aux = foley.weighted_loss(cfg, lj, b)
+  loss_j, aux = foley_loss.weighted_loss(cfg, lj, b)
   with torch.no_grad():
     out = model(**to_torch(b), drop_text=torch.from_numpy(drop_t), drop_video=torch.from_numpy(drop_v))
   lj, lt = np.asarray(lj), out.logits.numpy()
@@ -292,7 +294,7 @@ def test_bf16_export_round_trip_and_loads_in_torch(tmp_path):
   _bitwise(common.flatten(jax.tree.map(np.asarray, params)), common.flatten(back))
   assert cfg2.decoder.param_dtype == "bfloat16"
   m = transformers.AutoModel.from_pretrained(tmp_path / "hf", trust_remote_code=True, dtype=torch.bfloat16)
-  # as foley.inference_layout keeps them: the last head projection and the audio tables in fp32
+  # as foley_params.inference_layout keeps them: the last head projection and the audio tables in fp32
   assert m.heads.fc1.weight.dtype == m.model.norm.weight.dtype == torch.bfloat16
   assert m.heads.fc2.weight.dtype == m.audio_embed.dtype == m.audio_pad.dtype == torch.float32
   w = m.heads.fc2.weight.detach().numpy()
@@ -370,7 +372,7 @@ def test_bad_directory_lists_every_problem(exported, tmp_path):
 def test_frames_mode_is_refused_clearly():
   from dreamfoley_jax import configs
 
-  cfg = foley.config_from_dict(configs.load_config(str(REPO / "experiments/synthetic.py")).model)
+  cfg = configs.model_config(configs.load_config(str(REPO / "experiments/synthetic.py")).model)
   with pytest.raises(ConversionError, match="vision_mode='frames'.*takes encoder features"):
     cd.save_hf({"decoder": {}}, cfg, "/nonexistent/never")
 
@@ -398,7 +400,7 @@ def test_cli_trained_checkpoint_to_hf_and_back(tmp_path):
   from dreamfoley_jax import checkpoint as ckptlib
   from dreamfoley_jax import configs, train
 
-  cfg = foley.config_from_dict(configs.load_config(str(REPO / "experiments/tiny.py")).model)
+  cfg = configs.model_config(configs.load_config(str(REPO / "experiments/tiny.py")).model)
   params = random_params(cfg)
   state = train.TrainState(step=jnp.asarray(7, jnp.int32), params=params,
                            opt_state={"mu": jax.tree.map(jnp.zeros_like, params)}, rng=jnp.zeros((2,), jnp.uint32))
@@ -421,7 +423,7 @@ def test_cli_trained_checkpoint_to_hf_and_back(tmp_path):
   back, cfg2 = cd.load_orbax(tmp_path / "jax")
   # the same model (features mode: the config's unused encoder presets are not carried over)
   assert cfg2.decoder.scan_layers and cfg2.replace(decoder=cfg.decoder) == cfg.replace(synchformer=None, eva=None)
-  _, unscanned = foley.inference_layout(cfg2, back, cast=False)
+  _, unscanned = foley_params.inference_layout(cfg2, back, cast=False)
   _bitwise(common.flatten(params), common.flatten(unscanned))
   # a params checkpoint with no config anywhere: one line naming the flag
   common.save_params(params, tmp_path / "bare")
@@ -442,14 +444,14 @@ def test_docs_generate_example(tmp_path, monkeypatch, fixtures_dir):
 
   from transformers import PreTrainedTokenizerFast
 
-  from dreamfoley_jax import text
+  from dreamfoley_jax.synthetic import bpe
 
   section = (REPO / "docs/convert.md").read_text().split("## Generating a clip in PyTorch", 1)[1].split("\n## ")[0]
   generate_block, decode_block = re.findall(r"```python\n(.*?)```", section, re.S)
   cfg = TINY.replace(num_codebooks=8, loss_weights=foley.PAPER_LOSS_WEIGHTS,
                      decoder=TINY.decoder.replace(vocab_size=320))
   cd.save_hf(random_params(cfg), cfg, tmp_path / "model")
-  tok = text.train_bpe(["a dog barks twice, then a car passes by", "a metal ball bounces", "rain on a roof"], 300)
+  tok = bpe.train_bpe(["a dog barks twice, then a car passes by", "a metal ball bounces", "rain on a roof"], 300)
   PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "tokenizer")
   rng = np.random.default_rng(0)
   np.savez(tmp_path / "clip.npz", sync_feats=rng.normal(size=(50, cfg.sync_dim)).astype(np.float32),

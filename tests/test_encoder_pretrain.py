@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from dreamfoley_jax import configs
-from dreamfoley_jax import encoder_pretrain as ep
-from dreamfoley_jax.data import synthetic
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
+from dreamfoley_jax.synthetic import pretext as ep
+from dreamfoley_jax.synthetic import world as synthetic
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def fcfg():
-  return foley.config_from_dict(configs.load_config("experiments/synthetic.py").model)
+  return configs.model_config(configs.load_config("experiments/synthetic.py").model)
 
 
 def test_frame_targets_mark_the_impacts(world):
@@ -55,7 +56,7 @@ def test_pretrained_towers_drop_into_dreamfoley(world, fcfg):
                             ep.PretextConfig(steps=3, batch=4, frames=24, towers="synchformer,eva_clip"),
                             held=world[:2], log=lambda m: None)
   assert rep["steps"] == 3 and np.isfinite(rep["frame_loss"]) and 0.0 <= rep["impact_peak_rate"] <= 1.0
-  abstract = nn.unbox(foley.abstract_params(fcfg))
+  abstract = nn.unbox(foley_params.abstract_params(fcfg))
   for name in ("synchformer", "eva_clip"):
     want = jax.tree_util.tree_map(lambda x: tuple(x.shape), abstract[name])
     got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), towers[name])

@@ -10,6 +10,7 @@ from dreamfoley_jax import sharding
 from dreamfoley_jax.convert import common
 from dreamfoley_jax.convert import eva_clip as conv
 from dreamfoley_jax.models import eva_clip
+from dreamfoley_jax.video import preprocess as vpre
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # the goldens README's guidance
 
@@ -76,7 +77,7 @@ def test_golden_normalized_embedding(run, golden):
 
 
 def test_pixel_normalisation_matches_golden(golden):
-  x = eva_clip.normalize_pixels(golden["input/image_uint8"])
+  x = vpre.clip_normalize(golden["input/image_uint8"])
   np.testing.assert_allclose(np.asarray(x), golden["input/pixel_values"].transpose(0, 2, 3, 1), atol=0,
                              rtol=0)
 

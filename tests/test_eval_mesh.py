@@ -18,6 +18,7 @@ from dreamfoley_jax import sharding
 from dreamfoley_jax.audio.higgs import HiggsAudioV2Tokenizer, HiggsTokenizerConfig
 from dreamfoley_jax.eval.embedders import clap, imagebind, panns, passt, sync_audio, sync_head, vggish
 from dreamfoley_jax.models import eva_clip, foley, qwen2, synchformer
+from dreamfoley_jax.models import params as foley_params
 
 KNOWN = {name for name, _ in sharding.LOGICAL_RULES}
 MESH_SPEC = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -166,8 +167,8 @@ def _higgs(fixtures_dir, which):
 OTHER = {  # eval_shape only: no weights are made
     "qwen2": lambda fx: _lm(False),
     "qwen2_scan_fused": lambda fx: _lm(True, **qwen2.CPU_FAST_OPTIONS),
-    "foley_features": lambda fx: {"params": foley.abstract_params(foley.FoleyConfig())},
-    "foley_frames": lambda fx: {"params": foley.abstract_params(foley.FoleyConfig(
+    "foley_features": lambda fx: {"params": foley_params.abstract_params(foley.FoleyConfig())},
+    "foley_frames": lambda fx: {"params": foley_params.abstract_params(foley.FoleyConfig(
         vision_mode="frames", synchformer=_tiny_vision()[0], eva=_tiny_vision()[1], sync_dim=16, clip_dim=8))},
     "eva_clip_scan": lambda fx: _abstract_init(eva_clip.EvaVisionTower(eva_clip.PRESETS["tiny"].replace(
         scan_layers=True)), (jnp.zeros((1, 224, 224, 3)),)),

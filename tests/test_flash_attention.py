@@ -8,6 +8,8 @@ import pytest
 
 from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import loss as foley_loss
+from dreamfoley_jax.models import params as foley_params
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def _batch(B=2, Lt=5, Tv=25, seed=0):
 
 
 def test_model_with_cudnn_impl_trains_and_samples_like_xla(flash_on_cpu):
-  params = foley.init_params(CFG, seed=1)
+  params = foley_params.init_params(CFG, seed=1)
   params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0      # well-separated greedy argmaxes
   flash = CFG.replace(decoder=CFG.decoder.replace(attention_impl="cudnn"))
   pb = _batch()
@@ -68,7 +70,7 @@ def test_model_with_cudnn_impl_trains_and_samples_like_xla(flash_on_cpu):
 
   def loss(cfg, p):
     logits, _ = foley.DreamFoley(cfg).apply({"params": p}, b, *drops)
-    return foley.weighted_loss(cfg, logits, b)[0]
+    return foley_loss.weighted_loss(cfg, logits, b)[0]
 
   (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda p, c=c: loss(c, p)))(params) for c in (CFG, flash))
   np.testing.assert_allclose(l1, l0, rtol=1e-6)

@@ -1,4 +1,7 @@
 """DreamFoley model: assembly, causality, weighted loss, CFG nulls, configs and parameter counts."""
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 from dreamfoley_jax import configs
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import loss as foley_loss
+from dreamfoley_jax.models import params as foley_params
 
 CFG = foley.FoleyConfig(
     decoder=qwen2.PRESETS["tiny"].replace(vocab_size=100, hidden_size=32, intermediate_size=48,
@@ -111,7 +116,7 @@ def test_weighted_loss_matches_hand_computation():
   b = make_batch()
   La = b["audio_ids"].shape[1]
   logits = jnp.asarray(rng.normal(size=(2, La, K, V)), jnp.float32)
-  loss, aux = foley.weighted_loss(CFG, logits, b)
+  loss, aux = foley_loss.weighted_loss(CFG, logits, b)
   ids = np.asarray(b["audio_ids"])
   lg = np.asarray(logits, np.float64)
   total = 0.0
@@ -135,7 +140,7 @@ def test_weighted_loss_matches_hand_computation():
 def test_loss_weights_are_the_papers():
   c = configs.load_config("experiments/paper_7b.py")
   assert tuple(c.model.loss_weights) == (0.240, 0.192, 0.154, 0.123, 0.099, 0.079, 0.063, 0.050)
-  assert foley.config_from_dict(c.model).loss_weights == foley.PAPER_LOSS_WEIGHTS
+  assert configs.model_config(c.model).loss_weights == foley.PAPER_LOSS_WEIGHTS
 
 
 def test_cfg_drop_all_removes_condition(model_and_params):
@@ -151,10 +156,10 @@ def test_cfg_drop_all_removes_condition(model_and_params):
   l3, _ = model.apply({"params": params}, b2)
   assert np.abs(np.asarray(l1) - np.asarray(l3)).max() > 1e-4
   # With drop 1.0 the sampled drop masks are all True; with 0.0 all False; and they are deterministic.
-  dt, dv = foley.cfg_drop(jax.random.key(3), 1000, 1.0, 0.0)
+  dt, dv = foley_loss.cfg_drop(jax.random.key(3), 1000, 1.0, 0.0)
   assert bool(dt.all()) and not bool(dv.any())
-  dt1, dv1 = foley.cfg_drop(jax.random.key(3), 1000, 0.1, 0.1)
-  dt2, dv2 = foley.cfg_drop(jax.random.key(3), 1000, 0.1, 0.1)
+  dt1, dv1 = foley_loss.cfg_drop(jax.random.key(3), 1000, 0.1, 0.1)
+  dt2, dv2 = foley_loss.cfg_drop(jax.random.key(3), 1000, 0.1, 0.1)
   np.testing.assert_array_equal(dt1, dt2)
   assert 50 < int(dt1.sum()) < 150 and 50 < int(dv1.sum()) < 150
   assert not np.array_equal(np.asarray(dt1), np.asarray(dv1)), "text and video drops are independent"
@@ -167,7 +172,7 @@ def test_null_embeddings_are_trained_params(model_and_params):
 
   def loss(p):
     logits, _ = model.apply({"params": p}, b, ones, ones)
-    return foley.weighted_loss(CFG, logits, b)[0]
+    return foley_loss.weighted_loss(CFG, logits, b)[0]
 
   g = jax.grad(loss)(params)
   assert float(jnp.abs(g["null_text"]).sum()) > 0 and float(jnp.abs(g["null_video"]).sum()) > 0
@@ -227,8 +232,8 @@ def test_fusion_nearest_upsampling_timing():
 
 def test_7b_parameter_count():
   """Every component of the 7B preset, counted with jax.eval_shape, against the closed form."""
-  c = foley.config_from_dict(configs.load_config("experiments/paper_7b.py").model)
-  rows = dict(foley.param_table(foley.abstract_params(c)))
+  c = configs.model_config(configs.load_config("experiments/paper_7b.py").model)
+  rows = dict(foley_params.param_table(foley_params.abstract_params(c)))
   D, F, L, V, H, KV, E = 3584, 18944, 28, 152064, 28, 4, 128
   layer = 2 * D + (D * H * E + H * E) + 2 * (D * KV * E + KV * E) + H * E * D + 3 * D * F
   assert rows["decoder/layers"] == L * layer == 6_525_618_176
@@ -250,25 +255,26 @@ def test_7b_parameter_count():
                                   "experiments/ablation_cfg.py:1", "experiments/ablation_cfg.py:4"])
 def test_experiment_configs_build(path):
   c = configs.load_config(path)
-  fc = foley.config_from_dict(c.model)
+  fc = configs.model_config(c.model)
   assert fc.num_codebooks == len(fc.loss_weights[:fc.num_codebooks])
   if "paper_7b" in path:
     assert (c.optim.lr, c.train.global_batch, c.train.steps) == (1e-4, 1024, 40_000)
     assert (c.sample.temperature, c.sample.top_p, c.sample.top_k, c.sample.cfg_scale) == (1.0, 0.9, 25, 3.0)
     assert (c.data.crop_min_s, c.data.crop_max_s) == (2.0, 10.0)
     assert (fc.cfg_drop_text, fc.cfg_drop_video, fc.sync_rate, fc.clip_rate) == (0.1, 0.1, 25.0, 4.0)
-    assert (c.vision.window, c.vision.stride) == (16, 8)
+    assert (fc.synchformer.window, fc.synchformer.stride) == (16, 8)
 
 
-def test_summary_cli(capsys):
-  foley.main(["--config", "experiments/paper_7b.py", "--summary"])
-  out = capsys.readouterr().out
-  assert "7,251,612,176" in out and "decoder/layers" in out
+def test_summary_cli():
+  r = subprocess.run([sys.executable, "tools/model_summary.py", "--config", "experiments/paper_7b.py"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert "7,251,612,176" in r.stdout and "decoder/layers" in r.stdout
 
 
 def test_config_errors():
   with pytest.raises(ValueError, match="unknown fields"):
-    foley.config_from_dict({"decoder": {"preset": "tiny"}, "num_codebook": 8})
+    configs.model_config({"decoder": {"preset": "tiny"}, "num_codebook": 8})
   with pytest.raises(ValueError, match="loss_weights"):
     foley.FoleyConfig(num_codebooks=8, loss_weights=(1.0,))
   with pytest.raises(ValueError, match="ablation_rvq"):

@@ -9,6 +9,7 @@ from dreamfoley_jax import checkpoint as ckptlib
 from dreamfoley_jax import sharding
 from dreamfoley_jax.convert import qwen2 as convert_qwen2
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import params as foley_params
 
 
 def test_converted_qwen_initialises_the_decoder_exactly(tmp_path):
@@ -23,7 +24,7 @@ def test_converted_qwen_initialises_the_decoder_exactly(tmp_path):
   cfg = foley.FoleyConfig(decoder=dec, num_codebooks=4, codebook_size=16, loss_weights=(0.4, 0.3, 0.2, 0.1),
                           sync_dim=12, clip_dim=8, null_text_len=2, null_video_len=2)
   model = foley.DreamFoley(cfg)
-  batch = foley.dummy_batch(cfg, text_len=4, video_frames=8, audio_cols=6)
+  batch = foley_params.dummy_batch(cfg, text_len=4, video_frames=8, audio_cols=6)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   params, shard = sharding.init_sharded(model, mesh, jax.random.key(0), batch)
   params, shard = params["params"], shard["params"]

@@ -242,7 +242,7 @@ def test_convert_to_orbax_boson_pth(tmp_path, state_dict, params, tiny_cfg, fixt
 def test_load_orbax_restores_nested_config_and_codec(tmp_path, params, tiny_cfg, fixtures_dir):
   """convert_to_orbax -> load_orbax: the nested config (HuBERT inside) and params come back; generate's
   HiggsCodec reads the same checkpoint."""
-  from dreamfoley_jax.generate import HiggsCodec
+  from dreamfoley_jax.audio.tokenizer import HiggsCodec
 
   src = tmp_path / "sd.safetensors"
   from safetensors.numpy import save_file

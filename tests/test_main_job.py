@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from dreamfoley_jax import configs, main_job
+from dreamfoley_jax import configs
+from dreamfoley_jax.synthetic import job as main_job
 
 
 SHORT = {"train.steps": 2, "train.global_batch": 8, "train.log_every": 1, "main.num_train": 12,
@@ -64,7 +65,7 @@ def test_writes_every_file(job):
   # the F1 on disk is the onset metric of the written wavs against the true events (PCM16 rounding may move
   # a borderline onset: one event of slack), and the metric finds the events in the ground-truth audio
   import soundfile as sf
-  from dreamfoley_jax.eval import sync
+  from dreamfoley_jax.synthetic import onsets as sync
   per, gt = [], []
   for clip in on_disk["per_clip"]:
     ev = np.asarray(clip["event_times"])
@@ -183,7 +184,7 @@ def tiny_higgs_checkpoint(tmp_path_factory, fixtures_dir):
 @pytest.mark.slow
 def test_main_job_with_the_higgs_tokenizer_by_path(tmp_path, tiny_higgs_checkpoint):
   """main.codec_checkpoint: the same pipeline with the higgs tokenizer instead of the synthetic codec."""
-  from dreamfoley_jax import generate
+  from dreamfoley_jax.audio import tokenizer
   from dreamfoley_jax.data import records
 
   c = configs.load_config("experiments/synthetic.py")
@@ -201,7 +202,7 @@ def test_main_job_with_the_higgs_tokenizer_by_path(tmp_path, tiny_higgs_checkpoi
   import grain
 
   train, _ = main_job.make_data(c.main, log=lambda m: None)
-  codec = generate.HiggsCodec(tiny_higgs_checkpoint)
+  codec = tokenizer.HiggsCodec(tiny_higgs_checkpoint)
   want = codec.encode(train[0]["audio"])
   src = grain.sources.ArrayRecordDataSource(sorted(str(p) for p in (tmp_path / "job" / "data").glob("train-*")))
   recs = [records.decode_example(src[i]) for i in range(len(src))]

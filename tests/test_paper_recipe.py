@@ -9,19 +9,20 @@ import optax
 import pytest
 
 from dreamfoley_jax import configs, optim, sampling
-from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import foley, heads
+from dreamfoley_jax.models import params as foley_params
 
 
 def _cfg(path="experiments/tiny.py", **decoder):
   c = configs.load_config(path)
   for k, v in decoder.items():
     c.model.decoder[k] = v
-  return foley.config_from_dict(c.model)
+  return configs.model_config(c.model)
 
 
 def _decayed(cfg):
   """'/'-joined paths of the decayed leaves, layer index folded away (layers_3/... and layers/... alike)."""
-  ap = foley.abstract_params(cfg)
+  ap = foley_params.abstract_params(cfg)
   flat = jax.tree_util.tree_flatten_with_path(optim.decay_mask(ap))[0]
   norm = lambda p: re.sub(r"layers_\d+|layers/layer\b", "layers", optim.path_str(p))   # unrolled | scanned
   return {norm(p) for p, d in flat if d}, {norm(p) for p, d in flat if not d}
@@ -45,7 +46,7 @@ def test_weight_decay_by_role_same_in_scanned_and_unscanned(path):
 def test_optimizer_decays_no_scanned_norm_or_bias():
   """Through make_optimizer: zero gradients move exactly the decayed leaves, by lr * wd * p."""
   cfg = _cfg(scan_layers=True)
-  params = foley.init_params(cfg, 0)
+  params = foley_params.init_params(cfg, 0)
   params = jax.tree.map(lambda x: x + 1.0, params)          # norms are ones, biases zeros: make all nonzero
   c = dict(lr=0.1, weight_decay=0.5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95, eps=1e-8)
   tx, _ = optim.make_optimizer(c, 10, params)
@@ -73,7 +74,7 @@ def _heads_setup(depth, seed=0):
   K, V, D, H, N = 8, 1026, 64, 96, 40
   rng = np.random.default_rng(seed)
   h = jnp.asarray(rng.normal(size=(2, N // 2, D)), jnp.bfloat16)
-  m = foley.CodebookHeads(K, V, H, depth, dtype="bfloat16", param_dtype="float32")
+  m = heads.CodebookHeads(K, V, H, depth, dtype="bfloat16", param_dtype="float32")
   p = m.init(jax.random.key(seed), h)["params"]
   # trained-model logit scale (|logit| up to ~20): a bf16 ulp there is 0.06-0.12
   p = jax.tree.map(lambda x: x * (60.0 if x.ndim == 3 else 1.0), nn.unbox(p))
@@ -118,7 +119,7 @@ def test_sampler_heads_equal_training_heads_in_fp32(depth):
 
 def test_inference_layout_keeps_last_head_projection_fp32():
   cfg = _cfg(dtype="bfloat16", param_dtype="float32")
-  p = jax.eval_shape(lambda: foley.inference_layout(cfg, foley.init_params(cfg, 0))[1])
+  p = jax.eval_shape(lambda: foley_params.inference_layout(cfg, foley_params.init_params(cfg, 0))[1])
   assert p["heads"]["fc2_kernel"].dtype == jnp.float32 and p["heads"]["fc2_bias"].dtype == jnp.float32
   assert p["heads"]["fc1_kernel"].dtype == jnp.bfloat16
 
@@ -159,7 +160,7 @@ def test_frames_mode_yields_one_token_per_frame_with_real_geometry():
   rng = np.random.default_rng(0)
   fr = rng.integers(0, 256, (2, 250, 32, 32, 3)).astype(np.uint8)
   mask = np.arange(250)[None] < np.array([[250], [230]])
-  params = foley.init_params(cfg, 0)
+  params = foley_params.init_params(cfg, 0)
   enc = jax.jit(lambda p, b: m.apply({"params": p}, b, method=foley.DreamFoley.encode_frames))
   sync, _, vmask = enc(params, {"frames_sync": fr, "frames_sync_mask": mask})
   assert sync.shape == (2, 250, 16) and vmask.shape == (2, 250)
@@ -295,7 +296,7 @@ def test_scanned_conversion_loads_into_unscanned_model_exactly(tmp_path):
   cfg = _cfg().replace(decoder=qwen2.from_hf_config(str(tmp_path / "hf")))
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
   model = foley.DreamFoley(cfg)
-  params, shard = sharding.init_sharded(model, mesh, jax.random.key(0), foley._init_inputs(cfg))
+  params, shard = sharding.init_sharded(model, mesh, jax.random.key(0), foley_params.init_inputs(cfg))
   with sharding.use_mesh(mesh):
     out = ckptlib.load_initial_weights(params["params"], shard["params"], [f"decoder={tmp_path / 'qwen_scan'}::model"])
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
@@ -306,7 +307,7 @@ def test_scanned_conversion_loads_into_unscanned_model_exactly(tmp_path):
   # a 3-layer checkpoint into a 2-layer model: one error naming the mis-shaped stack / unexpected layer
   from dreamfoley_jax.convert.common import ConversionError
   cfg2 = cfg.replace(decoder=cfg.decoder.replace(num_hidden_layers=2))
-  p2, s2 = sharding.init_sharded(foley.DreamFoley(cfg2), mesh, jax.random.key(0), foley._init_inputs(cfg2))
+  p2, s2 = sharding.init_sharded(foley.DreamFoley(cfg2), mesh, jax.random.key(0), foley_params.init_inputs(cfg2))
   with pytest.raises(ConversionError, match="layers_2"):
     ckptlib.load_initial_weights(p2["params"], s2["params"], [f"decoder={tmp_path / 'qwen_scan'}::model"])
 
@@ -339,11 +340,11 @@ def _paper_state_shardings(mesh_shape):
   c = configs.load_config("experiments/paper_7b.py")
   mesh = AbstractMesh(mesh_shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
   fcfg = train.model_config(c)
-  ap = foley.abstract_params(fcfg)
+  ap = foley_params.abstract_params(fcfg)
   tx, _ = optim.make_optimizer(c.optim, 10, ap, c.train.frozen_regex)
   with nn.logical_axis_rules(sharding.LOGICAL_RULES):
     a = jax.eval_shape(train.make_init_fn(foley.DreamFoley(fcfg), tx, fcfg, 0))
-    sh = train.state_shardings(a, mesh, tx)
+    sh = train.state_shardings(a, mesh)
   return train.unbox_abstract(a), sh
 
 
@@ -364,6 +365,7 @@ sys.path.insert(0, "tests")
 import jax
 from dreamfoley_jax import optim, sharding, train
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 import train_helpers as th
 c = th.tiny_config("unused", **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.decoder.dtype": "bfloat16",
                                 "model.decoder.scan_layers": True, "model.decoder.remat_policy": "full",
@@ -371,12 +373,12 @@ c = th.tiny_config("unused", **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2
 mesh = sharding.make_mesh(dict(c.mesh))
 fcfg = train.model_config(c)
 model = foley.DreamFoley(fcfg)
-ap = foley.abstract_params(fcfg)
+ap = foley_params.abstract_params(fcfg)
 tx, sched = optim.make_optimizer(c.optim, 10, ap)
 spec = train.global_batch_spec(c, fcfg)
 with sharding.use_mesh(mesh):
   a = jax.eval_shape(train.make_init_fn(model, tx, fcfg, 0))
-  sh = train.state_shardings(a, mesh, tx)
+  sh = train.state_shardings(a, mesh)
   a_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), train.unbox_abstract(a), sh)
   b_sh = train.batch_shardings(spec, mesh)
   a_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=b_sh[k]) for k, v in spec.items()}
@@ -435,10 +437,10 @@ def _three_steps(c, params, batches, mesh):
   with sharding.use_mesh(mesh):
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                              rng=jax.random.PRNGKey(0))
-    a = jax.eval_shape(lambda: train.TrainState(step=state.step, params=foley.abstract_params(fcfg),
-                                                opt_state=tx.init(nn.unbox(foley.abstract_params(fcfg))),
+    a = jax.eval_shape(lambda: train.TrainState(step=state.step, params=foley_params.abstract_params(fcfg),
+                                                opt_state=tx.init(nn.unbox(foley_params.abstract_params(fcfg))),
                                                 rng=state.rng))
-    sh = train.state_shardings(a, mesh, tx)
+    sh = train.state_shardings(a, mesh)
     state = jax.device_put(state, sh)
     b_sh = {k: sharding.data_sharding(mesh, v.ndim) for k, v in batches[0].items()}
     step = jax.jit(train.make_train_step(model, fcfg, tx, sched, labels, int(c.train.grad_accum)),
@@ -464,10 +466,10 @@ def test_paper_flags_take_three_steps_like_fp32_on_one_device(records):
                                      "train.grad_accum": 2, **common})
   ref = th.tiny_config(records, **{"model.decoder.dtype": "float32", "model.decoder.scan_layers": False,
                                    "model.decoder.remat_policy": "none", "train.grad_accum": 1, **common})
-  fp = foley.config_from_dict(paper.model)
-  params = foley.init_params(fp, 3)
+  fp = configs.model_config(paper.model)
+  params = foley_params.init_params(fp, 3)
   ref_params = dict(params, decoder=qwen2.unstack_layers(params["decoder"], fp.decoder.num_hidden_layers))
-  pcfg = pipeline.config_from(paper, fp, 8, 0)
+  pcfg = configs.pipeline_config(paper, fp, 8, 0)
   it = iter(pipeline.make_dataset(pcfg, records))
   batches = [next(it) for _ in range(3)]
   got, _ = _three_steps(paper, params, batches, sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1}))

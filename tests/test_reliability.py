@@ -20,6 +20,7 @@ from dreamfoley_jax import checks, configs
 from dreamfoley_jax import generate as G
 from dreamfoley_jax.data import extract
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 from dreamfoley_jax.video import io as vio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def corpus(tmp_path_factory):
 
 def tiny_frames_config() -> foley.FoleyConfig:
   """experiments/synthetic.py's frames-mode model at the smallest size (16 px frames, one layer each)."""
-  c = foley.config_from_dict(configs.load_config("experiments/synthetic.py").model)
+  c = configs.model_config(configs.load_config("experiments/synthetic.py").model)
   return c.replace(decoder=c.decoder.replace(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, num_key_value_heads=1),
                    synchformer=c.synchformer.replace(image_size=16, width=16),
@@ -42,14 +43,14 @@ def tiny_frames_config() -> foley.FoleyConfig:
 
 
 def random_params(cfg, seed: int = 0):
-  """Normal(0, 0.02) weights of the model's shapes from numpy: foley.init_params compiles the whole init
+  """Normal(0, 0.02) weights of the model's shapes from numpy: foley_params.init_params compiles the whole init
   (tens of seconds on a loaded 2-core CPU); these tests need a random model, not its initialiser."""
   import flax.linen as nn
   import jax
 
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.02).astype(s.dtype),
-                      nn.unbox(foley.abstract_params(cfg)))
+                      nn.unbox(foley_params.abstract_params(cfg)))
 
 
 def _outcome(case_outcome: str, reasons: dict, key, ok: bool):
@@ -308,7 +309,7 @@ def test_allow_longer_and_text_to_audio_windows(corpus, generated, tmp_path):
 
 
 def test_window_memory_limit_names_the_flag():
-  cfg = foley.config_from_dict(configs.load_config("experiments/paper_7b.py").model)
+  cfg = configs.model_config(configs.load_config("experiments/paper_7b.py").model)
   budget = (80 * 2**30, "80 GiB test budget")
   G.check_window(cfg, 250, 75, 64, 8, budget)
   with pytest.raises(checks.UsageError, match=r"^--window_s 1000: sampling needs about \d+\.\d GiB per device .* over "

@@ -11,6 +11,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 from dreamfoley_jax import sampling as S
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import params as foley_params
 
 CFG = foley.FoleyConfig(
     decoder=qwen2.PRESETS["tiny"].replace(vocab_size=100, hidden_size=32, intermediate_size=48,
@@ -397,7 +398,7 @@ def test_frames_mode_windows_slice_both_frame_rates():
 
 
 # --------------------------------------------------------------------------------------------------
-# scan_layers models and foley.inference_layout
+# scan_layers models and foley_params.inference_layout
 # --------------------------------------------------------------------------------------------------
 
 SCAN_CFG = CFG.replace(decoder=CFG.decoder.replace(scan_layers=True))
@@ -413,7 +414,7 @@ def test_scanned_decoder_samples_like_unrolled(scanned_params):
   compacted CFG prefill concatenated along the row axis) exactly like its unrolled layout."""
   pb = prompt_batch()
   res = S.sample(SCAN_CFG, scanned_params, pb, LENGTHS, sample_cfg=GREEDY, return_logits=True)
-  cfg2, p2 = foley.inference_layout(SCAN_CFG, scanned_params)
+  cfg2, p2 = foley_params.inference_layout(SCAN_CFG, scanned_params)
   assert not cfg2.decoder.scan_layers and "layers_1" in p2["decoder"] and "layers" not in p2["decoder"]
   np.testing.assert_array_equal(np.asarray(p2["decoder"]["layers_1"]["mlp"]["up_proj"]["kernel"]),
                                 np.asarray(scanned_params["decoder"]["layers"]["layer"]["mlp"]["up_proj"]["kernel"][1]))
@@ -429,10 +430,10 @@ def test_scanned_decoder_samples_like_unrolled(scanned_params):
 
 def test_inference_layout_follows_the_checkpoint_and_names_bad_params(params, scanned_params):
   # an unrolled checkpoint under a scan_layers config (e.g. an HF conversion with paper_7b): kept as is
-  cfg2, p2 = foley.inference_layout(SCAN_CFG, params)
+  cfg2, p2 = foley_params.inference_layout(SCAN_CFG, params)
   assert not cfg2.decoder.scan_layers and sorted(p2["decoder"]) == sorted(params["decoder"])
   with pytest.raises(ValueError, match="params have no 'decoder'"):
-    foley.inference_layout(CFG, {"heads": params["heads"]})
+    foley_params.inference_layout(CFG, {"heads": params["heads"]})
   bad = jax.tree.map(lambda x: x, scanned_params["decoder"])
   bad["layers"]["layer"]["mlp"]["up_proj"]["kernel"] = bad["layers"]["layer"]["mlp"]["up_proj"]["kernel"][:1]
   with pytest.raises(ValueError, match=r"params/decoder: layers/layer\['mlp'\]\['up_proj'\]\['kernel'\] has shape"):
@@ -445,20 +446,21 @@ _EXACT_CAST_SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
 from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import params as foley_params
 cfg = foley.FoleyConfig(decoder=qwen2.PRESETS["tiny"].replace(dtype="bfloat16", scan_layers=True), codebook_size=64,
                         sync_dim=32, clip_dim=16, null_text_len=2, null_video_len=2)
-ex = foley.dummy_batch(cfg, batch=2, text_len=6, video_frames=25, audio_cols=20)
+ex = foley_params.dummy_batch(cfg, batch=2, text_len=6, video_frames=25, audio_cols=20)
 p = nn.unbox(foley.DreamFoley(cfg).init(jax.random.key(0), ex)["params"])
 rng = np.random.default_rng(0)
 b = dict(ex, text_ids=jnp.asarray(rng.integers(0, 512, (2, 6)), jnp.int32),
          sync_feats=jnp.asarray(rng.normal(size=(2, 25, 32)), jnp.float32),
          clip_feats=jnp.asarray(rng.normal(size=(2, 4, 16)), jnp.float32),
          audio_ids=jnp.asarray(rng.integers(0, 64, (2, 20, 8)), jnp.int32))
-cfg2, p2 = foley.inference_layout(cfg, p)
+cfg2, p2 = foley_params.inference_layout(cfg, p)
 assert cfg2.decoder.param_dtype == "bfloat16" and not cfg2.decoder.scan_layers
 for k in ("decoder", "projector", "null_text", "null_video"):
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p2[k])), k
-# the heads' last projection stays fp32 (fp32 logits, foley.logits_fp32); their first layer narrows
+# the heads' last projection stays fp32 (fp32 logits, heads.logits_fp32); their first layer narrows
 assert p2["heads"]["fc1_kernel"].dtype == jnp.bfloat16 and p2["heads"]["fc1_bias"].dtype == jnp.bfloat16
 assert p2["heads"]["fc2_kernel"].dtype == jnp.float32 and p2["heads"]["fc2_bias"].dtype == jnp.float32
 assert p2["audio_embed"].dtype == jnp.float32 and p2["audio_pad"].dtype == jnp.float32
@@ -550,7 +552,7 @@ def test_inference_layout_never_widens(params):
   """bf16 weights under an fp32 compute dtype stay bf16 (casting is only ever narrowing)."""
   bf = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   cfg = CFG.replace(decoder=CFG.decoder.replace(param_dtype="bfloat16"))
-  cfg2, p2 = foley.inference_layout(cfg, bf)
+  cfg2, p2 = foley_params.inference_layout(cfg, bf)
   assert cfg2.decoder.param_dtype == "bfloat16"
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p2))
 

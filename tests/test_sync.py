@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from dreamfoley_jax.data import synthetic as S
-from dreamfoley_jax.eval import sync
+from dreamfoley_jax.synthetic import onsets as sync
+from dreamfoley_jax.synthetic import world as S
 
 
 @pytest.fixture(scope="module")

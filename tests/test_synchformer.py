@@ -10,6 +10,7 @@ from dreamfoley_jax import sharding
 from dreamfoley_jax.convert import common
 from dreamfoley_jax.convert import synchformer as conv
 from dreamfoley_jax.models import synchformer
+from dreamfoley_jax.video import preprocess as vpre
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # the goldens README's guidance
 FLAT = 5                           # the stored intermediates are for window b=1, s=2 of (B=2, S=3)
@@ -53,7 +54,7 @@ def converted(golden, tiny_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(converted, golden, tiny_cfg):
-  win = synchformer.windows_from_video(_video(golden["input/video_q"]))
+  win = vpre.sync_windows(_video(golden["input/video_q"]), axis=1)
   model = synchformer.Synchformer(tiny_cfg)
   out, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, intermediates=True))(converted, win)
   return jax.device_get((out, aux))
@@ -69,16 +70,16 @@ def test_config_matches_golden_json(tiny_cfg, fixtures_dir):
 
 def test_window_index_exact(golden):
   for t in (32, 40):
-    np.testing.assert_array_equal(synchformer.window_index(t), golden[f"output/window_index_T{t}"])
-  assert synchformer.window_index(16).shape == (1, 16)
-  assert synchformer.num_windows(200) == 24 and synchformer.num_windows(23) == 1   # trailing frames dropped
+    np.testing.assert_array_equal(vpre.sync_window_indices(t), golden[f"output/window_index_T{t}"])
+  assert vpre.sync_window_indices(16).shape == (1, 16)
+  assert vpre.num_sync_windows(200) == 24 and vpre.num_sync_windows(23) == 1   # trailing frames dropped
   with pytest.raises(ValueError, match="shorter than one Synchformer window"):
-    synchformer.window_index(15)
+    vpre.sync_window_indices(15)
 
 
 def test_windows_from_video_layout(golden):
   v = np.arange(40, dtype=np.float32)[None, :, None, None, None] * np.ones((2, 1, 2, 2, 3), np.float32)
-  w = synchformer.windows_from_video(v)
+  w = vpre.sync_windows(v, axis=1)
   assert w.shape == (2, 4, 16, 2, 2, 3)
   np.testing.assert_array_equal(w[1, :, :, 0, 1, 2], golden["output/window_index_T40"])
 
@@ -111,7 +112,7 @@ def test_scanned_remat_matches_unscanned(golden, tiny_cfg, run):
   cfg = tiny_cfg.replace(scan_layers=True, remat_policy="full")
   params = conv.convert_state_dict(_state_dict(golden), cfg)
   assert params["blocks"]["block"]["timeattn"]["qkv"]["kernel"].shape == (2, 64, 192)
-  win = synchformer.windows_from_video(_video(golden["input/video_q"][:1, :16]))
+  win = vpre.sync_windows(_video(golden["input/video_q"][:1, :16]), axis=1)
   out, _ = jax.jit(lambda p, x: synchformer.Synchformer(cfg).apply({"params": p}, x))(params, win)
   # atol 2e-6 (was 1e-6): scan vs unroll reassociate fp32 sums; on an AVX-512 Xeon 1 of 512 values differs by 1.07e-6
   np.testing.assert_allclose(np.asarray(out)[0, 0], run[0][0, 0], atol=2e-6, rtol=0)
@@ -183,7 +184,7 @@ def test_wrong_window_shape_is_a_clear_error(tiny_cfg):
 def test_sharded_over_a_mesh_matches_golden(converted, golden, tiny_cfg):
   """(data, fsdp, tensor) = (2, 2, 2): params by logical names, windows over (data, fsdp): same numbers."""
   model = synchformer.Synchformer(tiny_cfg)
-  win = synchformer.windows_from_video(_video(golden["input/video_q"]))[:, :2].reshape(4, 1, 16, 224, 224, 3)
+  win = vpre.sync_windows(_video(golden["input/video_q"]), axis=1)[:, :2].reshape(4, 1, 16, 224, 224, 3)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   with sharding.use_mesh(mesh):
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct(win.shape, np.float32))

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from dreamfoley_jax.data import synthetic as S
+from dreamfoley_jax.synthetic import world as S
 
 
 def _object_bottom(frame, floor_y, background):
@@ -84,7 +84,7 @@ def test_object_touches_floor_exactly_at_impact_frames():
 
 
 def test_material_sets_look_and_timbre():
-  from dreamfoley_jax.eval import sync
+  from dreamfoley_jax.synthetic import onsets as sync
   cent = {}
   for m in S.MATERIALS:
     clips = [S.make_clip(i, material=m, floor="stone", duration=3.0) for i in range(4)]

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from dreamfoley_jax.audio import synthetic_codec as sc
-from dreamfoley_jax.data import synthetic as S
-from dreamfoley_jax.eval import sync
+from dreamfoley_jax.synthetic import codec as sc
+from dreamfoley_jax.synthetic import onsets as sync
+from dreamfoley_jax.synthetic import world as S
 
 CFG = sc.CodecConfig(codebook_size=64, max_fit_frames=4096, kmeans_iters=6)
 

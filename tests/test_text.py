@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from dreamfoley_jax import text
+from dreamfoley_jax.synthetic import bpe
 
 CAPTIONS = ["a metal ball bounces twice on a wooden floor", "a glass marble hits the floor three times",
             "a rubber ball bounces once", "two wooden blocks fall on a metal floor"]
 
 
 def test_bpe_round_trip_and_file(tmp_path):
-  tok = text.train_bpe(CAPTIONS * 10, vocab_size=300)
+  tok = bpe.train_bpe(CAPTIONS * 10, vocab_size=300)
   assert tok.get_vocab_size() <= 300
   enc = tok.encode(CAPTIONS[0])
   assert tok.decode(enc.ids) == CAPTIONS[0]

@@ -14,6 +14,8 @@ import train_helpers as th
 from dreamfoley_jax import optim, sharding, train
 from dreamfoley_jax.data import pipeline, records
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import loss as foley_loss
+from dreamfoley_jax.models import params as foley_params
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +34,14 @@ def _batch(c, fcfg, index=0, n=8):
 def _setup(c, mesh, grad_accum=1):
   fcfg = train.model_config(c)
   model = foley.DreamFoley(fcfg)
-  ap = foley.abstract_params(fcfg)
+  ap = foley_params.abstract_params(fcfg)
   regex = c.train.get("frozen_regex") or None
   tx, sched = optim.make_optimizer(c.optim, int(c.train.steps), ap, regex)
   labels = optim.param_labels(ap, regex)
   with sharding.use_mesh(mesh):
     init = train.make_init_fn(model, tx, fcfg, 0)
     abstract = jax.eval_shape(init)
-    sh = train.state_shardings(abstract, mesh, tx)
+    sh = train.state_shardings(abstract, mesh)
     state = nn.unbox(jax.jit(init, out_shardings=sh)())
     step = jax.jit(train.make_train_step(model, fcfg, tx, sched, labels, grad_accum), out_shardings=(sh, None))
   return fcfg, state, step, sh
@@ -90,7 +92,7 @@ def test_grad_accumulation_equals_big_batch(data_dir):
   fcfg0, state0, step0, _ = _setup(c0, mesh, 4)
   with sharding.use_mesh(mesh):
     logits, _ = foley.DreamFoley(fcfg0).apply({"params": state0.params}, jax.tree.map(jnp.asarray, b))
-    ref, _ = foley.weighted_loss(fcfg0, logits, jax.tree.map(jnp.asarray, b))
+    ref, _ = foley_loss.weighted_loss(fcfg0, logits, jax.tree.map(jnp.asarray, b))
     _, m = step0(state0, jax.tree.map(jnp.asarray, b))
   np.testing.assert_allclose(m["loss"], ref, rtol=1e-6)
 

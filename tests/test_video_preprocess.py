@@ -163,3 +163,21 @@ def test_normalize_lut_in_jit_is_bit_exact():
     lut = jnp.asarray(vpre.normalize_lut(kind))
     got = jax.jit(lambda x: lut[x.astype(jnp.int32), jnp.arange(3)])(u8)
     np.testing.assert_array_equal(np.asarray(got), fn(u8))
+
+
+def test_frames_batch_pads_masks_and_cuts_to_the_target_length():
+  """The one frames-mode batch builder (generate.Generator and the main job): zero padding, masks on the real
+  frames, a missing video all masked, and lengths cutting another clip's video (and its 4 fps frames) short."""
+  rng = np.random.default_rng(0)
+  v = [{"frames_sync": rng.integers(1, 255, (n, 4, 4, 3), np.uint8),
+        "frames_clip": rng.integers(1, 255, (nc, 4, 4, 3), np.uint8)} for n, nc in ((30, 5), (50, 8))]
+  b = vpre.frames_batch([v[0], None, v[1]], 40, 7, 4)
+  assert b["frames_sync"].shape == (3, 40, 4, 4, 3) and b["frames_clip"].shape == (3, 7, 4, 4, 3)
+  np.testing.assert_array_equal(b["frames_sync_mask"].sum(1), [30, 0, 40])
+  np.testing.assert_array_equal(b["frames_clip_mask"].sum(1), [5, 0, 7])
+  np.testing.assert_array_equal(b["frames_sync"][2], v[1]["frames_sync"][:40])
+  assert not b["frames_sync"][0, 30:].any() and not b["frames_sync"][1].any()
+  cut = vpre.frames_batch([v[1]], 40, 7, 4, lengths=[26])
+  np.testing.assert_array_equal(cut["frames_sync_mask"].sum(1), [26])
+  np.testing.assert_array_equal(cut["frames_clip_mask"].sum(1), [5])         # ceil(26 * 4 / 25)
+  assert not cut["frames_sync"][0, 26:].any() and not cut["frames_clip"][0, 5:].any()

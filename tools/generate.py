@@ -51,7 +51,7 @@ flags.DEFINE_float("bucket_s", 2.0, "duration bucket width in seconds")
 flags.DEFINE_integer("seed", 0, "sampling seed (per-clip streams derive from it)")
 flags.DEFINE_bool("mp4", True, "write the remuxed mp4")
 flags.DEFINE_bool("png", True, "write the spectrogram png")
-flags.DEFINE_bool("inference_layout", True, "sample with foley.inference_layout: unrolled layers and, for a bf16-compute "
+flags.DEFINE_bool("inference_layout", True, "sample with models.params.inference_layout: unrolled layers and, for a bf16-compute "
                   "config with fp32 weights (experiments/paper_7b.py), bf16 weights (half the memory and bytes per "
                   "step; the same math). --noinference_layout keeps the checkpoint's layout and dtype")
 flags.DEFINE_string("mesh", "", "sample sharded over a device mesh, e.g. 'data=-1,tensor=4' (a 7B model on 16 GB "

@@ -32,7 +32,7 @@ class _QuietCheckpointing(logging.Filter):
 
 def main(argv):
   del argv
-  from dreamfoley_jax import main_job
+  from dreamfoley_jax.synthetic import job as main_job
 
   logging.getLogger("absl").addFilter(_QuietCheckpointing())
   try:

@@ -11,8 +11,8 @@ import os
 
 from absl import app, flags
 
-from dreamfoley_jax.audio import synthetic_codec as sc
-from dreamfoley_jax.data import synthetic
+from dreamfoley_jax.synthetic import codec as sc
+from dreamfoley_jax.synthetic import world as synthetic
 
 flags.DEFINE_string("out", "/tmp/synth_preview", "output directory")
 flags.DEFINE_integer("num_clips", 4, "clips to write")

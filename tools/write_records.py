@@ -29,9 +29,9 @@ def main(argv):
 
   if _TOY.value:
     from dreamfoley_jax import configs
-    from dreamfoley_jax.models import foley
 
-    f = foley.config_from_dict(configs.load_config(_CONFIG.value).model)
+
+    f = configs.model_config(configs.load_config(_CONFIG.value).model)
     examples = writer.toy_examples(_TOY.value, num_codebooks=f.num_codebooks, codebook_size=f.codebook_size,
                                    sync_dim=f.sync_dim, clip_dim=f.clip_dim)
   else:

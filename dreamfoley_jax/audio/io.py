@@ -1,4 +1,5 @@
-"""Audio file I/O for data preparation: any common format and rate in, mono float32 at 24 kHz out.
+"""Audio file I/O: any common format and rate in, mono float32 at 24 kHz out; wav files out (`save_wav`, the
+one wav writer: generate's outputs, the main job's samples, the synthetic world's clips).
 
 Decoding goes through soundfile (libsndfile: wav, flac, ogg, mp3 with libsndfile >= 1.1) and falls back to
 PyAV (ffmpeg: m4a/aac, mp3, and anything else ffmpeg reads). Channels are averaged to mono; the rate is
@@ -10,6 +11,7 @@ NaN/Inf samples. Silence and clipped audio load normally (the tokenizer's policy
 """
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
@@ -85,6 +87,17 @@ def load_audio(path: PathLike, target_sr: int = TARGET_SR, *, mono: bool = True)
   return np.ascontiguousarray(data, np.float32)
 
 
+def resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
+  """Polyphase (scipy) rate change of generated audio to an output rate (generate --sample_rate); inputs
+  go through `load_audio`'s windowed-sinc resampler instead."""
+  if src == dst:
+    return audio
+  from scipy.signal import resample_poly
+
+  g = math.gcd(src, dst)
+  return resample_poly(audio, dst // g, src // g).astype(np.float32)
+
+
 def save_wav(path: PathLike, audio: np.ndarray, sample_rate: int = TARGET_SR, *, subtype: str = "PCM_16") -> None:
   """Writes (n,) or (channels, n) float audio in [-1, 1] as a wav file (written to a temp name, then renamed)."""
   import soundfile as sf
@@ -95,7 +108,11 @@ def save_wav(path: PathLike, audio: np.ndarray, sample_rate: int = TARGET_SR, *,
   if a.size == 0 or not np.all(np.isfinite(a)):
     raise AudioError(f"{path}: refusing to write empty or non-finite audio")
   p = pathlib.Path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
   tmp = p.with_name(f".{p.name}.tmp")
-  sf.write(str(tmp), np.clip(a, -1.0, 1.0) if subtype.startswith("PCM") else a, sample_rate,
-           subtype=subtype, format="WAV")
-  os.replace(tmp, p)
+  try:
+    sf.write(str(tmp), np.clip(a, -1.0, 1.0) if subtype.startswith("PCM") else a, sample_rate,
+             subtype=subtype, format="WAV")
+    os.replace(tmp, p)
+  finally:
+    tmp.unlink(missing_ok=True)

@@ -198,3 +198,29 @@ class AudioTokenizer:
         for j, i in enumerate(part):
           out[i] = np.ascontiguousarray(audio[j, :f[j] * hop])
     return out  # type: ignore[return-value]
+
+
+class HiggsCodec:
+  """The higgs-audio-v2 tokenizer (converted orbax checkpoint) behind the codec interface."""
+
+  def __init__(self, path):
+    from dreamfoley_jax.convert import higgs as convert_higgs
+
+    cfg, params = convert_higgs.load_orbax(path)
+    self.tok = AudioTokenizer(params, cfg)
+    self.path = str(path)
+    self.sample_rate = int(cfg.sample_rate)
+    self.frame_rate = float(cfg.frame_rate)
+    self.num_codebooks = int(cfg.num_quantizers)
+    self.codebook_size = int(cfg.codebook_size)
+
+  def encode(self, audio_N):
+    """(N,) float at sample_rate -> (K, T) int32 codes."""
+    return self.tok.encode([np.asarray(audio_N, np.float32).reshape(-1)])[0]
+
+  def encode_many(self, audios):
+    """Batched (bucketed) encode of many clips: list of (K, T_i)."""
+    return self.tok.encode([np.asarray(a, np.float32).reshape(-1) for a in audios])
+
+  def decode(self, codes_KxT):
+    return np.asarray(self.tok.decode([np.asarray(codes_KxT)])[0], np.float32).reshape(-1)

@@ -3,6 +3,9 @@
 Each family module exposes ``convert_to_orbax(input_path, output_dir, *, overwrite=False, **options)``
 (PyTorch/HF -> orbax) and optionally ``export_from_orbax(ckpt_dir, output_dir, *, overwrite=False,
 **options)`` (orbax -> PyTorch/HF). ``tools/convert_checkpoint.py`` dispatches on ``--family``.
+
+Shapes in the converters use the package's legend (dreamfoley_jax.models): D width, F MLP width, H / Hkv
+query / kv heads, Dh head dim, K codebooks, V vocab, Tw token frames, Np patches per frame, C channels.
 """
 from __future__ import annotations
 

@@ -257,12 +257,6 @@ def conv_to_jax(w):  # torch (O, I, *k) -> flax (*k, I, O)
   return np.ascontiguousarray(np.transpose(w, tuple(range(2, w.ndim)) + (1, 0)))
 
 
-def conv_to_torch(w):  # flax (*k, I, O) -> torch (O, I, *k)
-  w = np.asarray(w)
-  n = w.ndim
-  return np.ascontiguousarray(np.transpose(w, (n - 1, n - 2) + tuple(range(n - 2))))
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +301,7 @@ def load_params(path: PathLike, target=None, *, host: bool = False):
 
   host=True restores every array as numpy in host memory, whatever devices or mesh wrote it: the way to
   read a checkpoint written on another slice, or one larger than a single chip, before re-laying it out
-  (foley.inference_layout, sampling.place_params)."""
+  (models.params.inference_layout, sampling.place_params)."""
   import orbax.checkpoint as ocp
 
   p = pathlib.Path(path).absolute()

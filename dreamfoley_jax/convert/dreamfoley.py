@@ -12,6 +12,8 @@ Import (to_jax): such a directory (safetensors only, never a pickle) -> params i
 first, with one error naming each problem; tensors are then streamed one at a time. JAX -> HF -> JAX is bitwise.
 
 The hf_template files are package data, never imported by dreamfoley_jax (they need torch).
+
+Shapes: the package's legend (dreamfoley_jax.models): D width, F head MLP width, K codebooks, V vocab.
 """
 from __future__ import annotations
 
@@ -76,10 +78,10 @@ def entries(cfg: foley.FoleyConfig) -> list[Entry]:
     out += [Entry("heads.fc1.weight", ("heads", "kernel"), None, "swap", (K, V, D)),
             Entry("heads.fc1.bias", ("heads", "bias"), None, "same", (K, V))]
   else:
-    H = cfg.head_hidden or D
-    out += [Entry("heads.fc1.weight", ("heads", "fc1_kernel"), None, "swap", (K, H, D)),
-            Entry("heads.fc1.bias", ("heads", "fc1_bias"), None, "same", (K, H)),
-            Entry("heads.fc2.weight", ("heads", "fc2_kernel"), None, "swap", (K, V, H)),
+    F = cfg.head_hidden or D
+    out += [Entry("heads.fc1.weight", ("heads", "fc1_kernel"), None, "swap", (K, F, D)),
+            Entry("heads.fc1.bias", ("heads", "fc1_bias"), None, "same", (K, F)),
+            Entry("heads.fc2.weight", ("heads", "fc2_kernel"), None, "swap", (K, V, F)),
             Entry("heads.fc2.bias", ("heads", "fc2_bias"), None, "same", (K, V))]
   return out
 
@@ -168,12 +170,6 @@ def _validated(params: Mapping, cfg: foley.FoleyConfig, where: Any):
   found = {k: tuple(np.shape(v)) for k, v in common.flatten(params).items()}
   common.check_keys(expected, found, source=where)
   return params, scanned, es
-
-
-def params_to_state_dict(params: Mapping, cfg: foley.FoleyConfig) -> dict[str, np.ndarray]:
-  """The HF state dict (numpy, torch layout) of DreamFoley params (tests and small models)."""
-  params, scanned, es = _validated(params, cfg, "<params>")
-  return {e.hf_key: _tensor(params, e, scanned) for e in es}
 
 
 def _tensor(params: Mapping, e: Entry, scanned: bool) -> np.ndarray:
@@ -360,7 +356,7 @@ def resolve_config(ckpt_dir, config=None) -> tuple[foley.FoleyConfig, Optional[d
   except (FileNotFoundError, AttributeError) as e:
     raise ConversionError(f"model config {text}: {e} (pass --model_config experiments/<name>.py)") from e
   try:
-    cfg = foley.config_from_dict(exp.model)
+    cfg = configs.model_config(exp.model)
   except (ValueError, TypeError, KeyError) as e:
     raise ConversionError(f"model config {text}: model section: {e}") from e
   sampling = dict(exp.sample.to_dict()) if "sample" in exp else None

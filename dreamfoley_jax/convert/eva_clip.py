@@ -5,6 +5,8 @@ Reads the three layouts the weights circulate in (.bin / .pt / .pth / .safetenso
 - timm ``eva_giant_patch14_*`` (no prefix);
 - BAAI EVA-CLIP ``EVA01_CLIP_g_14_*.pt`` (``visual.*``: the same module names as timm, rope-free).
 Everything outside the image tower (text tower, logit_scale) is skipped; rope/k_bias buffers are ignored.
+
+Shapes: the package's legend (dreamfoley_jax.models): D width, F MLP width, C channels.
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ def top_table() -> dict[str, tuple[str, Callable]]:
 
 def torch_shapes(cfg: EvaClipConfig) -> dict[str, tuple[int, ...]]:
   """Every timm state-dict key (no prefix) of the tower for `cfg`, with its torch shape."""
-  D, F, P, C = cfg.width, cfg.mlp_dim, cfg.patch_size, cfg.in_channels
-  out = {"cls_token": (1, 1, D), "pos_embed": (1, cfg.num_tokens, D), "patch_embed.proj.weight": (D, C, P, P),
+  D, F, C, patch = cfg.width, cfg.mlp_dim, cfg.in_channels, cfg.patch_size
+  out = {"cls_token": (1, 1, D), "pos_embed": (1, cfg.num_tokens, D), "patch_embed.proj.weight": (D, C, patch, patch),
          "patch_embed.proj.bias": (D,), "norm.weight": (D,), "norm.bias": (D,),
          "head.weight": (cfg.embed_dim, D), "head.bias": (cfg.embed_dim,)}
   for i in range(cfg.depth):

@@ -11,6 +11,8 @@ Export: params (or just the decoder subtree, e.g. ``params["decoder"]`` of the D
 optional lm_head) -> an HF directory that ``Qwen2ForCausalLM.from_pretrained`` loads: safetensors
 shards of at most ``max_shard_size`` (+ index json when there is more than one) and ``config.json``,
 written to a temp dir and renamed. Shards are written tensor by tensor, never assembled in memory.
+
+Shapes: the package's legend (dreamfoley_jax.models): D width, F MLP width, H / Hkv heads, Dh head dim, V vocab.
 """
 from __future__ import annotations
 
@@ -57,14 +59,14 @@ class _Entry:
 
 
 def _layer_hf_shapes(cfg: qwen2.Qwen2Config) -> dict[str, tuple[int, ...]]:
-  D, E, H, K, F = (cfg.hidden_size, cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-                   cfg.intermediate_size)
+  D, Dh, H, Hkv, F = (cfg.hidden_size, cfg.head_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                      cfg.intermediate_size)
   return {
       "input_layernorm.weight": (D,), "post_attention_layernorm.weight": (D,),
-      "self_attn.q_proj.weight": (H * E, D), "self_attn.q_proj.bias": (H * E,),
-      "self_attn.k_proj.weight": (K * E, D), "self_attn.k_proj.bias": (K * E,),
-      "self_attn.v_proj.weight": (K * E, D), "self_attn.v_proj.bias": (K * E,),
-      "self_attn.o_proj.weight": (D, H * E),
+      "self_attn.q_proj.weight": (H * Dh, D), "self_attn.q_proj.bias": (H * Dh,),
+      "self_attn.k_proj.weight": (Hkv * Dh, D), "self_attn.k_proj.bias": (Hkv * Dh,),
+      "self_attn.v_proj.weight": (Hkv * Dh, D), "self_attn.v_proj.bias": (Hkv * Dh,),
+      "self_attn.o_proj.weight": (D, H * Dh),
       "mlp.gate_proj.weight": (F, D), "mlp.up_proj.weight": (F, D), "mlp.down_proj.weight": (D, F),
   }
 
@@ -205,11 +207,6 @@ def load_hf(path, *, progress: bool = False, **config_overrides) -> tuple[dict, 
   cfg = load_config(p, **config_overrides)
   weights = _weights_path(p)
   return source_to_params(common.TensorSource(weights), cfg, progress=progress, where=weights), cfg
-
-
-def state_dict_to_params(state_dict: Mapping[str, Any], cfg: qwen2.Qwen2Config) -> dict:
-  """An in-memory HF state dict (torch tensors or arrays) -> params."""
-  return source_to_params(common.TensorSource.from_dict(state_dict), cfg, where="<state dict>")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Accepts MMAudio's ``synchformer_state_dict.pth`` (``vfeat_extractor.*`` next to 
 transformer keys, which are skipped, exactly as ``Synchformer.load_state_dict`` does), a bare MotionFormer
 state dict (no prefix), or the same in .safetensors/.npz. The unused 2-D ``patch_embed.*`` is optional and
 dropped.
+
+Shapes: the package's legend (dreamfoley_jax.models): D width, F MLP width, C channels, Tw token frames,
+Np patches per frame.
 """
 from __future__ import annotations
 
@@ -71,12 +74,13 @@ def top_table() -> dict[str, tuple[str, Callable]]:
 
 def torch_shapes(cfg: SynchformerConfig, *, with_2d_patch_embed: bool = True) -> dict[str, tuple[int, ...]]:
   """Every MotionFormer state-dict key (without ``vfeat_extractor.``) for `cfg`, with its torch shape."""
-  D, F, P, C, T = cfg.width, cfg.mlp_dim, cfg.patch_size, cfg.in_channels, cfg.token_frames
-  out = {"cls_token": (1, 1, D), "pos_embed": (1, 1 + cfg.patches_per_frame, D), "temp_embed": (1, T, D),
-         "patch_embed_3d.proj.weight": (D, C, cfg.tubelet, P, P), "patch_embed_3d.proj.bias": (D,),
+  D, F, C, Tw, Np, patch = (cfg.width, cfg.mlp_dim, cfg.in_channels, cfg.token_frames, cfg.patches_per_frame,
+                            cfg.patch_size)
+  out = {"cls_token": (1, 1, D), "pos_embed": (1, 1 + Np, D), "temp_embed": (1, Tw, D),
+         "patch_embed_3d.proj.weight": (D, C, cfg.tubelet, patch, patch), "patch_embed_3d.proj.bias": (D,),
          "norm.weight": (D,), "norm.bias": (D,)}
   if with_2d_patch_embed:
-    out.update({"patch_embed.proj.weight": (D, C, P, P), "patch_embed.proj.bias": (D,)})
+    out.update({"patch_embed.proj.weight": (D, C, patch, patch), "patch_embed.proj.bias": (D,)})
   for i in range(cfg.depth):
     t = f"blocks.{i}."
     for n in ("norm1", "norm2", "norm3"):

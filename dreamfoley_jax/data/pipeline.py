@@ -123,26 +123,6 @@ class PipelineConfig:
     return tv, math.ceil(tv * self.clip_rate / self.audio_rate), self.delay_pattern.length(tv)
 
 
-def config_from(c, fcfg, local_batch: int, seed: int) -> PipelineConfig:
-  """PipelineConfig from the experiment's `data` section and the model's FoleyConfig."""
-  d = c.data
-  return PipelineConfig(
-      batch_size=local_batch, num_codebooks=fcfg.num_codebooks, codebook_size=fcfg.codebook_size,
-      use_sync=fcfg.use_sync, use_clip=fcfg.use_clip, sync_dim=fcfg.sync_dim, clip_dim=fcfg.clip_dim,
-      max_text_len=int(d.max_text_len), null_text_len=fcfg.null_text_len, null_video_len=fcfg.null_video_len,
-      crop_min_s=float(d.crop_min_s), crop_max_s=float(d.crop_max_s),
-      bucket_seconds=tuple(float(x) for x in d.get("bucket_seconds", (4.0, 7.0, 10.0))),
-      text_pad_id=int(d.get("text_pad_id", 0)), seed=int(seed), vision_mode=fcfg.vision_mode,
-      frame_size=_frame_size(fcfg), balance_by=str(d.get("balance_by", "")),
-      balance_power=float(d.get("balance_power", 1.0)))
-
-
-def _frame_size(fcfg) -> int:
-  if fcfg.vision_mode != "frames":
-    return 0
-  return int(fcfg.synchformer.image_size if fcfg.use_sync else fcfg.eva.image_size)
-
-
 def batch_spec(p: PipelineConfig, batch_size: int | None = None, bucket: int = -1) -> dict[str, tuple[tuple, Any]]:
   """{key: (shape, dtype)} of a batch of `bucket` (default: the largest) and `batch_size` (default: global)."""
   B = p.batch_size if batch_size is None else batch_size

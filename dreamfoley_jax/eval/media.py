@@ -6,10 +6,12 @@ import pathlib
 
 import numpy as np
 
+from dreamfoley_jax.video import preprocess as vpre
+
 AUDIO_EXTS = (".wav", ".flac")
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+CLIP_MEAN = np.array(vpre.OPENAI_CLIP_MEAN)   # float64, as the ImageBind reference normalises
+CLIP_STD = np.array(vpre.OPENAI_CLIP_STD)
 
 
 def load_audio(path) -> tuple[np.ndarray, int]:
@@ -80,24 +82,6 @@ def sample_frames(path, fps: float, count: int) -> np.ndarray:
   return np.stack(out)
 
 
-def resize_short_side(frames_NxHxWx3, size: int) -> np.ndarray:
-  """Bicubic resize so the short side is `size` (PIL, antialiased; torchvision v2.Resize analogue)."""
-  from PIL import Image
-
-  n, h, w, _ = frames_NxHxWx3.shape
-  if h <= w:
-    nh, nw = size, int(size * w / h)
-  else:
-    nh, nw = int(size * h / w), size
-  return np.stack([np.asarray(Image.fromarray(f).resize((nw, nh), Image.BICUBIC)) for f in frames_NxHxWx3])
-
-
-def center_crop(frames_NxHxWx3, size: int) -> np.ndarray:
-  h, w = frames_NxHxWx3.shape[1:3]
-  top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-  return frames_NxHxWx3[:, top:top + size, left:left + size]
-
-
 def three_crops(frames_NxHxWx3, size: int) -> np.ndarray:
   """ImageBind SpatialCrop(size, 3): left/centre/right (landscape) or top/centre/bottom (portrait)."""
   h, w = frames_NxHxWx3.shape[1:3]
@@ -115,14 +99,13 @@ def three_crops(frames_NxHxWx3, size: int) -> np.ndarray:
 
 def sync_video_input(path, duration_s: float) -> np.ndarray:
   """(T, 3, 224, 224) float32 in [-1, 1] at 25 fps: resize short side 224, centre crop (Synchformer)."""
-  f = sample_frames(path, 25.0, int(25.0 * duration_s))
-  f = center_crop(resize_short_side(f, 224), 224).astype(np.float32) / 255.0
-  return ((f - 0.5) / 0.5).transpose(0, 3, 1, 2)
+  f = np.stack([vpre.resize_crop(x, 224) for x in sample_frames(path, 25.0, int(25.0 * duration_s))])
+  return vpre.sync_normalize(f).transpose(0, 3, 1, 2)
 
 
 def imagebind_video_input(path, duration_s: float) -> np.ndarray:
   """(3 crops, T, 3, 224, 224) CLIP-normalised frames at 0.5 fps (ImageBind vision)."""
   f = sample_frames(path, 0.5, int(0.5 * duration_s))
-  f = resize_short_side(f, 224).astype(np.float32) / 255.0
+  f = np.stack([vpre.resize_short_side(x, 224) for x in f]).astype(np.float32) / 255.0
   f = ((f - CLIP_MEAN) / CLIP_STD).astype(np.float32)
   return three_crops(f, 224).transpose(0, 1, 4, 2, 3)

@@ -1,7 +1,8 @@
 """EVA01-CLIP-g/14 image tower in Flax linen, matching timm ``eva_giant_patch14_224`` as open_clip uses it.
 
-Legend: B batch, H/W image height/width, C channels, N tokens (1 cls + 256 patches), D width,
-A heads, E head dim, F MLP width, O projection (CLIP embedding) width.
+Legend (dreamfoley_jax.models): B batch, HxWxC image height / width / channels, N tokens (1 cls + Np = 256
+patches), D width, H heads (in attention), Dh head dim, F MLP width, O projection (CLIP embedding) width;
+einsum: t / s query / key token, h H, e Dh.
 
 Geometry (real model): patch 14 at 224 (16x16 grid + cls = 257 tokens), learned absolute position
 embedding, 40 pre-LN blocks of width 1408 with 16 heads, fused qkv without bias plus separate q/v biases
@@ -11,7 +12,7 @@ head 1408 -> 1024 (the timm head *is* the CLIP projection). No RoPE, no layer sc
 Parameter names follow timm (``patch_embed/proj``, ``cls_token``, ``pos_embed``, ``blocks_{i}/norm1``,
 ``attn/qkv``, ``attn/q_bias``, ``attn/v_bias``, ``attn/proj``, ``norm2``, ``mlp/fc1``, ``mlp/fc2``, ``norm``,
 ``head``); with ``scan_layers`` the blocks live under ``blocks/block`` with a leading layer axis.
-Input pixels are channels-last and already normalised with the OpenAI CLIP mean/std.
+Input pixels are channels-last and already normalised with the OpenAI CLIP mean/std (`video.preprocess.clip_normalize`).
 """
 from __future__ import annotations
 
@@ -21,16 +22,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
                                                  l2_normalize, remat)
 
 Array = jax.Array
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclasses.dataclass(frozen=True)
 class EvaClipConfig:
@@ -100,19 +96,19 @@ class EvaAttention(nn.Module):
   def __call__(self, x_BxNxD: Array) -> Array:
     c = self.config
     B, N, D = x_BxNxD.shape
-    A, E = c.num_heads, c.head_dim
+    H, Dh = c.num_heads, c.head_dim
     qkv = Linear(3 * D, ("embed", "heads"), use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
                  name="qkv")(x_BxNxD)
     init = nn.with_logical_partitioning(nn.initializers.zeros, ("heads",))
     q_bias = self.param("q_bias", init, (D,), _dt(c.param_dtype)).astype(c.dtype)
     v_bias = self.param("v_bias", init, (D,), _dt(c.param_dtype)).astype(c.dtype)
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    q = (q + q_bias).reshape(B, N, A, E)
-    k = k.reshape(B, N, A, E)
-    v = (v + v_bias).reshape(B, N, A, E)
-    scores = jnp.einsum("bqae,bkae->baqk", q * (E ** -0.5), k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("baqk,bkae->bqae", probs, v).reshape(B, N, D)
+    q_BxNxHxDh = (q + q_bias).reshape(B, N, H, Dh)
+    k_BxNxHxDh = k.reshape(B, N, H, Dh)
+    v_BxNxHxDh = (v + v_bias).reshape(B, N, H, Dh)
+    scores = jnp.einsum("bthe,bshe->bhts", q_BxNxHxDh * (Dh ** -0.5), k_BxNxHxDh, preferred_element_type=jnp.float32)
+    probs_BxHxNxN = jax.nn.softmax(scores, axis=-1).astype(v_BxNxHxDh.dtype)
+    out = jnp.einsum("bhts,bshe->bthe", probs_BxHxNxN, v_BxNxHxDh).reshape(B, N, D)
     return Linear(D, ("heads", "embed"), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
                   name="proj")(out)
 
@@ -157,7 +153,7 @@ class EvaVisionTower(nn.Module):
     D, P = c.width, c.patch_size
     pdt = _dt(c.param_dtype)
     # Patch embedding: Conv2d k=s=P written as one matmul over flattened (P,P,C) patches.
-    x = PatchEmbed(D, (P, P), c.dtype, c.param_dtype, name="patch_embed")(pixels_BxHxWxC)  # (B, G*G, D)
+    x = PatchEmbed(D, (P, P), c.dtype, c.param_dtype, name="patch_embed")(pixels_BxHxWxC)  # (B, Np, D)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(1e-6),
                                                                (None, None, "embed")), (1, 1, D), pdt)
     pos = self.param("pos_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02),
@@ -183,12 +179,3 @@ class EvaVisionTower(nn.Module):
     aux["tokens"] = tokens
     aux["projected"] = projected
     return l2_normalize(projected), aux
-
-
-def normalize_pixels(images_uint8_BxHxWxC) -> np.ndarray:
-  """(u8/255 - mean)/std with the OpenAI CLIP statistics in float32, bit-equal to open_clip's ToTensor+Normalize.
-
-  Host-side numpy on purpose: XLA may turn the divisions into reciprocal multiplies (1-ulp differences).
-  """
-  x = np.asarray(images_uint8_BxHxWxC).astype(np.float32) / np.float32(255.0)
-  return (x - np.asarray(OPENAI_CLIP_MEAN, np.float32)) / np.asarray(OPENAI_CLIP_STD, np.float32)

@@ -1,7 +1,8 @@
 """The DreamFoley model (paper section 3): [text | video | audio] through a Qwen2 decoder, K codebook heads.
 
-Legend: B batch, Lt text tokens, Tv video frames (25 Hz), Tc CLIP frames (4 fps), La delayed audio
-columns, P prompt (= Lt + Tv), K codebooks, V per-codebook vocab (codebook_size + BOS + EOS), D width.
+Legend (dreamfoley_jax.models): B batch, Lt text tokens, Tv video frames (25 Hz), Tc CLIP frames (4 fps),
+La delayed audio columns, P prompt (= Lt + Tv), K codebooks, V per-codebook vocab (codebook_size + BOS + EOS),
+D width, Ds / Dc / Dv sync / CLIP / fused video widths, Nw Synchformer windows, Tw token frames per window.
 
 Sequence order and special tokens (our choices, documented here because the paper does not spell them out):
   * [text | video | audio]: the condition precedes what is generated, so one causal pass trains all
@@ -21,7 +22,6 @@ Sequence order and special tokens (our choices, documented here because the pape
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import flax.linen as nn
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamfoley_jax import sharding
-from dreamfoley_jax.models import eva_clip, fusion, qwen2, synchformer
+from dreamfoley_jax.models import eva_clip, fusion, heads, qwen2, synchformer
 from dreamfoley_jax.video import preprocess as vpre
 
 Array = jax.Array
@@ -108,35 +108,6 @@ class FoleyConfig:
       raise ValueError("at least one of use_sync / use_clip must be True")
 
 
-def config_from_dict(d) -> FoleyConfig:
-  """FoleyConfig from an ml_collections ConfigDict / dict (the `model` section of an experiment)."""
-  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-  dec = dict(d.pop("decoder", {}))
-  preset = dec.pop("preset", None)
-  if "hf_config" in dec and dec["hf_config"]:
-    dcfg = qwen2.from_hf_config(dec.pop("hf_config"), **dec)
-  else:
-    dec.pop("hf_config", None)
-    dcfg = qwen2.from_preset(preset, **dec) if preset else qwen2.Qwen2Config(**dec)
-  known = {f.name for f in dataclasses.fields(FoleyConfig)}
-  unknown = set(d) - known
-  if unknown:
-    raise ValueError(f"model config: unknown fields {sorted(unknown)}; known: {sorted(known)}")
-  if "loss_weights" in d:
-    d["loss_weights"] = tuple(float(w) for w in d["loss_weights"])
-  for key, mod in (("synchformer", synchformer), ("eva", eva_clip)):
-    sub = d.get(key)
-    if isinstance(sub, dict):
-      sub = dict(sub)
-      d[key] = mod.from_preset(sub.pop("preset"), **sub) if sub.get("preset") else None
-  if d.get("vision_mode") == "frames":
-    if d.get("synchformer") is not None:
-      d["sync_dim"] = d["synchformer"].width
-    if d.get("eva") is not None:
-      d["clip_dim"] = d["eva"].embed_dim
-  return FoleyConfig(decoder=dcfg, **d)
-
-
 # --------------------------------------------------------------------------------------------------
 # Video fusion (eq. 1): parameter-free time alignment + concatenation.
 # --------------------------------------------------------------------------------------------------
@@ -196,50 +167,6 @@ class MLP(nn.Module):
                         name=f"fc{self.depth}", **kw)(x)
 
 
-class CodebookHeads(nn.Module):
-  """K independent MLP heads (stacked params, one einsum): (B,L,D) -> (B,L,K,V)."""
-  num_codebooks: int
-  vocab: int
-  hidden: int
-  depth: int = 2
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-
-  @nn.compact
-  def __call__(self, h_BxLxD):
-    K, D = self.num_codebooks, h_BxLxD.shape[-1]
-    pd, cd = jnp.dtype(self.param_dtype), jnp.dtype(self.dtype)
-    init = nn.initializers.normal(0.02)
-    B, L = h_BxLxD.shape[:2]
-    x = h_BxLxD.reshape(B * L, D).astype(cd)
-    if self.depth == 1:
-      w = self.param("kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "codebook_vocab")),
-                     (K, D, self.vocab), pd)
-      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
-                     (K, self.vocab), pd)
-      return logits_fp32("nd,kdv->nkv", x, w, b).reshape(B, L, K, self.vocab)
-    w1 = self.param("fc1_kernel", nn.with_logical_partitioning(init, ("codebooks", "embed", "mlp")),
-                    (K, D, self.hidden), pd)
-    b1 = self.param("fc1_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "mlp")),
-                    (K, self.hidden), pd)
-    # split over fsdp x tensor: 7B K=8 x 3584 x 1026 fp32 is 112 MB (+ Adam), replicated before
-    w2 = self.param("fc2_kernel", nn.with_logical_partitioning(init, ("codebooks", "head_mlp", "codebook_vocab")),
-                    (K, self.hidden, self.vocab), pd)
-    b2 = self.param("fc2_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("codebooks", "codebook_vocab")),
-                    (K, self.vocab), pd)
-    z = nn.gelu(jnp.einsum("nd,kdh->nkh", x, w1.astype(cd)) + b1.astype(cd), approximate=False)
-    return logits_fp32("nkh,khv->nkv", z, w2, b2).reshape(B, L, K, self.vocab)
-
-
-def logits_fp32(spec: str, x, w, b) -> Array:
-  """The heads' last projection in fp32 whatever the compute dtype: bf16 logits would be off by up to a
-  bf16 ulp (0.06 at |logit| 8; ~0.016 nats/token of CE, x3 after CFG guidance). HIGHEST keeps TPUs (bf16
-  passes by default) and GPUs (TF32) from rounding the fp32 operands. ~0.4% of the 7B step's FLOPs."""
-  f32 = jnp.float32
-  y = jnp.einsum(spec, x.astype(f32), w.astype(f32), precision=jax.lax.Precision.HIGHEST)
-  return y + b.astype(f32)
-
-
 def positions_from_mask(mask_BxT: Array) -> Array:
   return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
 
@@ -281,7 +208,7 @@ def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] =
   frames'); each example's windows repeat its own last real frame (`lengths_B`, default all T).
   Shared by DreamFoley.encode_frames and encoder_pretrain."""
   T = frames_BxTxHxWxC.shape[1]
-  idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (S, window), clamped to T - 1
+  idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (Nw, window), clamped to T - 1
   if lengths_B is None:
     x = frames_BxTxHxWxC[:, idx]
   else:
@@ -292,8 +219,8 @@ def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] =
 
 def clip_pixels_input(frames_BxTcxHxWxC: Array) -> Array:
   """uint8 4 fps frames -> EVA-CLIP input (B*Tc, H, W, C) normalised with the OpenAI CLIP mean/std."""
-  mean = jnp.asarray(eva_clip.OPENAI_CLIP_MEAN, jnp.float32)
-  std = jnp.asarray(eva_clip.OPENAI_CLIP_STD, jnp.float32)
+  mean = jnp.asarray(vpre.OPENAI_CLIP_MEAN, jnp.float32)
+  std = jnp.asarray(vpre.OPENAI_CLIP_STD, jnp.float32)
   x = (frames_BxTcxHxWxC.astype(jnp.float32) / 255.0 - mean) / std
   return x.reshape((-1,) + frames_BxTcxHxWxC.shape[2:])
 
@@ -320,8 +247,8 @@ class DreamFoley(nn.Module):
                                 (c.null_text_len, D), pd)
     self.null_video = self.param("null_video", nn.with_logical_partitioning(init, ("null", "embed")),
                                  (c.null_video_len, D), pd)
-    self.heads = CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
-                               dtype=d.dtype, param_dtype=d.param_dtype)
+    self.heads = heads.CodebookHeads(c.num_codebooks, c.vocab_per_codebook, c.head_hidden or D, c.head_depth,
+                                     dtype=d.dtype, param_dtype=d.param_dtype)
     if c.vision_mode == "frames":
       if c.use_sync:
         self.synchformer = synchformer.Synchformer(c.synchformer)
@@ -329,7 +256,7 @@ class DreamFoley(nn.Module):
         self.eva_clip = eva_clip.EvaVisionTower(c.eva)
 
   def encode_frames(self, batch: dict):
-    """frames mode: uint8 frames -> (sync tokens (B,S*8,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
+    """frames mode: uint8 frames -> (sync tokens (B,Tv,Ds) or None, clip embeddings (B,Tc,Dc) or None, mask)."""
     c = self.config
     sync = clip = None
     mask = None
@@ -338,7 +265,7 @@ class DreamFoley(nn.Module):
       B, Tf = fr.shape[:2]
       # Real frames come first (a prefix mask); token i stands for frame i (the length rule).
       n_B = batch.get("frames_sync_mask", jnp.ones((B, Tf), bool)).astype(jnp.int32).sum(axis=1)
-      feats, _ = self.synchformer(sync_windows_input(fr, c.synchformer, n_B))   # (B,S,stride,Ds)
+      feats, _ = self.synchformer(sync_windows_input(fr, c.synchformer, n_B))   # (B,Nw,Tw,Ds)
       sync = feats.reshape(B, -1, feats.shape[-1])[:, :Tf]
       mask = jnp.arange(Tf)[None] < n_B[:, None]
     if c.use_clip:
@@ -354,14 +281,14 @@ class DreamFoley(nn.Module):
 
   # -- pieces (also used by the sampler) -----------------------------------------------------------
 
-  def _substitute(self, x_BxLxD, mask_BxL, null_NxD, drop_B, field: str):
-    L, N = x_BxLxD.shape[1], null_NxD.shape[0]
-    if L < N:
-      raise ValueError(f"{field}: region length {L} is shorter than the null sequence ({N}); pad it to >= {N}")
-    null = jnp.zeros((L, x_BxLxD.shape[-1]), x_BxLxD.dtype).at[:N].set(null_NxD.astype(x_BxLxD.dtype))
-    null_mask = jnp.arange(L) < N
+  def _substitute(self, x_BxTxD, mask_BxT, null_NxD, drop_B, field: str):
+    T, N = x_BxTxD.shape[1], null_NxD.shape[0]
+    if T < N:
+      raise ValueError(f"{field}: region length {T} is shorter than the null sequence ({N}); pad it to >= {N}")
+    null_TxD = jnp.zeros((T, x_BxTxD.shape[-1]), x_BxTxD.dtype).at[:N].set(null_NxD.astype(x_BxTxD.dtype))
+    null_mask_T = jnp.arange(T) < N
     d = drop_B[:, None]
-    return jnp.where(d[..., None], null[None], x_BxLxD), jnp.where(d, null_mask[None], mask_BxL)
+    return jnp.where(d[..., None], null_TxD[None], x_BxTxD), jnp.where(d, null_mask_T[None], mask_BxT)
 
   def embed_prompt(self, batch: dict, drop_text_B: Optional[Array] = None, drop_video_B: Optional[Array] = None):
     """[text | video] embeddings (B,P,D) and mask (B,P); drop_* swap in the null sequences."""
@@ -390,21 +317,21 @@ class DreamFoley(nn.Module):
       xv, video_mask = self._substitute(xv, video_mask, self.null_video, drop_video_B, "video")
     return jnp.concatenate([xt, xv], axis=1), jnp.concatenate([text_mask, video_mask], axis=1)
 
-  def embed_audio(self, ids_BxLxK: Array, vacant_BxLxK: Optional[Array] = None) -> Array:
+  def embed_audio(self, ids_BxLaxK: Array, vacant_BxLaxK: Optional[Array] = None) -> Array:
     """Sum over codebooks of table_k[id_k]; vacant staircase cells use the learnable pad (eq. 2)."""
     c = self.config
     K = c.num_codebooks
-    e = self.audio_embed[jnp.arange(K), ids_BxLxK]            # (B,L,K,D)
-    if c.learnable_pad and vacant_BxLxK is not None:
-      e = jnp.where(vacant_BxLxK[..., None], self.audio_pad[None, None].astype(e.dtype), e)
+    e = self.audio_embed[jnp.arange(K), ids_BxLaxK]            # (B,La,K,D)
+    if c.learnable_pad and vacant_BxLaxK is not None:
+      e = jnp.where(vacant_BxLaxK[..., None], self.audio_pad[None, None].astype(e.dtype), e)
     return e.sum(axis=2).astype(jnp.dtype(c.decoder.dtype))
 
   def decode(self, x_BxTxD, mask_BxT, positions_BxT, cache=None):
     return self.decoder(inputs_embeds_BxTxD=x_BxTxD, attention_mask_BxT=mask_BxT, positions_BxT=positions_BxT,
                         cache=cache)
 
-  def predict(self, h_BxLxD) -> Array:
-    return self.heads(h_BxLxD)      # fp32 (`logits_fp32`)
+  def predict(self, h_BxLaxD) -> Array:
+    return self.heads(h_BxLaxD)      # fp32 (`heads.logits_fp32`)
 
   # -- training forward -------------------------------------------------------------------------------
 
@@ -426,186 +353,3 @@ class DreamFoley(nn.Module):
     P = prompt.shape[1]
     logits = self.predict(h[:, P:])
     return logits, {"prompt_len": P}
-
-
-# --------------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------------
-
-def cfg_drop(rng, batch_size: int, p_text: float, p_video: float):
-  """Independent per-example drop decisions for text and video (deterministic given rng)."""
-  kt, kv = jax.random.split(rng)
-  return (jax.random.uniform(kt, (batch_size,)) < p_text, jax.random.uniform(kv, (batch_size,)) < p_video)
-
-
-def target_mask(cfg: FoleyConfig, batch: dict) -> Array:
-  """(B, La-1, K): which next-column cells are trained: real codes and the final EOS; not BOS/staircase."""
-  ids = batch["audio_ids"]
-  tgt = ids[:, 1:]
-  valid = batch.get("audio_mask", jnp.ones(ids.shape[:2], bool))[:, 1:, None]
-  m = valid & (tgt != cfg.bos_id)
-  if "audio_vacant" in batch:
-    m = m & ~batch["audio_vacant"][:, 1:]
-  return m
-
-
-def weighted_loss(cfg: FoleyConfig, logits_BxLxKxV: Array, batch: dict):
-  """sum_k w_k * CE_k (section 5.1), CE_k averaged over the trained cells of codebook k."""
-  ids = batch["audio_ids"]
-  logits = logits_BxLxKxV[:, :-1].astype(jnp.float32)
-  tgt = ids[:, 1:]
-  m = target_mask(cfg, batch).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, tgt[..., None].astype(jnp.int32), axis=-1)[..., 0]   # (B,L,K)
-  count = m.sum(axis=(0, 1))
-  ce_k = (nll * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
-  acc_k = ((jnp.argmax(logits, -1) == tgt) * m).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
-  w = jnp.asarray(cfg.loss_weights[:cfg.num_codebooks], jnp.float32)
-  loss = jnp.sum(w * ce_k)
-  aux = {"loss": loss, "ce_per_codebook": ce_k, "acc_per_codebook": acc_k, "num_targets": count.sum()}
-  return loss, aux
-
-
-# --------------------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------------------
-
-def dummy_batch(cfg: FoleyConfig, batch: int = 1, text_len: int = 16, video_frames: int = 50,
-                audio_cols: int = 59) -> dict:
-  """Abstract-shaped example inputs (zeros) for init / eval_shape."""
-  Tc = max(1, math.ceil(video_frames * cfg.clip_rate / cfg.sync_rate))
-  b = {"text_ids": jnp.zeros((batch, max(text_len, cfg.null_text_len)), jnp.int32),
-       "video_mask": jnp.ones((batch, max(video_frames, cfg.null_video_len)), bool),
-       "audio_ids": jnp.zeros((batch, audio_cols, cfg.num_codebooks), jnp.int32),
-       "audio_mask": jnp.ones((batch, audio_cols), bool),
-       "audio_vacant": jnp.zeros((batch, audio_cols, cfg.num_codebooks), bool)}
-  b["text_mask"] = jnp.ones(b["text_ids"].shape, bool)
-  Tv = b["video_mask"].shape[1]
-  if cfg.vision_mode == "frames":
-    del b["video_mask"]
-    if cfg.use_sync:
-      sc = cfg.synchformer
-      Tf = max(Tv, sc.window + sc.stride * ((cfg.null_video_len + sc.token_frames - 1) // sc.token_frames))
-      b["frames_sync"] = jnp.zeros((batch, Tf, sc.image_size, sc.image_size, 3), jnp.uint8)
-    if cfg.use_clip:
-      ec = cfg.eva
-      b["frames_clip"] = jnp.zeros((batch, max(Tc, cfg.null_video_len), ec.image_size, ec.image_size, 3), jnp.uint8)
-    return b
-  if cfg.use_sync:
-    b["sync_feats"] = jnp.zeros((batch, Tv, cfg.sync_dim), jnp.float32)
-  if cfg.use_clip:
-    b["clip_feats"] = jnp.zeros((batch, Tc, cfg.clip_dim), jnp.float32)
-  return b
-
-
-def _init_inputs(cfg: FoleyConfig) -> dict:
-  return dummy_batch(cfg, text_len=cfg.null_text_len, video_frames=cfg.null_video_len,
-                     audio_cols=cfg.num_codebooks + 2)
-
-
-def abstract_params(cfg: FoleyConfig):
-  """The params' shapes, dtypes and logical partitioning (boxed), without allocating anything: the key is
-  made inside the traced function too, so this is safe under any mesh (also an AOT topology's)."""
-  model = DreamFoley(cfg)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), _init_inputs(cfg)))["params"]
-
-
-def init_params(cfg: FoleyConfig, seed: int = 0):
-  """Randomly initialised (unboxed) params of the model, made by its own jitted init."""
-  model = DreamFoley(cfg)
-  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), _init_inputs(cfg))["params"])
-
-
-# Params whose every use casts them to the decoder's compute dtype first (qwen2.Linear kernels/biases, the
-# token embedding, RMSNorm scales applied in the activation dtype, the heads, the null embeddings), so storing
-# them in that dtype changes no result. audio_embed / audio_pad are summed over the K codebooks in their own
-# dtype before the cast, and the encoders have their own dtypes: those stay as they are. The heads' last
-# projection runs in fp32 (`logits_fp32`): its params keep their dtype (7B: +59 MB per decode step, 0.4%).
-_COMPUTE_DTYPE_PARAMS = ("decoder", "projector", "heads", "null_text", "null_video")
-_FP32_HEAD_PARAMS = ("fc2_kernel", "fc2_bias", "kernel", "bias")
-
-
-def inference_layout(cfg: FoleyConfig, params, *, unscan: bool = True, cast: bool = True):
-  """(cfg, params) laid out for sampling; the same model:
-  - unscan: a `scan_layers` checkpoint (the training layout) becomes the unrolled layers_0..L-1 layout,
-    whose per-layer KV caches the decode step updates in place (same weights; logits equal up to float
-    reassociation, ~6e-7 on the tiny model);
-  - cast: with a lower-precision compute dtype (experiments/paper_7b.py: bf16 compute, fp32 master weights)
-    the params in `_COMPUTE_DTYPE_PARAMS` are stored in that dtype (only ever narrowed): half the memory and half the bytes each
-    decode step reads (7B: 13.3 instead of 26.6 GB per step). Every use of them casts to the compute dtype
-    anyway, so the logits are bit-identical when XLA must honour each rounding
-    (XLA_FLAGS=--xla_allow_excess_precision=false; tested). By default XLA may skip some fp32 -> bf16
-    roundings of fp32 weights inside a fused dot, so with fp32 weights the result carries a little excess
-    precision (tiny model: logits differ by <= 0.01, bf16 rounding level).
-  """
-  params = dict(nn.unbox(params))
-  d = cfg.decoder
-  if "decoder" not in params:
-    raise ValueError(f"params have no 'decoder' (keys: {sorted(params)})")
-  scanned = qwen2.is_scanned(params["decoder"], "params/decoder")
-  if scanned != d.scan_layers:      # the checkpoint's layout decides (e.g. an HF conversion under paper_7b)
-    d = d.replace(scan_layers=scanned)
-  cd = jnp.dtype(d.dtype)
-  # Only ever narrower (fp32 -> bf16), never widening bf16 weights into an fp32 compute dtype.
-  narrow = cast and cd.itemsize < jnp.dtype(d.param_dtype).itemsize
-  to_cd = ((lambda x: x.astype(cd) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != cd else x)
-           if narrow else (lambda x: x))
-  if unscan and d.scan_layers:
-    # Slice and cast each layer in one step (works on host numpy too): no full-size unstacked copy.
-    params["decoder"] = qwen2.unstack_layers(params["decoder"], d.num_hidden_layers, where="params/decoder",
-                                             fn=to_cd)
-    d = d.replace(scan_layers=False)
-  if narrow:
-    for k in _COMPUTE_DTYPE_PARAMS:
-      if k == "heads" and k in params:
-        params[k] = {n: (v if n in _FP32_HEAD_PARAMS else to_cd(v)) for n, v in params[k].items()}
-      elif k in params:
-        params[k] = jax.tree.map(to_cd, params[k])
-    d = d.replace(param_dtype=d.dtype)
-  return cfg.replace(decoder=d), params
-
-
-def param_table(params) -> list[tuple[str, int]]:
-  """(component, #params) rows; decoder split into embedding / layers / norm."""
-  params = nn.unbox(params)
-  rows: dict[str, int] = {}
-
-  def count(t):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
-
-  for k, v in params.items():
-    if k == "decoder":
-      for kk, vv in v.items():
-        name = "decoder/layers" if kk.startswith("layers") else f"decoder/{kk}"
-        rows[name] = rows.get(name, 0) + count(vv)
-    else:
-      rows[k] = count(v)
-  return sorted(rows.items())
-
-
-def main(argv=None):
-  import argparse
-
-  from dreamfoley_jax import configs as cfglib
-
-  ap = argparse.ArgumentParser(description="DreamFoley model summary (abstract shapes only, no memory)")
-  ap.add_argument("--config", required=True, help="experiments/<name>.py")
-  ap.add_argument("--summary", action="store_true", help="print the parameter table")
-  args = ap.parse_args(argv)
-  exp = cfglib.load_config(args.config)
-  cfg = config_from_dict(exp.model)
-  rows = param_table(abstract_params(cfg))
-  total = sum(n for _, n in rows)
-  w = max(len(r) for r, _ in rows)
-  print(f"{'component':<{w}}  {'params':>15}  {'share':>7}")
-  for name, n in rows:
-    print(f"{name:<{w}}  {n:>15,}  {100 * n / total:6.2f}%")
-  print(f"{'total':<{w}}  {total:>15,}")
-  d = cfg.decoder
-  print(f"decoder: {d.num_hidden_layers} layers, width {d.hidden_size}, {d.num_attention_heads} heads "
-        f"({d.num_key_value_heads} kv), MLP {d.intermediate_size}, vocab {d.vocab_size}; "
-        f"K={cfg.num_codebooks} codebooks x {cfg.vocab_per_codebook}; video dim {cfg.video_dim}")
-
-
-if __name__ == "__main__":
-  main()

@@ -1,10 +1,11 @@
 """Dual vision-encoder fusion, DreamFoley eq. 1: F_v = concat(phi_a(V; r_a), up(phi_t(V; r_t))).
 
-Legend: B batch, Ts sync tokens (25 Hz), Tc CLIP frames (4 fps), Ta output frames (25 Hz), D width.
+Legend (dreamfoley_jax.models): B batch, Ts sync tokens (25 Hz), Tc CLIP frames (4 fps), Tv output (video)
+frames (25 Hz), Ds / Dc / Dv sync / CLIP / fused widths.
 
 Both streams are put on the audio-aligned grid: output frame j stands for time j / r_a. Synchformer gives
 8 tokens per 16-frame window at stride 8, i.e. one token per 25 Hz frame, so sync token j is frame j
-(cropped or padded to Ta). CLIP frame i was sampled at time i / r_t; output frame j reads it at the
+(cropped or padded to Tv). CLIP frame i was sampled at time i / r_t; output frame j reads it at the
 fractional position x = j * r_t / r_a (computed in exact integer arithmetic for rational rates):
   "nearest"       i = floor(x): each CLIP frame is repeated until the next one is sampled
                   (torch F.interpolate 'nearest' with the exact rate ratio).
@@ -20,7 +21,7 @@ MMAudio brings its sync stream to its latent length with F.interpolate(mode='nea
 "nearest_exact" here when the lengths are in the exact rate ratio.
 
 Real clips are off by a few frames (an 8.04 s clip has 201 frames at 25 Hz but only
-((201 - 16) // 8 + 1) * 8 = 192 sync tokens). `target_len` fixes Ta; positions without data are filled
+((201 - 16) // 8 + 1) * 8 = 192 sync tokens). `target_len` fixes Tv; positions without data are filled
 with zeros ("zero") or the last valid feature ("edge") and the returned mask is False there. The mask is
 True where both streams have real data: j < (valid sync tokens) and floor(x) < (valid CLIP frames).
 """
@@ -66,7 +67,7 @@ def aligned_length(duration_sec: float, rate: float = 25.0) -> int:
 
 
 def clip_source_index(num_out: int, cfg: FusionConfig):
-  """(i0_Ta, w_Ta): the CLIP frame read by each output frame and the linear weight of frame i0 + 1."""
+  """(i0_Tv, w_Tv): the CLIP frame read by each output frame and the linear weight of frame i0 + 1."""
   r = cfg.ratio
   j = jnp.arange(num_out, dtype=jnp.int32)
   num, den = r.numerator, r.denominator
@@ -94,7 +95,7 @@ class DualStreamFusion(nn.Module):
   @nn.compact
   def __call__(self, sync_BxTsxDs, clip_BxTcxDc, *, target_len: int | None = None,
                sync_mask_BxTs=None, clip_mask_BxTc=None):
-    """Returns (fused_BxTaxD with D = Ds + Dc, mask_BxTa). Masks mark valid prefixes (True = data)."""
+    """Returns (fused_BxTvxDv with Dv = Ds + Dc, mask_BxTv). Masks mark valid prefixes (True = data)."""
     cfg = self.config
     b, ts, _ = sync_BxTsxDs.shape
     tc = clip_BxTcxDc.shape[1]
@@ -102,28 +103,28 @@ class DualStreamFusion(nn.Module):
     dtype = jnp.result_type(sync_BxTsxDs.dtype, clip_BxTcxDc.dtype)
     n_sync_B = _valid_counts(sync_mask_BxTs, b, ts)
     n_clip_B = _valid_counts(clip_mask_BxTc, b, tc)
-    j_Ta = jnp.arange(ta, dtype=jnp.int32)
+    j_Tv = jnp.arange(ta, dtype=jnp.int32)
 
     # sync: token j is frame j
-    sync_ok_BxTa = j_Ta[None, :] < n_sync_B[:, None]
-    src_s_BxTa = jnp.minimum(j_Ta[None, :], jnp.maximum(n_sync_B[:, None] - 1, 0))
-    sync_BxTaxDs = jnp.take_along_axis(sync_BxTsxDs, src_s_BxTa[..., None], axis=1).astype(dtype)
+    sync_ok_BxTv = j_Tv[None, :] < n_sync_B[:, None]
+    src_s_BxTv = jnp.minimum(j_Tv[None, :], jnp.maximum(n_sync_B[:, None] - 1, 0))
+    sync_BxTvxDs = jnp.take_along_axis(sync_BxTsxDs, src_s_BxTv[..., None], axis=1).astype(dtype)
 
     # clip: output frame j reads position j * r_t / r_a
-    i0_Ta, w_Ta = clip_source_index(ta, cfg)
+    i0_Tv, w_Tv = clip_source_index(ta, cfg)
     last_B = jnp.maximum(n_clip_B - 1, 0)[:, None]
-    clip_ok_BxTa = i0_Ta[None, :] < n_clip_B[:, None]
-    i0_BxTa = jnp.minimum(i0_Ta[None, :], last_B)
-    clip_BxTaxDc = jnp.take_along_axis(clip_BxTcxDc, i0_BxTa[..., None], axis=1).astype(dtype)
+    clip_ok_BxTv = i0_Tv[None, :] < n_clip_B[:, None]
+    i0_BxTv = jnp.minimum(i0_Tv[None, :], last_B)
+    clip_BxTvxDc = jnp.take_along_axis(clip_BxTcxDc, i0_BxTv[..., None], axis=1).astype(dtype)
     if cfg.upsample == "linear":
-      i1_BxTa = jnp.minimum(i0_Ta[None, :] + 1, last_B)
-      nxt_BxTaxDc = jnp.take_along_axis(clip_BxTcxDc, i1_BxTa[..., None], axis=1).astype(dtype)
-      w = w_Ta.astype(dtype)[None, :, None]
-      clip_BxTaxDc = clip_BxTaxDc * (1 - w) + nxt_BxTaxDc * w
+      i1_BxTv = jnp.minimum(i0_Tv[None, :] + 1, last_B)
+      nxt_BxTvxDc = jnp.take_along_axis(clip_BxTcxDc, i1_BxTv[..., None], axis=1).astype(dtype)
+      w = w_Tv.astype(dtype)[None, :, None]
+      clip_BxTvxDc = clip_BxTvxDc * (1 - w) + nxt_BxTvxDc * w
 
     if cfg.pad == "zero":
-      sync_BxTaxDs = jnp.where(sync_ok_BxTa[..., None], sync_BxTaxDs, 0)
-      clip_BxTaxDc = jnp.where(clip_ok_BxTa[..., None], clip_BxTaxDc, 0)
-    fused_BxTaxD = jnp.concatenate([sync_BxTaxDs, clip_BxTaxDc], axis=-1)
-    fused_BxTaxD = sharding.constrain(fused_BxTaxD, ("batch", "length", "act_embed"))
-    return fused_BxTaxD, sync_ok_BxTa & clip_ok_BxTa
+      sync_BxTvxDs = jnp.where(sync_ok_BxTv[..., None], sync_BxTvxDs, 0)
+      clip_BxTvxDc = jnp.where(clip_ok_BxTv[..., None], clip_BxTvxDc, 0)
+    fused_BxTvxDv = jnp.concatenate([sync_BxTvxDs, clip_BxTvxDc], axis=-1)
+    fused_BxTvxDv = sharding.constrain(fused_BxTvxDv, ("batch", "length", "act_embed"))
+    return fused_BxTvxDv, sync_ok_BxTv & clip_ok_BxTv

@@ -1,14 +1,14 @@
 """Qwen2 / Qwen2.5 decoder in Flax linen, matching transformers' Qwen2ForCausalLM.
 
-Legend: B batch, T query time, S key/cache time, D width, H query heads, G query heads per kv head,
-K kv heads, E head dim, F MLP width, V vocab, L layers.
+Legend (dreamfoley_jax.models): B batch, T query time, S key / cache slots, D width, H query heads, Hkv kv heads,
+G query heads per kv head, Dh head dim, F MLP width, V vocab, L layers; einsum: j = Hkv, e = Dh, q = G*T rows.
 
 Parameter names follow the Hugging Face module names (``q_proj``, ``input_layernorm``...) so that the
 converter in ``dreamfoley_jax.convert.qwen2`` is a one-to-one table. Kernels are 2-D (in, out): XLA:CPU
 handles the backward of 2-D dots much better than dots with extra batch dims (see JAX_NOTES).
 
-KV cache: an explicit pytree ``{"k": L x (B,K,S,E), "v": ..., "mask": (B,S) bool, "index": int32}`` (a list of
-per-layer arrays, or one (L,B,K,S,E) array with scan_layers).
+KV cache: an explicit pytree ``{"k": L x (B,Hkv,Dh,S), "v": L x (B,Hkv,S,Dh), "mask": (B,S) bool, "index": int32}``
+(a list of per-layer arrays, or one (L,B,Hkv,...) array with scan_layers).
 A call with a cache writes its T new keys at slots [index, index+T) and each query attends to valid
 slots at or before its own slot, so prefill (T = prompt) and decode (T = 1) share one code path.
 """
@@ -46,7 +46,7 @@ class Qwen2Config:
   param_dtype: str = "float32"
   dtype: str = "float32"            # compute dtype; norms, softmax and rope run in fp32 regardless
   scan_layers: bool = False
-  remat_policy: str = "none"        # none | full | dots | dots_no_batch | save_qkv_out
+  remat_policy: str = "none"        # none | full | dots | dots_no_batch
   attention_impl: str = "xla"       # xla (einsum + softmax) | dot_product_attention (jax.nn, its default: XLA)
                                     # | cudnn (jax.nn's cuDNN flash kernel: GPU only; training and prefill)
                                     # | blocked (causal query blocks that skip fully masked key blocks)
@@ -222,60 +222,61 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions_BxT: Array, head_dim: int, theta: float):
-  """cos/sin tables (B,T,E) in fp32, HF layout (frequencies repeated, not interleaved)."""
+  """cos/sin tables (B,T,Dh) in fp32, HF layout (frequencies repeated, not interleaved)."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   freqs = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def apply_rope(x_BxTxNxE: Array, cos_BxTxE: Array, sin_BxTxE: Array) -> Array:
-  dtype = x_BxTxNxE.dtype
-  x = x_BxTxNxE.astype(jnp.float32)
+def apply_rope(x_BxTxHxDh: Array, cos_BxTxDh: Array, sin_BxTxDh: Array) -> Array:
+  """Rotates the query (H heads) or key (Hkv heads) vectors of each position."""
+  dtype = x_BxTxHxDh.dtype
+  x = x_BxTxHxDh.astype(jnp.float32)
   half = x.shape[-1] // 2
   rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  out = x * cos_BxTxE[:, :, None, :] + rot * sin_BxTxE[:, :, None, :]
+  out = x * cos_BxTxDh[:, :, None, :] + rot * sin_BxTxDh[:, :, None, :]
   return out.astype(dtype)
 
 
-def _attend_kv_major(q_BxKxGxTxE, k_BxKxSxE, v_BxKxSxE, mask_BxTxS, keys_transposed: bool = False):
-  """GQA with kv-head-major layouts: both dots are plain batched GEMMs over (B, K).
+def _attend_kv_major(q_BxHkvxGxTxDh, k_BxHkvxSxDh, v_BxHkvxSxDh, mask_BxTxS, keys_transposed: bool = False):
+  """GQA with kv-head-major layouts: both dots are plain batched GEMMs over (B, Hkv).
 
-  keys_transposed: k is given as (B, K, E, S) (the KV cache layout), so q @ k is a plain (NN) GEMM.
+  keys_transposed: k is given as (B, Hkv, Dh, S) (the KV cache layout), so q @ k is a plain (NN) GEMM.
   """
-  B, K, G, T, E = q_BxKxGxTxE.shape
-  S = v_BxKxSxE.shape[2]
-  q = q_BxKxGxTxE.reshape(B, K, G * T, E)
+  B, Hkv, G, T, Dh = q_BxHkvxGxTxDh.shape
+  S = v_BxHkvxSxDh.shape[2]
+  q_BxHkvxQxDh = q_BxHkvxGxTxDh.reshape(B, Hkv, G * T, Dh)
   if keys_transposed:
-    scores = jnp.einsum("bkqe,bkes->bkqs", q, k_BxKxSxE, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bjqe,bjes->bjqs", q_BxHkvxQxDh, k_BxHkvxSxDh, preferred_element_type=jnp.float32)
   else:
-    scores = jnp.einsum("bkqe,bkse->bkqs", q, k_BxKxSxE, preferred_element_type=jnp.float32)
-  # The fp32 scores are scaled, as `attention` (training) does: scaling bf16 q first rounded q * E^-0.5 to
+    scores = jnp.einsum("bjqe,bjse->bjqs", q_BxHkvxQxDh, k_BxHkvxSxDh, preferred_element_type=jnp.float32)
+  # The fp32 scores are scaled, as `attention` (training) does: scaling bf16 q first rounded q * Dh^-0.5 to
   # bf16, so the KV-cache decode and the training forward disagreed on 40% of bf16 outputs (up to 0.04).
-  scores = scores.reshape(B, K, G, T, S) * (E ** -0.5)
+  scores = scores.reshape(B, Hkv, G, T, S) * (Dh ** -0.5)
   scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxE.dtype).reshape(B, K, G * T, S)
-  out = jnp.einsum("bkqs,bkse->bkqe", probs, v_BxKxSxE)
-  return out.reshape(B, K, G, T, E)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxHkvxSxDh.dtype).reshape(B, Hkv, G * T, S)
+  out = jnp.einsum("bjqs,bjse->bjqe", probs, v_BxHkvxSxDh)
+  return out.reshape(B, Hkv, G, T, Dh)
 
 
-def blocked_causal_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, block: int):
+def blocked_causal_attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask_BxTxS, block: int):
   """Causal self-attention (key slot s == position s, no cache) in query blocks of `block` rows.
 
   Query block [a, b) only reads keys [0, b): keys past the block are masked anyway, so skipping them
   changes no result but saves ~40% of the attention FLOPs at T=1024. The (padding) mask still applies.
   """
-  B, T, H, E = q_BxTxHxE.shape
-  K = k_BxSxKxE.shape[2]
-  q = q_BxTxHxE.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)  # B K G T E
-  k = k_BxSxKxE.transpose(0, 2, 1, 3)
-  v = v_BxSxKxE.transpose(0, 2, 1, 3)
+  B, T, H, Dh = q_BxTxHxDh.shape
+  Hkv = k_BxSxHkvxDh.shape[2]
+  q = q_BxTxHxDh.reshape(B, T, Hkv, H // Hkv, Dh).transpose(0, 2, 3, 1, 4)  # B Hkv G T Dh
+  k = k_BxSxHkvxDh.transpose(0, 2, 1, 3)
+  v = v_BxSxHkvxDh.transpose(0, 2, 1, 3)
   outs = []
   for a in range(0, T, block):
     b = min(T, a + block)
     outs.append(_attend_kv_major(q[:, :, :, a:b], k[:, :, :b], v[:, :, :b], mask_BxTxS[:, a:b, :b]))
   out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]
-  return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, E)
+  return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
 # The kernel behind attention_impl="cudnn". Tests set "xla" to run the same code path (mask handling, padding,
@@ -283,7 +284,7 @@ def blocked_causal_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, block:
 FLASH_IMPLEMENTATION = "cudnn"
 
 
-def flash_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, *, self_causal: bool):
+def flash_attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask_BxTxS, *, self_causal: bool):
   """`jax.nn.dot_product_attention(implementation=FLASH_IMPLEMENTATION)`: cuDNN's flash kernel on NVIDIA GPUs.
 
   self_causal: the mask is causal-by-slot & key-valid over the same T slots (training, no cache), so the
@@ -292,39 +293,39 @@ def flash_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, *, self_causal:
   whole mask is the bias (prefill against a KV cache). cuDNN's training kernel with a bias needs even
   lengths: an odd T gets one masked key / dropped query slot (same result).
   """
-  B, T = q_BxTxHxE.shape[:2]
+  B, T = q_BxTxHxDh.shape[:2]
   if self_causal:
     valid_BxS = mask_BxTxS[:, -1]
     if T % 2:
       pad = lambda x: jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
-      q_BxTxHxE, k_BxSxKxE, v_BxSxKxE = pad(q_BxTxHxE), pad(k_BxSxKxE), pad(v_BxSxKxE)
+      q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh = pad(q_BxTxHxDh), pad(k_BxSxHkvxDh), pad(v_BxSxHkvxDh)
       valid_BxS = jnp.pad(valid_BxS, ((0, 0), (0, 1)))
     S = valid_BxS.shape[1]
     mask = jnp.broadcast_to(valid_BxS[:, None, None, :], (B, 1, S, S))
   else:
     mask = mask_BxTxS[:, None]
-  out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask, is_causal=self_causal,
+  out = jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask=mask, is_causal=self_causal,
                                      implementation=FLASH_IMPLEMENTATION)
   return out[:, :T]
 
 
-def attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, impl: str = "xla"):
+def attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask_BxTxS, impl: str = "xla"):
   """Grouped-query attention; mask True = may attend. Softmax in fp32."""
-  B, T, H, E = q_BxTxHxE.shape
-  K = k_BxSxKxE.shape[2]
-  G = H // K
+  B, T, H, Dh = q_BxTxHxDh.shape
+  Hkv = k_BxSxHkvxDh.shape[2]
+  G = H // Hkv
   if impl == "cudnn":
-    return flash_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask_BxTxS, self_causal=True)
+    return flash_attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask_BxTxS, self_causal=True)
   if impl == "dot_product_attention":
-    out = jax.nn.dot_product_attention(q_BxTxHxE, k_BxSxKxE, v_BxSxKxE, mask=mask_BxTxS[:, None])
+    out = jax.nn.dot_product_attention(q_BxTxHxDh, k_BxSxHkvxDh, v_BxSxHkvxDh, mask=mask_BxTxS[:, None])
     return out
-  q = q_BxTxHxE.reshape(B, T, K, G, E)
-  scores = jnp.einsum("btkge,bske->bkgts", q, k_BxSxKxE, preferred_element_type=jnp.float32)
-  scores = scores * (E ** -0.5)
+  q_BxTxHkvxGxDh = q_BxTxHxDh.reshape(B, T, Hkv, G, Dh)
+  scores = jnp.einsum("btjge,bsje->bjgts", q_BxTxHkvxGxDh, k_BxSxHkvxDh, preferred_element_type=jnp.float32)
+  scores = scores * (Dh ** -0.5)
   scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxE.dtype)
-  out = jnp.einsum("bkgts,bske->btkge", probs, v_BxSxKxE)
-  return out.reshape(B, T, H, E)
+  probs_BxHkvxGxTxS = jax.nn.softmax(scores, axis=-1).astype(v_BxSxHkvxDh.dtype)
+  out = jnp.einsum("bjgts,bsje->btjge", probs_BxHkvxGxTxS, v_BxSxHkvxDh)
+  return out.reshape(B, T, H, Dh)
 
 
 class Qwen2Attention(nn.Module):
@@ -333,24 +334,24 @@ class Qwen2Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, layer_cache=None, cache_index=None):
     c = self.config
-    E, H, K = c.head_size, c.num_attention_heads, c.num_key_value_heads
+    Dh, H, Hkv = c.head_size, c.num_attention_heads, c.num_key_value_heads
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, init_std=c.initializer_range)
     B, T, D = x_BxTxD.shape
     if c.fuse_projections:
       ws = [Linear(n, ax, use_bias=True, weights_only=True, name=name, **kw)(D)
-            for n, ax, name in ((H * E, ("embed", "heads"), "q_proj"), (K * E, ("embed", "kv_heads"), "k_proj"),
-                                (K * E, ("embed", "kv_heads"), "v_proj"))]
+            for n, ax, name in ((H * Dh, ("embed", "heads"), "q_proj"), (Hkv * Dh, ("embed", "kv_heads"), "k_proj"),
+                                (Hkv * Dh, ("embed", "kv_heads"), "v_proj"))]
       q, k, v = fused_linear(x_BxTxD, ws, c.dtype)
     else:
-      q = Linear(H * E, ("embed", "heads"), use_bias=True, name="q_proj", **kw)(x_BxTxD)
-      k = Linear(K * E, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(x_BxTxD)
-      v = Linear(K * E, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(x_BxTxD)
-    q, k, v = q.reshape(B, T, H, E), k.reshape(B, T, K, E), v.reshape(B, T, K, E)
+      q = Linear(H * Dh, ("embed", "heads"), use_bias=True, name="q_proj", **kw)(x_BxTxD)
+      k = Linear(Hkv * Dh, ("embed", "kv_heads"), use_bias=True, name="k_proj", **kw)(x_BxTxD)
+      v = Linear(Hkv * Dh, ("embed", "kv_heads"), use_bias=True, name="v_proj", **kw)(x_BxTxD)
+    q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, Hkv, Dh), v.reshape(B, T, Hkv, Dh)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     new_cache = None
     if layer_cache is not None:
-      # Cache (B,K,S,E), kv-head-major: the T new slots are written in place and the attention dots are
-      # plain batched GEMMs over (B,K) reading contiguous keys (no per-step transpose of the cache).
+      # Cache kv-head-major, k (B,Hkv,Dh,S) and v (B,Hkv,S,Dh): the T new slots are written in place and the
+      # attention dots are plain batched GEMMs over (B,Hkv) reading contiguous keys (no per-step transpose).
       cdt = layer_cache["k"].dtype
       ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(cdt).transpose(0, 2, 3, 1),
                                         (0, 0, 0, cache_index))
@@ -361,14 +362,14 @@ class Qwen2Attention(nn.Module):
         out = flash_attention(q, ck.astype(q.dtype).transpose(0, 3, 1, 2), cv.astype(q.dtype).transpose(0, 2, 1, 3),
                               mask_BxTxS, self_causal=False)
       else:
-        q_kv = q.reshape(B, T, K, H // K, E).transpose(0, 2, 3, 1, 4)                  # B K G T E
+        q_kv = q.reshape(B, T, Hkv, H // Hkv, Dh).transpose(0, 2, 3, 1, 4)          # B Hkv G T Dh
         out = _attend_kv_major(q_kv, ck.astype(q.dtype), cv.astype(q.dtype), mask_BxTxS, keys_transposed=True)
         out = out.transpose(0, 3, 1, 2, 4)
     elif c.attention_impl == "blocked":
       out = blocked_causal_attention(q, k, v, mask_BxTxS, c.attention_block)
     else:
       out = attention(q, k, v, mask_BxTxS, c.attention_impl)
-    out = sharding.constrain(out.reshape(B, T, H * E), ("batch", "length", "act_heads"))
+    out = sharding.constrain(out.reshape(B, T, H * Dh), ("batch", "length", "act_heads"))
     out = Linear(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out)
     return out, new_cache
 
@@ -470,7 +471,7 @@ class Qwen2Model(nn.Module):
     return jnp.take(table, input_ids_BxT, axis=0)
 
   def attend(self, h_BxTxD: Array) -> Array:
-    """Tied output projection (h @ E^T), in fp32 accumulation."""
+    """Tied output projection (h @ embedding^T), in fp32 accumulation."""
     return self.embed_tokens.attend(h_BxTxD)
 
   def __call__(self, input_ids_BxT: Optional[Array] = None, *, inputs_embeds_BxTxD: Optional[Array] = None,
@@ -521,10 +522,10 @@ class Qwen2Model(nn.Module):
 
 
 def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache for `max_len` slots, kv-head-major (B,S -> B,K,S,E per layer).
+  """An empty KV cache for S = `max_len` slots, kv-head-major: k (B,Hkv,Dh,S), v (B,Hkv,S,Dh) per layer.
 
-  k/v are lists of L (B,K,S,E) arrays for the unscanned stack (each layer's buffer is updated in place,
-  never sliced out of a stack), or stacked (L,B,K,S,E) arrays with `scan_layers` (the scan carries them).
+  k/v are lists of L such arrays for the unscanned stack (each layer's buffer is updated in place,
+  never sliced out of a stack), or stacked (L,B,Hkv,...) arrays with `scan_layers` (the scan carries them).
   """
   dtype = _dt(dtype or config.dtype)
   kshape = (batch, config.num_key_value_heads, config.head_size, max_len)

@@ -1,8 +1,9 @@
 """Synchformer's visual feature extractor (MMAudio's MotionFormer with divided space-time attention).
 
-Legend: B batch, S segments (windows), F frames per window (16), T token frames (F/2 = 8),
-P patches per frame (14*14 = 196), L tokens (1 cls + T*P = 1569), D width, A heads, E head dim,
-W windows flattened (B*S), M attention group length, G groups.
+Legend (dreamfoley_jax.models): B batch, Nw windows, Fw frames per window (16), Tw token frames (Fw/2 = 8),
+Np patches per frame (14*14 = 196), N tokens (1 cls + Tw*Np = 1569), D width, H heads, Dh head dim,
+R rows (windows flattened, B*Nw; or B*Nw*Tw in the aggregator), Ng attention groups of M tokens;
+S keys of the aggregator (1 cls + Np); einsum: r R, g Ng, m / n query / key inside a group, l N, e Dh.
 
 Matches MMAudio @974010a ``Synchformer()`` = ``MotionFormer(extract_features=True, factorize_space_time=True,
 agg_space_module='TransformerEncoderLayer', agg_time_module=Identity, add_global_repr=False)``:
@@ -10,7 +11,7 @@ agg_space_module='TransformerEncoderLayer', agg_time_module=Identity, add_global
   token, and separate position terms: cls + pos_embed[0]; token (t,n) + pos_embed[1+n] + temp_embed[t];
 - blocks: x += timeattn(norm3(x)); x += attn(norm1(x)); x += mlp(norm2(x)). In each DividedAttention the cls
   query attends to every token; a patch query attends to the cls key plus the tokens at its own spatial
-  position across time (timeattn) or in its own frame (attn). q is scaled by E^-0.5 before the dot.
+  position across time (timeattn) or in its own frame (attn). q is scaled by Dh^-0.5 before the dot.
 - norm(x[:, 1:]), then per token-frame a spatial aggregator (a norm-first nn.TransformerEncoderLayer with its
   own cls token, GELU, eps 1e-6) whose cls output is the frame's feature: 8 vectors of D per window.
 Only the aggregator's cls row reaches the output, so only its query row is computed (same arithmetic).
@@ -31,6 +32,7 @@ import numpy as np
 
 from dreamfoley_jax.models.vision_layers import (LayerNorm, Linear, Mlp, PatchEmbed, from_presets, golden_resolved,
                                                  remat)
+from dreamfoley_jax.video import preprocess as vpre
 
 Array = jax.Array
 
@@ -109,34 +111,34 @@ def _dt(name: str):
   return jnp.dtype(name)
 
 
-def _grouped_attention_with_cls(q_WxGxMxAxE, k_WxGxMxAxE, v_WxGxMxAxE, cls_k_WxAxE, cls_v_WxAxE):
+def _grouped_attention_with_cls(q_RxNgxMxHxDh, k_RxNgxMxHxDh, v_RxNgxMxHxDh, cls_k_RxHxDh, cls_v_RxHxDh):
   """Each query attends within its group of M tokens plus the (shared) cls key/value."""
-  s_self = jnp.einsum("wgmae,wgnae->wgamn", q_WxGxMxAxE, k_WxGxMxAxE, preferred_element_type=jnp.float32)
-  s_cls = jnp.einsum("wgmae,wae->wgam", q_WxGxMxAxE, cls_k_WxAxE, preferred_element_type=jnp.float32)
-  scores = jnp.concatenate([s_cls[..., None], s_self], axis=-1)          # (W,G,A,M,1+M), cls first
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_WxGxMxAxE.dtype)
-  out = jnp.einsum("wgamn,wgnae->wgmae", probs[..., 1:], v_WxGxMxAxE)
-  return out + jnp.einsum("wgam,wae->wgmae", probs[..., 0], cls_v_WxAxE)
+  s_self = jnp.einsum("rgmhe,rgnhe->rghmn", q_RxNgxMxHxDh, k_RxNgxMxHxDh, preferred_element_type=jnp.float32)
+  s_cls = jnp.einsum("rgmhe,rhe->rghm", q_RxNgxMxHxDh, cls_k_RxHxDh, preferred_element_type=jnp.float32)
+  scores = jnp.concatenate([s_cls[..., None], s_self], axis=-1)          # (R,Ng,H,M,1+M), cls first
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_RxNgxMxHxDh.dtype)
+  out = jnp.einsum("rghmn,rgnhe->rgmhe", probs[..., 1:], v_RxNgxMxHxDh)
+  return out + jnp.einsum("rghm,rhe->rgmhe", probs[..., 0], cls_v_RxHxDh)
 
 
 class DividedAttention(nn.Module):
-  """MotionFormer DividedAttention over time ('time') or space ('space'); returns proj(out) (W,L,D)."""
+  """MotionFormer DividedAttention over time ('time') or space ('space'); returns proj(out) (R,N,D)."""
   config: SynchformerConfig
   over: str  # "time" | "space"
 
   @nn.compact
-  def __call__(self, x_WxLxD: Array) -> Array:
+  def __call__(self, x_RxNxD: Array) -> Array:
     c = self.config
-    Wn, L, D = x_WxLxD.shape
-    A, E, T, P = c.num_heads, c.head_dim, c.token_frames, c.patches_per_frame
+    R, N, D = x_RxNxD.shape
+    H, Dh, Tw, Np = c.num_heads, c.head_dim, c.token_frames, c.patches_per_frame
     qkv = Linear(3 * D, ("embed", "heads"), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
-                 name="qkv")(x_WxLxD)
-    q, k, v = (t.reshape(Wn, L, A, E) for t in jnp.split(qkv, 3, axis=-1))
-    q = q * (E ** -0.5)
-    # cls query over all L keys.
-    s = jnp.einsum("wae,wlae->wal", q[:, 0], k, preferred_element_type=jnp.float32)
-    cls_out = jnp.einsum("wal,wlae->wae", jax.nn.softmax(s, axis=-1).astype(v.dtype), v)
-    qp, kp, vp = (t[:, 1:].reshape(Wn, T, P, A, E) for t in (q, k, v))
+                 name="qkv")(x_RxNxD)
+    q, k, v = (t.reshape(R, N, H, Dh) for t in jnp.split(qkv, 3, axis=-1))
+    q = q * (Dh ** -0.5)
+    # cls query over all N keys.
+    s = jnp.einsum("rhe,rlhe->rhl", q[:, 0], k, preferred_element_type=jnp.float32)
+    cls_out = jnp.einsum("rhl,rlhe->rhe", jax.nn.softmax(s, axis=-1).astype(v.dtype), v)
+    qp, kp, vp = (t[:, 1:].reshape(R, Tw, Np, H, Dh) for t in (q, k, v))
     if self.over == "time":    # groups = spatial positions, sequence = frames
       qp, kp, vp = (t.transpose(0, 2, 1, 3, 4) for t in (qp, kp, vp))
     elif self.over != "space":
@@ -144,7 +146,7 @@ class DividedAttention(nn.Module):
     out = _grouped_attention_with_cls(qp, kp, vp, k[:, 0], v[:, 0])
     if self.over == "time":
       out = out.transpose(0, 2, 1, 3, 4)
-    out = jnp.concatenate([cls_out[:, None], out.reshape(Wn, T * P, A, E)], axis=1).reshape(Wn, L, D)
+    out = jnp.concatenate([cls_out[:, None], out.reshape(R, Tw * Np, H, Dh)], axis=1).reshape(R, N, D)
     return Linear(D, ("heads", "embed"), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
                   name="proj")(out)
 
@@ -154,10 +156,10 @@ class DividedSpaceTimeBlock(nn.Module):
   config: SynchformerConfig
 
   @nn.compact
-  def __call__(self, x_WxLxD: Array):
+  def __call__(self, x_RxNxD: Array):
     c = self.config
     ln = lambda name: LayerNorm(c.layernorm_eps, c.param_dtype, name=name)  # noqa: E731
-    x = nn.with_logical_constraint(x_WxLxD, ("batch", "length", "act_embed"))
+    x = nn.with_logical_constraint(x_RxNxD, ("batch", "length", "act_embed"))
     t = DividedAttention(c, "time", name="timeattn")(ln("norm3")(x))
     x = x + t
     x = x + DividedAttention(c, "space", name="attn")(ln("norm1")(x))
@@ -179,13 +181,13 @@ class SpatialAggregator(nn.Module):
   config: SynchformerConfig
 
   @nn.compact
-  def __call__(self, x_NxPxD: Array) -> Array:
+  def __call__(self, x_RxNpxD: Array) -> Array:
     c = self.config
-    N, P, D = x_NxPxD.shape
+    R, Np, D = x_RxNpxD.shape
     pdt = _dt(c.param_dtype)
     cls = self.param("cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                (None, None, "embed")), (1, 1, D), pdt)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x_NxPxD.dtype), (N, 1, D)), x_NxPxD], axis=1)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x_RxNpxD.dtype), (R, 1, D)), x_RxNpxD], axis=1)
     h = LayerNorm(c.layernorm_eps, c.param_dtype, name="norm1")(x)
     attn = _AggregatorAttention(c, name="self_attn")
     y = x[:, 0] + attn(h)                                  # only the cls row is needed downstream
@@ -202,51 +204,53 @@ class _AggregatorAttention(nn.Module):
   config: SynchformerConfig
 
   @nn.compact
-  def __call__(self, h_NxLxD: Array) -> Array:
+  def __call__(self, h_RxSxD: Array) -> Array:
     c = self.config
-    N, L, D = h_NxLxD.shape
-    A, E = c.num_heads, c.head_dim
+    R, S, D = h_RxSxD.shape
+    H, Dh = c.num_heads, c.head_dim
     w = self.param("in_proj_kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                                   ("embed", "heads")), (D, 3 * D),
                    _dt(c.param_dtype)).astype(c.dtype)
     b = self.param("in_proj_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (3 * D,),
                    _dt(c.param_dtype)).astype(c.dtype)
-    q = (h_NxLxD[:, 0] @ w[:, :D] + b[:D]).reshape(N, A, E)
-    kv = (h_NxLxD.reshape(N * L, D) @ w[:, D:] + b[D:]).reshape(N, L, 2, A, E)
-    s = jnp.einsum("nae,nlae->nal", q * (E ** -0.5), kv[:, :, 0], preferred_element_type=jnp.float32)
-    o = jnp.einsum("nal,nlae->nae", jax.nn.softmax(s, axis=-1).astype(kv.dtype), kv[:, :, 1]).reshape(N, D)
+    q_RxHxDh = (h_RxSxD[:, 0] @ w[:, :D] + b[:D]).reshape(R, H, Dh)
+    kv_RxSx2xHxDh = (h_RxSxD.reshape(R * S, D) @ w[:, D:] + b[D:]).reshape(R, S, 2, H, Dh)
+    s = jnp.einsum("rhe,rshe->rhs", q_RxHxDh * (Dh ** -0.5), kv_RxSx2xHxDh[:, :, 0],
+                   preferred_element_type=jnp.float32)
+    o = jnp.einsum("rhs,rshe->rhe", jax.nn.softmax(s, axis=-1).astype(kv_RxSx2xHxDh.dtype),
+                   kv_RxSx2xHxDh[:, :, 1]).reshape(R, D)
     return Linear(D, ("heads", "embed"), use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype,
                   name="out_proj")(o)
 
 
 class Synchformer(nn.Module):
-  """Windows (B,S,F,H,W,C) channels-last in [-1,1] -> (features (B,S,T,D), aux).
+  """Windows (B,Nw,Fw,H,W,C) channels-last in [-1,1] -> (features (B,Nw,Tw,D), aux).
 
-  With ``intermediates=True`` aux holds, per window flattened to W=B*S: ``embed`` (W,L,D) input of block 0,
-  ``block0_timeattn`` (W,L,D), ``block0`` (W,L,D) (these two unscanned only) and ``pre_agg`` (W,T*P,D).
+  With ``intermediates=True`` aux holds, per window flattened to R = B*Nw: ``embed`` (R,N,D) input of block 0,
+  ``block0_timeattn`` (R,N,D), ``block0`` (R,N,D) (these two unscanned only) and ``pre_agg`` (R,Tw*Np,D).
   """
   config: SynchformerConfig
 
   @nn.compact
-  def __call__(self, windows_BxSxFxHxWxC: Array, *, intermediates: bool = False):
+  def __call__(self, windows_BxNwxFwxHxWxC: Array, *, intermediates: bool = False):
     c = self.config
-    B, S, F, H, W, C = windows_BxSxFxHxWxC.shape
-    if (F, H, W, C) != (c.num_frames, c.image_size, c.image_size, c.in_channels):
-      raise ValueError(f"Synchformer expects windows (B,S,{c.num_frames},{c.image_size},{c.image_size},"
-                       f"{c.in_channels}) channels-last, got {windows_BxSxFxHxWxC.shape}")
-    D, T, P = c.width, c.token_frames, c.patches_per_frame
+    B, Nw, Fw, H, W, C = windows_BxNwxFwxHxWxC.shape
+    if (Fw, H, W, C) != (c.num_frames, c.image_size, c.image_size, c.in_channels):
+      raise ValueError(f"Synchformer expects windows (B,Nw,{c.num_frames},{c.image_size},{c.image_size},"
+                       f"{c.in_channels}) channels-last, got {windows_BxNwxFwxHxWxC.shape}")
+    D, Tw, Np = c.width, c.token_frames, c.patches_per_frame
     pdt = _dt(c.param_dtype)
-    x = windows_BxSxFxHxWxC.reshape(B * S, F, H, W, C).astype(c.dtype)
+    x = windows_BxNwxFwxHxWxC.reshape(B * Nw, Fw, H, W, C).astype(c.dtype)
     x = PatchEmbed(D, (c.tubelet, c.patch_size, c.patch_size), c.dtype, c.param_dtype,
-                   name="patch_embed_3d")(x)                                  # (W, T*P, D), (t,h,w) order
+                   name="patch_embed_3d")(x)                                  # (R, Tw*Np, D), (t,h,w) order
     part = nn.with_logical_partitioning
     cls = self.param("cls_token", part(nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, D), pdt)
     pos = self.param("pos_embed", part(nn.initializers.normal(0.02), (None, "length", "embed")),
-                     (1, 1 + P, D), pdt).astype(x.dtype)
-    temp = self.param("temp_embed", part(nn.initializers.zeros, (None, "length", "embed")), (1, T, D),
+                     (1, 1 + Np, D), pdt).astype(x.dtype)
+    temp = self.param("temp_embed", part(nn.initializers.zeros, (None, "length", "embed")), (1, Tw, D),
                       pdt).astype(x.dtype)
-    patch_pos = (pos[0, 1:][None, :, :] + temp[0][:, None, :]).reshape(T * P, D)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (B * S, 1, D)),
+    patch_pos = (pos[0, 1:][None, :, :] + temp[0][:, None, :]).reshape(Tw * Np, D)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype) + pos[:, :1], (B * Nw, 1, D)),
                          x + patch_pos[None]], axis=1)
     aux: dict[str, Any] = {}
     if intermediates:
@@ -261,34 +265,11 @@ class Synchformer(nn.Module):
         x, t = block(c, name=f"blocks_{i}")(x)
         if intermediates and i == 0:
           aux["block0_timeattn"], aux["block0"] = t, x
-    x = LayerNorm(c.layernorm_eps, c.param_dtype, name="norm")(x[:, 1:])    # (W, T*P, D)
+    x = LayerNorm(c.layernorm_eps, c.param_dtype, name="norm")(x[:, 1:])    # (R, Tw*Np, D)
     if intermediates:
       aux["pre_agg"] = x
-    feats = SpatialAggregator(c, name="spatial_attn_agg")(x.reshape(B * S * T, P, D))
-    return feats.reshape(B, S, T, D), aux
-
-
-# --------------------------------------------------------------------------------------------------
-# MMAudio's windowing (FeaturesUtils.encode_video_with_sync)
-# --------------------------------------------------------------------------------------------------
-
-def num_windows(num_frames: int, window: int = 16, stride: int = 8) -> int:
-  """S = (T - window)//stride + 1; trailing frames that do not fill a window are dropped."""
-  if num_frames < window:
-    raise ValueError(f"a video of {num_frames} frames is shorter than one Synchformer window ({window} frames)")
-  return (num_frames - window) // stride + 1
-
-
-def window_index(num_frames: int, window: int = 16, stride: int = 8) -> np.ndarray:
-  """(S, window) int32 frame indices of MMAudio's windows: row s = [s*stride, s*stride + window)."""
-  s = num_windows(num_frames, window, stride)
-  return (np.arange(s, dtype=np.int32)[:, None] * stride + np.arange(window, dtype=np.int32)[None, :])
-
-
-def windows_from_video(video_BxTxHxWxC, window: int = 16, stride: int = 8):
-  """(B,T,H,W,C) -> (B,S,window,H,W,C) windows, as MMAudio cuts them (works on numpy or jax arrays)."""
-  idx = window_index(video_BxTxHxWxC.shape[1], window, stride)
-  return video_BxTxHxWxC[:, idx]
+    feats = SpatialAggregator(c, name="spatial_attn_agg")(x.reshape(B * Nw * Tw, Np, D))
+    return feats.reshape(B, Nw, Tw, D), aux
 
 
 @functools.lru_cache(maxsize=8)
@@ -307,7 +288,7 @@ def encode_video_with_sync(model: Synchformer, params, video_BxTxHxWxC, *, batch
   """
   c = model.config
   B = video_BxTxHxWxC.shape[0]
-  win = windows_from_video(video_BxTxHxWxC, c.window, c.stride)            # (B,S,F,H,W,C)
+  win = vpre.sync_windows(video_BxTxHxWxC, c.window, c.stride, axis=1)   # (B,S,F,H,W,C), MMAudio's windows
   S = win.shape[1]
   flat = win.reshape((B * S, 1) + tuple(win.shape[2:]))
   if apply_fn is None:

@@ -1,6 +1,7 @@
 """Small building blocks shared by the vision towers (EVA-CLIP, Synchformer).
 
-Legend: N rows (batch x tokens), D width, F hidden width, P patch size.
+Legend (dreamfoley_jax.models): R rows (images or windows), N tokens, D width, F hidden width, Dp patch
+vector length (prod(patch) * C).
 Parameter names match PyTorch (``weight``/``bias`` for LayerNorm, ``kernel``/``bias`` for linears in
 (in, out) layout) so the converters are one-to-one tables.
 """
@@ -68,10 +69,10 @@ class Mlp(nn.Module):
   names: tuple[str, str] = ("fc1", "fc2")
 
   @nn.compact
-  def __call__(self, x_NxD):
-    d = x_NxD.shape[-1]
+  def __call__(self, x_RxNxD):
+    d = x_RxNxD.shape[-1]
     h = Linear(self.hidden, ("embed", "mlp"), use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-               name=self.names[0])(x_NxD)
+               name=self.names[0])(x_RxNxD)
     h = jax.nn.gelu(h, approximate=False)
     return Linear(d, ("mlp", "embed"), use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                   name=self.names[1])(h)
@@ -101,9 +102,9 @@ def l2_normalize(x, eps: float = 1e-12):
 
 
 def patchify(x, patch: Sequence[int]):
-  """Cuts a channels-last array (N, *spatial, C) into non-overlapping patches.
+  """Cuts a channels-last array (R, *spatial, C) into non-overlapping patches.
 
-  Returns (N, num_patches, prod(patch) * C) with patches in row-major grid order and each patch flattened
+  Returns (R, N, Dp) = (R, num_patches, prod(patch) * C) with patches in row-major grid order and each patch flattened
   as (*patch, C): the layout of a flax conv kernel (*patch, C, D) reshaped to (prod(patch)*C, D), so a
   stride=kernel convolution becomes one 2-D matmul.
   """
@@ -138,21 +139,21 @@ class ConvAsMatmul(nn.Module):
   param_dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, patches_NxLxK):
+  def __call__(self, patches_RxNxDp):
     shape = tuple(self.kernel_shape) + (self.features,)
     axes = (None,) * (len(shape) - 2) + ("conv_in", "embed")  # logical names may not repeat
     k = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes), shape,
                    jnp.dtype(self.param_dtype))
     b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.features,),
                    jnp.dtype(self.param_dtype))
-    n, l, kk = patches_NxLxK.shape
-    y = jnp.dot(patches_NxLxK.reshape(n * l, kk).astype(self.dtype),
-                k.reshape(kk, self.features).astype(self.dtype))
-    return (y + b.astype(self.dtype)).reshape(n, l, self.features)
+    R, N, Dp = patches_RxNxDp.shape
+    y = jnp.dot(patches_RxNxDp.reshape(R * N, Dp).astype(self.dtype),
+                k.reshape(Dp, self.features).astype(self.dtype))
+    return (y + b.astype(self.dtype)).reshape(R, N, self.features)
 
 
 class PatchEmbed(nn.Module):
-  """Channels-last (N, *spatial, C) -> (N, L, D) tokens in row-major grid order; param ``proj``."""
+  """Channels-last (R, *spatial, C) -> (R, N, D) tokens in row-major grid order; param ``proj``."""
   features: int
   patch: tuple[int, ...]
   dtype: str = "float32"

@@ -46,7 +46,7 @@ def step_heads_weights(cfg: foley.FoleyConfig, heads_params: dict) -> dict:
   cd = jnp.dtype(cfg.decoder.dtype)
   f32 = jnp.float32
   K = cfg.num_codebooks
-  if cfg.head_depth == 1:     # the only layer is the last: fp32 (foley.logits_fp32)
+  if cfg.head_depth == 1:     # the only layer is the last: fp32 (heads.logits_fp32)
     w_KxDxV = heads_params["kernel"]
     return {"w1": jnp.transpose(w_KxDxV, (1, 0, 2)).reshape(w_KxDxV.shape[1], -1).astype(f32),
             "b1": heads_params["bias"].reshape(-1).astype(f32)}

@@ -10,6 +10,7 @@ import jax
 
 from dreamfoley_jax import sharding
 from dreamfoley_jax.models import foley
+from dreamfoley_jax.models import params as foley_params
 
 
 def mesh_rules(mesh, batch_size: int):
@@ -36,7 +37,7 @@ def clip_sharding(mesh, rules, ndim: int):
 @functools.lru_cache(maxsize=8)
 def _param_shardings(cfg: foley.FoleyConfig, mesh, rules):
   with sharding.use_mesh(mesh, rules):
-    return sharding.shardings_for(foley.abstract_params(cfg), mesh, rules)
+    return sharding.shardings_for(foley_params.abstract_params(cfg), mesh, rules)
 
 
 def param_shardings(cfg: foley.FoleyConfig, mesh, rules=sharding.LOGICAL_RULES):
@@ -50,7 +51,7 @@ def place_params(cfg: foley.FoleyConfig, params, mesh, rules=sharding.LOGICAL_RU
   sh = param_shardings(cfg, mesh, rules)
   want, got = jax.tree.structure(sh), jax.tree.structure(params)
   if want != got:
-    raise ValueError(f"params do not match the model of this config (pass them through foley.inference_layout "
+    raise ValueError(f"params do not match the model of this config (pass them through models.params.inference_layout "
                      f"with this config first): expected the tree {want}, got {got}")
 
   def put(path, x, s):

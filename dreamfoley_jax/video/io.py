@@ -26,6 +26,7 @@ round(start * fps), i.e. at most one more trailing frame. "mmaudio_eval" yields 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from fractions import Fraction
@@ -373,6 +374,19 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 MP4_COPY_CODECS = ("h264", "hevc", "mpeg4", "av1", "vp9", "mjpeg", "mpeg1video", "mpeg2video")
 
 
+@functools.lru_cache(maxsize=4096)
+def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
+  del size, mtime_ns   # cache key: a changed file is probed again
+  return probe_video(path)
+
+
+def probe_video_cached(path: str | os.PathLike) -> VideoInfo:
+  """probe_video, cached per file version (path, size, mtime), so generate's repeated probes of one file
+  (its checks, then its feature function) decode it once. FileNotFoundError for a missing file."""
+  st = os.stat(path)
+  return _probe_cached(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
 def _copy_packets(vin):
   """The stream's packets in decode order with a dts each (None when a pts is missing: re-encode).
 
@@ -442,6 +456,47 @@ def mux(video_path, audio: np.ndarray, sr: int, out_path, audio_codec: str = "aa
         pass   # a codec variant the mp4 muxer refuses: re-encode instead
   _mux_reencode(video_path, audio, sr, out_path, audio_codec)
   return "reencode"
+
+
+def write_mp4(path, frames_TxHxWx3: np.ndarray, audio: np.ndarray | None = None, *, fps: float = 25,
+              sample_rate: int = 24000, scale: int = 1) -> str:
+  """H.264 mp4 of uint8 RGB frames (upscaled `scale`x, nearest; padded to even sizes for yuv420p) with
+  `audio` (mono float) as its AAC track; written to a temp name, then renamed. Returns `path`."""
+  import av
+
+  frames = np.asarray(frames_TxHxWx3, np.uint8)
+  if frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f"write_mp4 wants frames (T, H, W, 3) uint8, got {frames.shape}")
+  if scale > 1:
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+  h, w = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
+  if (h, w) != frames.shape[1:3]:                              # yuv420p needs even sizes
+    frames = np.pad(frames, ((0, 0), (0, h - frames.shape[1]), (0, w - frames.shape[2]), (0, 0)))
+  path = os.fspath(path)
+  d, base = os.path.split(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  root, ext = os.path.splitext(base)
+  tmp = os.path.join(d, f".{root}.tmp{os.getpid()}{ext}")
+  try:
+    with av.open(tmp, mode="w", format="mp4") as out:
+      vs = out.add_stream("libx264", rate=fps)
+      vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+      vs.options = {"crf": "18", "preset": "veryfast"}
+      a_s = None
+      if audio is not None:
+        a_s = out.add_stream("aac", rate=sample_rate, layout="mono")
+      for f in frames:
+        for pkt in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+          out.mux(pkt)
+      for pkt in vs.encode():
+        out.mux(pkt)
+      if a_s is not None:
+        _encode_audio(out, a_s, np.clip(np.asarray(audio, np.float32).reshape(-1), -1, 1), sample_rate)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
 
 
 def _mux_reencode(video_path, audio, sr, out_path, audio_codec):

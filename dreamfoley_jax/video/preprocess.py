@@ -174,8 +174,10 @@ def resize_crop(img_HxWx3: np.ndarray, size: int = IMAGE_SIZE, method: str = "pi
 
 
 def clip_normalize(frames_u8: np.ndarray) -> np.ndarray:
-  """uint8 (..., 3) -> float32 EVA-CLIP pixels with OpenAI CLIP mean/std."""
-  x = frames_u8.astype(np.float32) / np.float32(255.0)
+  """uint8 (..., 3) -> float32 EVA-CLIP pixels with OpenAI CLIP mean/std, bit-equal to open_clip's
+  ToTensor + Normalize. Host-side numpy on purpose: XLA may turn the divisions into reciprocal multiplies
+  (1-ulp differences)."""
+  x = np.asarray(frames_u8).astype(np.float32) / np.float32(255.0)
   return (x - np.asarray(OPENAI_CLIP_MEAN, np.float32)) / np.asarray(OPENAI_CLIP_STD, np.float32)
 
 
@@ -196,25 +198,27 @@ def normalize_lut(kind: str) -> np.ndarray:
   raise ValueError(f"kind must be 'clip' or 'sync', got {kind!r}")
 
 
-def num_sync_windows(num_frames: int) -> int:
-  """S = (T - 16) // 8 + 1 (0 when T < 16)."""
-  if num_frames < SYNC_WINDOW:
+def num_sync_windows(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> int:
+  """S = (T - window) // stride + 1 (0 when T < window): trailing frames that do not fill a window drop."""
+  if num_frames < window:
     return 0
-  return (num_frames - SYNC_WINDOW) // SYNC_STRIDE + 1
+  return (num_frames - window) // stride + 1
 
 
-def sync_window_indices(num_frames: int) -> np.ndarray:
-  """(S, 16) int32 frame indices of MMAudio's Synchformer windows for a T-frame 25 fps video."""
-  s = num_sync_windows(num_frames)
+def sync_window_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> np.ndarray:
+  """(S, window) int32 frame indices of MMAudio's Synchformer windows (encode_video_with_sync) for a
+  T-frame 25 fps video: row s = [s * stride, s * stride + window)."""
+  s = num_sync_windows(num_frames, window, stride)
   if s == 0:
-    raise ValueError(f"{num_frames} frames is shorter than one Synchformer window ({SYNC_WINDOW})")
-  return (np.arange(s, dtype=np.int32)[:, None] * SYNC_STRIDE
-          + np.arange(SYNC_WINDOW, dtype=np.int32)[None, :])
+    raise ValueError(f"a video of {num_frames} frames is shorter than one Synchformer window ({window} frames)")
+  return (np.arange(s, dtype=np.int32)[:, None] * stride
+          + np.arange(window, dtype=np.int32)[None, :])
 
 
-def sync_windows(frames_TxHxWxC: np.ndarray) -> np.ndarray:
-  """(T, H, W, C) -> (S, 16, H, W, C) windows (a gather; works for uint8 or float)."""
-  return frames_TxHxWxC[sync_window_indices(frames_TxHxWxC.shape[0])]
+def sync_windows(frames, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE, *, axis: int = 0):
+  """(..., T, H, W, C) with T at `axis` -> (..., S, window, H, W, C) windows (a gather; numpy or jax
+  arrays, uint8 or float), e.g. axis=1 for a (B, T, H, W, C) batch."""
+  return frames[(slice(None),) * axis + (sync_window_indices(frames.shape[axis], window, stride),)]
 
 
 def sync_cover_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE) -> np.ndarray:
@@ -230,6 +234,31 @@ def sync_cover_indices(num_frames: int, window: int = SYNC_WINDOW, stride: int =
 def sync_cover_windows(frames_TxHxWxC: np.ndarray, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE):
   """(T, H, W, C) -> (ceil(T / stride), window, H, W, C) windows whose first T tokens are the T frames'."""
   return frames_TxHxWxC[sync_cover_indices(frames_TxHxWxC.shape[0], window, stride)]
+
+
+def frames_batch(videos, num_sync: int, num_clip: int, size: int, *, lengths=None, clip_fps: float = CLIP_FPS,
+                 sync_fps: float = SYNC_FPS) -> dict:
+  """Frames-mode model input for B clips: uint8 frames_sync (B, num_sync, size, size, 3) and frames_clip
+  (B, num_clip, size, size, 3), zero-padded, with masks (B, num_sync) / (B, num_clip) True on real frames.
+
+  videos[i]: {"frames_sync", "frames_clip"} or None (no video: all masked). lengths[i] cuts video i to that
+  many 25 fps frames and its 4 fps frames to ceil(n * clip_fps / sync_fps), e.g. another clip's video cut
+  to this clip's duration (the main job's shuffled-video control); default: as many as fit.
+  """
+  B = len(videos)
+  batch = {"frames_sync": np.zeros((B, num_sync, size, size, 3), np.uint8),
+           "frames_sync_mask": np.zeros((B, num_sync), bool),
+           "frames_clip": np.zeros((B, num_clip, size, size, 3), np.uint8),
+           "frames_clip_mask": np.zeros((B, num_clip), bool)}
+  for i, v in enumerate(videos):
+    if v is None:
+      continue
+    fs, fc = np.asarray(v["frames_sync"]), np.asarray(v["frames_clip"])
+    n = min(len(fs), num_sync if lengths is None else int(lengths[i]))
+    nc = min(len(fc), num_clip if lengths is None else math.ceil(n * clip_fps / sync_fps))
+    batch["frames_sync"][i, :n], batch["frames_sync_mask"][i, :n] = fs[:n], True
+    batch["frames_clip"][i, :nc], batch["frames_clip_mask"][i, :nc] = fc[:nc], True
+  return batch
 
 
 @dataclasses.dataclass

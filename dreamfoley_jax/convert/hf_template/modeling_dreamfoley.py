@@ -276,7 +276,7 @@ class StackedLinear(nn.Module):
 
 class CodebookHeads(nn.Module):
   """K independent MLP heads (h -> fc1 -> GELU -> fc2 per codebook); the last projection always in fp32 (its
-  input and weights cast up, autocast off), as dreamfoley_jax's foley.logits_fp32."""
+  input and weights cast up, autocast off), as dreamfoley_jax.models.heads.logits_fp32."""
 
   def __init__(self, num_codebooks: int, width: int, hidden: int, vocab: int, depth: int):
     super().__init__()

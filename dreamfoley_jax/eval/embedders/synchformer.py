@@ -17,6 +17,7 @@ from dreamfoley_jax.eval import frontends, metrics
 from dreamfoley_jax.eval.embedders import sync_audio, sync_head
 from dreamfoley_jax.eval.embedders.base import Embedder, checkpoint_source, find_checkpoint, random_state_dict
 from dreamfoley_jax.models import synchformer as video_model
+from dreamfoley_jax.video import preprocess as vpre
 
 CHECKPOINT_FILES = ("synchformer_state_dict.pth",)
 
@@ -78,7 +79,7 @@ class SynchformerEmbedder(Embedder):
 
   def video_features(self, video, name):
     v = np.asarray(video["sync_frames"], np.float32).transpose(0, 2, 3, 1)  # (T, H, W, C) in [-1, 1]
-    idx = video_model.window_index(len(v), metrics.SYNC_VIDEO_SEGMENT, metrics.SYNC_VIDEO_STEP)
+    idx = vpre.sync_window_indices(len(v), metrics.SYNC_VIDEO_SEGMENT, metrics.SYNC_VIDEO_STEP)
     wins = v[idx]  # (S, 16, H, W, C)
     n, out = self.config.window_batch, []
     for i in range(0, len(wins), n):

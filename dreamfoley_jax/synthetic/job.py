@@ -7,7 +7,7 @@ command). Stages, each timed and logged:
   2. codec     the weights-free RVQ codec (K = 8, 25 Hz) fitted on the training audio; BPE on the captions
   3. records   ArrayRecord shards in the training-record format (frames + codes + caption ids)
   4. encoders  the video towers (Synchformer, EVA-CLIP at toy size) pretrained on a self-supervised
-               audio-visual pretext (`encoder_pretrain`: predict each frame's audio band energies /
+               audio-visual pretext (`synthetic.pretext`: predict each frame's audio band energies /
                onset strength, and the clip's timbre), then frozen in DreamFoley (our reading: the paper
                does not say its encoders are frozen) (main.pretrain_encoders; off: trained from scratch end to end)
   5. train     the real trainer (`dreamfoley_jax.train.train`) with experiments/synthetic.py
@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from dreamfoley_jax.data import synthetic
+from dreamfoley_jax.synthetic import world
 
 MATERIAL_SWAP = {"metal": "rubber", "rubber": "metal", "glass": "wood", "wood": "glass"}
 CFG_MODES = ("video+text", "video", "text")
@@ -68,10 +68,10 @@ def _log(msg: str):
 
 def make_data(m, log=_log):
   """(train clips, held-out clips) from the synthetic world; held-out uses another seed stream."""
-  world = dict(max_events=int(m.get("max_events", 4)), min_gap=float(m.get("min_gap", 0.3)))
-  train = synthetic.make_dataset(int(m.num_train), seed=int(m.seed), cfg=synthetic.SynthConfig(**world))
-  cfg_eval = synthetic.SynthConfig(max_duration=float(m.max_eval_seconds), **world)
-  held = synthetic.make_dataset(int(m.num_eval), seed=int(m.seed) + 1_000_003, cfg=cfg_eval)
+  kw = dict(max_events=int(m.get("max_events", 4)), min_gap=float(m.get("min_gap", 0.3)))
+  train = world.make_dataset(int(m.num_train), seed=int(m.seed), cfg=world.SynthConfig(**kw))
+  cfg_eval = world.SynthConfig(max_duration=float(m.max_eval_seconds), **kw)
+  held = world.make_dataset(int(m.num_eval), seed=int(m.seed) + 1_000_003, cfg=cfg_eval)
   log(f"  {len(train)} training clips ({sum(float(c['duration']) for c in train):.0f} s), "
       f"{len(held)} held-out clips")
   return train, held
@@ -80,12 +80,12 @@ def make_data(m, log=_log):
 def fit_codec(train, m, workdir: pathlib.Path, log=_log):
   """The job's audio codec: the weights-free synthetic RVQ codec fitted on `train` (saved as codec.npz),
   or, with main.codec_checkpoint, the higgs-audio-v2 tokenizer from that converted checkpoint."""
-  from dreamfoley_jax.audio import synthetic_codec as sc
+  from dreamfoley_jax.synthetic import codec as sc
 
   if m.get("codec_checkpoint"):
-    from dreamfoley_jax import generate
+    from dreamfoley_jax.audio import tokenizer
 
-    codec = generate.HiggsCodec(m.codec_checkpoint)
+    codec = tokenizer.HiggsCodec(m.codec_checkpoint)
     log(f"  higgs-audio-v2 tokenizer from {m.codec_checkpoint}: K={codec.num_codebooks}, "
         f"{codec.codebook_size} entries, {codec.frame_rate:g} Hz")
     return codec
@@ -97,7 +97,7 @@ def fit_codec(train, m, workdir: pathlib.Path, log=_log):
 
 def check_codec(codec, c) -> None:
   """The codec must match the model config and the synthetic world (names the fields to change)."""
-  want = {"sample_rate": synthetic.SAMPLE_RATE, "frame_rate": float(synthetic.FPS),
+  want = {"sample_rate": world.SAMPLE_RATE, "frame_rate": float(world.FPS),
           "codebook_size": int(c.model.codebook_size)}
   bad = {k: (getattr(codec, k, None), v) for k, v in want.items()
          if getattr(codec, k, None) is None or float(getattr(codec, k)) != float(v)}
@@ -125,9 +125,9 @@ def write_records(train, codec, tokenizer, max_text_len: int, out_dir: pathlib.P
       T = c["frames_sync"].shape[0]
       if abs(cd.shape[1] - T) > 1:
         raise ValueError(f"clip {c['clip_id']}: the codec gave {cd.shape[1]} code frames for {T} video frames "
-                         f"(it must run at {synthetic.FPS} Hz)")
+                         f"(it must run at {world.FPS} Hz)")
       cd = np.pad(cd, ((0, 0), (0, max(0, T - cd.shape[1]))), mode="edge")[:, :T]
-      ex = synthetic.to_example(c, cd)
+      ex = world.to_example(c, cd)
       ex["text_ids"] = i[mk]
       yield ex
 
@@ -141,15 +141,15 @@ def pretrain_encoders(c, train_clips, held, out_dir: pathlib.Path, log=_log) -> 
   c.train.frozen_regex so DreamFoley trains with those towers frozen (the others train end to end).
   Returns the pretext report (losses, impact diagnostics).
   """
-  from dreamfoley_jax import encoder_pretrain
+  from dreamfoley_jax import configs
+  from dreamfoley_jax.synthetic import pretext
   from dreamfoley_jax.convert import common
-  from dreamfoley_jax.models import foley
 
-  fcfg = foley.config_from_dict(c.model)
+  fcfg = configs.model_config(c.model)
   if fcfg.vision_mode != "frames" or not (fcfg.use_sync and fcfg.use_clip):
     raise ValueError("main.pretrain_encoders needs model.vision_mode='frames' with both towers")
-  pc = encoder_pretrain.PretextConfig(**dict(c.main.get("pretext", {})))
-  towers, report = encoder_pretrain.pretrain(fcfg.synchformer, fcfg.eva, train_clips, pc, held=held, log=log)
+  pc = configs.pretext_config(c.main.get("pretext", {}))
+  towers, report = pretext.pretrain(fcfg.synchformer, fcfg.eva, train_clips, pc, held=held, log=log)
   common.save_params(towers, out_dir, overwrite=True, metadata={"what": "pretext-pretrained video towers",
                                                                 "pretext": dataclasses.asdict(pc)})
   c.train.init_from = tuple(f"{k}={out_dir}::{k}" for k in sorted(towers))
@@ -167,25 +167,16 @@ def prompt_batch(clips, captions, tokenizer, text_len: int, videos=None) -> tupl
   A video from another clip is cut (or zero-padded and masked) to the target clip's duration.
   """
   from dreamfoley_jax import text
+  from dreamfoley_jax.video import preprocess as vpre
 
   videos = clips if videos is None else videos
-  B = len(clips)
   lengths = [int(c["frames_sync"].shape[0]) for c in clips]
   Tf = int(np.ceil(max(lengths) / 8) * 8)
   Tc = int(np.ceil(Tf * 4 / 25))
-  H = clips[0]["frames_sync"].shape[1]
   ids, mask = text.encode(tokenizer, captions, text_len)
-  b = {"text_ids": ids, "text_mask": mask,
-       "frames_sync": np.zeros((B, Tf, H, H, 3), np.uint8), "frames_sync_mask": np.zeros((B, Tf), bool),
-       "frames_clip": np.zeros((B, Tc, H, H, 3), np.uint8), "frames_clip_mask": np.zeros((B, Tc), bool)}
-  for i, v in enumerate(videos):
-    n = min(lengths[i], v["frames_sync"].shape[0])
-    b["frames_sync"][i, :n] = v["frames_sync"][:n]
-    b["frames_sync_mask"][i, :n] = True
-    nc = min(int(np.ceil(n * 4 / 25)), v["frames_clip"].shape[0])
-    b["frames_clip"][i, :nc] = v["frames_clip"][:nc]
-    b["frames_clip_mask"][i, :nc] = True
-  return b, lengths
+  b = vpre.frames_batch(videos, Tf, Tc, clips[0]["frames_sync"].shape[1], lengths=lengths,
+                        clip_fps=world.CLIP_FPS, sync_fps=world.FPS)
+  return dict(b, text_ids=ids, text_mask=mask), lengths
 
 
 def generate(fcfg, params, clips, captions, tokenizer, sample_cfg, *, text_len: int, seed: int, videos=None,
@@ -233,31 +224,6 @@ def derangement(n: int, seed: int) -> list[int]:
 # Outputs
 # --------------------------------------------------------------------------------------------------
 
-def write_spectrogram(path: pathlib.Path, audio: np.ndarray, sr: int, event_times, title: str,
-                      detected=None) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
-  ax.specgram(audio + 1e-9, NFFT=512, Fs=sr, noverlap=384, cmap="magma")
-  for i, t in enumerate(np.asarray(event_times).ravel()):
-    ax.axvline(float(t), color="cyan", lw=1.2, ls="--", label="true event" if i == 0 else None)
-  if detected is not None:
-    for i, t in enumerate(np.asarray(detected).ravel()):
-      ax.axvline(float(t), color="lime", lw=0.8, ymax=0.25, label="detected onset" if i == 0 else None)
-  ax.set_xlabel("time (s)")
-  ax.set_ylabel("Hz")
-  ax.set_title(title, fontsize=9)
-  ax.legend(loc="upper right", fontsize=7)
-  fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 def _nanmean(x):
   x = np.asarray([v for v in x if np.isfinite(v)], np.float64)
   return float(x.mean()) if len(x) else float("nan")
@@ -265,22 +231,22 @@ def _nanmean(x):
 
 def score(held, audios, shuffled_audios, swapped_audios, sr: int, material_centroid: dict) -> dict:
   """Onset F1/offsets (real vs shuffled video) and the timbre shift of the caption swap."""
-  from dreamfoley_jax.eval import sync
+  from dreamfoley_jax.synthetic import onsets
 
   real, shuf = [], []
   for c, a, s in zip(held, audios, shuffled_audios):
-    real.append(sync.onset_metrics(sync.detect_onsets(a, sr), c["event_times"]))
-    shuf.append(sync.onset_metrics(sync.detect_onsets(s, sr), c["event_times"]))
+    real.append(onsets.onset_metrics(onsets.detect_onsets(a, sr), c["event_times"]))
+    shuf.append(onsets.onset_metrics(onsets.detect_onsets(s, sr), c["event_times"]))
   toward, shifts = [], []
   for c, a, w in zip(held, audios, swapped_audios):
     target = MATERIAL_SWAP[c["material"]]
-    ca = _nanmean(sync.event_centroids(a, c["event_times"], sr))
-    cw = _nanmean(sync.event_centroids(w, c["event_times"], sr))
+    ca = _nanmean(onsets.event_centroids(a, c["event_times"], sr))
+    cw = _nanmean(onsets.event_centroids(w, c["event_times"], sr))
     ref = material_centroid[target]
     if np.isfinite(ca) and np.isfinite(cw):
       toward.append(abs(np.log(cw / ref)) < abs(np.log(ca / ref)))
       shifts.append(float(np.log2(cw / ca)) * (1 if ref > ca else -1))
-  r, s = sync.aggregate_onset_metrics(real), sync.aggregate_onset_metrics(shuf)
+  r, s = onsets.aggregate_onset_metrics(real), onsets.aggregate_onset_metrics(shuf)
   return {
       "onset_f1": r["f1"], "onset_precision": r["precision"], "onset_recall": r["recall"],
       "mean_abs_onset_offset_s": r["mean_abs_offset"],
@@ -306,10 +272,10 @@ def is_silent(codes_KxT: np.ndarray, audio: np.ndarray, peak: float = 1e-3) -> b
 def nearest_material(audio: np.ndarray, sr: int, material_centroid: dict) -> str | None:
   """The material whose training-set event centroid is closest (log scale) to the centroid of the sound
   after each detected onset of `audio`; None without an onset."""
-  from dreamfoley_jax.eval import sync
+  from dreamfoley_jax.synthetic import onsets
 
-  on = sync.detect_onsets(audio, sr)
-  cen = _nanmean(sync.event_centroids(audio, on, sr)) if len(on) else float("nan")
+  on = onsets.detect_onsets(audio, sr)
+  cen = _nanmean(onsets.event_centroids(audio, on, sr)) if len(on) else float("nan")
   if not np.isfinite(cen) or cen <= 0:
     return None
   return min(material_centroid, key=lambda m: abs(np.log(cen / material_centroid[m])))
@@ -318,10 +284,10 @@ def nearest_material(audio: np.ndarray, sr: int, material_centroid: dict) -> str
 def mode_metrics(held, codes, audios, sr: int, material_centroid: dict, mode: str) -> dict:
   """One CFG mode's figures: silent clips (is_silent), onsets per clip, onset F1 against the true events
   (meaningful with video), and how often the sound's material is the caption's (meaningful with text)."""
-  from dreamfoley_jax.eval import sync
+  from dreamfoley_jax.synthetic import onsets
 
-  per = [sync.onset_metrics(sync.detect_onsets(a, sr), c["event_times"]) for c, a in zip(held, audios)]
-  agg = sync.aggregate_onset_metrics(per)
+  per = [onsets.onset_metrics(onsets.detect_onsets(a, sr), c["event_times"]) for c, a in zip(held, audios)]
+  agg = onsets.aggregate_onset_metrics(per)
   mats = [nearest_material(a, sr, material_centroid) for a in audios]
   return {"mode": mode, "silent_clips": int(sum(is_silent(k, a) for k, a in zip(codes, audios))),
           "num_clips": len(held), "onsets_per_clip": float(np.mean([m["n_est"] for m in per])),
@@ -347,10 +313,11 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   """Runs the whole job into `workdir` and returns the metrics (also written to metrics.json)."""
   import jax
 
-  from dreamfoley_jax import model_dir, sampling, text, train
+  from dreamfoley_jax import configs, model_dir, plots, sampling, train
+  from dreamfoley_jax.audio import io as aio
   from dreamfoley_jax.convert import common
-  from dreamfoley_jax.eval import sync
-  from dreamfoley_jax.models import foley
+  from dreamfoley_jax.synthetic import bpe, onsets
+  from dreamfoley_jax.video import io as vio
 
   wd = pathlib.Path(workdir).absolute()
   wd.mkdir(parents=True, exist_ok=True)
@@ -367,7 +334,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   with Stage("2/8 codec + tokenizer", log, timings):
     codec = fit_codec(train_clips, m, wd, log)
     check_codec(codec, c)
-    tok = text.train_bpe([x["caption"] for x in train_clips], int(m.bpe_vocab))
+    tok = bpe.train_bpe([x["caption"] for x in train_clips], int(m.bpe_vocab))
     tok.save(str(wd / "tokenizer.json"))
     if tok.get_vocab_size() > int(c.model.decoder.vocab_size):
       raise ValueError(f"BPE vocab {tok.get_vocab_size()} exceeds model.decoder.vocab_size")
@@ -397,15 +364,15 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
                     source={"what": "main job", "workdir": str(wd), "step": int(result.step)})
     log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
-  fcfg = foley.config_from_dict(c.model)
+  fcfg = configs.model_config(c.model)
   scfg = sampling.sample_config_from_dict(c.sample)
   text_len = max(int(c.data.max_text_len), fcfg.null_text_len)
   captions = [x["caption"] for x in held]
-  swapped = [synthetic.caption_for(MATERIAL_SWAP[x["material"]], x["floor"], int(x["num_events"]))
+  swapped = [world.caption_for(MATERIAL_SWAP[x["material"]], x["floor"], int(x["num_events"]))
              for x in held]
   perm = derangement(len(held), int(m.seed))
   bs = int(m.sample_batch)
-  fps = synthetic.FPS
+  fps = world.FPS
   win = dict(window_frames=int(round(float(c.sample.get("window_s", 0.0)) * fps)),
              context_frames=int(round(float(c.sample.get("context_s", 0.0)) * fps)))
   with Stage("6/8 sample", log, timings):
@@ -425,7 +392,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
                          mode="text", **win)
     log("  video-only and text-only modes: done")
 
-  sr = synthetic.SAMPLE_RATE
+  sr = world.SAMPLE_RATE
   with Stage("7/8 write", log, timings):
     out = wd / "samples"
     out.mkdir(exist_ok=True)
@@ -443,20 +410,21 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     os.replace(out / ".codes.npz.tmp", out / "codes.npz")
     for x, a, s, w in zip(held, audios, audios_shuf, audios_swap):
       name = x["clip_id"]
-      synthetic.write_wav(str(out / f"{name}.wav"), a, sr)
-      synthetic.write_wav(str(out / f"{name}_groundtruth.wav"), x["audio"], sr)
-      synthetic.write_wav(str(out / f"{name}_shuffled_video.wav"), s, sr)
-      synthetic.write_wav(str(out / f"{name}_swapped_caption.wav"), w, sr)
-      synthetic.write_wav(str(out / f"{name}_video_only.wav"), audios_vid[held.index(x)], sr)
-      synthetic.write_wav(str(out / f"{name}_text_only.wav"), audios_txt[held.index(x)], sr)
-      synthetic.write_mp4(str(out / f"{name}.mp4"), x["frames_sync"], a)
-      write_spectrogram(out / f"{name}.png", a, sr, x["event_times"],
-                        f"{name}: generated (caption: {x['caption']}); dashed = true events",
-                        sync.detect_onsets(a, sr))
+      aio.save_wav(out / f"{name}.wav", a, sr)
+      aio.save_wav(out / f"{name}_groundtruth.wav", x["audio"], sr)
+      aio.save_wav(out / f"{name}_shuffled_video.wav", s, sr)
+      aio.save_wav(out / f"{name}_swapped_caption.wav", w, sr)
+      aio.save_wav(out / f"{name}_video_only.wav", audios_vid[held.index(x)], sr)
+      aio.save_wav(out / f"{name}_text_only.wav", audios_txt[held.index(x)], sr)
+      vio.write_mp4(out / f"{name}.mp4", x["frames_sync"], a, fps=world.FPS, sample_rate=sr,
+                    scale=world.PREVIEW_SCALE)
+      plots.write_spectrogram(out / f"{name}.png", a, sr, f"{name}: generated (caption: {x['caption']}); dashed = "
+                              "true events", event_times=x["event_times"], detected=onsets.detect_onsets(a, sr),
+                              nfft=512, hop=128, figsize=(8, 3), title_size=9)
   with Stage("8/8 metrics", log, timings):
     ref = {}
     for mat in MATERIAL_SWAP:
-      cs = [_nanmean(sync.event_centroids(x["audio"], x["event_times"], sr)) for x in train_clips[:200]
+      cs = [_nanmean(onsets.event_centroids(x["audio"], x["event_times"], sr)) for x in train_clips[:200]
             if x["material"] == mat]
       ref[mat] = _nanmean(cs)
     metrics = score(held, audios, audios_shuf, audios_swap, sr, ref)

@@ -28,6 +28,7 @@ FPS = 25
 CLIP_FPS = 4
 MATERIALS = ("metal", "wood", "glass", "rubber")
 FLOORS = ("wooden", "stone", "tiled")
+PREVIEW_SCALE = 8     # the written mp4s show the tiny frames upscaled this many times (nearest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,80 +404,19 @@ def to_example(clip: Mapping[str, Any], audio_codes_KxT: np.ndarray | None = Non
 # ---------------------------------------------------------------------------------------------
 # Writers for a person to look at and listen to.
 
-def _atomic_target(path: str) -> tuple[str, str]:
-  path = os.fspath(path)
-  d, base = os.path.split(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  root, ext = os.path.splitext(base)
-  return path, os.path.join(d, f".{root}.tmp{os.getpid()}{ext}")
-
-
-def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
-  """Float32 mono wav (PCM_16), written atomically."""
-  import soundfile as sf
-  path, tmp = _atomic_target(path)
-  try:
-    sf.write(tmp, np.clip(np.asarray(audio, np.float32), -1, 1), sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
-
-
-def write_mp4(path: str, frames_TxHxWx3: np.ndarray, audio: np.ndarray | None = None,
-              fps: int = FPS, sample_rate: int = SAMPLE_RATE, scale: int = 8) -> str:
-  """H.264 video (frames upscaled `scale`x, nearest) with the audio muxed in as AAC; atomic."""
-  import av
-  frames = np.asarray(frames_TxHxWx3, np.uint8)
-  if frames.ndim != 4 or frames.shape[-1] != 3:
-    raise ValueError(f"write_mp4 wants frames (T, H, W, 3) uint8, got {frames.shape}")
-  if scale > 1:
-    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-  h, w = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
-  if (h, w) != frames.shape[1:3]:                              # yuv420p needs even sizes
-    frames = np.pad(frames, ((0, 0), (0, h - frames.shape[1]), (0, w - frames.shape[2]), (0, 0)))
-  path, tmp = _atomic_target(path)
-  try:
-    with av.open(tmp, mode="w", format="mp4") as out:
-      vs = out.add_stream("libx264", rate=fps)
-      vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-      vs.options = {"crf": "18", "preset": "veryfast"}
-      a_s = None
-      if audio is not None:
-        a_s = out.add_stream("aac", rate=sample_rate)
-        a_s.layout = "mono"
-      for f in frames:
-        for pkt in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-          out.mux(pkt)
-      for pkt in vs.encode():
-        out.mux(pkt)
-      if a_s is not None:
-        a = np.clip(np.asarray(audio, np.float32), -1, 1)[None, :]
-        frame_len = 1024
-        for i in range(0, a.shape[1], frame_len):
-          af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + frame_len]), format="fltp",
-                                          layout="mono")
-          af.sample_rate = sample_rate
-          af.pts = i
-          for pkt in a_s.encode(af):
-            out.mux(pkt)
-        for pkt in a_s.encode():
-          out.mux(pkt)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
-
-
 def write_clip(out_dir: str, clip: Mapping[str, Any], audio: np.ndarray | None = None,
                name: str | None = None) -> dict[str, str]:
-  """<name>.wav and <name>.mp4 (video + `audio`, default the clip's own audio) in out_dir."""
+  """<name>.wav and <name>.mp4 (video upscaled PREVIEW_SCALE x + `audio`, default the clip's own audio) in
+  out_dir."""
+  from dreamfoley_jax.audio import io as aio
+  from dreamfoley_jax.video import io as vio
+
   name = name or clip["clip_id"]
   audio = clip["audio"] if audio is None else audio
+  wav = os.path.join(out_dir, f"{name}.wav")
+  aio.save_wav(wav, audio, clip["sample_rate"])
   return {
-      "wav": write_wav(os.path.join(out_dir, f"{name}.wav"), audio, clip["sample_rate"]),
-      "mp4": write_mp4(os.path.join(out_dir, f"{name}.mp4"), clip["frames_sync"], audio,
-                       clip["fps"], clip["sample_rate"]),
+      "wav": wav,
+      "mp4": vio.write_mp4(os.path.join(out_dir, f"{name}.mp4"), clip["frames_sync"], audio, fps=clip["fps"],
+                           sample_rate=clip["sample_rate"], scale=PREVIEW_SCALE),
   }

@@ -19,25 +19,10 @@ import dataclasses
 import json
 import os
 import time
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.fft
-
-
-@runtime_checkable
-class AudioCodec(Protocol):
-  """What the pipeline needs from an audio tokenizer (this codec, or the higgs tokenizer port)."""
-  sample_rate: int
-  frame_rate: float
-  num_codebooks: int
-  codebook_size: int
-
-  def encode(self, audio) -> np.ndarray:   # (N,) -> (K, T) int; (B, N) -> (B, K, T)
-    ...
-
-  def decode(self, codes) -> np.ndarray:   # (K, T) -> (N,) float32; (B, K, T) -> (B, N)
-    ...
 
 
 @dataclasses.dataclass(frozen=True)
