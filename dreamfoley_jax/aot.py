@@ -152,7 +152,7 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   HBM bandwidth; KV-cache reads and collectives come on top)."""
   import numpy as np
 
-  from dreamfoley_jax import sampling, sharding, train
+  from dreamfoley_jax import configs, sampling, sharding, train
   from dreamfoley_jax.models import params as foley_params
 
   t = check_sample_args(topology, batch, seconds, mesh)
@@ -182,7 +182,7 @@ def compile_sample(c, topology: str, batch: int = 8, seconds: float = 10.0, mesh
   a_keys = rep(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch)))
   a_lengths = rep(jax.ShapeDtypeStruct((batch,), np.int32))
   a_flag = rep(jax.ShapeDtypeStruct((batch,), np.bool_))
-  sc = sampling.sample_config_from_dict(c.get("sample", {}))
+  sc = configs.sample_config(c.get("sample", {}))
   a_prompt = sampling.Prompt(text_ids=a_batch.pop("text_ids"), text_mask=a_batch.pop("text_mask"), video=a_batch,
                              lengths=a_lengths, drop_text=a_flag, drop_video=a_flag)
   t0 = time.time()

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 
 from dreamfoley_jax.models import eva_clip, foley, qwen2, synchformer
+from dreamfoley_jax.sampling.config import SECTION_KEYS, SampleConfig
 
 
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
@@ -112,6 +113,25 @@ def model_config(d, where: str = "model") -> foley.FoleyConfig:
     if kw["eva"] is not None:
       kw["clip_dim"] = kw["eva"].embed_dim
   return foley.FoleyConfig(**kw)
+
+
+def sample_config(d, where: str = "sample") -> SampleConfig:
+  """A `sample` config section (dict or ConfigDict) -> SampleConfig; an unknown key is an error.
+
+  The section may also hold sampling.SECTION_KEYS (read by the callers); `text_only` holds SampleConfig fields only.
+  """
+  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+  known = tuple(f.name for f in dataclasses.fields(SampleConfig))
+  accepted = known + SECTION_KEYS
+  for k in d:
+    if k not in accepted:
+      raise ValueError(f"config {where}: unknown key {k!r}; accepted: {', '.join(sorted(accepted))}")
+  over = d.get("text_only") or {}
+  over = dict(over.to_dict() if hasattr(over, "to_dict") else over)
+  for k in over:
+    if k not in known:
+      raise ValueError(f"config {where}.text_only: unknown key {k!r}; accepted: {', '.join(sorted(known))}")
+  return SampleConfig(**{k: v for k, v in d.items() if k in known})
 
 
 def pretext_config(d, where: str = "main.pretext"):

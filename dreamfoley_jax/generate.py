@@ -747,11 +747,11 @@ def build_generator(config: str, *, checkpoint=None, codec_checkpoint=None, toke
   ov = dict(sample_overrides or {})
   validate_args(**ov, window_s=window_s, context_s=context_s, batch_size=batch_size, bucket_s=bucket_s,
                 sample_rate=sample_rate, seed=seed, max_memory_gb=max_memory_gb, vision_mode=cfg.vision_mode)
-  sc = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**ov)
+  sc = configs.sample_config(exp.get("sample", {})).replace(**ov)
   validate_sample_config(sc)
   # Text-to-audio items: the config's sample.text_only settings under the flags (experiments/synthetic.py).
   text_only = dict(exp.get("sample", {}).get("text_only", None) or {})
-  sc_text = sampling.sample_config_from_dict(exp.get("sample", {})).replace(**{**text_only, **ov}) if text_only else None
+  sc_text = configs.sample_config(exp.get("sample", {})).replace(**{**text_only, **ov}) if text_only else None
   if sc_text is not None:
     validate_sample_config(sc_text)
   fr = AUDIO_FRAME_RATE

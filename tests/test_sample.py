@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
+from dreamfoley_jax import configs
 from dreamfoley_jax import sampling as S
 from dreamfoley_jax.audio import delay
 from dreamfoley_jax.models import foley, qwen2
@@ -564,11 +565,11 @@ def test_sample_config_section_rejects_unknown_keys():
 
   sec = ml_collections.ConfigDict(dict(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0, window_s=3.0,
                                        context_s=1.0, text_only=dict(temperature=1.0, cfg_scale=3.0)))
-  assert S.sample_config_from_dict(sec) == S.SampleConfig(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0)
-  assert S.sample_config_from_dict({}) == S.SampleConfig()
+  assert configs.sample_config(sec) == S.SampleConfig(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0)
+  assert configs.sample_config({}) == S.SampleConfig()
   with pytest.raises(ValueError, match=r"^config sample: unknown key 'top_K'; accepted: cfg_scale, context_s, "
                                        r"temperature, text_only, top_k, top_p, window_s$"):
-    S.sample_config_from_dict(dict(temperature=1.0, top_K=5))
+    configs.sample_config(dict(temperature=1.0, top_K=5))
   with pytest.raises(ValueError, match=r"^config sample.text_only: unknown key 'window_s'; accepted: cfg_scale, "
                                        r"temperature, top_k, top_p$"):
-    S.sample_config_from_dict(dict(text_only=dict(window_s=2.0)))
+    configs.sample_config(dict(text_only=dict(window_s=2.0)))

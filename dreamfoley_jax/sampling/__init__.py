@@ -6,7 +6,7 @@ filters.py) -> decode (layout.py: delay reverted to frame-aligned codes). `sampl
 batch, `sample_long` (long.py) in overlapping windows; `sample_program` is the jitted program itself
 (`sample_program.lower(...)` compiles it ahead of time, aot.py). Settings: config.py; mesh: placement.py.
 """
-from dreamfoley_jax.sampling.config import SECTION_KEYS, SampleConfig, sample_config_from_dict
+from dreamfoley_jax.sampling.config import SECTION_KEYS, SampleConfig
 from dreamfoley_jax.sampling.filters import (argmax_last, categorical, choose_tokens, filter_logits, guide,
                                              gumbel_noise, top_k_mask, top_p_mask)
 from dreamfoley_jax.sampling.layout import delay_pattern, delayed_layout, frames_from_delayed, num_columns

@@ -1,4 +1,4 @@
-"""Sampling settings: `SampleConfig` and the strict reading of an experiment's `sample` section."""
+"""Sampling settings: `SampleConfig` (an experiment's `sample` section becomes one in configs.sample_config)."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,22 +19,3 @@ class SampleConfig:
 # Keys of an experiment's `sample` section read by the windowed sampler's callers (main_job.py,
 # generate.py), not by SampleConfig: window / context seconds and the text-to-audio overrides.
 SECTION_KEYS = ("window_s", "context_s", "text_only")
-
-
-def sample_config_from_dict(d, where: str = "sample") -> SampleConfig:
-  """A `sample` config section (dict or ConfigDict) -> SampleConfig; an unknown key is an error.
-
-  The section may also hold SECTION_KEYS (read by the callers); `text_only` holds SampleConfig fields only.
-  """
-  d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-  known = tuple(f.name for f in dataclasses.fields(SampleConfig))
-  accepted = known + SECTION_KEYS
-  for k in d:
-    if k not in accepted:
-      raise ValueError(f"config {where}: unknown key {k!r}; accepted: {', '.join(sorted(accepted))}")
-  over = d.get("text_only") or {}
-  over = dict(over.to_dict() if hasattr(over, "to_dict") else over)
-  for k in over:
-    if k not in known:
-      raise ValueError(f"config {where}.text_only: unknown key {k!r}; accepted: {', '.join(sorted(known))}")
-  return SampleConfig(**{k: v for k, v in d.items() if k in known})

@@ -1,6 +1,6 @@
 """The decode loop: one `lax.while_loop` over `SamplingState`, one delayed column per step.
 
-Legend: B clips, R decoder rows (2B with CFG, else B), L delayed columns, K codebooks, V per-codebook vocab,
+Legend: B clips, R decoder rows (2B with CFG, else B), La delayed columns, K codebooks, V per-codebook vocab,
 D width, H head hidden width, N columns of a noise block.
 
 Each step decodes column s (one token per row at cache slot P + s, position audio_start + s), predicts
@@ -97,8 +97,8 @@ class SamplerLoop:
       return step_heads(cfg, hw, h_Rx1xD[:, 0]), a["cache"]
 
     s = state.step
-    col_Bx1xK = jax.lax.dynamic_slice_in_dim(state.ids_BxLxK, s, 1, axis=1)
-    vac_Bx1xK = jax.lax.dynamic_slice_in_dim(state.vacant_BxLxK, s, 1, axis=1)
+    col_Bx1xK = jax.lax.dynamic_slice_in_dim(state.ids_BxLaxK, s, 1, axis=1)
+    vac_Bx1xK = jax.lax.dynamic_slice_in_dim(state.vacant_BxLaxK, s, 1, axis=1)
     logits_RxKxV, cache = model.apply({"params": params}, double(col_Bx1xK, self.guided),
                                       double(vac_Bx1xK, self.guided), (state.audio_start_R + s)[:, None],
                                       state.cache, method=decode)
@@ -106,18 +106,18 @@ class SamplerLoop:
     j = s + 1
     keys_B = jax.vmap(lambda k: jax.random.fold_in(k, j))(state.keys_B)
     drawn_BxK = filters.choose_tokens(logits_BxKxV, keys_B, self.sc, cfg.codebook_size, noise_BxKxV)
-    known_BxK = jax.lax.dynamic_index_in_dim(state.known_BxLxK, j, axis=1, keepdims=False)
-    old_BxK = jax.lax.dynamic_index_in_dim(state.ids_BxLxK, j, axis=1, keepdims=False)
+    known_BxK = jax.lax.dynamic_index_in_dim(state.known_BxLaxK, j, axis=1, keepdims=False)
+    old_BxK = jax.lax.dynamic_index_in_dim(state.ids_BxLaxK, j, axis=1, keepdims=False)
     new_BxK = jnp.where(known_BxK, old_BxK, drawn_BxK)
-    logits = state.logits_BxLxKxV
+    logits = state.logits_BxLaxKxV
     if logits is not None:
       logits = jax.lax.dynamic_update_index_in_dim(logits, logits_BxKxV, s, axis=1)
-    return state.replace(step=j, ids_BxLxK=jax.lax.dynamic_update_index_in_dim(state.ids_BxLxK, new_BxK, j, axis=1),
-                         cache=cache, done_B=j >= state.lengths_B + K, logits_BxLxKxV=logits)
+    return state.replace(step=j, ids_BxLaxK=jax.lax.dynamic_update_index_in_dim(state.ids_BxLaxK, new_BxK, j, axis=1),
+                         cache=cache, done_B=j >= state.lengths_B + K, logits_BxLaxKxV=logits)
 
   def running(self, state: SamplingState) -> Array:
     """() bool: columns left to draw and some clip not done."""
-    return (state.step < state.ids_BxLxK.shape[1] - 1) & ~jnp.all(state.done_B)
+    return (state.step < state.ids_BxLaxK.shape[1] - 1) & ~jnp.all(state.done_B)
 
   def run(self, params, state: SamplingState) -> SamplingState:
     """Steps until every clip is done (traced: call inside jit)."""

@@ -1,7 +1,7 @@
 """Prefill: the prompt rows embedded and run through the decoder once, filling the KV cache.
 
 Legend: B clips, R decoder rows (2B with CFG: conditional rows then unconditional ones, else B), Lt text
-tokens, Nv null-video tokens, P prompt slots, C prefix frames, L delayed columns, K codebooks, S KV-cache
+tokens, Nv null-video tokens, P prompt slots, C prefix frames, La delayed columns, K codebooks, S KV-cache
 slots, D width.
 
 The prompt is [text | video | prefix columns 0..C-1]; prompt padding is masked out as keys and positions
@@ -64,9 +64,9 @@ def prefill(cfg: foley.FoleyConfig, sc: SampleConfig, params, prompt: Prompt, ke
   K, V = cfg.num_codebooks, cfg.vocab_per_codebook
   lengths_B = prompt.lengths
   B = lengths_B.shape[0]
-  L = layout.num_columns(max_frames, K)
+  La = layout.num_columns(max_frames, K)
   C = prompt.num_prefix
-  ids_BxLxK, known_BxLxK, vacant_BxLxK = layout.delayed_layout(cfg, lengths_B, L, prompt.prefix_codes, xp=jnp)
+  ids_BxLaxK, known_BxLaxK, vacant_BxLaxK = layout.delayed_layout(cfg, lengths_B, La, prompt.prefix_codes, xp=jnp)
   guided = sc.cfg_scale is not None
   R = 2 * B if guided else B
 
@@ -75,7 +75,7 @@ def prefill(cfg: foley.FoleyConfig, sc: SampleConfig, params, prompt: Prompt, ke
   text_len = prompt.text_ids.shape[1]
   a0_R = foley.audio_position_offset(cfg, pmask_RxP, text_len)                 # position of column 0
   if C:
-    xa_RxCxD = model.apply(variables, double(ids_BxLxK[:, :C], guided), double(vacant_BxLxK[:, :C], guided),
+    xa_RxCxD = model.apply(variables, double(ids_BxLaxK[:, :C], guided), double(vacant_BxLaxK[:, :C], guided),
                            method=lambda m, i, v: m.embed_audio(i, v))
     x0 = jnp.concatenate([x_RxPxD, xa_RxCxD], axis=1)
     m0 = jnp.concatenate([pmask_RxP, jnp.ones((R, C), bool)], axis=1)
@@ -84,7 +84,7 @@ def prefill(cfg: foley.FoleyConfig, sc: SampleConfig, params, prompt: Prompt, ke
   pos0 = foley.sequence_positions(cfg, pmask_RxP, text_len, C)
   run = lambda m, *a: m.decode(*a)
   Nv = cfg.null_video_len
-  S = cache_slots(P, L)
+  S = cache_slots(P, La)
   if guided and text_len + Nv < P:
     # The unconditional prompt is [text | null video | padding]: every video slot past the null video is
     # masked out as a key. Prefill those rows on the compacted [text | null video | prefix] (same tokens,
@@ -104,6 +104,6 @@ def prefill(cfg: foley.FoleyConfig, sc: SampleConfig, params, prompt: Prompt, ke
     _, aux = model.apply(variables, x0, m0, pos0, qwen2.init_cache(cfg.decoder, R, S), method=run)
     cache = aux["cache"]
   return SamplingState(
-      step=jnp.asarray(C, jnp.int32), ids_BxLxK=ids_BxLxK, known_BxLxK=known_BxLxK, vacant_BxLxK=vacant_BxLxK,
+      step=jnp.asarray(C, jnp.int32), ids_BxLaxK=ids_BxLaxK, known_BxLaxK=known_BxLaxK, vacant_BxLaxK=vacant_BxLaxK,
       cache=cache, audio_start_R=a0_R, lengths_B=lengths_B, keys_B=keys_B, done_B=jnp.zeros((B,), bool),
-      logits_BxLxKxV=jnp.zeros((B, L, K, V), jnp.float32) if return_logits else None)
+      logits_BxLaxKxV=jnp.zeros((B, La, K, V), jnp.float32) if return_logits else None)

@@ -1,7 +1,7 @@
 """The public sampler: inputs -> prefill -> loop -> decode, as one jitted program (`sample_program`).
 
 Legend: B clips, Lt text tokens, Ln negative-text tokens, Tv video frames (25 Hz), C prefix frames,
-L delayed columns, K codebooks, V per-codebook vocab.
+La delayed columns, K codebooks, V per-codebook vocab.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ Array = jax.Array
 
 def decode(cfg: foley.FoleyConfig, state: SamplingState, max_frames: int) -> dict:
   """The finished buffer as the sampler's result (see `sample`), still on device."""
-  res = {"delayed": state.ids_BxLxK, "vacant": state.vacant_BxLxK,
-         "codes": layout.frames_from_delayed(cfg, state.ids_BxLxK, state.lengths_B, max_frames, xp=jnp),
+  res = {"delayed": state.ids_BxLaxK, "vacant": state.vacant_BxLaxK,
+         "codes": layout.frames_from_delayed(cfg, state.ids_BxLaxK, state.lengths_B, max_frames, xp=jnp),
          "lengths": state.lengths_B}
-  if state.logits_BxLxKxV is not None:
-    res["logits"] = state.logits_BxLxKxV
+  if state.logits_BxLaxKxV is not None:
+    res["logits"] = state.logits_BxLaxKxV
   return res
 
 
@@ -46,9 +46,9 @@ def sample_program(params, prompt: Prompt, keys_B: Array, *, cfg: foley.FoleyCon
   return res
 
 
-def _pad_text(ids, mask, L):
+def _pad_text(ids, mask, n):
   ids, mask = np.asarray(ids), np.asarray(mask, bool)
-  pad = L - ids.shape[1]
+  pad = n - ids.shape[1]
   if pad <= 0:
     return ids, mask
   return np.pad(ids, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
@@ -76,9 +76,9 @@ def make_prompt(cfg: foley.FoleyConfig, batch: dict, lengths, *, sample_cfg: Sam
     neg_ids = np.asarray(negative_text_ids)
     neg_mask = np.ones(neg_ids.shape, bool) if negative_text_mask is None else np.asarray(negative_text_mask)
     neg = np.ones((B,), bool) if negative is None else np.asarray(negative, bool)
-    L = max(Lt, neg_ids.shape[1])
-    batch["text_ids"], batch["text_mask"] = _pad_text(batch["text_ids"], batch["text_mask"], L)
-    neg_ids, neg_mask = _pad_text(neg_ids, neg_mask, L)
+    Lt = max(Lt, neg_ids.shape[1])
+    batch["text_ids"], batch["text_mask"] = _pad_text(batch["text_ids"], batch["text_mask"], Lt)
+    neg_ids, neg_mask = _pad_text(neg_ids, neg_mask, Lt)
     neg_ids, neg_mask, neg = jnp.asarray(neg_ids, jnp.int32), jnp.asarray(neg_mask), jnp.asarray(neg)
   if prefix_codes is not None:
     prefix_codes = jnp.asarray(prefix_codes, jnp.int32)
@@ -113,8 +113,8 @@ def sample(cfg: foley.FoleyConfig, params, batch: dict, lengths, *, sample_cfg: 
   of every clip are given (windowed continuation); each length must be >= C.
 
   Returns numpy {"codes": (B,K,max_frames) frame-aligned, zero beyond lengths; "lengths": (B,);
-  "delayed": (B,L,K) the full delayed token buffer; "vacant": (B,L,K); "steps": decode steps run;
-  "logits" (B,L,K,V) guided logits, row j predicting column j+1 (only with return_logits)}.
+  "delayed": (B,La,K) the full delayed token buffer; "vacant": (B,La,K); "steps": decode steps run;
+  "logits" (B,La,K,V) guided logits, row j predicting column j+1 (only with return_logits)}.
   """
   lengths = np.asarray(lengths, np.int32).reshape(-1)
   B = lengths.shape[0]

@@ -2,7 +2,7 @@
 
 Legend: B clips, R decoder rows (2B with CFG: conditional rows then unconditional ones, else B), Lt text
 tokens, Ln negative-text tokens, Tv video frames (25 Hz), P prompt slots (Lt + video tokens), C prefix
-frames, L delayed columns, K codebooks, V per-codebook vocab, S KV-cache slots, Hkv kv heads, Dh head dim.
+frames, La delayed columns, K codebooks, V per-codebook vocab, S KV-cache slots, Hkv kv heads, Dh head dim.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ class Prompt:
 class SamplingState:
   """The `lax.while_loop` carry: the token buffer being filled one delayed column per step."""
   step: Array                   # () int32: the last column written; the next step decodes it and draws step+1
-  ids_BxLxK: Array              # (B, L, K) int32 delayed token buffer (known cells pre-filled, drawn ones added)
-  known_BxLxK: Array            # (B, L, K) bool: cells fixed before sampling (BOS/EOS/prefix), never drawn
-  vacant_BxLxK: Array           # (B, L, K) bool: staircase cells, embedded with the learnable pad
+  ids_BxLaxK: Array              # (B, La, K) int32 delayed token buffer (known cells pre-filled, drawn ones added)
+  known_BxLaxK: Array            # (B, La, K) bool: cells fixed before sampling (BOS/EOS/prefix), never drawn
+  vacant_BxLaxK: Array           # (B, La, K) bool: staircase cells, embedded with the learnable pad
   cache: dict                   # the decoder's KV cache of R rows, S slots (qwen2.init_cache): k (R, Hkv, Dh,
                                 # S) and v (R, Hkv, S, Dh) per layer (stacked (layers, R, ...) with
                                 # scan_layers), mask (R, S) bool, index () int32 the next slot
@@ -55,5 +55,5 @@ class SamplingState:
   lengths_B: Array              # (B,) int32 frames per clip
   keys_B: Array                 # (B,) per-clip PRNG keys; column j draws with fold_in(key, j)
   done_B: Array                 # (B,) bool: clip finished (its last EOS column written)
-  logits_BxLxKxV: Optional[Array] = None   # (B, L, K, V) fp32 guided logits, row j predicting column j+1
+  logits_BxLaxKxV: Optional[Array] = None   # (B, La, K, V) fp32 guided logits, row j predicting column j+1
                                            # (only with return_logits)

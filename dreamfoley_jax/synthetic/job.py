@@ -298,9 +298,9 @@ def mode_metrics(held, codes, audios, sr: int, material_centroid: dict, mode: st
 
 def mode_sample_config(c, mode: str):
   """The sampling settings of a CFG mode: sample.*, with sample.text_only's overrides for text-only."""
-  from dreamfoley_jax import sampling
+  from dreamfoley_jax import configs
 
-  sc = sampling.sample_config_from_dict(c.sample)
+  sc = configs.sample_config(c.sample)
   over = c.sample.get("text_only") if mode == "text" else None
   return sc.replace(**dict(over)) if over else sc
 
@@ -365,7 +365,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     log(f"  model directory {wd / 'model'} (tools/generate.py --model, tools/demo.py --model)")
 
   fcfg = configs.model_config(c.model)
-  scfg = sampling.sample_config_from_dict(c.sample)
+  scfg = configs.sample_config(c.sample)
   text_len = max(int(c.data.max_text_len), fcfg.null_text_len)
   captions = [x["caption"] for x in held]
   swapped = [world.caption_for(MATERIAL_SWAP[x["material"]], x["floor"], int(x["num_events"]))
