@@ -47,6 +47,7 @@ def gen_doc(tmp_path_factory):
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow   # runs both GPU scripts on CPU (~70 s of the suite); -m slow
 def test_train_rows_flops_and_loss_parity(train_doc):
   rows = {r["framework"]: r for r in train_doc["rows"]}
   assert set(rows) == {"jax", "torch"}
@@ -67,6 +68,7 @@ def test_train_rows_flops_and_loss_parity(train_doc):
   assert train_doc["loss_check"]["abs_diff"] < 1e-5             # same weights, same batch, fp32
 
 
+@pytest.mark.slow   # runs both GPU scripts on CPU (~70 s of the suite); -m slow
 def test_generate_rows_consistent_and_greedy_parity(gen_doc):
   from dreamfoley_jax import sampling as S
 
@@ -94,6 +96,7 @@ def test_generate_rows_consistent_and_greedy_parity(gen_doc):
   assert _close(lc["real_time_factor"], 2.0 / lc["wall_s"])
 
 
+@pytest.mark.slow   # runs both GPU scripts on CPU (~70 s of the suite); -m slow
 def test_summary_merges_stages(train_doc, gen_doc):
   docs = {"train_jax": {**train_doc, "rows": [r for r in train_doc["rows"] if r["framework"] == "jax"]},
           "train_torch": {**train_doc, "rows": [r for r in train_doc["rows"] if r["framework"] == "torch"]},

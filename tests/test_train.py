@@ -71,6 +71,7 @@ def test_sharded_step_equals_single_device_step(data_dir):
   assert int(s8.step) == 2
 
 
+@pytest.mark.slow   # ~50 s; the default suite has it at the paper's flags (test_paper_recipe, grad_accum 2 vs 1)
 def test_grad_accumulation_equals_big_batch(data_dir):
   c = th.tiny_config(data_dir)
   fcfg = train.model_config(c)
