@@ -140,20 +140,32 @@ def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv"
   # This host's failures: printed as they happen, reported after the gather (process 0 writes the file).
   local = checks.Failures(strict=failures.strict, log=failures.log)
   results = [{"name": it.name} for it in mine]
+  crash = None     # an unexpected error here: raised after the gather, so no other host waits for this one
   try:
     prepared = prepare(mine, local, allow_longer=allow_longer) if prepare is not None and mine else None
     if mine and (prepared is None or prepared):
       g = gen() if callable(gen) and not hasattr(gen, "run") else gen
       results = g.run(mine, out_dir, failures=local, prepared=prepared, allow_longer=allow_longer,
                       write_failures=False)
-  except Exception:  # noqa: BLE001 -- --strict stopped this host; the others still meet it at the gather
+  except Exception as e:  # noqa: BLE001 -- --strict stopped this host; the others still meet it at the gather
     if not (failures.strict and len(local)):
-      raise
+      if count == 1:
+        raise
+      crash = e
+      results = [{"name": it.name} for it in mine]
   done = [(i, r) for i, r in zip(idx, results) if "wav" in r]
   rows = [{"index": i, "name": r["name"], "video": items[i].video or "", "caption": items[i].caption,
            "seconds": r["frames"] / G.AUDIO_FRAME_RATE, "wav": str(r["wav"]), "mp4": str(r.get("mp4", "")),
            "png": str(r.get("png", "")), "host": host} for i, r in done]
-  parts = allgather_json({"rows": rows, "failures": local.items})
+  parts = allgather_json({"rows": rows, "failures": local.items,
+                          "crash": None if crash is None else f"{type(crash).__name__}: {crash}"[:500]})
+  if crash is not None:
+    raise crash
+  crashed = [(h, p["crash"]) for h, p in enumerate(parts) if p.get("crash")]
+  if crashed:
+    h, why = crashed[0]
+    raise RuntimeError(f"host {h} failed ({why}); host {host} stops too: nothing was written (rerun after "
+                       f"fixing it; see host {h}'s log)")
   merged = sorted((r for part in parts for r in part["rows"]), key=lambda r: r["index"])
   failed = [f for part in parts for f in part["failures"]]
   pos = {it.where: i for i, it in enumerate(items)}

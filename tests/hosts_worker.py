@@ -24,7 +24,35 @@ def evaluate(gen_dir, video_dir, captions):
                                              duration_s=1.0, cache_dir=str(pathlib.Path(gen_dir) / "eval_cache")), emb)
 
 
+def generate_with_a_crash(out_dir):
+  """hosts.generate where host 1's Generator raises an unexpected error mid-run: both hosts must stop with
+  one error (host 0's naming host 1's), neither left waiting at the gather."""
+  from dreamfoley_jax import generate as G, hosts
+
+  class Gen:
+    def run(self, items, out_dir, **kw):
+      import jax
+
+      if jax.process_index() == 1:
+        raise RuntimeError("device lost mid-batch")
+      return [{"name": it.name, "wav": f"{out_dir}/{it.name}.wav", "frames": 25} for it in items]
+
+  items = [G.Item(video=None, caption=f"clip {i}", duration=1.0) for i in range(4)]
+  return hosts.generate(Gen(), items, out_dir)
+
+
 if __name__ == "__main__":
+  if sys.argv[1] == "generate_crash":
+    port, pid, n, out_dir = sys.argv[2:]
+    from dreamfoley_jax import hosts
+
+    assert hosts.initialize(f"127.0.0.1:{port}", int(n), int(pid)) == int(n)
+    try:
+      generate_with_a_crash(out_dir)
+    except Exception as e:  # noqa: BLE001
+      print(f"ERROR {type(e).__name__}: {e}", flush=True)
+      sys.exit(3)
+    sys.exit(0)
   port, pid, n, gen_dir, video_dir, captions, out = sys.argv[1:]
   from dreamfoley_jax import hosts
 

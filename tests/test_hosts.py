@@ -133,3 +133,18 @@ def test_two_hosts_give_what_one_gives(inputs, tmp_path):
   per_host = got[0]["cache"]["hosts"]
   assert [h["misses"] for h in per_host] == [x["cache"]["misses"] for x in got]
   assert sum(h["misses"] for h in per_host) == ref["cache"]["misses"] and min(h["misses"] for h in per_host) > 0
+
+
+def test_an_unexpected_error_on_one_host_stops_every_host(tmp_path):
+  """Review finding: a host whose Generator raised (not a --strict input failure) used to leave the other
+  hosts waiting at the gather until the distributed timeout. Now every host stops at once, host 0 naming
+  host 1's error, and process 0 writes no index of a half-done run."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  port = _port()
+  cmds = [[sys.executable, str(ROOT / "tests" / "hosts_worker.py"), "generate_crash", str(port), str(i), "2",
+           str(tmp_path)] for i in range(2)]
+  outs = _run(cmds, env, rc=3)
+  assert "ERROR RuntimeError: device lost mid-batch" in outs[1]
+  assert "ERROR RuntimeError: host 1 failed (RuntimeError: device lost mid-batch); host 0 stops too" in outs[0]
+  assert not (tmp_path / "generated.csv").exists()
+
