@@ -597,7 +597,9 @@ def train(c, workdir: str, *, mesh=None, max_steps_this_run: int | None = None) 
       while step < end:
         local = next(data_iter)
         inputs_ok = all(np.isfinite(v).all() for v in local.values() if np.issubdtype(v.dtype, np.floating))
-        batch = {k: jax.make_array_from_process_local_data(b_sh[k], v) for k, v in local.items()}
+        # global_shape given: with it JAX checks this host's rows against the sharding instead of inferring
+        # the global batch from them (an inference that goes wrong silently when hosts hold unequal rows)
+        batch = {k: jax.make_array_from_process_local_data(b_sh[k], v, (G,) + v.shape[1:]) for k, v in local.items()}
         S = seq_len({k: v.shape for k, v in local.items()})
         tokens = S * G
         flops_since += step_flops(fcfg, n_mm, G, S)

@@ -19,7 +19,7 @@ from dreamfoley_jax.data.build import standardise as st
 from dreamfoley_jax.data.build.clip import Clip, Rejection
 
 FIX = pathlib.Path(__file__).parent / "fixtures"
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "goldens"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "make"))
 
 
 def _clip(audio, rate=44100, mp4=b"", duration=None, cid="c-000", caption=""):

@@ -13,7 +13,7 @@ import pytest
 from dreamfoley_jax.convert.common import ConversionError, flatten
 from dreamfoley_jax.eval.embedders import msclap as M
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools" / "goldens"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "make"))
 TINY = M.MsClapConfig.tiny()
 
 
