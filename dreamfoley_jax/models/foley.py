@@ -206,7 +206,7 @@ def sync_windows_input(frames_BxTxHxWxC: Array, sc, lengths_B: Optional[Array] =
   """uint8 25 fps frames -> Synchformer input (B, ceil(T / stride), window, H, W, C): Normalize(0.5, 0.5) on
   [0, 1], cut by the length rule (`video.preprocess.sync_cover_indices`: the first T tokens are the T
   frames'); each example's windows repeat its own last real frame (`lengths_B`, default all T).
-  Shared by DreamFoley.encode_frames and encoder_pretrain."""
+  Shared by DreamFoley.encode_frames and synthetic.pretext."""
   T = frames_BxTxHxWxC.shape[1]
   idx = vpre.sync_cover_indices(T, sc.window, sc.stride)                 # (Nw, window), clamped to T - 1
   if lengths_B is None:
