@@ -115,12 +115,19 @@ def model_config(d, where: str = "model") -> foley.FoleyConfig:
   return foley.FoleyConfig(**kw)
 
 
+# Keys earlier versions' experiment files had in `sample` and nothing ever read (the sampling seed is generate's
+# --seed): ignored, so model directories written before the section became strict still load.
+LEGACY_SAMPLE_KEYS = ("seed",)
+
+
 def sample_config(d, where: str = "sample") -> SampleConfig:
   """A `sample` config section (dict or ConfigDict) -> SampleConfig; an unknown key is an error.
 
   The section may also hold sampling.SECTION_KEYS (read by the callers); `text_only` holds SampleConfig fields only.
   """
   d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+  for k in LEGACY_SAMPLE_KEYS:    # written by earlier versions into model directories' config.json
+    d.pop(k, None)
   known = tuple(f.name for f in dataclasses.fields(SampleConfig))
   accepted = known + SECTION_KEYS
   for k in d:

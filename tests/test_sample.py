@@ -567,6 +567,8 @@ def test_sample_config_section_rejects_unknown_keys():
                                        context_s=1.0, text_only=dict(temperature=1.0, cfg_scale=3.0)))
   assert configs.sample_config(sec) == S.SampleConfig(temperature=0.5, top_k=10, top_p=0.8, cfg_scale=2.0)
   assert configs.sample_config({}) == S.SampleConfig()
+  # model directories written before the section was strict hold sample.seed (never read): they still load
+  assert configs.sample_config(dict(seed=0, temperature=0.5)) == S.SampleConfig(temperature=0.5)
   with pytest.raises(ValueError, match=r"^config sample: unknown key 'top_K'; accepted: cfg_scale, context_s, "
                                        r"temperature, text_only, top_k, top_p, window_s$"):
     configs.sample_config(dict(temperature=1.0, top_K=5))
