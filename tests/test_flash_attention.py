@@ -10,6 +10,7 @@ from dreamfoley_jax import sampling as S
 from dreamfoley_jax.models import foley, qwen2
 from dreamfoley_jax.models import loss as foley_loss
 from dreamfoley_jax.models import params as foley_params
+from sampler_helpers import CFG, prompt_batch
 
 
 @pytest.fixture
@@ -39,29 +40,13 @@ def test_flash_attention_equals_einsum_attention(flash_on_cpu, T):
                              qwen2.attention(q, k, v, mask_nc, "xla"), atol=2e-6)
 
 
-CFG = foley.FoleyConfig(
-    decoder=qwen2.PRESETS["tiny"].replace(vocab_size=100, hidden_size=32, intermediate_size=48,
-                                          num_attention_heads=4, num_key_value_heads=2),
-    num_codebooks=4, codebook_size=16, loss_weights=(0.4, 0.3, 0.2, 0.1), sync_dim=12, clip_dim=8,
-    null_text_len=2, null_video_len=3)
-
-
-def _batch(B=2, Lt=5, Tv=25, seed=0):
-  rng = np.random.default_rng(seed)
-  text_mask = np.ones((B, Lt), bool)
-  text_mask[1, 3:] = False
-  video_mask = np.ones((B, Tv), bool)
-  video_mask[1, 20:] = False
-  return {"text_ids": rng.integers(0, 100, (B, Lt)).astype(np.int32), "text_mask": text_mask,
-          "sync_feats": rng.normal(size=(B, Tv, CFG.sync_dim)).astype(np.float32),
-          "clip_feats": rng.normal(size=(B, 4, CFG.clip_dim)).astype(np.float32), "video_mask": video_mask}
 
 
 def test_model_with_cudnn_impl_trains_and_samples_like_xla(flash_on_cpu):
   params = foley_params.init_params(CFG, seed=1)
   params["heads"]["fc2_kernel"] = params["heads"]["fc2_kernel"] * 30.0      # well-separated greedy argmaxes
   flash = CFG.replace(decoder=CFG.decoder.replace(attention_impl="cudnn"))
-  pb = _batch()
+  pb = prompt_batch()
   rng = np.random.default_rng(1)
   La = 11                                                                 # 5 + 25 + 11 = 41 slots: odd
   b = dict(pb, audio_ids=rng.integers(0, 16, (2, La, 4)).astype(np.int32), audio_mask=np.ones((2, La), bool))

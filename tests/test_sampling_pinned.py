@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 
 from dreamfoley_jax import sampling as S
-from dreamfoley_jax.models import foley, qwen2
+from dreamfoley_jax.models import foley
+from sampler_helpers import CFG, init_params, prompt_batch
 
-CFG = foley.FoleyConfig(
-    decoder=qwen2.PRESETS["tiny"].replace(vocab_size=100, hidden_size=32, intermediate_size=48,
-                                          num_attention_heads=4, num_key_value_heads=2),
-    num_codebooks=4, codebook_size=16, loss_weights=(0.4, 0.3, 0.2, 0.1), sync_dim=12, clip_dim=8,
-    null_text_len=2, null_video_len=3)
 
 PINNED = {
     "cfg_default": "4d2214a820f75e4f",
@@ -27,24 +23,6 @@ PINNED = {
     "greedy_logits": "6fb308fdc76d6ad9",
     "long": "933617d860416f2c",
 }
-
-
-def _batch(B=2, Lt=5, Tv=25, seed=0):
-  rng = np.random.default_rng(seed)
-  text_mask = np.ones((B, Lt), bool)
-  text_mask[1, 3:] = False
-  video_mask = np.ones((B, Tv), bool)
-  video_mask[1, 20:] = False
-  return {"text_ids": rng.integers(0, 100, (B, Lt)).astype(np.int32), "text_mask": text_mask,
-          "sync_feats": rng.normal(size=(B, Tv, CFG.sync_dim)).astype(np.float32),
-          "clip_feats": rng.normal(size=(B, 4, CFG.clip_dim)).astype(np.float32), "video_mask": video_mask}
-
-
-def _params(cfg):
-  b = dict(_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
-  p = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
-  p["heads"]["fc2_kernel"] = p["heads"]["fc2_kernel"] * 30.0
-  return p
 
 
 def _digest(*arrays) -> str:
@@ -57,7 +35,7 @@ def _digest(*arrays) -> str:
 
 
 def _run(name, params):
-  pb = _batch()
+  pb = prompt_batch()
   if name == "cfg_default":
     r = S.sample(CFG, params, pb, (7, 4), sample_cfg=S.SampleConfig(), seed=0)
     return _digest(r["codes"], r["delayed"])
@@ -83,7 +61,7 @@ def _run(name, params):
 
 @pytest.fixture(scope="module")
 def params():
-  return _params(CFG)
+  return init_params(CFG)
 
 
 @pytest.mark.parametrize("name", ["cfg_default", "greedy_logits"])
@@ -100,7 +78,7 @@ def test_more_sampled_codes_are_pinned(params, name):
 @pytest.mark.slow
 def test_scanned_decoder_codes_are_pinned():
   cfg = CFG.replace(decoder=CFG.decoder.replace(scan_layers=True))
-  b = dict(_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
+  b = dict(prompt_batch(), audio_ids=np.zeros((2, 6, 4), np.int32))
   p = nn.unbox(jax.jit(foley.DreamFoley(cfg).init)(jax.random.key(0), jax.tree.map(jnp.asarray, b))["params"])
-  r = S.sample(cfg, p, _batch(), (7, 4), sample_cfg=S.SampleConfig(), seed=0)
+  r = S.sample(cfg, p, prompt_batch(), (7, 4), sample_cfg=S.SampleConfig(), seed=0)
   assert _digest(r["codes"], r["delayed"]) == PINNED["scanned"]
