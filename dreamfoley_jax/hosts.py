@@ -152,7 +152,6 @@ def generate(gen, items: Sequence, out_dir, *, index_name: str = "generated.csv"
       if count == 1:
         raise
       crash = e
-      results = [{"name": it.name} for it in mine]
   done = [(i, r) for i, r in zip(idx, results) if "wav" in r]
   rows = [{"index": i, "name": r["name"], "video": items[i].video or "", "caption": items[i].caption,
            "seconds": r["frames"] / G.AUDIO_FRAME_RATE, "wav": str(r["wav"]), "mp4": str(r.get("mp4", "")),
