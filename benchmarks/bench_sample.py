@@ -227,7 +227,7 @@ def main(argv):
         "GEMV-stream floor ms/step | 3x needs decode ms/step |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for n, B, st, mj, mt, th, r, ms, g, pct, cr, gf, gpct, dms, pre, fl, need in rows:
-    print(f"| {n} | {B} | {st} | {mj:.2f} | {mt:.2f} ({th}) | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% | "
+    print(f"| {n} | {B} | {st} | {mj:.3f} | {mt:.3f} ({th}) | {r:.2f}x | {cr:.2f}x | {ms:.2f} | {g:.1f} | {pct:.0f}% | "
           f"{gf:.1f} | {gpct:.0f}% | {dms:.2f} | {pre:.2f} | {fl:.2f} | {need:.2f} |")
 
 
