@@ -59,7 +59,7 @@ def test_writes_every_file(job):
       assert f.exists() and f.stat().st_size > 1000, f
   on_disk = json.loads((wd / "metrics.json").read_text())
   for key in ("onset_f1", "shuffled_video_onset_f1", "mean_abs_onset_offset_s", "caption_swap_moves_toward_material",
-              "timings_s", "train_steps"):
+              "caption_swap_material_match", "timings_s", "train_steps"):
     assert key in on_disk
   assert on_disk["train_steps"] == 2
   # the F1 on disk is the onset metric of the written wavs against the true events (PCM16 rounding may move

@@ -139,3 +139,21 @@ def test_object_squashes_only_in_impact_frames():
   flat = S.make_clip(0, S.SynthConfig(frame_size=64, impact_squash=0.0), material="rubber")
   k = flat["event_frames"][0]
   assert aspect(flat["frames_sync"][k], 53, flat["frames_sync"][0, 0, 0].astype(int)) < 1.2
+
+
+def test_neutral_look_hides_the_material_and_only_the_material():
+  """look_shows_material=False: the same seed gives the same frames whatever the material (the caption alone
+  names it), while the sound and caption still follow the material; the default look still shows it."""
+  neutral = S.SynthConfig(look_shows_material=False)
+  for seed in range(3):
+    clips = {m: S.make_clip(seed, neutral, material=m, floor="stone") for m in S.MATERIALS}
+    ref = clips["metal"]
+    for m, c in clips.items():
+      np.testing.assert_array_equal(c["frames_sync"], ref["frames_sync"], err_msg=f"{seed} {m}")
+      np.testing.assert_array_equal(c["frames_clip"], ref["frames_clip"], err_msg=f"{seed} {m}")
+      np.testing.assert_array_equal(c["event_frames"], ref["event_frames"])
+      assert S.MATERIAL_SPECS[m].noun in c["caption"]
+    assert len({c["audio"].tobytes() for c in clips.values()}) == len(S.MATERIALS)
+    shown = {m: S.make_clip(seed, S.SynthConfig(), material=m, floor="stone")["frames_sync"].tobytes()
+             for m in S.MATERIALS}
+    assert len(set(shown.values())) == len(S.MATERIALS)

@@ -68,7 +68,8 @@ def _log(msg: str):
 
 def make_data(m, log=_log):
   """(train clips, held-out clips) from the synthetic world; held-out uses another seed stream."""
-  kw = dict(max_events=int(m.get("max_events", 4)), min_gap=float(m.get("min_gap", 0.3)))
+  kw = dict(max_events=int(m.get("max_events", 4)), min_gap=float(m.get("min_gap", 0.3)),
+            look_shows_material=bool(m.get("look_shows_material", True)))
   train = world.make_dataset(int(m.num_train), seed=int(m.seed), cfg=world.SynthConfig(**kw))
   cfg_eval = world.SynthConfig(max_duration=float(m.max_eval_seconds), **kw)
   held = world.make_dataset(int(m.num_eval), seed=int(m.seed) + 1_000_003, cfg=cfg_eval)
@@ -237,9 +238,10 @@ def score(held, audios, shuffled_audios, swapped_audios, sr: int, material_centr
   for c, a, s in zip(held, audios, shuffled_audios):
     real.append(onsets.onset_metrics(onsets.detect_onsets(a, sr), c["event_times"]))
     shuf.append(onsets.onset_metrics(onsets.detect_onsets(s, sr), c["event_times"]))
-  toward, shifts = [], []
+  toward, shifts, hits = [], [], []
   for c, a, w in zip(held, audios, swapped_audios):
     target = MATERIAL_SWAP[c["material"]]
+    hits.append(nearest_material(w, sr, material_centroid) == target)
     ca = _nanmean(onsets.event_centroids(a, c["event_times"], sr))
     cw = _nanmean(onsets.event_centroids(w, c["event_times"], sr))
     ref = material_centroid[target]
@@ -253,6 +255,8 @@ def score(held, audios, shuffled_audios, swapped_audios, sr: int, material_centr
       "shuffled_video_onset_f1": s["f1"], "shuffled_video_mean_abs_onset_offset_s": s["mean_abs_offset"],
       "caption_swap_moves_toward_material": float(np.mean(toward)) if toward else float("nan"),
       "caption_swap_centroid_shift_octaves": _nanmean(shifts),
+      # the stronger reading: the swapped sound's nearest material (nearest_material) is the swapped caption's
+      "caption_swap_material_match": float(np.mean(hits)) if hits else float("nan"),
       "num_clips": len(held), "num_events": r["n_ref"], "tolerance_s": 0.04,
       "per_clip": [{"clip_id": c["clip_id"], "material": c["material"], "caption": c["caption"],
                     "event_times": [round(float(t), 3) for t in c["event_times"]],
@@ -441,6 +445,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
     metrics["total_s"] = round(time.time() - t_start, 1)
     metrics["config"] = {"sample": c.sample.to_dict(), "num_train": int(m.num_train), "num_eval": int(m.num_eval),
                          "codec": getattr(codec, "path", "synthetic codec (codec.npz)"),
+                         "look_shows_material": bool(m.get("look_shows_material", True)),
                          "num_codebooks": fcfg.num_codebooks, "use_sync": fcfg.use_sync, "use_clip": fcfg.use_clip}
     tmp = wd / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
@@ -450,6 +455,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
       f"{tm['silent_clips']} silent clip(s), caption's material in {100 * tm['material_match']:.0f}% of clips")
   log(f"onset F1 {metrics['onset_f1']:.3f} (shuffled video {metrics['shuffled_video_onset_f1']:.3f}), "
       f"mean |offset| {metrics['mean_abs_onset_offset_s'] * 1000:.1f} ms, caption swap moves timbre toward the "
-      f"caption's material in {100 * metrics['caption_swap_moves_toward_material']:.0f}% of clips; "
+      f"caption's material in {100 * metrics['caption_swap_moves_toward_material']:.0f}% of clips (sounds like it "
+      f"in {100 * metrics['caption_swap_material_match']:.0f}%); "
       f"total {metrics['total_s']:.0f} s -> {wd / 'metrics.json'}")
   return metrics

@@ -1,7 +1,8 @@
 """A procedural audio-visual world: objects bounce on a floor and every visible impact makes a sound.
 
 One clip = one object of one material bouncing 1-4 times on a floor, seen from the side in small RGB
-frames. The object's material sets its look (colour, shape) and the sound's timbre (modal partials:
+frames. The object's material sets its look (colour, shape; or, with SynthConfig.look_shows_material False,
+every object looks the same and only the caption names the material) and the sound's timbre (modal partials:
 metal rings high and long, wood is mid and short, glass is very high and sparse, rubber is a low thud);
 the floor's material sets the floor colour and a small floor "body" component of the sound. Impacts
 happen exactly on video frames: impact i is at frame `event_frames[i]`, time `event_frames[i] / fps`,
@@ -65,6 +66,9 @@ FLOOR_SPECS: dict[str, dict[str, Any]] = {
     "tiled": {"rgb": (200, 200, 180), "body_hz": 300.0, "body_tau": 0.015, "gain": 0.2},
 }
 
+# The one look of every object when SynthConfig.look_shows_material is False (the per-clip colour jitter stays).
+NEUTRAL_LOOK = {"shape": "circle", "rgb": (170, 170, 170)}
+
 COUNT_WORDS = ("once", "twice", "three times", "four times", "five times", "six times")
 CAPTION_TEMPLATES = (
     "a {obj} bounces {count} on a {floor} floor",
@@ -93,6 +97,9 @@ class SynthConfig:
   impact_flash: float = 0.7       # a bright contact flash on the floor under the object in the impact
                                   # frame (blend weight toward white; 0: none): a cue a tiny encoder
                                   # trained from scratch picks up in minutes
+  look_shows_material: bool = True  # False: every object is the same grey circle (NEUTRAL_LOOK), so only
+                                  # the caption says the material and only the video says when: the
+                                  # main job's split, which makes the caption swap a clean timbre control
 
 
 def caption_for(material: str, floor: str, n_events: int, template: int = 0) -> str:
@@ -294,7 +301,8 @@ def make_clip(seed: int | Sequence[int], cfg: SynthConfig = SynthConfig(), *,
   event_t = event_frames / FPS
   size = cfg.frame_size
   floor_y = float(size - max(3, size // 6))
-  radius = float(rng.uniform(0.08, 0.12) * size) * (1.2 if material == "rubber" else 1.0)
+  shows = cfg.look_shows_material
+  radius = float(rng.uniform(0.08, 0.12) * size) * (1.2 if material == "rubber" and shows else 1.0)
   span = floor_y - 2 * radius - 1.0                       # apex keeps the object inside the frame
   height_fn = _trajectory(rng, event_t, duration, span)
   x0 = float(rng.uniform(radius + 1, size - radius - 1))
@@ -303,8 +311,9 @@ def make_clip(seed: int | Sequence[int], cfg: SynthConfig = SynthConfig(), *,
 
   jitter = rng.integers(-15, 16, size=3)
   look = {
-      "floor_y": floor_y, "radius": radius, "shape": mat.shape, "floor": floor,
-      "rgb": tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(mat.rgb, jitter)),
+      "floor_y": floor_y, "radius": radius, "shape": mat.shape if shows else NEUTRAL_LOOK["shape"],
+      "floor": floor,
+      "rgb": tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(mat.rgb if shows else NEUTRAL_LOOK["rgb"], jitter)),
       "floor_rgb": fl["rgb"],
       "background": np.asarray(rng.integers(10, 60, size=3), np.float32),
       "flash": cfg.impact_flash,
