@@ -317,7 +317,7 @@ def run(c, workdir: str | os.PathLike, log: Callable[[str], None] = _log) -> dic
   """Runs the whole job into `workdir` and returns the metrics (also written to metrics.json)."""
   import jax
 
-  from dreamfoley_jax import configs, model_dir, plots, sampling, train
+  from dreamfoley_jax import configs, model_dir, plots, train
   from dreamfoley_jax.audio import io as aio
   from dreamfoley_jax.convert import common
   from dreamfoley_jax.synthetic import bpe, onsets
