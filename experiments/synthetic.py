@@ -30,7 +30,8 @@ Differences from paper_7b, each for the tiny CPU budget and said here:
   * Up to 8 impacts per clip, >= 0.2 s apart: with 1-4 the onsets were too rare a signal for the decoder
     to learn the audio-to-video lookup in the budget (docs/main_job.md).
   * qwen2.CPU_FAST_OPTIONS (blocked attention, fused projections, SwiGLU VJP): exact, 1.8x faster train
-    steps on this CPU (6.1 vs 3.4 steps/s in one session), so 2400 steps fit the 10-minute budget.
+    steps on this CPU (6.1 vs 3.4 steps/s in one session), so 2400 steps fit the 10-minute budget on the
+    AMD EPYC of an earlier commit (not on the Intel Xeon: 713-752 s of training, README).
   * Sampling: CFG 1.5, top-k 10, top-p 0.9, temperature 0.5 (paper: 3 / 25 / 0.9 / 1.0). Chosen on
     validation clips (seed + 2000003), not on the held-out clips: at temperature 1.0 and CFG 3 the
     under-trained toy model's ringing (metal) tails flip between codes and the flips read as onsets.

@@ -97,6 +97,16 @@ def test_every_cfg_mode_is_measured_and_audible(job):
   assert not np.array_equal(both, vid) and not np.array_equal(both, txt) and not np.array_equal(vid, txt)
 
 
+def test_the_committed_job_draws_every_object_alike(monkeypatch):
+  """experiments/synthetic.py's main.look_shows_material=False reaches the world of both the training and the
+  held-out clips (test_synthetic: that look renders the same frames whatever the material)."""
+  seen = []
+  monkeypatch.setattr(main_job.world, "make_dataset", lambda n, seed, cfg: seen.append(cfg) or [])
+  main_job.make_data(configs.load_config("experiments/synthetic.py").main, log=lambda s: None)
+  assert [cfg.look_shows_material for cfg in seen] == [False, False]
+  assert main_job.world.SynthConfig().look_shows_material       # the world's own default still shows it
+
+
 def test_is_silent_flags_one_code_and_a_flat_signal():
   codes = np.tile(np.arange(8)[:, None], (1, 50))            # each codebook one code: silence
   assert main_job.is_silent(codes, np.full(48000, 0.3))

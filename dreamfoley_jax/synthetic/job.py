@@ -255,7 +255,8 @@ def score(held, audios, shuffled_audios, swapped_audios, sr: int, material_centr
       "shuffled_video_onset_f1": s["f1"], "shuffled_video_mean_abs_onset_offset_s": s["mean_abs_offset"],
       "caption_swap_moves_toward_material": float(np.mean(toward)) if toward else float("nan"),
       "caption_swap_centroid_shift_octaves": _nanmean(shifts),
-      # the stronger reading: the swapped sound's nearest material (nearest_material) is the swapped caption's
+      # the stronger reading: the swapped sound's nearest material (nearest_material) is the swapped caption's;
+      # over every clip (no detected onset is a miss), where the two above skip clips without a centroid
       "caption_swap_material_match": float(np.mean(hits)) if hits else float("nan"),
       "num_clips": len(held), "num_events": r["n_ref"], "tolerance_s": 0.04,
       "per_clip": [{"clip_id": c["clip_id"], "material": c["material"], "caption": c["caption"],
