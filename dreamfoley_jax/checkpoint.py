@@ -50,6 +50,11 @@ class CorruptCheckpointError(RuntimeError):
   pass
 
 
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint written with another model / optimizer config than the state restoring it: its arrays'
+  names or shapes differ (said before anything is read, and nothing is moved: the checkpoint is not damaged)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Checksums (device-side, independent of sharding)
 # --------------------------------------------------------------------------------------------------
@@ -96,6 +101,20 @@ def _sums_and_finite(state):
 
 def _path(p) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
+
+
+def shapes(tree) -> dict[str, list[int]]:
+  """{leaf path: shape} of a pytree of arrays or ShapeDtypeStructs (the names `checksums` uses)."""
+  return {_path(p): [int(d) for d in x.shape] for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def mismatch(stored: dict, want: dict) -> list[str]:
+  """What differs between a checkpoint's {name: shape} and this state's, one phrase per array (sorted)."""
+  out = [f"{k} only in the checkpoint" for k in sorted(set(stored) - set(want))]
+  out += [f"{k} not in the checkpoint" for k in sorted(set(want) - set(stored))]
+  out += [f"{k} stored {tuple(stored[k])}, this config {tuple(want[k])}" for k in sorted(set(stored) & set(want))
+          if list(stored[k]) != list(want[k])]
+  return out
 
 
 def checksums(state) -> tuple[dict[str, list[int]], dict[str, bool]]:
@@ -203,7 +222,9 @@ class Checkpointer:
     if bad:
       raise FloatingPointError(f"state fields {bad} hold non-finite values at step {step}: not saved")
     data = dict(data or {})
-    meta = {"arrays": sums, "data_sha256": _json_sha(data), "step": int(step), "process_count": jax.process_count()}
+    shp = shapes(state)
+    meta = {"arrays": sums, "shapes": shp, "shapes_sha256": _json_sha(shp), "data_sha256": _json_sha(data),
+            "step": int(step), "process_count": jax.process_count()}
     items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data),
              "checksums": ocp.args.JsonSave(meta)}
     return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -214,6 +235,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+    self.check_matches(abstract_state, step)
     err = None
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
@@ -235,6 +257,28 @@ class Checkpointer:
     if meta.get("data_sha256") != _json_sha(data):
       raise CorruptCheckpointError("checksum mismatch in its data position")
     return state, data
+
+  def check_matches(self, abstract_state, step: int):
+    """CheckpointMismatchError if `step` holds other arrays (names or shapes) than `abstract_state`: a changed
+    model or optimizer config, which orbax would report as an unreadable array of no name. Trusted only when
+    the checksums file's shape table verifies against its own sha256 (a damaged one is CorruptCheckpointError;
+    checkpoints written before the table existed, or an unreadable checksums file: no verdict here, the
+    restore reports what it finds)."""
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(checksums=ocp.args.JsonRestore()))["checksums"]
+    except Exception:   # missing / damaged checksums item: restore() reports it
+      return
+    if not isinstance(meta, dict) or not isinstance(meta.get("shapes"), dict):
+      return
+    stored = meta["shapes"]
+    if meta.get("shapes_sha256") != _json_sha(stored):
+      raise CorruptCheckpointError("checksum mismatch in its shape table")
+    diff = mismatch(stored, shapes(abstract_state))
+    if diff:
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.directory} was written with another model or optimizer config: "
+          f"{len(diff)} arrays differ ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); resume with the "
+          "config it was written with, or train in a new workdir")
 
   def restore_intact(self, abstract_state, *, reject: bool = True):
     """(state, data, step) of the newest step that restores and verifies, or None if there is none.

@@ -240,6 +240,52 @@ def test_no_intact_checkpoint_is_an_error_naming_each(runs, tmp_path):
   assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8] and not (work / "rejected_checkpoints").exists()
 
 
+def test_a_checkpoint_of_another_config_is_named_not_called_damaged(tmp_path):
+  """Restoring into a state of other names or shapes (a changed model / optimizer config) is one line naming
+  the arrays, raised before orbax reads anything, and moves nothing; the same state restores; a damaged
+  shape table is damage (the previous step is used)."""
+  import jax.numpy as jnp
+
+  state = {"params": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}, "opt_state": {"mu": jnp.zeros((3, 4))}}
+  ck = ckptlib.Checkpointer(str(tmp_path), every=1, async_save=False)
+  for step in (1, 2):
+    ck.save(step, state, {"next_batch": step})
+  ck.wait()
+  sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)        # noqa: E731
+  other = {"params": {"w": sds((5, 4)), "b": sds((4,)), "extra": sds((2,))}, "opt_state": {"mu": sds((5, 4))}}
+  with pytest.raises(ckptlib.CheckpointMismatchError) as e:
+    ck.restore_intact(other)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(f"checkpoint step 2 in {tmp_path / 'checkpoints'} was written with "
+                                           "another model or optimizer config: 3 arrays differ (")
+  assert ("params/extra not in the checkpoint; opt_state/mu stored (3, 4), this config (5, 4); params/w stored "
+          "(3, 4), this config (5, 4)); resume with the config it was written with") in msg, msg
+  fewer = {"params": {"w": sds((3, 4))}, "opt_state": {"mu": sds((3, 4))}}
+  with pytest.raises(ckptlib.CheckpointMismatchError, match=r"1 arrays differ \(params/b only in the checkpoint\)"):
+    ck.restore(fewer, 1)
+  assert ck.all_steps() == [1, 2] and not (tmp_path / "rejected_checkpoints").exists()
+  got, data, step = ck.restore_intact(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  assert step == 2 and data == {"next_batch": 2}
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(state))
+  # a shape table edited in place (parseable, wrong): damage, so step 1 is used and step 2 set aside
+  (f,) = [p for p in (tmp_path / "checkpoints" / "2" / "checksums").rglob("*") if p.is_file()
+          and b'"shapes_sha256"' in p.read_bytes()]
+  f.write_bytes(f.read_bytes().replace(b'"params/w": [3, 4]', b'"params/w": [5, 4]', 1))
+  got, data, step = ck.restore_intact(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  assert step == 1 and ck.all_steps() == [1]
+  ck.close()
+
+
+def test_resuming_with_another_model_width_is_one_line(runs, tmp_path):
+  """The user's case: the same workdir, a changed config. tools/train.py prints this one line (exit 2)."""
+  work = _copy(runs, tmp_path)
+  c = th.tiny_config(runs["pattern"], **{"model.decoder.intermediate_size": 96})
+  with pytest.raises(ckptlib.CheckpointMismatchError, match=r"checkpoint step 8 in .* was written with another "
+                     r"model or optimizer config: \d+ arrays differ \(.*stored \(32, 64\), this config \(32, 96\)"):
+    train.train(c, str(work))
+  assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8] and not (work / "rejected_checkpoints").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # Last good means good
 # --------------------------------------------------------------------------------------------------
