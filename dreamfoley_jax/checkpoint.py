@@ -7,7 +7,9 @@
 `checksums` holds two 32-bit sums of every state array's words (plain and position-weighted, mod 2^32)
 computed on the devices, each host summing the shards it holds, so they do not depend on the mesh or
 the host count; restore recomputes them on the restored arrays. A step that fails to restore or to
-verify is reported, moved to rejected_checkpoints/ and the previous step is tried.
+verify is reported, moved to rejected_checkpoints/ and the previous step is tried. It also holds every
+array's shape and dtype (with the table's sha256): a state of another config is refused by name
+(CheckpointMismatchError) before the state is read, and nothing is moved.
 
 Also: preemption (SIGTERM) handling and initial weights from converted orbax checkpoints.
 """
@@ -103,16 +105,22 @@ def _path(p) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
 
 
-def shapes(tree) -> dict[str, list[int]]:
-  """{leaf path: shape} of a pytree of arrays or ShapeDtypeStructs (the names `checksums` uses)."""
-  return {_path(p): [int(d) for d in x.shape] for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def shapes(tree) -> dict[str, list]:
+  """{leaf path: [shape, dtype name]} of a pytree of arrays or ShapeDtypeStructs (the names `checksums` uses)."""
+  def entry(x):
+    dtype = x.dtype if hasattr(x, "dtype") else jnp.result_type(x)    # a Python scalar leaf: its jit dtype
+    return [[int(d) for d in np.shape(x)], str(jnp.dtype(dtype))]
+  return {_path(p): entry(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def mismatch(stored: dict, want: dict) -> list[str]:
-  """What differs between a checkpoint's {name: shape} and this state's, one phrase per array (sorted)."""
+  """What differs between a checkpoint's {name: [shape, dtype]} and this state's, one phrase per array
+  (names only in one side first, then the differing shapes / dtypes, each group sorted)."""
+  def show(e):
+    return f"{tuple(e[0])} {e[1]}"
   out = [f"{k} only in the checkpoint" for k in sorted(set(stored) - set(want))]
   out += [f"{k} not in the checkpoint" for k in sorted(set(want) - set(stored))]
-  out += [f"{k} stored {tuple(stored[k])}, this config {tuple(want[k])}" for k in sorted(set(stored) & set(want))
+  out += [f"{k} stored {show(stored[k])}, this config {show(want[k])}" for k in sorted(set(stored) & set(want))
           if list(stored[k]) != list(want[k])]
   return out
 
@@ -259,7 +267,7 @@ class Checkpointer:
     return state, data
 
   def check_matches(self, abstract_state, step: int):
-    """CheckpointMismatchError if `step` holds other arrays (names or shapes) than `abstract_state`: a changed
+    """CheckpointMismatchError if `step` holds other arrays (names, shapes or dtypes) than `abstract_state`: a changed
     model or optimizer config, which orbax would report as an unreadable array of no name. Trusted only when
     the checksums file's shape table verifies against its own sha256 (a damaged one is CorruptCheckpointError;
     checkpoints written before the table existed, or an unreadable checksums file: no verdict here, the
@@ -277,7 +285,7 @@ class Checkpointer:
     if diff:
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} was written with another model or optimizer config: "
-          f"{len(diff)} arrays differ ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); resume with the "
+          f"{len(diff)} array(s) differ ({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); resume with the "
           "config it was written with, or train in a new workdir")
 
   def restore_intact(self, abstract_state, *, reject: bool = True):

@@ -257,12 +257,17 @@ def test_a_checkpoint_of_another_config_is_named_not_called_damaged(tmp_path):
     ck.restore_intact(other)
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith(f"checkpoint step 2 in {tmp_path / 'checkpoints'} was written with "
-                                           "another model or optimizer config: 3 arrays differ (")
-  assert ("params/extra not in the checkpoint; opt_state/mu stored (3, 4), this config (5, 4); params/w stored "
-          "(3, 4), this config (5, 4)); resume with the config it was written with") in msg, msg
+                                           "another model or optimizer config: 3 array(s) differ (")
+  assert ("params/extra not in the checkpoint; opt_state/mu stored (3, 4) float32, this config (5, 4) float32; "
+          "params/w stored (3, 4) float32, this config (5, 4) float32); resume with the config it was written "
+          "with") in msg, msg
   fewer = {"params": {"w": sds((3, 4))}, "opt_state": {"mu": sds((3, 4))}}
-  with pytest.raises(ckptlib.CheckpointMismatchError, match=r"1 arrays differ \(params/b only in the checkpoint\)"):
+  with pytest.raises(ckptlib.CheckpointMismatchError, match=r"1 array\(s\) differ \(params/b only in the checkpoint\)"):
     ck.restore(fewer, 1)
+  bf16 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), state)
+  with pytest.raises(ckptlib.CheckpointMismatchError, match=r"3 array\(s\) differ \(opt_state/mu stored \(3, 4\) "
+                     r"float32, this config \(3, 4\) bfloat16;"):
+    ck.restore(bf16, 1)
   assert ck.all_steps() == [1, 2] and not (tmp_path / "rejected_checkpoints").exists()
   got, data, step = ck.restore_intact(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
   assert step == 2 and data == {"next_batch": 2}
@@ -270,7 +275,9 @@ def test_a_checkpoint_of_another_config_is_named_not_called_damaged(tmp_path):
   # a shape table edited in place (parseable, wrong): damage, so step 1 is used and step 2 set aside
   (f,) = [p for p in (tmp_path / "checkpoints" / "2" / "checksums").rglob("*") if p.is_file()
           and b'"shapes_sha256"' in p.read_bytes()]
-  f.write_bytes(f.read_bytes().replace(b'"params/w": [3, 4]', b'"params/w": [5, 4]', 1))
+  table = f.read_bytes()
+  assert table.count(b'"params/w": [[3, 4], "float32"]') == 1, table[:400]
+  f.write_bytes(table.replace(b'"params/w": [[3, 4], "float32"]', b'"params/w": [[5, 4], "float32"]'))
   got, data, step = ck.restore_intact(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
   assert step == 1 and ck.all_steps() == [1]
   ck.close()
@@ -281,8 +288,10 @@ def test_resuming_with_another_model_width_is_one_line(runs, tmp_path):
   work = _copy(runs, tmp_path)
   c = th.tiny_config(runs["pattern"], **{"model.decoder.intermediate_size": 96})
   with pytest.raises(ckptlib.CheckpointMismatchError, match=r"checkpoint step 8 in .* was written with another "
-                     r"model or optimizer config: \d+ arrays differ \(.*stored \(32, 64\), this config \(32, 96\)"):
+                     r"model or optimizer config: \d+ array\(s\) differ \(.*stored \(32, 64\) float32, this "
+                     r"config \(32, 96\) float32") as e:
     train.train(c, str(work))
+  assert "\n" not in str(e.value)
   assert sorted(ckptlib.Checkpointer(str(work)).all_steps()) == [4, 8] and not (work / "rejected_checkpoints").exists()
 
 
